@@ -1,0 +1,274 @@
+"""Typed configuration: validated once at the edge, then passed inward as typed sub-configs.
+
+Every model forbids unknown keys, so a misspelt key fails with its dotted path. ``load_config``
+merges a YAML file, ``--set a.b=value`` overrides and CLI shortcuts, then validates.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pixelwise.data.classes import ClassTable
+from pixelwise.errors import ConfigError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|hr)?\s*$", re.IGNORECASE)
+_UNIT_SECONDS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600}
+
+
+def parse_duration(text: str | float | int) -> float:
+    """'15m' -> 900.0; '90s', '1.5h', plain numbers are seconds."""
+    if isinstance(text, (int, float)):
+        return float(text)
+    match = _DURATION.match(str(text))
+    if not match:
+        raise ValueError(f"'{text}' is not a duration; write e.g. 90s, 15m or 1.5h")
+    return float(match.group(1)) * _UNIT_SECONDS[(match.group(2) or "s").lower()]
+
+
+class DataConfig(Strict):
+    root: Path | None = None
+    format: Literal["auto", "folders", "camvid"] = "auto"
+    images: str | None = None  # folders: image folder name (auto: images, image, img, ...)
+    masks: str | None = None  # folders: mask folder name (auto: masks, mask, labels, label, ...)
+    classes: ClassTable | Path | None = None  # inline table, a classes file, or found/inferred
+    train_split: str = "train"
+    val_split: str | None = "val"
+    val_fraction: float = Field(0.2, ge=0.0, lt=1.0)  # used when the data has no val split
+    split_seed: int = 0
+    crop_size: tuple[int, int] = (320, 320)
+    channels: Literal["auto", 1, 3] = "auto"
+    cache: bool = True
+    cache_max_gb: float = Field(4.0, ge=0)
+    num_workers: int = Field(-1, ge=-1)  # -1: chosen from the machine
+
+    @field_validator("crop_size", mode="before")
+    @classmethod
+    def _square(cls, v: Any) -> Any:
+        return (v, v) if isinstance(v, int) else v
+
+    @field_validator("crop_size")
+    @classmethod
+    def _positive(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if min(v) < 8:
+            raise ValueError("crop sides must be at least 8 pixels")
+        return v
+
+
+class AugmentConfig(Strict):
+    preset: Literal["none", "light", "default", "strong"] = "default"
+    # Explicit albumentations transforms, e.g. [{name: HorizontalFlip, p: 0.5}]; replaces the preset's.
+    # The final pad-and-crop to data.crop_size is always added.
+    transforms: list[dict[str, Any]] | None = None
+
+    @model_validator(mode="after")
+    def _buildable(self) -> AugmentConfig:
+        if self.transforms is not None:
+            from pixelwise.data.transforms import build_transform_list
+
+            build_transform_list(self.transforms, ignore_index=255)
+        return self
+
+
+class ModelConfig(Strict):
+    arch: str = "unet"
+    encoder: str = "resnet18"
+    encoder_weights: str | None = None
+    in_channels: int | Literal["auto"] = "auto"
+    options: dict[str, Any] = Field(default_factory=dict)  # passed to the architecture
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, v: str) -> str:
+        from pixelwise.models.factory import ARCHITECTURES
+
+        ARCHITECTURES.get(v)
+        return v.lower()
+
+
+class LossConfig(Strict):
+    terms: dict[str, float] = Field(default_factory=lambda: {"ce": 1.0})  # name -> weight
+    class_weights: list[float] | None = None
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, v: Any) -> Any:
+        # `loss: dice` and `loss: {ce: 1.0, dice: 1.0}` are shorthands for `loss: {terms: ...}`.
+        if isinstance(v, str):
+            return {"terms": {v: 1.0}}
+        if isinstance(v, dict) and v and not set(v) & set(cls.model_fields):
+            return {"terms": v}
+        return v
+
+    @field_validator("terms")
+    @classmethod
+    def _known_losses(cls, v: dict[str, float]) -> dict[str, float]:
+        from pixelwise.losses import LOSSES
+
+        if not v:
+            raise ValueError("at least one loss term is needed")
+        for name in v:
+            LOSSES.get(name)
+        return {k.lower(): w for k, w in v.items()}
+
+
+class OptimConfig(Strict):
+    name: str = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = False
+    scheduler: Literal["constant", "cosine", "poly", "step"] = "cosine"
+    warmup: float = Field(0.03, ge=0, lt=1)  # fraction of training spent warming up linearly
+    min_lr_ratio: float = Field(0.01, ge=0, le=1)
+
+    @field_validator("name")
+    @classmethod
+    def _known_optimizer(cls, v: str) -> str:
+        from pixelwise.optim import OPTIMIZERS
+
+        OPTIMIZERS.get(v)
+        return v.lower()
+
+
+class TrainConfig(Strict):
+    epochs: int = Field(50, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    time_budget: str | None = None  # e.g. 15m; training stops at whichever rule comes first
+    batch_size: int = Field(8, ge=1)
+    eval_batch_size: int = Field(4, ge=1)
+    eval_every: int = Field(1, ge=1)  # epochs
+    device: str = "auto"
+    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
+    channels_last: bool = True
+    seed: int = 0
+    grad_clip: float | None = Field(None, gt=0)
+
+    @field_validator("time_budget", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> Any:
+        if v is None:
+            return None
+        parse_duration(v)
+        return str(v)
+
+    @property
+    def time_budget_seconds(self) -> float | None:
+        return None if self.time_budget is None else parse_duration(self.time_budget)
+
+
+class Config(Strict):
+    name: str = "run"
+    data: DataConfig = Field(default_factory=DataConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _suggest(loc: tuple[Any, ...]) -> str:
+    """'did you mean' for an unknown key, from the fields of the model at that path."""
+    model: type[BaseModel] | None = Config
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part)) if model else None
+        ann = field.annotation if field else None
+        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    if model is None:
+        return ""
+    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else f" (valid keys: {', '.join(model.model_fields)})"
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        # Union members show up in the path (e.g. 'ClassTable', 'int'); keep only real keys.
+        loc = tuple(p for p in loc if not (isinstance(p, str) and (p[:1].isupper() or p in _TYPE_NAMES)))
+        path = ".".join(str(p) for p in loc) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  {path}: unknown key{_suggest(loc)}")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            lines.append(f"  {path}: {msg} (got {e.get('input')!r})")
+    return f"invalid configuration in {source}:\n" + "\n".join(dict.fromkeys(lines))
+
+
+_TYPE_NAMES = {"int", "str", "float", "bool", "list", "dict", "tuple", "none", "literal['auto']", "path"}
+
+
+def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``tree['a']['b'] = value`` for ``dotted='a.b'``, creating dicts on the way."""
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: '{part}' is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'optim.lr=3e-4' -> ('optim.lr', 0.0003); values are parsed as YAML (safe loader)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set expects key.path=value, got '{text}'")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {text}: value is not valid YAML ({e})") from None
+    return key.strip(), value
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        kind = type(data).__name__
+        raise ConfigError(f"{path}: expected a mapping of sections (data, model, train, ...), got {kind}")
+    return data
+
+
+def load_config(
+    path: Path | None = None, overrides: list[str] | None = None, values: dict[str, Any] | None = None
+) -> Config:
+    """Build a validated Config.
+
+    Args:
+        path: optional YAML file.
+        overrides: ``key.path=value`` strings (``--set``), applied last.
+        values: dotted key -> value (CLI shortcuts such as ``--data``), applied after the file.
+    """
+    tree: dict[str, Any] = read_yaml(path) if path is not None else {}
+    for key, value in (values or {}).items():
+        set_dotted(tree, key, value)
+    for text in overrides or []:
+        set_dotted(tree, *parse_override(text))
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, str(path) if path else "the command line")) from None

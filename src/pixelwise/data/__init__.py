@@ -1,0 +1,1 @@
+"""Datasets: formats, decoding, checks, transforms and the built-in synthetic set."""

@@ -1,0 +1,135 @@
+"""From a data config to checked datasets and loaders."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from pixelwise.config import AugmentConfig, DataConfig
+from pixelwise.data.checks import DataSummary, check_pairs
+from pixelwise.data.classes import IGNORE, ClassTable
+from pixelwise.data.dataset import DecodedCache, Pair, SegmentationDataset
+from pixelwise.data.formats import check_orphans, discover, select_split
+from pixelwise.data.transforms import train_transform
+
+
+@dataclass
+class DataBundle:
+    """Checked train and validation datasets with what the checks learnt."""
+
+    train: SegmentationDataset
+    val: SegmentationDataset | None
+    summary: DataSummary
+    val_sizes: list[tuple[int, int]]
+    notes: list[str] = field(default_factory=list)
+
+
+def _cache(cfg: DataConfig) -> DecodedCache | None:
+    return DecodedCache(int(cfg.cache_max_gb * 2**30)) if cfg.cache else None
+
+
+def build_datasets(data: DataConfig, augment: AugmentConfig, seed: int = 0) -> DataBundle:
+    """Discover, split and check the data; the train set gets the augmentation pipeline."""
+    layout = discover(data)
+    train_pairs, train_note = select_split(layout, data, data.train_split)
+    notes = check_orphans(layout)
+    val_pairs: list[Pair] = []
+    if data.val_split is not None:
+        val_pairs, val_note = select_split(layout, data, data.val_split)
+        notes.append(f"training on {train_note} ({len(train_pairs)} images), validating on {val_note} "
+                     f"({len(val_pairs)} images)")
+    else:
+        notes.append(f"training on {train_note} ({len(train_pairs)} images), no validation (data.val_split is null)")
+    cache = _cache(data)
+    summary = check_pairs(train_pairs + val_pairs, layout.classes, data.channels, cache)
+    notes += summary.notes
+    transform = train_transform(data.crop_size, IGNORE, summary.channels, augment.preset, augment.transforms, seed)
+    train = SegmentationDataset(train_pairs, summary.table, summary.channels, transform, cache, seed)
+    val = SegmentationDataset(val_pairs, summary.table, summary.channels, None, cache) if val_pairs else None
+    val_sizes = [summary.sizes[str(p.image)] for p in val_pairs]
+    return DataBundle(train, val, summary, val_sizes, notes)
+
+
+def build_eval_dataset(
+    data: DataConfig, split: str, table: ClassTable, channels: int, root: Path | None = None
+) -> tuple[SegmentationDataset, list[tuple[int, int]], DataSummary]:
+    """A checked, untransformed dataset of one split, read with the run's class table and channels."""
+    layout = discover(data, root)
+    pairs, _ = select_split(layout, data, split)
+    cache = _cache(data)
+    summary = check_pairs(pairs, table, channels, cache, label=f"Checking {split}")
+    return (
+        SegmentationDataset(pairs, table, channels, None, cache),
+        [summary.sizes[str(p.image)] for p in pairs],
+        summary,
+    )
+
+
+def default_workers(requested: int) -> int:
+    """Loader processes: on small machines one worker overlaps decoding with compute without starving it."""
+    if requested >= 0:
+        return requested
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return 1 if cpus <= 4 else min(8, cpus // 2)
+
+
+class EpochSampler(torch.utils.data.Sampler[tuple[int, int]]):
+    """Shuffles by (seed, epoch) and yields (epoch, index), so the dataset can seed each sample's augmentation.
+
+    Order and augmentations then depend only on (seed, epoch, index): the same with any number of loader
+    workers, with persistent workers, and after a resume.
+    """
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+        return iter([(self.epoch, int(i)) for i in order])
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def train_loader(dataset: SegmentationDataset, batch_size: int, workers: int, seed: int,
+                 pin_memory: bool = False) -> tuple[DataLoader, EpochSampler]:
+    """The training loader (persistent workers) and its sampler; call ``sampler.set_epoch(e)`` each epoch."""
+    sampler = EpochSampler(len(dataset), seed)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        drop_last=len(dataset) >= batch_size,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=pin_memory,
+    )
+    return loader, sampler
+
+
+class SizeGroupedBatches(torch.utils.data.Sampler[list[int]]):
+    """Batches of indices whose images share one size, so they stack without resizing (evaluation)."""
+
+    def __init__(self, sizes: list[tuple[int, int]], batch_size: int) -> None:
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, size in enumerate(sizes):
+            groups.setdefault(tuple(size), []).append(i)
+        self.batches = [idx[i : i + batch_size] for idx in groups.values() for i in range(0, len(idx), batch_size)]
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def eval_loader(dataset: Dataset, sizes: list[tuple[int, int]], batch_size: int, workers: int) -> DataLoader:
+    return DataLoader(dataset, batch_sampler=SizeGroupedBatches(sizes, batch_size), num_workers=workers)

@@ -1,0 +1,158 @@
+"""Validate every pair before training: readable, same size, mask values known. Errors name the files."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pixelwise.data.classes import IGNORE, UNKNOWN, ClassTable
+from pixelwise.data.dataset import DecodedCache, Pair, image_channels, read_image, read_mask
+from pixelwise.errors import DataError, list_offenders
+from pixelwise.progress import track
+
+MAX_INFERRED_CLASSES = 64
+
+
+@dataclass
+class PairInfo:
+    pair: Pair
+    error: str | None = None
+    size: tuple[int, int] | None = None  # (height, width) of the image
+    values: np.ndarray | None = None  # raw mask values present
+    counts: np.ndarray | None = None  # pixels per raw value in ``values``
+
+
+@dataclass
+class DataSummary:
+    """What the checks learnt: channels, the class table, image sizes and class pixel counts."""
+
+    channels: int
+    table: ClassTable
+    sizes: dict[str, tuple[int, int]]  # image path -> (height, width)
+    class_pixels: np.ndarray  # (num_classes,) labelled pixels per class
+    void_pixels: int
+    notes: list[str] = field(default_factory=list)
+
+
+def decide_channels(pairs: list[Pair], requested: int | str) -> int:
+    """1 when every image is grayscale, else 3 (unless ``requested`` says which)."""
+    if requested in (1, 3):
+        return int(requested)
+    for pair in pairs:
+        try:
+            if image_channels(pair.image) == 3:
+                return 3
+        except DataError:
+            continue  # reported with the full scan
+    return 1
+
+
+def _scan_one(pair: Pair, channels: int, cache: DecodedCache | None) -> PairInfo:
+    info = PairInfo(pair)
+    if pair.mask is None:
+        info.error = f"{pair.image}: no mask found for this image"
+        return info
+    try:
+        image = read_image(pair.image, channels)
+        mask = read_mask(pair.mask)
+    except DataError as e:
+        info.error = str(e)
+        return info
+    info.size = image.shape[:2]
+    if mask.shape[:2] != image.shape[:2]:
+        h, w = image.shape[:2]
+        mh, mw = mask.shape[:2]
+        info.error = f"{pair.mask}: mask is {mw}x{mh} but its image is {w}x{h} ({pair.image.name})"
+        return info
+    if mask.dtype == np.uint8:
+        counts = np.bincount(mask.ravel(), minlength=256)
+        info.values = np.flatnonzero(counts)
+        info.counts = counts[info.values]
+    else:
+        info.values, info.counts = np.unique(mask, return_counts=True)
+    if cache is not None:
+        cache.put(pair.image, image)
+        cache.put(pair.mask, mask)
+    return info
+
+
+def infer_table(values: Iterable[int]) -> tuple[ClassTable, str]:
+    """A class table guessed from the mask values found, with a note saying what was assumed."""
+    present = set(int(v) for v in values)
+    hint = "write a classes.yaml (names, ignore_index, mapping) beside the data to say otherwise"
+    if present <= {0, 255}:
+        table = ClassTable(names=["value_0", "value_255"], mapping={0: 0, 255: 1})
+        return table, f"binary masks (0 -> class 0, 255 -> class 1) assumed; {hint}"
+    labels = present - {255}
+    top = max(labels)
+    if top >= MAX_INFERRED_CLASSES:
+        raise DataError(
+            f"masks hold values up to {top} ({len(present)} distinct): too many to guess a class table. "
+            "Masks must hold one value per class; if they do, give data.classes (a classes.yaml with names "
+            "and, if needed, a mapping of mask values to classes)."
+        )
+    table = ClassTable(names=[f"class_{i}" for i in range(top + 1)], ignore_index=255 if 255 in present else None)
+    void = ", 255 = void" if 255 in present else ""
+    return table, f"{top + 1} classes (mask values 0..{top}{void}) assumed; {hint}"
+
+
+def check_pairs(
+    pairs: list[Pair],
+    table: ClassTable | None,
+    channels: int | str = "auto",
+    cache: DecodedCache | None = None,
+    label: str = "Checking data",
+) -> DataSummary:
+    """Decode every pair and raise one DataError listing every problem found (up to 10 files each).
+
+    Args:
+        pairs: all pairs to be used (train and validation together).
+        table: the class table, or None to infer one from the mask values.
+        channels: 1, 3 or 'auto' (1 when all images are grayscale).
+        cache: where decoded arrays are kept for training, if anywhere.
+    """
+    if not pairs:
+        raise DataError("no image/mask pairs to check: the dataset is empty")
+    chans = decide_channels(pairs, channels)
+    workers = min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(workers) as pool:
+        infos = list(track(pool.map(lambda p: _scan_one(p, chans, cache), pairs), total=len(pairs), label=label))
+
+    problems = [i.error for i in infos if i.error]
+    notes: list[str] = []
+    good = [i for i in infos if not i.error]
+    if table is None and good:
+        table, note = infer_table(np.unique(np.concatenate([i.values for i in good])))
+        notes.append(note)
+    if table is not None:
+        lut = table.lut()
+        for info in good:
+            unknown = info.values[lut[info.values] == UNKNOWN]
+            if unknown.size:
+                problems.append(
+                    f"{info.pair.mask}: values {', '.join(map(str, unknown[:8].tolist()))} not in the class table "
+                    f"(valid: {table.describe_values()})"
+                )
+    if problems:
+        raise DataError(list_offenders("the dataset has problems that must be fixed before training", problems))
+    assert table is not None
+    lut = table.lut()
+    class_pixels = np.zeros(table.num_classes, dtype=np.int64)
+    void = 0
+    for info in good:
+        classes = lut[info.values]
+        void += int(info.counts[classes == IGNORE].sum())
+        keep = classes != IGNORE
+        np.add.at(class_pixels, classes[keep], info.counts[keep])
+    return DataSummary(
+        channels=chans,
+        table=table,
+        sizes={str(i.pair.image): i.size for i in good},
+        class_pixels=class_pixels,
+        void_pixels=void,
+        notes=notes,
+    )

@@ -1,0 +1,99 @@
+"""The class table: class names, colours, the void value and the mask value -> class mapping."""
+
+from __future__ import annotations
+
+import colorsys
+import json
+from pathlib import Path
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+from pixelwise.errors import ConfigError
+
+IGNORE = 255  # class index of void pixels inside pixelwise (masks are uint8)
+UNKNOWN = -1  # LUT entry for a mask value the table does not know
+
+
+def default_palette(n: int) -> list[tuple[int, int, int]]:
+    """Distinct, reproducible colours: hues spread by the golden ratio; class 0 is black."""
+    colours = [(0, 0, 0)]
+    for i in range(1, n):
+        h = (i * 0.618033988749895) % 1.0
+        r, g, b = colorsys.hsv_to_rgb(h, 0.75, 0.95 if i % 2 else 0.7)
+        colours.append((int(r * 255), int(g * 255), int(b * 255)))
+    return colours[:n]
+
+
+class ClassTable(BaseModel):
+    """What the values of a mask mean.
+
+    Without ``mapping``, mask value ``i`` is class ``i``. With it, only the listed values are valid.
+    ``ignore_index`` is the raw mask value for void pixels (ignored by losses and metrics).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    names: list[str]
+    colors: list[tuple[int, int, int]] | None = None
+    ignore_index: int | None = None
+    mapping: dict[int, int] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ClassTable:
+        n = len(self.names)
+        if not 1 <= n < IGNORE:
+            raise ValueError(f"between 1 and {IGNORE - 1} class names are needed, got {n}")
+        if self.colors is not None and len(self.colors) != n:
+            raise ValueError(f"{len(self.colors)} colours for {n} class names")
+        if self.mapping is not None:
+            bad = {v: c for v, c in self.mapping.items() if not 0 <= c < n}
+            if bad:
+                raise ValueError(f"mapping sends values to classes outside 0..{n - 1}: {bad}")
+        return self
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.names)
+
+    @property
+    def palette(self) -> list[tuple[int, int, int]]:
+        return [tuple(c) for c in self.colors] if self.colors else default_palette(self.num_classes)
+
+    def lut(self, size: int = 65536) -> np.ndarray:
+        """Lookup table raw mask value -> class index, IGNORE for void, UNKNOWN for values not in the table."""
+        table = np.full(size, UNKNOWN, dtype=np.int16)
+        if self.mapping is None:
+            table[: min(self.num_classes, size)] = np.arange(min(self.num_classes, size))
+        else:
+            for value, cls in self.mapping.items():
+                if 0 <= value < size:
+                    table[value] = cls
+        if self.ignore_index is not None and 0 <= self.ignore_index < size:
+            table[self.ignore_index] = IGNORE
+        return table
+
+    def describe_values(self) -> str:
+        if self.mapping is not None:
+            valid = ", ".join(str(v) for v in sorted(self.mapping))
+        else:
+            valid = f"0..{self.num_classes - 1}"
+        void = f", void {self.ignore_index}" if self.ignore_index is not None else ""
+        return f"{valid}{void}"
+
+    @classmethod
+    def from_file(cls, path: Path) -> ClassTable:
+        """Read a classes file (YAML or JSON): names, optional colors, ignore_index, mapping."""
+        try:
+            text = path.read_text()
+            raw = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+        except (OSError, ValueError, yaml.YAMLError) as e:
+            raise ConfigError(f"{path}: cannot read the classes file ({e})") from None
+        if isinstance(raw, list):  # a bare list of names
+            raw = {"names": raw}
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as e:
+            problems = "; ".join(f"{'.'.join(map(str, x['loc'])) or 'file'}: {x['msg']}" for x in e.errors())
+            raise ConfigError(f"{path}: invalid classes file: {problems}") from None

@@ -1,0 +1,171 @@
+"""Decoding images and masks, mapping mask values to classes, and the torch Dataset."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from pixelwise.data.classes import ClassTable
+from pixelwise.errors import DataError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".ppm", ".pgm"}
+GRAYSCALE_MODES = {"1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One training example: an image and its mask (None where the mask is missing)."""
+
+    image: Path
+    mask: Path | None
+
+
+def _open(path: Path, what: str) -> Image.Image:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(path)
+            im.load()
+        return im
+    except FileNotFoundError:
+        raise DataError(f"{path}: {what} file not found") from None
+    except PermissionError:
+        raise DataError(f"{path}: {what} file cannot be read (permission denied)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise DataError(f"{path}: {what} is too large to decode safely ({e})") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"{path}: cannot be read as an {what} ({e}); re-export or remove the file") from None
+
+
+def image_channels(path: Path) -> int:
+    """1 for grayscale files, 3 otherwise; reads only the header."""
+    try:
+        with Image.open(path) as im:
+            return 1 if im.mode in GRAYSCALE_MODES else 3
+    except (OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"{path}: cannot be read as an image ({e}); re-export or remove the file") from None
+
+
+def read_image(path: Path, channels: int) -> np.ndarray:
+    """Decode an image to uint8 HxWxC with C = ``channels`` (1 or 3); 16-bit data is scaled to 8 bits."""
+    im = _open(path, "image")
+    if im.mode.startswith("I;16") or im.mode == "I":
+        arr = np.asarray(im).astype(np.float32)
+        arr = (arr / 257.0 if arr.max() <= 65535 else arr / arr.max() * 255).clip(0, 255).astype(np.uint8)
+        im = Image.fromarray(arr, mode="L")
+    if channels == 1:
+        arr = np.asarray(im.convert("L"))[:, :, None]
+    else:
+        arr = np.asarray(im.convert("RGB"))
+    return np.ascontiguousarray(arr)
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """Decode a mask to its raw values, HxW uint8 or uint16 (palette PNGs give palette indices)."""
+    im = _open(path, "mask")
+    if im.mode in ("P", "L", "1"):
+        return np.asarray(im.convert("L") if im.mode == "1" else im).astype(np.uint8, copy=False)
+    if im.mode in ("RGB", "RGBA"):
+        arr = np.asarray(im)[:, :, :3]
+        if (arr[:, :, 0] == arr[:, :, 1]).all() and (arr[:, :, 0] == arr[:, :, 2]).all():
+            return np.ascontiguousarray(arr[:, :, 0])
+        raise DataError(
+            f"{path}: mask is an RGB colour image; pixelwise expects one channel of class indices. "
+            "Convert the colours to indices (one value per class) or save the mask as a palette PNG."
+        )
+    arr = np.asarray(im)
+    if arr.dtype.kind == "f":
+        if not np.isfinite(arr).all() or (arr != np.round(arr)).any():
+            raise DataError(f"{path}: mask holds non-integer or NaN values; masks must hold class indices")
+    if arr.min() < 0 or arr.max() > 65535:
+        raise DataError(f"{path}: mask values {arr.min()}..{arr.max()} are outside 0..65535")
+    return arr.astype(np.uint16)
+
+
+def to_classes(raw: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    """Map raw mask values to class indices (uint8, IGNORE for void). Unknown values must be checked first."""
+    out = lut[raw]
+    assert (out >= 0).all(), "unknown mask values reached training; checks must reject them first"
+    return out.astype(np.uint8)
+
+
+class DecodedCache:
+    """Decoded uint8 images and raw masks kept in memory up to a byte limit (shared with forked workers)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.nbytes = 0
+        self._items: dict[Path, np.ndarray] = {}
+
+    def get(self, path: Path) -> np.ndarray | None:
+        return self._items.get(path)
+
+    def put(self, path: Path, arr: np.ndarray) -> None:
+        if path not in self._items and self.nbytes + arr.nbytes <= self.max_bytes:
+            self._items[path] = arr
+            self.nbytes += arr.nbytes
+
+
+class SegmentationDataset(torch.utils.data.Dataset):
+    """(image, mask) pairs -> (uint8 CxHxW image tensor, uint8 HxW class-index mask tensor).
+
+    Normalisation happens inside the model (see ``models.factory.Normalized``), so batches stay uint8.
+    """
+
+    def __init__(
+        self,
+        pairs: list[Pair],
+        table: ClassTable,
+        channels: int,
+        transform: Callable[..., dict] | None = None,
+        cache: DecodedCache | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.pairs = pairs
+        self.seed = seed
+        self.channels = channels
+        self.transform = transform
+        self.cache = cache
+        self.lut = table.lut()
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def _cached(self, path: Path, read: Callable[[Path], np.ndarray]) -> np.ndarray:
+        arr = self.cache.get(path) if self.cache else None
+        if arr is None:
+            arr = read(path)
+            if self.cache:
+                self.cache.put(path, arr)
+        return arr
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The decoded pair: image uint8 HxWxC and class-index mask uint8 HxW."""
+        pair = self.pairs[index]
+        assert pair.mask is not None, "pairs without masks are rejected by the checks"
+        image = self._cached(pair.image, lambda p: read_image(p, self.channels))
+        mask = to_classes(self._cached(pair.mask, read_mask), self.lut)
+        return image, mask
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``key`` is an index, or (epoch, index) from ``EpochSampler`` to seed this sample's augmentation."""
+        epoch, index = key if isinstance(key, tuple) else (None, key)
+        image, mask = self.load(index)
+        if self.transform is not None:
+            if epoch is not None and hasattr(self.transform, "set_random_seed"):
+                state = np.random.SeedSequence([self.seed, epoch, index]).generate_state(1)[0]
+                self.transform.set_random_seed(int(state))
+            out = self.transform(image=image, mask=mask)
+            image, mask = out["image"], out["mask"]
+        if image.ndim == 2:
+            image = image[:, :, None]
+        # np.array copies: cached arrays are shared (and read-only), tensors must own their memory.
+        return torch.from_numpy(np.array(image.transpose(2, 0, 1), order="C")), torch.from_numpy(
+            np.array(mask, order="C")
+        )

@@ -1,0 +1,169 @@
+"""Dataset layouts on disk -> lists of (image, mask) pairs per split, plus the class table if the layout has one.
+
+Formats in this module:
+- ``camvid``: the SegNet layout, ``SPLIT/`` images beside ``SPLITannot/`` masks; 11 classes built in, 11 = void.
+- ``folders``: an images folder and a masks folder matched by file stem, either at the root (one pool,
+  split by ``data.val_fraction``) or under each split folder (``train/images``, ``train/masks``, ...),
+  with an optional ``classes.yaml`` (or .yml/.json) at the root.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pixelwise.config import DataConfig
+from pixelwise.data.classes import ClassTable
+from pixelwise.data.dataset import IMAGE_SUFFIXES, Pair
+from pixelwise.errors import ConfigError, DataError, list_offenders
+
+CAMVID_CLASSES = ClassTable(
+    names=["sky", "building", "pole", "road", "pavement", "tree", "signsymbol", "fence", "car", "pedestrian",
+           "bicyclist"],
+    colors=[(128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (60, 40, 222), (128, 128, 0),
+            (192, 128, 128), (64, 64, 128), (64, 0, 128), (64, 64, 0), (0, 128, 192)],
+    ignore_index=11,
+)
+IMAGE_DIRS = ("images", "image", "imgs", "img", "inputs")
+MASK_DIRS = ("masks", "mask", "labels", "label", "annotations", "annotation", "gt", "targets")
+MASK_SUFFIXES = ("", "_mask", "_label", "_labels", "_gt", "_annot")
+CLASS_FILES = ("classes.yaml", "classes.yml", "classes.json")
+
+
+@dataclass
+class Layout:
+    """What was found on disk."""
+
+    format: str
+    root: Path
+    splits: dict[str, list[Pair]]
+    classes: ClassTable | None  # None: to be inferred from the mask values
+    orphan_masks: list[Path] = field(default_factory=list)
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def pair_by_stem(images: list[Path], masks: list[Path]) -> tuple[list[Pair], list[Path]]:
+    """Match each image with the mask of the same stem (or stem + _mask, _label, ...)."""
+    by_stem = {m.stem: m for m in masks}
+    pairs, used = [], set()
+    for img in images:
+        mask = next((by_stem[img.stem + s] for s in MASK_SUFFIXES if img.stem + s in by_stem), None)
+        if mask is not None:
+            used.add(mask)
+        pairs.append(Pair(img, mask))
+    return pairs, [m for m in masks if m not in used]
+
+
+def _camvid(root: Path) -> Layout:
+    splits, orphans = {}, []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        annot = root / f"{folder.name}annot"
+        if annot.is_dir():
+            splits[folder.name], extra = pair_by_stem(_files(folder), _files(annot))
+            orphans += extra
+    if not splits:
+        raise DataError(f"{root}: not a CamVid layout (expected e.g. train/ beside trainannot/)")
+    return Layout("camvid", root, splits, CAMVID_CLASSES, orphans)
+
+
+def _find_dir(parent: Path, wanted: str | None, candidates: tuple[str, ...]) -> Path | None:
+    if wanted is not None:
+        return parent / wanted if (parent / wanted).is_dir() else None
+    return next((parent / c for c in candidates if (parent / c).is_dir()), None)
+
+
+def _folders(root: Path, cfg: DataConfig) -> Layout:
+    splits, orphans = {}, []
+    img_dir, mask_dir = _find_dir(root, cfg.images, IMAGE_DIRS), _find_dir(root, cfg.masks, MASK_DIRS)
+    if img_dir and mask_dir:
+        splits[cfg.train_split], orphans = pair_by_stem(_files(img_dir), _files(mask_dir))
+    else:
+        for sub in sorted(p for p in root.iterdir() if p.is_dir()):
+            img_dir, mask_dir = _find_dir(sub, cfg.images, IMAGE_DIRS), _find_dir(sub, cfg.masks, MASK_DIRS)
+            if img_dir and mask_dir:
+                splits[sub.name], extra = pair_by_stem(_files(img_dir), _files(mask_dir))
+                orphans += extra
+    if not splits:
+        names = f"'{cfg.images}' and '{cfg.masks}'" if cfg.images or cfg.masks else (
+            f"one of {', '.join(IMAGE_DIRS)} and one of {', '.join(MASK_DIRS)}")
+        raise DataError(
+            f"{root}: no image and mask folders found. Expected {names}, either directly in it or in split "
+            "folders (train/images, train/masks, val/...). Name them with --set data.images=... data.masks=..."
+        )
+    classes = None
+    if isinstance(cfg.classes, ClassTable):
+        classes = cfg.classes
+    elif isinstance(cfg.classes, Path):
+        path = cfg.classes if cfg.classes.is_absolute() or cfg.classes.exists() else root / cfg.classes
+        if not path.is_file():
+            raise ConfigError(f"data.classes: classes file not found: {cfg.classes}")
+        classes = ClassTable.from_file(path)
+    else:
+        found = next((root / n for n in CLASS_FILES if (root / n).is_file()), None)
+        classes = ClassTable.from_file(found) if found else None
+    return Layout("folders", root, splits, classes, orphans)
+
+
+def detect_format(root: Path) -> str:
+    dirs = {p.name for p in root.iterdir() if p.is_dir()}
+    if any(f"{d}annot" in dirs for d in dirs):
+        return "camvid"
+    return "folders"
+
+
+def discover(cfg: DataConfig, root: Path | None = None) -> Layout:
+    """Find the pairs of every split under ``root`` (default ``cfg.root``) in ``cfg.format``."""
+    root = root or cfg.root
+    if root is None:
+        raise ConfigError("no dataset given: pass --data DIR or set data.root in the config")
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"{root}: dataset folder not found")
+    fmt = detect_format(root) if cfg.format == "auto" else cfg.format
+    layout = _camvid(root) if fmt == "camvid" else _folders(root, cfg)
+    if fmt == "camvid" and cfg.classes is not None:
+        layout.classes = cfg.classes if isinstance(cfg.classes, ClassTable) else ClassTable.from_file(cfg.classes)
+    empty = [name for name, pairs in layout.splits.items() if not pairs]
+    if empty:
+        raise DataError(f"{root}: split folder(s) {', '.join(empty)} hold no images ({', '.join(IMAGE_SUFFIXES)})")
+    return layout
+
+
+def holdout(pairs: list[Pair], fraction: float, seed: int) -> tuple[list[Pair], list[Pair]]:
+    """Seeded split into (train, held-out) keeping at least one example on each side."""
+    n_val = min(len(pairs) - 1, max(1, round(len(pairs) * fraction)))
+    order = np.random.default_rng(seed).permutation(len(pairs))
+    val_idx = set(order[:n_val].tolist())
+    return [p for i, p in enumerate(pairs) if i not in val_idx], [p for i, p in enumerate(pairs) if i in val_idx]
+
+
+def select_split(layout: Layout, cfg: DataConfig, split: str) -> tuple[list[Pair], str]:
+    """The pairs of ``split`` ('train', 'val' or any folder name) and a note on where they came from.
+
+    When the data has no validation split, 'val' (``cfg.val_split``) is a seeded ``val_fraction`` of train,
+    and 'train' is the rest, so the two never overlap.
+    """
+    has_val = cfg.val_split is not None and cfg.val_split in layout.splits
+    if split in layout.splits and not (split == cfg.train_split and not has_val and cfg.val_fraction > 0):
+        return layout.splits[split], f"'{split}'"
+    if split in (cfg.train_split, cfg.val_split) and cfg.train_split in layout.splits and cfg.val_fraction > 0:
+        train, val = holdout(layout.splits[cfg.train_split], cfg.val_fraction, cfg.split_seed)
+        if split == cfg.train_split:
+            return train, f"'{cfg.train_split}' less a held-out {cfg.val_fraction:.0%}"
+        return val, f"{cfg.val_fraction:.0%} held out from '{cfg.train_split}' (data.split_seed {cfg.split_seed})"
+    raise DataError(
+        f"{layout.root}: no split '{split}'; available: {', '.join(layout.splits)}"
+        + ("" if cfg.val_fraction > 0 else " (set data.val_fraction to hold out part of train)")
+    )
+
+
+def check_orphans(layout: Layout) -> list[str]:
+    """Warnings for masks that have no image."""
+    if not layout.orphan_masks:
+        return []
+    return [list_offenders("masks without an image (ignored)", [str(p) for p in layout.orphan_masks])]

@@ -1,0 +1,99 @@
+"""Albumentations pipelines built from the config. Masks always use nearest-neighbour interpolation.
+
+Training: the preset's (or the explicit list's) transforms, then pad-if-needed (void in the mask) and a
+random crop to ``data.crop_size``. Evaluation and prediction are deterministic and need no pipeline:
+images are padded to the network stride inside ``inference``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import albumentations as A
+import cv2
+
+from pixelwise.errors import ConfigError
+from pixelwise.registry import unknown_name_message
+
+NEAREST = cv2.INTER_NEAREST
+
+
+def preset(name: str, ignore_index: int, channels: int) -> list[A.BasicTransform]:
+    """The preset pipelines: none, light, default, strong (what segmentation recipes commonly use)."""
+    if name == "none":
+        return []
+    flips: list[A.BasicTransform] = [A.HorizontalFlip(p=0.5)]
+    if name == "light":
+        return flips
+    strong = name == "strong"
+    affine = A.Affine(
+        scale=(0.5, 2.0) if strong else (0.75, 1.5),
+        rotate=(-30, 30) if strong else (-10, 10),
+        p=0.8 if strong else 0.6,
+        border_mode=cv2.BORDER_CONSTANT,
+        fill=0,
+        fill_mask=ignore_index,
+        mask_interpolation=NEAREST,
+    )
+    jitter = 0.25 if strong else 0.15
+    photometric: list[A.BasicTransform] = [A.RandomBrightnessContrast(jitter, jitter, p=0.5)]
+    if channels == 3:
+        photometric.append(A.HueSaturationValue(10, 20, 10, p=0.3 if strong else 0.2))
+    noise: list[A.BasicTransform] = [
+        A.OneOf([A.GaussianBlur(blur_limit=(3, 5)), A.GaussNoise(std_range=(0.02, 0.08))], p=0.3 if strong else 0.15)
+    ]
+    extra = [A.VerticalFlip(p=0.5), A.RandomRotate90(p=0.5)] if strong else []
+    return [affine, *flips, *extra, *photometric, *noise]
+
+
+def build_transform_list(specs: list[dict[str, Any]], ignore_index: int) -> list[A.BasicTransform]:
+    """Build albumentations transforms from ``[{name: HorizontalFlip, p: 0.5}, ...]``; errors name the entry."""
+    out = []
+    valid = sorted(n for n, c in vars(A).items() if inspect.isclass(c) and issubclass(c, A.BasicTransform))
+    for i, spec in enumerate(specs):
+        where = f"augment.transforms[{i}]"
+        if not isinstance(spec, dict) or "name" not in spec:
+            raise ConfigError(f"{where}: expected a mapping with 'name' (e.g. {{name: HorizontalFlip, p: 0.5}})")
+        params = {k: v for k, v in spec.items() if k != "name"}
+        name = str(spec["name"])
+        if name not in valid:
+            raise ConfigError(f"{where}: {unknown_name_message('albumentations transform', name, valid)}")
+        cls = getattr(A, name)
+        accepted = inspect.signature(cls.__init__).parameters
+        unknown = [k for k in params if k not in accepted]
+        if unknown:
+            keys = ", ".join(k for k in accepted if k not in ("self", "args", "kwargs", "always_apply"))
+            raise ConfigError(f"{where} ({name}): unknown parameter(s) {', '.join(unknown)}; it takes {keys}")
+        if "mask_interpolation" in accepted:
+            if params.get("mask_interpolation", NEAREST) != NEAREST:
+                raise ConfigError(f"{where} ({name}): masks must use nearest interpolation (mask_interpolation: 0)")
+            params["mask_interpolation"] = NEAREST
+        if "fill_mask" in accepted:
+            params.setdefault("fill_mask", ignore_index)
+        try:
+            out.append(cls(**params))
+        except Exception as e:  # albumentations validates with pydantic and raises several types
+            raise ConfigError(f"{where} ({name}): invalid parameters: {e}") from None
+    return out
+
+
+def train_transform(
+    crop_size: tuple[int, int],
+    ignore_index: int,
+    channels: int,
+    preset_name: str = "default",
+    specs: list[dict[str, Any]] | None = None,
+    seed: int | None = None,
+) -> A.Compose:
+    """The training pipeline: augmentations, then pad (void in the mask) and random crop to ``crop_size``."""
+    h, w = crop_size
+    if specs is not None:
+        augment = build_transform_list(specs, ignore_index)
+    else:
+        augment = preset(preset_name, ignore_index, channels)
+    crop = [
+        A.PadIfNeeded(min_height=h, min_width=w, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=ignore_index),
+        A.RandomCrop(height=h, width=w),
+    ]
+    return A.Compose([*augment, *crop], seed=seed)

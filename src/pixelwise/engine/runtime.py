@@ -1,0 +1,59 @@
+"""Device and numeric precision: chosen once from the config and the machine."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+from pixelwise.errors import ConfigError
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True when the CPU computes bf16 natively (AVX512-BF16 or AMX); emulated bf16 is slower than fp32."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    amp_dtype: torch.dtype | None  # autocast dtype, None for fp32
+    channels_last: bool
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def describe(self) -> str:
+        amp = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}[self.amp_dtype]
+        layout = ", channels_last" if self.channels_last else ""
+        return f"{self.device.type}{'' if self.device.index is None else ':' + str(self.device.index)}, {amp}{layout}"
+
+
+def resolve_runtime(device: str = "auto", amp: str = "auto", channels_last: bool = True) -> Runtime:
+    """Pick the device and autocast dtype: bf16 on CPUs that compute it natively and on CUDA GPUs that have it."""
+    if device == "auto":
+        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            dev = torch.device(device)
+        except RuntimeError as e:
+            raise ConfigError(f"train.device: {e}") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("train.device is 'cuda' but no CUDA GPU is available; use 'cpu' or 'auto'")
+    if amp == "off":
+        dtype = None
+    elif amp == "fp16":
+        dtype = torch.float16
+    elif amp == "bf16":
+        dtype = torch.bfloat16
+    elif dev.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    else:
+        dtype = torch.bfloat16 if cpu_has_fast_bf16() else None
+    if dtype == torch.float16 and dev.type == "cpu":
+        raise ConfigError("train.amp: fp16 autocast is for CUDA; on a CPU use bf16 or off")
+    return Runtime(dev, dtype, channels_last)

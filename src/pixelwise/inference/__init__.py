@@ -1,0 +1,1 @@
+"""Inference: padded forward passes and the ``Segmenter`` API."""

@@ -1,0 +1,39 @@
+"""Forward passes on images of any size: pad to the network stride, run, crop back."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pixelwise.engine.runtime import Runtime
+
+
+def pad_to_multiple(images: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Pad (N, C, H, W) at the bottom and right so H and W are multiples of ``multiple``.
+
+    Reflection keeps image statistics at the border (zeros would look like a black frame to the network);
+    it needs the pad to be smaller than the side, so very small images fall back to replication.
+    """
+    h, w = images.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph == 0 and pw == 0:
+        return images
+    mode = "reflect" if ph < h and pw < w else "replicate"
+    return F.pad(images.float(), (0, pw, 0, ph), mode=mode)
+
+
+def forward_padded(model: nn.Module, images: torch.Tensor, runtime: Runtime) -> torch.Tensor:
+    """Logits (N, K, H, W) in float32 for uint8 images (N, C, H, W) of any H, W.
+
+    Args:
+        model: a network taking 0-255 input (``models.Normalized``), with ``pad_multiple``.
+        images: uint8 or 0-255 float, already on ``runtime.device``.
+    """
+    h, w = images.shape[-2:]
+    x = pad_to_multiple(images, getattr(model, "pad_multiple", 32))
+    if runtime.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with runtime.autocast():
+        logits = model(x)
+    return logits[..., :h, :w].float()

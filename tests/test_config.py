@@ -1,0 +1,90 @@
+from pathlib import Path
+
+import pytest
+
+from pixelwise.config import load_config, parse_duration
+from pixelwise.errors import ConfigError
+
+
+def test_defaults_validate():
+    cfg = load_config()
+    assert cfg.model.arch == "unet" and cfg.train.batch_size == 8 and cfg.data.crop_size == (320, 320)
+
+
+def test_public_keys_are_settable():
+    cfg = load_config(overrides=["model.arch=FPN", "model.encoder=resnet34", "data.crop_size=256",
+                                 "train.batch_size=4", "train.epochs=3", "train.max_steps=10",
+                                 "train.time_budget=15m", "optim.lr=3e-4"])
+    assert cfg.model.arch == "fpn" and cfg.model.encoder == "resnet34"
+    assert cfg.data.crop_size == (256, 256) and cfg.train.batch_size == 4 and cfg.train.epochs == 3
+    assert cfg.train.max_steps == 10 and cfg.train.time_budget_seconds == 900 and cfg.optim.lr == 3e-4
+
+
+def test_misspelt_key_names_its_path_and_suggests(tmp_path: Path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  batchsize: 4\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert "train.batchsize: unknown key" in str(e.value) and "batch_size" in str(e.value)
+    assert str(path) in str(e.value)
+
+
+def test_unknown_section_and_wrong_type():
+    with pytest.raises(ConfigError, match=r"modle: unknown key \(did you mean 'model'\?\)"):
+        load_config(overrides=["modle.arch=unet"])
+    with pytest.raises(ConfigError, match="train.batch_size"):
+        load_config(overrides=["train.batch_size=many"])
+    with pytest.raises(ConfigError, match="train.batch_size"):
+        load_config(overrides=["train.batch_size=-2"])
+
+
+def test_set_values_parse_as_yaml():
+    cfg = load_config(overrides=["model.options={decoder_channels: [8, 8, 8, 8, 8]}", "data.cache=false"])
+    assert cfg.model.options == {"decoder_channels": [8, 8, 8, 8, 8]} and cfg.data.cache is False
+    with pytest.raises(ConfigError, match="key.path=value"):
+        load_config(overrides=["optim.lr"])
+
+
+@pytest.mark.parametrize("text,seconds", [("90s", 90), ("15m", 900), ("1.5h", 5400), ("45", 45), (30, 30)])
+def test_durations(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+def test_bad_duration():
+    with pytest.raises(ConfigError, match="train.time_budget"):
+        load_config(overrides=["train.time_budget=soon"])
+
+
+def test_unknown_component_names_list_valid_ones():
+    with pytest.raises(ConfigError, match="unknown architecture 'unett'.*Did you mean 'unet'"):
+        load_config(overrides=["model.arch=unett"])
+    with pytest.raises(ConfigError, match="unknown loss 'dise'.*Valid names: ce, dice"):
+        load_config(overrides=["loss=dise"])
+    with pytest.raises(ConfigError, match="unknown optimizer 'adamm'"):
+        load_config(overrides=["optim.name=adamm"])
+
+
+def test_loss_shorthands():
+    assert load_config(overrides=["loss=dice"]).loss.terms == {"dice": 1.0}
+    cfg = load_config(overrides=["loss={ce: 1.0, dice: 0.5}"])
+    assert cfg.loss.terms == {"ce": 1.0, "dice": 0.5}
+    assert load_config(overrides=["loss.label_smoothing=0.1"]).loss.terms == {"ce": 1.0}
+
+
+def test_augment_list_is_validated_at_load():
+    cfg = load_config(overrides=["augment.transforms=[{name: HorizontalFlip, p: 0.5}]"])
+    assert cfg.augment.transforms == [{"name": "HorizontalFlip", "p": 0.5}]
+    with pytest.raises(ConfigError, match=r"augment.transforms\[0\].*HorizontalFlip"):
+        load_config(overrides=["augment.transforms=[{name: HorizontalFlipp}]"])
+    with pytest.raises(ConfigError, match=r"augment.transforms\[0\] \(Affine\): unknown parameter\(s\) rotation"):
+        load_config(overrides=["augment.transforms=[{name: Affine, rotation: 10}]"])
+    with pytest.raises(ConfigError, match="nearest"):
+        load_config(overrides=["augment.transforms=[{name: Affine, mask_interpolation: 1}]"])
+
+
+def test_resolved_config_round_trips(tmp_path: Path):
+    cfg = load_config(overrides=["train.time_budget=10m", "data.classes={names: [a, b], mapping: {0: 0, 255: 1}}"])
+    path = tmp_path / "config.yaml"
+    path.write_text(cfg.to_yaml())
+    again = load_config(path)
+    assert again == cfg
