@@ -1,0 +1,123 @@
+"""The command line: each command parses its options, builds a config and calls the library."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from pixelwise.errors import PixelwiseError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="pixelwise: train, evaluate and deploy semantic segmentation models on your own images.",
+)
+out = Console()
+err = Console(stderr=True)
+
+
+@app.command()
+def demo(
+    out_dir: Path = typer.Option(Path("pixelwise-demo"), "--out", help="Folder for the demo's data and run."),
+    time_budget: str = typer.Option("75s", help="Training time (e.g. 75s, 3m)."),
+) -> None:
+    """Offline demo: synthetic data -> train -> evaluate -> predict, in about two minutes on a laptop CPU."""
+    from pixelwise.demo import run_demo
+
+    run_demo(out_dir, time_budget)
+
+
+@app.command()
+def train(
+    config: Path | None = typer.Argument(None, help="YAML config file (optional: flags alone also work)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a config key, e.g. --set optim.lr=3e-4 (repeatable)."),
+    data: Path | None = typer.Option(None, help="Dataset folder (data.root)."),
+    fmt: str | None = typer.Option(None, "--format", help="Dataset layout: auto, folders, camvid (data.format)."),
+    model: str | None = typer.Option(None, help="Architecture, e.g. unet, fpn, deeplabv3plus (model.arch)."),
+    encoder: str | None = typer.Option(None, help="Encoder, e.g. resnet18 or tu-convnext_tiny (model.encoder)."),
+    epochs: int | None = typer.Option(None, help="train.epochs"),
+    max_steps: int | None = typer.Option(None, help="train.max_steps"),
+    time_budget: str | None = typer.Option(None, help="train.time_budget, e.g. 15m"),
+    batch_size: int | None = typer.Option(None, help="train.batch_size"),
+    crop_size: int | None = typer.Option(None, help="data.crop_size (square)"),
+    lr: float | None = typer.Option(None, help="optim.lr"),
+    name: str | None = typer.Option(None, help="Run name (default run directory: runs/NAME)."),
+    out_dir: Path | None = typer.Option(None, "--out", help="Run directory."),
+    resume: Path | None = typer.Option(None, help="Continue the run in this directory from its last.ckpt."),
+    overwrite: bool = typer.Option(False, help="Replace an existing run directory."),
+) -> None:
+    """Train a model; writes config.yaml, best.safetensors, last.ckpt, metrics.csv and summary.json."""
+    from pixelwise.config import load_config
+    from pixelwise.engine.trainer import Trainer
+
+    shortcuts: dict[str, Any] = {
+        "data.root": data, "data.format": fmt, "model.arch": model, "model.encoder": encoder,
+        "train.epochs": epochs, "train.max_steps": max_steps, "train.time_budget": time_budget,
+        "train.batch_size": batch_size, "data.crop_size": crop_size, "optim.lr": lr, "name": name,
+    }
+    values = {k: (str(v) if isinstance(v, Path) else v) for k, v in shortcuts.items() if v is not None}
+    if resume is not None:
+        if config is not None:
+            raise PixelwiseError("--resume continues a run with its own config.yaml; give --set overrides, not a file")
+        cfg = load_config(resume / "config.yaml", set_, values)
+        run_dir = resume
+    else:
+        cfg = load_config(config, set_, values)
+        run_dir = out_dir or Path("runs") / cfg.name
+    summary = Trainer(cfg, run_dir, resume=resume is not None, overwrite=overwrite).fit()
+    out.print_json(json.dumps(summary))
+
+
+@app.command("eval")
+def eval_(
+    run: Path = typer.Argument(..., help="Run directory."),
+    data: Path | None = typer.Option(None, help="Dataset folder (default: the run's)."),
+    fmt: str | None = typer.Option(None, "--format", help="Dataset layout (default: the run's)."),
+    split: str = typer.Option("val", help="Split to evaluate."),
+    out_file: Path | None = typer.Option(None, "--out", help="Metrics JSON (default: RUN/eval_SPLIT.json)."),
+    batch_size: int | None = typer.Option(None, help="Images per forward pass."),
+    device: str = typer.Option("auto", help="cpu, cuda, cuda:1, or auto."),
+) -> None:
+    """Evaluate a run on a split: per-class table, and JSON with mIoU, accuracy, precision, recall, F1."""
+    from pixelwise.engine.checkpoint import atomic_write_text
+    from pixelwise.engine.evaluate import evaluate_run
+    from pixelwise.report.tables import metrics_table
+
+    result = evaluate_run(run, split, data, fmt, batch_size, device)
+    out.print(metrics_table(result, title=f"{run} on '{split}' ({result['images']} images)"))
+    target = out_file or run / f"eval_{split}.json"
+    atomic_write_text(target, json.dumps(result, indent=2))
+    err.print(f"metrics written to {target}")
+
+
+@app.command()
+def predict(
+    run: Path = typer.Argument(..., help="Run directory."),
+    inputs: list[Path] = typer.Argument(..., help="Image files or folders of images."),
+    out_dir: Path = typer.Option(..., "--out", help="Folder for NAME.png masks and NAME_overlay.jpg overlays."),
+    overlay: bool = typer.Option(True, help="Also write overlays."),
+    device: str = typer.Option("auto", help="cpu, cuda, cuda:1, or auto."),
+) -> None:
+    """Predict masks for images of any size."""
+    from pixelwise.inference.files import predict_files
+    from pixelwise.inference.predictor import Segmenter
+
+    report = predict_files(Segmenter.load(run, device=device), inputs, out_dir, overlay)
+    err.print(f"wrote {len(report.written)} files to {out_dir}")
+    if report.failed:
+        raise PixelwiseError("some images could not be predicted:\n" + "\n".join(f"  - {f}" for f in report.failed))
+
+
+def main() -> None:
+    """Console entry point: user errors are printed as one clear message with exit code 1, no traceback."""
+    try:
+        app()
+    except PixelwiseError as e:
+        err.print(f"[bold red]error:[/] {escape(str(e))}")
+        raise SystemExit(1) from None

@@ -1,0 +1,58 @@
+"""The command line as users run it: exit codes, messages, no tracebacks for user errors."""
+
+import json
+import subprocess
+import sys
+
+from conftest import tiny_overrides
+
+
+def _run(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "pixelwise", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=300)
+
+
+def test_user_errors_are_one_message_without_traceback(tmp_path):
+    for args, expected in [
+        (("train", "--data", tmp_path / "missing"), "dataset folder not found"),
+        (("train", "--set", "train.batchsize=2"), "train.batchsize: unknown key (did you mean 'batch_size'?)"),
+        (("train", "--model", "unett"), "Did you mean 'unet'"),
+        (("eval", tmp_path), "not a run directory"),
+        (("train", tmp_path / "nope.yaml"), "config file not found"),
+    ]:
+        result = _run(*args)
+        assert result.returncode == 1, (args, result.stderr)
+        assert expected in " ".join(result.stderr.split()), (args, result.stderr)
+        assert "Traceback" not in result.stderr
+
+
+def test_train_eval_predict_from_the_command_line(synthetic_data, tmp_path):
+    sets = [a for s in tiny_overrides(synthetic_data) for a in ("--set", s)]
+    run = tmp_path / "run"
+    result = _run("train", *sets, "--max-steps", "2", "--out", run)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["steps"] == 2
+    result = _run("train", *sets, "--max-steps", "2", "--out", run)
+    assert result.returncode == 1 and "--resume" in result.stderr  # never silently overwritten
+    result = _run("train", "--resume", run, "--max-steps", "3")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["steps"] == 3
+
+    result = _run("eval", run, "--split", "val", "--out", tmp_path / "m.json")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    for key in ("miou", "pixel_accuracy", "mean_accuracy", "fw_iou"):
+        assert key in metrics
+    assert set(metrics["classes"]["disc"]) >= {"iou", "precision", "recall", "f1", "support"}
+    assert "mIoU" in result.stdout
+
+    result = _run("predict", run, synthetic_data / "val" / "images", "--out", tmp_path / "preds")
+    assert result.returncode == 0, result.stderr
+    assert len(list((tmp_path / "preds").glob("*_overlay.jpg"))) == 4
+
+
+def test_help_lists_commands():
+    result = _run("--help")
+    assert result.returncode == 0
+    for command in ("demo", "train", "eval", "predict"):
+        assert command in result.stdout
