@@ -7,7 +7,7 @@ import sys
 from conftest import tiny_overrides
 
 
-def _run(*args, cwd=None):
+def _run(*args, cwd):
     return subprocess.run([sys.executable, "-m", "pixelwise", *map(str, args)], capture_output=True, text=True,
                           cwd=cwd, timeout=300)
 
@@ -20,25 +20,26 @@ def test_user_errors_are_one_message_without_traceback(tmp_path):
         (("eval", tmp_path), "not a run directory"),
         (("train", tmp_path / "nope.yaml"), "config file not found"),
     ]:
-        result = _run(*args)
+        result = _run(*args, cwd=tmp_path)
         assert result.returncode == 1, (args, result.stderr)
         assert expected in " ".join(result.stderr.split()), (args, result.stderr)
         assert "Traceback" not in result.stderr
+    assert not (tmp_path / "runs").exists(), "a failed start must not leave a run directory behind"
 
 
 def test_train_eval_predict_from_the_command_line(synthetic_data, tmp_path):
     sets = [a for s in tiny_overrides(synthetic_data) for a in ("--set", s)]
     run = tmp_path / "run"
-    result = _run("train", *sets, "--max-steps", "2", "--out", run)
+    result = _run("train", *sets, "--max-steps", "2", "--out", run, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["steps"] == 2
-    result = _run("train", *sets, "--max-steps", "2", "--out", run)
+    result = _run("train", *sets, "--max-steps", "2", "--out", run, cwd=tmp_path)
     assert result.returncode == 1 and "--resume" in result.stderr  # never silently overwritten
-    result = _run("train", "--resume", run, "--max-steps", "3")
+    result = _run("train", "--resume", run, "--max-steps", "3", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["steps"] == 3
 
-    result = _run("eval", run, "--split", "val", "--out", tmp_path / "m.json")
+    result = _run("eval", run, "--split", "val", "--out", tmp_path / "m.json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     metrics = json.loads((tmp_path / "m.json").read_text())
     for key in ("miou", "pixel_accuracy", "mean_accuracy", "fw_iou"):
@@ -46,13 +47,13 @@ def test_train_eval_predict_from_the_command_line(synthetic_data, tmp_path):
     assert set(metrics["classes"]["disc"]) >= {"iou", "precision", "recall", "f1", "support"}
     assert "mIoU" in result.stdout
 
-    result = _run("predict", run, synthetic_data / "val" / "images", "--out", tmp_path / "preds")
+    result = _run("predict", run, synthetic_data / "val" / "images", "--out", tmp_path / "preds", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert len(list((tmp_path / "preds").glob("*_overlay.jpg"))) == 4
 
 
-def test_help_lists_commands():
-    result = _run("--help")
+def test_help_lists_commands(tmp_path):
+    result = _run("--help", cwd=tmp_path)
     assert result.returncode == 0
     for command in ("demo", "train", "eval", "predict"):
         assert command in result.stdout

@@ -33,6 +33,7 @@ def test_two_steps_then_resume(synthetic_data, tmp_path):
     before = load_state(run / "last.ckpt")
     summary = Trainer(_cfg(synthetic_data, "train.max_steps=5"), run, resume=True).fit()
     assert summary["steps"] == 5 and summary["epochs"] == 2
+    assert load_config(run / "config.yaml").train.max_steps == 5  # the override is now the run's config
     rows = list(csv.DictReader((run / "metrics.csv").open()))
     assert [int(r["step"]) for r in rows] == [2, 5]
     assert {"train_loss", "val_loss", "val_miou", "lr", "images_per_second"} <= set(rows[0])

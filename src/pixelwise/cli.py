@@ -63,8 +63,9 @@ def train(
     }
     values = {k: (str(v) if isinstance(v, Path) else v) for k, v in shortcuts.items() if v is not None}
     if resume is not None:
-        if config is not None:
-            raise PixelwiseError("--resume continues a run with its own config.yaml; give --set overrides, not a file")
+        if config is not None or (out_dir is not None and out_dir != resume):
+            raise PixelwiseError("--resume continues a run in its own directory with its own config.yaml; "
+                                 "give --set overrides, not a config file or --out")
         cfg = load_config(resume / "config.yaml", set_, values)
         run_dir = resume
     else:

@@ -46,7 +46,10 @@ def resolve_config(cfg: Config, data: DataBundle) -> Config:
     channels = data.summary.channels
     in_channels = channels if cfg.model.in_channels == "auto" else cfg.model.in_channels
     if in_channels != channels:
-        raise PixelwiseError(f"model.in_channels is {in_channels} but the images have {channels} channel(s)")
+        raise PixelwiseError(
+            f"model.in_channels is {in_channels} but the images have {channels} channel(s); leave model.in_channels "
+            f"at auto, or set data.channels: {in_channels} to convert the images"
+        )
     return cfg.model_copy(update={
         "data": cfg.data.model_copy(update={"classes": data.summary.table, "channels": channels,
                                             "root": cfg.data.root.resolve() if cfg.data.root else None}),
@@ -54,8 +57,8 @@ def resolve_config(cfg: Config, data: DataBundle) -> Config:
     })
 
 
-def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to write over an earlier run unless told to resume it or overwrite it."""
+def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to write over an earlier run unless told to resume it or overwrite it (checked before any work)."""
     if resume:
         if not (run_dir / "last.ckpt").is_file():
             raise PixelwiseError(f"{run_dir}: nothing to resume (no last.ckpt)")
@@ -65,6 +68,10 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
             f"{run_dir}: the run directory already holds a run. Continue it with --resume {run_dir}, "
             "write elsewhere with --out DIR, or replace it with --overwrite."
         )
+
+
+def start_run_dir(run_dir: Path) -> None:
+    """Create the run directory, clearing a previous run's outputs (only reached with --overwrite)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     for name in ("best.safetensors", "last.ckpt", "metrics.csv", "summary.json"):
         (run_dir / name).unlink(missing_ok=True)
@@ -96,7 +103,7 @@ class Trainer:
     """Fits one run: built from a validated Config, writes everything into ``run_dir``."""
 
     def __init__(self, cfg: Config, run_dir: Path, resume: bool = False, overwrite: bool = False) -> None:
-        prepare_run_dir(run_dir, resume, overwrite)
+        check_run_dir(run_dir, resume, overwrite)
         self.run_dir = run_dir
         seed_everything(cfg.train.seed)
         self.data = build_datasets(cfg.data, cfg.augment, cfg.train.seed)
@@ -118,7 +125,9 @@ class Trainer:
         if resume:
             self._load_resume_state()
         else:
-            atomic_write_text(run_dir / "config.yaml", self.cfg.to_yaml())
+            start_run_dir(run_dir)
+        # On resume too: overrides such as a longer time budget belong to the run's config from now on.
+        atomic_write_text(run_dir / "config.yaml", self.cfg.to_yaml())
 
     # --- persistence -----------------------------------------------------------------------------
     def _load_resume_state(self) -> None:
@@ -195,16 +204,17 @@ class Trainer:
         with progress:
             task = progress.add_task("train", total=planned, completed=self.state.step, loss="-", ips="-", eta="-")
             while reason is None:
-                self._train_epoch(progress, task, planned)
+                row = self._train_epoch(progress, task, planned)
                 reason = self._stop_reason()
-                self._end_epoch(evaluate_now=reason is not None or self.state.epoch % t.eval_every == 0)
+                self._end_epoch(row, evaluate_now=reason is not None or self.state.epoch % t.eval_every == 0)
         summary = self._summary(reason)
         best = "no validation data" if summary["best_miou"] is None else (
             f"best val mIoU {summary['best_miou']:.4f} (epoch {summary['best_epoch']})")
         console.print(f"stopped by {reason}: {best}, {summary['train_images_per_second']:.2f} train images/s")
         return summary
 
-    def _train_epoch(self, progress: Progress, task: Any, planned: int) -> None:
+    def _train_epoch(self, progress: Progress, task: Any, planned: int) -> dict[str, Any]:
+        """One pass over the training set (or until max_steps / time_budget); returns its metrics row."""
         t, s, rt = self.cfg.train, self.state, self.runtime
         self.sampler.set_epoch(s.epoch)
         loader = self.loader
@@ -257,19 +267,18 @@ class Trainer:
                 break
         s.epoch += 1
         seconds = time.perf_counter() - epoch_start
-        self._epoch_row = {
+        return {
             "epoch": s.epoch, "step": s.step, "train_loss": loss_sum.item() / max(batches, 1), "lr": lr,
             "images_per_second": epoch_images / seconds if seconds > 0 else None, "epoch_seconds": seconds,
         }
 
-    def _end_epoch(self, evaluate_now: bool) -> None:
-        row, s = self._epoch_row, self.state
-        improved = False
+    def _end_epoch(self, row: dict[str, Any], evaluate_now: bool) -> None:
+        """Evaluate (if due), record the epoch's row and write the checkpoints; the time counts as training time."""
+        s = self.state
+        tick = time.perf_counter()
         if evaluate_now and self.data.val is not None:
-            tick = time.perf_counter()
             result = evaluate(self.model, self.data.val, self.data.val_sizes, self.table.names, self.runtime,
                               self.cfg.train.eval_batch_size, self.workers, self.criterion)
-            s.elapsed += time.perf_counter() - tick
             miou = result["miou"] if result["miou"] is not None else 0.0
             row.update(val_loss=result["loss"], val_miou=miou, val_pixel_accuracy=result["pixel_accuracy"])
             improved = miou > s.best_miou
@@ -278,8 +287,11 @@ class Trainer:
             mark = " [green](best)[/]" if improved else ""
             console.print(f"epoch {s.epoch}: train loss {row['train_loss']:.4f}, val loss {result['loss']:.4f}, "
                           f"val mIoU {miou:.4f}{mark}")
-        elif self.data.val is None and s.best_miou < 0:
-            improved = True  # no validation data: keep the latest weights as the model
+        else:
+            console.print(f"epoch {s.epoch}: train loss {row['train_loss']:.4f}")
+            # Without validation data the latest weights are the model.
+            improved = self.data.val is None
+        s.elapsed += time.perf_counter() - tick
         row["elapsed_seconds"] = s.elapsed
         self.history.append(row)
         self._save(improved)
