@@ -156,7 +156,8 @@ def test_cache_holds_decoded_arrays_within_limit(tmp_path):
     pairs = discover(DataConfig(root=tmp_path)).splits["train"]
     cache = DecodedCache(max_bytes=20 * 30 * 3 * 2 + 20 * 30)  # room for two images and one mask
     check_pairs(pairs, ClassTable(names=["a", "b", "c"]), cache=cache)
-    assert cache.nbytes <= cache.max_bytes and cache.get(pairs[0].image) is not None
+    cached = [p for pair in pairs for p in (pair.image, pair.mask) if cache.get(p) is not None]
+    assert cache.nbytes <= cache.max_bytes and len(cached) >= 2  # filled, in whatever order threads finished
 
 
 def test_holdout_keeps_both_sides_nonempty():

@@ -36,6 +36,8 @@ def test_padding_crops_back_exactly():
     x = torch.arange(2 * 3 * 5 * 7, dtype=torch.float32).view(2, 3, 5, 7)
     padded = pad_to_multiple(x, 4)
     assert padded.shape[-2:] == (8, 8) and torch.equal(padded[..., :5, :7], x)
+    padded = pad_to_multiple(x, 4, min_size=12)
+    assert padded.shape[-2:] == (12, 12) and torch.equal(padded[..., :5, :7], x)
 
     class Identity(torch.nn.Module):
         pad_multiple = 32

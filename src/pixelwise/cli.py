@@ -115,6 +115,39 @@ def predict(
         raise PixelwiseError("some images could not be predicted:\n" + "\n".join(f"  - {f}" for f in report.failed))
 
 
+@app.command()
+def models(
+    info: str | None = typer.Option(None, help="Show parameters and GFLOPs of this architecture."),
+    encoder: str = typer.Option("resnet18", help="Encoder for --info."),
+    size: str = typer.Option("320x320", help="Input HxW for --info."),
+    in_channels: int = typer.Option(3, help="Input channels for --info."),
+    classes: int = typer.Option(12, help="Output classes for --info."),
+) -> None:
+    """List the architectures, or show one's size and cost (--info NAME [--size HxW])."""
+    from rich.table import Table
+
+    from pixelwise.models.factory import ARCHITECTURES
+
+    if info is None:
+        table = Table(title="architectures (use any smp encoder or tu-<timm model> as model.encoder)")
+        table.add_column("name")
+        table.add_column("what")
+        for name in ARCHITECTURES.names():
+            table.add_row(name, ARCHITECTURES.get(name).summary)
+        out.print(table)
+        return
+    from pixelwise.models.info import model_info
+
+    try:
+        h, w = (int(v) for v in size.lower().split("x"))
+    except ValueError:
+        raise PixelwiseError(f"--size expects HxW, e.g. 320x320, got '{size}'") from None
+    result = model_info(info, encoder, in_channels, classes, (h, w))
+    out.print(f"{info}" + (f" ({encoder})" if result["encoder"] else "") + f": {result['params_millions']:.2f} M "
+              f"parameters, {result['gflops']:.2f} GFLOPs per {h}x{w} image ({in_channels} channel(s) in, "
+              f"{classes} classes out)")
+
+
 def main() -> None:
     """Console entry point: user errors are printed as one clear message with exit code 1, no traceback."""
     try:

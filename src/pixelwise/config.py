@@ -85,6 +85,10 @@ class ModelConfig(Strict):
     encoder: str = "resnet18"
     encoder_weights: str | None = None
     in_channels: int | Literal["auto"] = "auto"
+    # Input normalisation on the 0-1 scale, per channel; null: that of the encoder's pretraining (resolved
+    # and written into the run's config.yaml).
+    mean: list[float] | None = None
+    std: list[float] | None = None
     options: dict[str, Any] = Field(default_factory=dict)  # passed to the architecture
 
     @field_validator("arch")

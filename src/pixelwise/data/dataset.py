@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -102,14 +103,16 @@ class DecodedCache:
         self.max_bytes = max_bytes
         self.nbytes = 0
         self._items: dict[Path, np.ndarray] = {}
+        self._lock = threading.Lock()  # the checks fill the cache from a thread pool
 
     def get(self, path: Path) -> np.ndarray | None:
         return self._items.get(path)
 
     def put(self, path: Path, arr: np.ndarray) -> None:
-        if path not in self._items and self.nbytes + arr.nbytes <= self.max_bytes:
-            self._items[path] = arr
-            self.nbytes += arr.nbytes
+        with self._lock:
+            if path not in self._items and self.nbytes + arr.nbytes <= self.max_bytes:
+                self._items[path] = arr
+                self.nbytes += arr.nbytes
 
 
 class SegmentationDataset(torch.utils.data.Dataset):

@@ -26,7 +26,7 @@ from pixelwise.engine.evaluate import evaluate
 from pixelwise.engine.runtime import Runtime, resolve_runtime
 from pixelwise.errors import PixelwiseError
 from pixelwise.losses import create_loss
-from pixelwise.models.factory import build_network
+from pixelwise.models.factory import build_network, encoder_normalization
 from pixelwise.optim import create_optimizer, lr_factor, set_lr
 from pixelwise.progress import console, make_progress
 
@@ -50,10 +50,12 @@ def resolve_config(cfg: Config, data: DataBundle) -> Config:
             f"model.in_channels is {in_channels} but the images have {channels} channel(s); leave model.in_channels "
             f"at auto, or set data.channels: {in_channels} to convert the images"
         )
+    mean, std = encoder_normalization(cfg.model.encoder, in_channels, cfg.model.arch)
     return cfg.model_copy(update={
         "data": cfg.data.model_copy(update={"classes": data.summary.table, "channels": channels,
                                             "root": cfg.data.root.resolve() if cfg.data.root else None}),
-        "model": cfg.model.model_copy(update={"in_channels": in_channels}),
+        "model": cfg.model.model_copy(update={"in_channels": in_channels, "mean": cfg.model.mean or mean,
+                                              "std": cfg.model.std or std}),
     })
 
 
@@ -113,6 +115,9 @@ class Trainer:
         self.table = self.data.summary.table
         self.runtime: Runtime = resolve_runtime(cfg.train.device, cfg.train.amp, cfg.train.channels_last)
         model = build_network(self.cfg.model, self.cfg.model.in_channels, self.table.num_classes)
+        if min(self.cfg.data.crop_size) < model.min_size:
+            raise PixelwiseError(f"'{self.cfg.model.arch}' needs inputs of at least {model.min_size} pixels a side; "
+                                 f"raise data.crop_size (now {list(self.cfg.data.crop_size)})")
         memory_format = torch.channels_last if self.runtime.channels_last else torch.preserve_format
         self.model = model.to(self.runtime.device, memory_format=memory_format)
         self.criterion = create_loss(self.cfg.loss, self.table.num_classes).to(self.runtime.device)

@@ -9,14 +9,15 @@ from torch import nn
 from pixelwise.engine.runtime import Runtime
 
 
-def pad_to_multiple(images: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Pad (N, C, H, W) at the bottom and right so H and W are multiples of ``multiple``.
+def pad_to_multiple(images: torch.Tensor, multiple: int, min_size: int = 0) -> torch.Tensor:
+    """Pad (N, C, H, W) at the bottom and right so H and W are multiples of ``multiple`` and at least ``min_size``.
 
     Reflection keeps image statistics at the border (zeros would look like a black frame to the network);
     it needs the pad to be smaller than the side, so very small images fall back to replication.
     """
     h, w = images.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
+    th, tw = max(h, min_size), max(w, min_size)
+    ph, pw = th + (-th) % multiple - h, tw + (-tw) % multiple - w
     if ph == 0 and pw == 0:
         return images
     mode = "reflect" if ph < h and pw < w else "replicate"
@@ -31,7 +32,7 @@ def forward_padded(model: nn.Module, images: torch.Tensor, runtime: Runtime) -> 
         images: uint8 or 0-255 float, already on ``runtime.device``.
     """
     h, w = images.shape[-2:]
-    x = pad_to_multiple(images, getattr(model, "pad_multiple", 32))
+    x = pad_to_multiple(images, getattr(model, "pad_multiple", 32), getattr(model, "min_size", 0))
     if runtime.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     with runtime.autocast():

@@ -1,13 +1,18 @@
-"""One factory for every model: smp architectures on any smp/timm encoder (and, later, own architectures).
+"""One factory for every model: smp architectures on any smp/timm encoder, plus pixelwise's own
+(``seed_cnn``, ``reseg``). Everything is built through ``create_model``.
 
 The network a run trains is ``Normalized(create_model(...))``: it takes uint8 (or 0-255 float) images, so
-the data path moves uint8 and the saved model carries its own normalisation.
+the data path moves uint8 and the saved model carries its own normalisation (that of the encoder's
+pretraining, written into the run's config).
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import segmentation_models_pytorch as smp
@@ -16,36 +21,72 @@ from torch import nn
 
 from pixelwise.config import ModelConfig
 from pixelwise.errors import ConfigError, PixelwiseError
+from pixelwise.models import weights as W
+from pixelwise.models.encoders import prune_unused_stages
+from pixelwise.models.reseg import ReSeg
+from pixelwise.models.seed_cnn import SeedCNN
 from pixelwise.registry import Registry
-
-ModelBuilder = Callable[..., nn.Module]
-ARCHITECTURES: Registry[ModelBuilder] = Registry("architecture")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def _smp_builder(cls: type[nn.Module]) -> ModelBuilder:
-    def build(encoder: str, in_channels: int, classes: int, encoder_weights: str | None, **options: Any) -> nn.Module:
-        return cls(encoder_name=encoder, encoder_weights=encoder_weights, in_channels=in_channels, classes=classes,
-                   **options)
+@dataclass(frozen=True)
+class ArchSpec:
+    """How to build one architecture: ``build(encoder, in_channels, classes, encoder_weights, **options)``."""
 
-    build.__doc__ = f"segmentation-models-pytorch {cls.__name__}"
-    return build
+    build: Callable[..., nn.Module]
+    summary: str
+    uses_encoder: bool = True
+    min_input: int = 32  # smallest input side the network accepts (PAN pools its 1/16 features 8x further)
+
+
+ARCHITECTURES: Registry[ArchSpec] = Registry("architecture")
+
+
+def _smp_spec(cls: type[nn.Module], min_input: int) -> ArchSpec:
+    accepted = [n for n, p in inspect.signature(cls.__init__).parameters.items()
+                if p.kind is p.POSITIONAL_OR_KEYWORD and n not in ("self", "encoder_name", "encoder_weights",
+                                                                    "in_channels", "classes")]
+
+    def build(encoder: str, in_channels: int, classes: int, encoder_weights: str | None, **options: Any) -> nn.Module:
+        # smp passes unknown keyword arguments on to the encoder, which drops them: a misspelt option would
+        # change nothing, silently.
+        unknown = [k for k in options if k not in accepted]
+        if unknown:
+            raise TypeError(f"unknown option(s) {', '.join(unknown)}; {cls.__name__} takes {', '.join(accepted)}")
+        model = cls(encoder_name=encoder, encoder_weights=encoder_weights, in_channels=in_channels, classes=classes,
+                    **options)
+        prune_unused_stages(model.encoder, getattr(model.encoder, "_depth", 5))
+        return model
+
+    return ArchSpec(build, f"{cls.__name__} (segmentation-models-pytorch)", min_input=min_input)
 
 
 for _name, _cls in smp.MODEL_ARCHITECTURES_MAPPING.items():
-    ARCHITECTURES.register(_name, _smp_builder(_cls))
+    ARCHITECTURES.register(_name, _smp_spec(_cls, min_input=128 if _name == "pan" else 32))
+
+ARCHITECTURES.register("seed_cnn", ArchSpec(
+    lambda encoder, in_channels, classes, encoder_weights, **o: SeedCNN(in_channels, classes, **o),
+    "the original 3-layer CNN (32-64-128 filters), fully convolutional; options: upsampling (learned|bilinear)",
+    uses_encoder=False,
+))
+ARCHITECTURES.register("reseg", ArchSpec(
+    lambda encoder, in_channels, classes, encoder_weights, **o: ReSeg(encoder, in_channels, classes,
+                                                                      encoder_weights, **o),
+    "ReSeg: CNN encoder + bidirectional GRU/LSTM sweeps over rows and columns; options: encoder_depth, hidden, "
+    "layers, cell (gru|lstm), upsampling",
+))
 
 
-def _check_encoder(encoder: str) -> None:
+def check_encoder(encoder: str) -> None:
+    """Raise a ConfigError with close matches if ``encoder`` is neither an smp encoder nor ``tu-<timm model>``."""
     if encoder.startswith("tu-"):
         import timm
 
         if timm.is_model(encoder[3:]):
             return
-        valid = timm.list_models()
-        close = difflib.get_close_matches(encoder[3:], valid, n=3, cutoff=0.6)
+        close = difflib.get_close_matches(encoder[3:], timm.list_models(), n=3, cutoff=0.6)
     else:
         valid = smp.encoders.get_encoder_names()
         if encoder in valid:
@@ -71,38 +112,66 @@ def create_model(
 
     Args:
         arch: architecture name (``pixelwise.models.ARCHITECTURES.names()``), case-insensitive.
-        encoder: smp encoder name or ``tu-<timm model>``.
-        in_channels: input channels (1 grayscale, 3 RGB, more for multispectral).
+        encoder: smp encoder name or ``tu-<timm model>`` (ignored by ``seed_cnn``).
+        in_channels: input channels (1 grayscale, 3 RGB, more for multispectral; pretrained first layers adapted).
         classes: number of output classes.
-        encoder_weights: pretrained weights ('imagenet' needs the network), or None.
-        options: passed to the architecture (e.g. ``decoder_channels``).
+        encoder_weights: None, 'imagenet' (hub, or an offline package where one exists), or a local file.
+        options: passed to the architecture (e.g. ``decoder_channels``; ``hidden`` and ``cell`` for reseg).
     """
-    builder = ARCHITECTURES.get(arch)
-    _check_encoder(encoder)
+    spec = ARCHITECTURES.get(arch)
+    if spec.uses_encoder:
+        check_encoder(encoder)
+    elif encoder_weights is not None:
+        raise ConfigError(f"'{arch}' has no pretrained encoder; set model.encoder_weights: null")
+    hub_weights = encoder_weights == "imagenet" and W.offline_package_file(encoder) is None
+    if hub_weights and not W.hub_reachable():
+        raise PixelwiseError(W.offline_message(encoder))
     try:
-        return builder(encoder=encoder, in_channels=in_channels, classes=classes, encoder_weights=encoder_weights,
-                       **options)
+        model = spec.build(encoder=encoder, in_channels=in_channels, classes=classes,
+                           encoder_weights="imagenet" if hub_weights else None, **options)
     except TypeError as e:
         raise ConfigError(f"model.options for '{arch}': {e}") from None
-    except (OSError, RuntimeError, ConnectionError) as e:
-        if encoder_weights is None:
-            raise
-        raise PixelwiseError(
-            f"could not load encoder_weights '{encoder_weights}' for '{encoder}' ({type(e).__name__}: {e}). "
-            "Downloading weights needs the network; offline, train without them (model.encoder_weights: null)."
-        ) from None
+    except ValueError as e:
+        raise ConfigError(f"model '{arch}' with encoder '{encoder}': {e}") from None
+    except (OSError, ConnectionError) as e:
+        raise PixelwiseError(f"downloading weights for '{encoder}' failed ({e}). {W.offline_message(encoder)}") \
+            from None
+    if encoder_weights == "imagenet" and not hub_weights:
+        path = W.offline_package_file(encoder)
+        W.announce(W.load_offline_package(model, encoder, path), f"the offline package ({path.name})")
+    elif encoder_weights not in (None, "imagenet"):
+        report = W.load_into(W.encoder_module(model), W.read_state_dict(Path(encoder_weights).expanduser()))
+        if report.loaded == 0:
+            raise PixelwiseError(f"{encoder_weights}: no tensor matches the '{encoder}' encoder ({report.describe()})")
+        W.announce(report, str(encoder_weights))
+    return model
+
+
+def encoder_normalization(encoder: str, in_channels: int, arch: str = "unet") -> tuple[list[float], list[float]]:
+    """Mean and std (0-1 scale) of the encoder's pretraining, per input channel (averaged or cycled to fit)."""
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
+    if encoder.startswith("tu-") and ARCHITECTURES.get(arch).uses_encoder:
+        import timm
+
+        cfg = timm.get_pretrained_cfg(encoder[3:])
+        if cfg is not None and len(cfg.mean) == 3:
+            mean, std = tuple(cfg.mean), tuple(cfg.std)
+    if in_channels == 3:
+        return list(mean), list(std)
+    if in_channels == 1:
+        return [sum(mean) / 3], [sum(std) / 3]
+    return [mean[i % 3] for i in range(in_channels)], [std[i % 3] for i in range(in_channels)]
 
 
 class Normalized(nn.Module):
     """Scales 0-255 input and normalises per channel, then runs ``net``. Input: (N, C, H, W) uint8 or float."""
 
-    def __init__(self, net: nn.Module, in_channels: int) -> None:
+    def __init__(self, net: nn.Module, mean: Sequence[float], std: Sequence[float], min_size: int = 32) -> None:
         super().__init__()
         self.net = net
-        mean = IMAGENET_MEAN if in_channels == 3 else (sum(IMAGENET_MEAN) / 3,) * in_channels
-        std = IMAGENET_STD if in_channels == 3 else (sum(IMAGENET_STD) / 3,) * in_channels
-        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1) * 255.0)
-        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1) * 255.0)
+        self.min_size = min_size  # inputs are padded to at least this side
+        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1) * 255.0)
+        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1) * 255.0)
         self.pad_multiple = 32  # inputs are padded to a multiple of the network stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -110,7 +179,7 @@ class Normalized(nn.Module):
 
 
 def build_network(cfg: ModelConfig, in_channels: int, classes: int, pretrained: bool = True) -> Normalized:
-    """The run's network from its config; ``pretrained=False`` skips weight downloads (weights are loaded after)."""
+    """The run's network from its config; ``pretrained=False`` skips loading encoder weights (loaded after)."""
     net = create_model(
         cfg.arch,
         encoder=cfg.encoder,
@@ -119,4 +188,8 @@ def build_network(cfg: ModelConfig, in_channels: int, classes: int, pretrained: 
         encoder_weights=cfg.encoder_weights if pretrained else None,
         **cfg.options,
     )
-    return Normalized(net, in_channels)
+    default_mean, default_std = encoder_normalization(cfg.encoder, in_channels, cfg.arch)
+    mean, std = cfg.mean or default_mean, cfg.std or default_std
+    if len(mean) != in_channels or len(std) != in_channels:
+        raise ConfigError(f"model.mean/model.std need {in_channels} values (one per input channel)")
+    return Normalized(net, mean, std, ARCHITECTURES.get(cfg.arch).min_input)

