@@ -26,7 +26,7 @@ from pixelwise.engine.evaluate import evaluate
 from pixelwise.engine.runtime import Runtime, resolve_runtime
 from pixelwise.errors import PixelwiseError
 from pixelwise.losses import create_loss
-from pixelwise.models.factory import build_network, encoder_normalization
+from pixelwise.models.factory import ARCHITECTURES, build_network, encoder_normalization
 from pixelwise.optim import create_optimizer, lr_factor, set_lr
 from pixelwise.progress import console, make_progress
 
@@ -198,8 +198,10 @@ class Trainer:
         t = self.cfg.train
         steps_per_epoch = max(len(self.data.train) // t.batch_size, 1)
         planned = self._planned_steps(steps_per_epoch)
+        uses_encoder = ARCHITECTURES.get(self.cfg.model.arch).uses_encoder
+        name = f"{self.cfg.model.arch}-{self.cfg.model.encoder}" if uses_encoder else self.cfg.model.arch
         console.print(
-            f"training {self.cfg.model.arch}-{self.cfg.model.encoder} on {len(self.data.train)} images "
+            f"training {name} on {len(self.data.train)} images "
             f"({self.table.num_classes} classes, {self.cfg.model.in_channels} channel(s)) "
             f"on {self.runtime.describe()}, "
             f"{self.workers} loader worker(s) -> {self.run_dir}"

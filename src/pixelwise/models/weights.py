@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import socket
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,7 +72,9 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             from safetensors.torch import load_file
 
             return load_file(str(path))
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # older files use pickle protocol 4; weights_only reads them fine
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # many unpickling error types; weights_only refuses code either way
         raise PixelwiseError(f"{path}: cannot read encoder weights safely ({type(e).__name__}: {e})") from None
     for key in ("state_dict", "model"):
