@@ -55,5 +55,5 @@ def test_train_eval_predict_from_the_command_line(synthetic_data, tmp_path):
 def test_help_lists_commands(tmp_path):
     result = _run("--help", cwd=tmp_path)
     assert result.returncode == 0
-    for command in ("demo", "train", "eval", "predict"):
+    for command in ("demo", "train", "eval", "predict", "models"):
         assert command in result.stdout
