@@ -14,8 +14,9 @@ import time
 
 import torch
 
+from pixelwise.config import ModelConfig
 from pixelwise.engine.runtime import resolve_runtime
-from pixelwise.models import ARCHITECTURES, Normalized, create_model, encoder_normalization
+from pixelwise.models import ARCHITECTURES, build_network
 from pixelwise.models.info import model_info
 
 ENCODER = {"dpt": None}  # DPT needs a ViT encoder that takes 320x320 input; not measured on resnet18
@@ -24,8 +25,7 @@ ENCODER = {"dpt": None}  # DPT needs a ViT encoder that takes 320x320 input; not
 def train_throughput(arch: str, encoder: str, size: int, batch: int, steps: int, warmup: int = 2) -> float:
     rt = resolve_runtime()
     torch.manual_seed(0)
-    net = create_model(arch, encoder, 3, 12)
-    model = Normalized(net, *encoder_normalization(encoder, 3, arch)).to(memory_format=torch.channels_last).train()
+    model = build_network(ModelConfig(arch=arch, encoder=encoder), 3, 12).to(memory_format=torch.channels_last).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=True)
     x = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 12, (batch, size, size))

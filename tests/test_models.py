@@ -3,11 +3,12 @@
 import pytest
 import torch
 
+from pixelwise.config import ModelConfig
 from pixelwise.engine.checkpoint import load_weights, save_weights
 from pixelwise.engine.runtime import resolve_runtime
 from pixelwise.errors import ConfigError, PixelwiseError
 from pixelwise.inference.padding import forward_padded
-from pixelwise.models import ARCHITECTURES, Normalized, create_model, encoder_normalization
+from pixelwise.models import ARCHITECTURES, Normalized, build_network, create_model, encoder_normalization
 from pixelwise.models import weights as W
 from pixelwise.models.info import model_info
 
@@ -17,9 +18,7 @@ FP32 = resolve_runtime("cpu", "off", channels_last=False)
 
 def _net(arch: str, in_channels: int = 3, classes: int = 3) -> Normalized:
     torch.manual_seed(0)
-    net = create_model(arch, SMALL_ENCODER.get(arch, "resnet18"), in_channels, classes)
-    mean, std = encoder_normalization(SMALL_ENCODER.get(arch, "resnet18"), in_channels, arch)
-    return Normalized(net, mean, std, ARCHITECTURES.get(arch).min_input)
+    return build_network(ModelConfig(arch=arch, encoder=SMALL_ENCODER.get(arch, "resnet18")), in_channels, classes)
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES.names())

@@ -57,17 +57,13 @@ def build_datasets(data: DataConfig, augment: AugmentConfig, seed: int = 0) -> D
 
 def build_eval_dataset(
     data: DataConfig, split: str, table: ClassTable, channels: int, root: Path | None = None
-) -> tuple[SegmentationDataset, list[tuple[int, int]], DataSummary]:
+) -> tuple[SegmentationDataset, list[tuple[int, int]]]:
     """A checked, untransformed dataset of one split, read with the run's class table and channels."""
     layout = discover(data, root)
     pairs, _ = select_split(layout, data, split)
     cache = _cache(data)
     summary = check_pairs(pairs, table, channels, cache, label=f"Checking {split}")
-    return (
-        SegmentationDataset(pairs, table, channels, None, cache),
-        [summary.sizes[str(p.image)] for p in pairs],
-        summary,
-    )
+    return SegmentationDataset(pairs, table, channels, None, cache), [summary.sizes[str(p.image)] for p in pairs]
 
 
 def default_workers(requested: int) -> int:

@@ -68,7 +68,7 @@ def evaluate_run(
     cfg = load_run_config(run_dir)
     data_cfg = cfg.data if data_format is None else cfg.data.model_copy(update={"format": data_format})
     seg = Segmenter.load(run_dir, device=device)
-    dataset, sizes, _ = build_eval_dataset(data_cfg, split, seg.table, seg.channels, root=data_root)
+    dataset, sizes = build_eval_dataset(data_cfg, split, seg.table, seg.channels, root=data_root)
     result = evaluate(seg.model, dataset, sizes, seg.table.names, seg.runtime, batch_size or cfg.train.eval_batch_size,
                       default_workers(cfg.data.num_workers))
     result["split"] = split

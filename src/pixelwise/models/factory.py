@@ -123,7 +123,8 @@ def create_model(
         check_encoder(encoder)
     elif encoder_weights is not None:
         raise ConfigError(f"'{arch}' has no pretrained encoder; set model.encoder_weights: null")
-    hub_weights = encoder_weights == "imagenet" and W.offline_package_file(encoder) is None
+    package = W.offline_package_file(encoder) if encoder_weights == "imagenet" else None
+    hub_weights = encoder_weights == "imagenet" and package is None
     if hub_weights and not W.hub_reachable():
         raise PixelwiseError(W.offline_message(encoder))
     try:
@@ -136,9 +137,8 @@ def create_model(
     except (OSError, ConnectionError) as e:
         raise PixelwiseError(f"downloading weights for '{encoder}' failed ({e}). {W.offline_message(encoder)}") \
             from None
-    if encoder_weights == "imagenet" and not hub_weights:
-        path = W.offline_package_file(encoder)
-        W.announce(W.load_offline_package(model, encoder, path), f"the offline package ({path.name})")
+    if package is not None:
+        W.announce(W.load_offline_package(model, encoder, package), f"the offline package ({package.name})")
     elif encoder_weights not in (None, "imagenet"):
         report = W.load_into(W.encoder_module(model), W.read_state_dict(Path(encoder_weights).expanduser()))
         if report.loaded == 0:

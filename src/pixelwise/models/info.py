@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from pixelwise.models.factory import create_model
+from pixelwise.models.factory import ARCHITECTURES, create_model
 
 
 def _rnn_flops(module: nn.RNNBase, inputs: tuple[torch.Tensor, ...]) -> int:
@@ -39,7 +39,7 @@ def model_info(arch: str, encoder: str = "resnet18", in_channels: int = 3, class
         handle.remove()
     return {
         "arch": arch,
-        "encoder": encoder if arch != "seed_cnn" else None,
+        "encoder": encoder if ARCHITECTURES.get(arch).uses_encoder else None,
         "params_millions": sum(p.numel() for p in model.parameters()) / 1e6,
         "gflops": (counter.get_total_flops() + rnn_flops) / 1e9,
         "input": [1, in_channels, *size],
