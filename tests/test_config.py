@@ -58,10 +58,12 @@ def test_bad_duration():
 def test_unknown_component_names_list_valid_ones():
     with pytest.raises(ConfigError, match="unknown architecture 'unett'.*Did you mean 'unet'"):
         load_config(overrides=["model.arch=unett"])
-    with pytest.raises(ConfigError, match="unknown loss 'dise'.*Valid names: ce, dice"):
+    with pytest.raises(ConfigError, match="unknown loss 'dise'.*Valid names: bce, ce, dice, focal, jaccard, lovasz"):
         load_config(overrides=["loss=dise"])
-    with pytest.raises(ConfigError, match="unknown optimizer 'adamm'"):
+    with pytest.raises(ConfigError, match="unknown optimizer 'adamm'.*Valid names: .*adamw.*gd.*sgd"):
         load_config(overrides=["optim.name=adamm"])
+    with pytest.raises(ConfigError, match="optim.scheduler"):
+        load_config(overrides=["optim.scheduler=cosin"])
 
 
 def test_loss_shorthands():

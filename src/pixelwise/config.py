@@ -102,8 +102,21 @@ class ModelConfig(Strict):
 
 class LossConfig(Strict):
     terms: dict[str, float] = Field(default_factory=lambda: {"ce": 1.0})  # name -> weight
-    class_weights: list[float] | None = None
-    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    # Per-class weights: a list, or 'auto' = median-frequency balancing from the training masks (resolved to a
+    # list in the run's config.yaml). Used by ce and bce, and by focal/dice/jaccard/tversky in multiclass mode.
+    class_weights: list[float] | Literal["auto"] | None = None
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)  # ce and bce
+    mode: Literal["auto", "multiclass", "binary"] = "auto"  # auto: binary for two-class data
+    focal_gamma: float = Field(2.0, ge=0.0)
+    tversky_alpha: float = Field(0.3, ge=0.0)  # weight of false positives
+    tversky_beta: float = Field(0.7, ge=0.0)  # weight of false negatives
+
+    @field_validator("class_weights")
+    @classmethod
+    def _non_negative(cls, v: Any) -> Any:
+        if isinstance(v, list) and (not v or min(v) < 0 or max(v) <= 0):
+            raise ValueError("class weights must be non-negative with at least one above zero")
+        return v
 
     @model_validator(mode="before")
     @classmethod
@@ -128,14 +141,28 @@ class LossConfig(Strict):
 
 
 class OptimConfig(Strict):
+    # sgd, gd (full-batch gradient descent), adam, adamw, nadam, radam, adamax, rmsprop, adagrad, adadelta,
+    # asgd, adafactor: see `pixelwise.optim.OPTIMIZERS`.
     name: str = "adamw"
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    nesterov: bool = False
-    scheduler: Literal["constant", "cosine", "poly", "step"] = "cosine"
-    warmup: float = Field(0.03, ge=0, lt=1)  # fraction of training spent warming up linearly
-    min_lr_ratio: float = Field(0.01, ge=0, le=1)
+    momentum: float = Field(0.9, ge=0, lt=1)  # sgd
+    nesterov: bool = False  # sgd
+    options: dict[str, Any] = Field(default_factory=dict)  # passed to the torch optimizer, e.g. {betas: [0.9, 0.99]}
+    encoder_lr_mult: float = Field(1.0, gt=0)  # learning rate of the encoder relative to the rest (e.g. 0.1)
+    scheduler: Literal["constant", "step", "poly", "cosine", "onecycle"] = "cosine"
+    warmup: float = Field(0.03, ge=0, lt=1)  # fraction of training spent warming up linearly (not onecycle)
+    min_lr_ratio: float = Field(0.01, ge=0, le=1)  # cosine and poly end at lr * min_lr_ratio
+    poly_power: float = Field(0.9, gt=0)
+    step_milestones: list[float] = Field(default_factory=lambda: [1 / 3, 2 / 3])  # fractions of training
+    step_gamma: float = Field(0.1, gt=0, le=1)
+
+    @field_validator("step_milestones")
+    @classmethod
+    def _fractions(cls, v: list[float]) -> list[float]:
+        if any(not 0 < m < 1 for m in v) or v != sorted(v):
+            raise ValueError("milestones are increasing fractions of training between 0 and 1, e.g. [0.5, 0.75]")
+        return v
 
     @field_validator("name")
     @classmethod
@@ -157,7 +184,9 @@ class TrainConfig(Strict):
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
     channels_last: bool = True
     seed: int = 0
-    grad_clip: float | None = Field(None, gt=0)
+    grad_clip: float | None = Field(None, gt=0)  # max global gradient norm
+    accumulate: int = Field(1, ge=1)  # batches whose gradients are summed per optimizer step
+    ema: float | None = Field(None, gt=0, lt=1)  # decay of an exponential moving average of the weights
 
     @field_validator("time_budget", mode="before")
     @classmethod

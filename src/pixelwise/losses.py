@@ -1,12 +1,23 @@
 """Registered losses on logits (N, C, H, W) and class-index targets (N, H, W); void pixels never count.
 
-A run's loss is a weighted sum of named terms (``loss: {ce: 1.0, dice: 1.0}``).
+A run's loss is a weighted sum of named terms (``loss: {ce: 1.0, dice: 1.0}``). Each builder gets a
+``LossContext``: the number of classes, the mode and the resolved class weights.
+
+Modes. ``multiclass``: softmax over the C logits; region losses (dice, jaccard, tversky, lovasz) average
+over classes. ``binary`` (two-class tasks): the foreground probability is sigmoid(l1 - l0), which equals
+the two-class softmax, so models keep two outputs and every downstream step (argmax, metrics, export) is
+unchanged; region losses then score the foreground only (smp's binary mode), ``lovasz`` is the Lovász
+hinge and ``bce`` is binary cross-entropy. ``auto`` (default) is binary for two classes.
+
+No loss returns NaN when a batch holds only void pixels or when a class is absent from it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
+import numpy as np
 import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
@@ -17,16 +28,61 @@ from pixelwise.data.classes import IGNORE
 from pixelwise.errors import ConfigError
 from pixelwise.registry import Registry
 
-LossBuilder = Callable[[int, LossConfig], nn.Module]
+
+@dataclass(frozen=True)
+class LossContext:
+    num_classes: int
+    binary: bool
+    class_weights: torch.Tensor | None  # (C,) float32, resolved (never 'auto')
+    cfg: LossConfig
+
+
+LossBuilder = Callable[[LossContext], nn.Module]
 LOSSES: Registry[LossBuilder] = Registry("loss")
 
 
-def _class_weights(num_classes: int, cfg: LossConfig) -> torch.Tensor | None:
+def median_frequency_weights(per_image_counts: np.ndarray) -> np.ndarray:
+    """Median-frequency balancing (Eigen & Fergus 2015, used by SegNet on CamVid).
+
+    freq(c) = pixels of class c / labelled pixels of the images where c is present; weight(c) =
+    median(freq) / freq(c). A class absent from every image gets weight 1 (it never occurs as a target).
+
+    Args:
+        per_image_counts: (images, classes) labelled pixels per class in each training mask.
+    """
+    counts = np.asarray(per_image_counts, dtype=np.float64)
+    totals = counts.sum(axis=1, keepdims=True)
+    present = counts > 0
+    class_pixels = counts.sum(axis=0)
+    area = (present * totals).sum(axis=0)
+    seen = class_pixels > 0
+    weights = np.ones(counts.shape[1])
+    if seen.any():
+        freq = class_pixels[seen] / area[seen]
+        weights[seen] = np.median(freq) / freq
+    return weights
+
+
+def resolve_class_weights(cfg: LossConfig, num_classes: int) -> torch.Tensor | None:
+    """Explicit class weights as a tensor; 'auto' must have been resolved from the data before this."""
     if cfg.class_weights is None:
         return None
+    if cfg.class_weights == "auto":
+        raise ConfigError("loss.class_weights 'auto' is computed from the training masks; build the loss "
+                          "through the trainer, or give the weights as a list")
     if len(cfg.class_weights) != num_classes:
         raise ConfigError(f"loss.class_weights has {len(cfg.class_weights)} values for {num_classes} classes")
     return torch.tensor(cfg.class_weights, dtype=torch.float32)
+
+
+def takes_weights(name: str, binary: bool) -> bool:
+    """Whether term ``name`` uses loss.class_weights (the others are reported as unweighted, not failed)."""
+    return name in {"ce", "bce"} or (not binary and name in {"focal", "dice", "jaccard", "tversky"})
+
+
+def margin(logits: torch.Tensor) -> torch.Tensor:
+    """(N, 2, H, W) logits -> (N, 1, H, W) foreground logit l1 - l0: sigmoid of it is the 2-class softmax."""
+    return logits[:, 1:2] - logits[:, 0:1]
 
 
 class CrossEntropy(nn.Module):
@@ -49,18 +105,50 @@ class CrossEntropy(nn.Module):
 
 
 @LOSSES.register("ce")
-def _ce(num_classes: int, cfg: LossConfig) -> nn.Module:
-    return CrossEntropy(_class_weights(num_classes, cfg), cfg.label_smoothing)
+def _ce(ctx: LossContext) -> nn.Module:
+    return CrossEntropy(ctx.class_weights, ctx.cfg.label_smoothing)
 
 
-@LOSSES.register("dice")
-def _dice(num_classes: int, cfg: LossConfig) -> nn.Module:
-    return smp.losses.DiceLoss("multiclass", ignore_index=IGNORE)
+class BinaryCrossEntropy(nn.Module):
+    """BCE of the foreground logit over labelled pixels; class weights [w0, w1] weight pixels by their class.
+
+    Label smoothing moves the targets to eps/2 and 1 - eps/2.
+    """
+
+    def __init__(self, weight: torch.Tensor | None, label_smoothing: float) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.label_smoothing = label_smoothing
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        keep = target != IGNORE
+        z = margin(logits)[:, 0][keep]
+        y = target[keep]
+        soft = y.to(z.dtype) * (1 - self.label_smoothing) + self.label_smoothing / 2
+        per_pixel = F.binary_cross_entropy_with_logits(z, soft, reduction="none")
+        if self.weight is None:
+            return per_pixel.sum() / keep.sum().clamp(min=1)
+        w = self.weight[y]
+        return (per_pixel * w).sum() / w.sum().clamp(min=1e-6)
 
 
-@LOSSES.register("jaccard")
-def _jaccard(num_classes: int, cfg: LossConfig) -> nn.Module:
-    return smp.losses.JaccardLoss("multiclass", ignore_index=IGNORE)
+@LOSSES.register("bce")
+def _bce(ctx: LossContext) -> nn.Module:
+    if ctx.num_classes != 2:
+        raise ConfigError(f"loss 'bce' is for binary (two-class) tasks; this data has {ctx.num_classes} classes: "
+                          "use 'ce' (softmax cross-entropy) instead")
+    return BinaryCrossEntropy(ctx.class_weights, ctx.cfg.label_smoothing)
+
+
+class OnMargin(nn.Module):
+    """Applies an smp binary-mode loss to the foreground logit of two-class logits."""
+
+    def __init__(self, loss: nn.Module) -> None:
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.loss(margin(logits), target.unsqueeze(1))
 
 
 class VoidSafe(nn.Module):
@@ -76,9 +164,48 @@ class VoidSafe(nn.Module):
         return self.loss(logits, target)
 
 
+def _weights_list(ctx: LossContext) -> list[float] | None:
+    """Class weights for smp's multiclass losses (binary mode scores the foreground only: no weights)."""
+    return None if ctx.class_weights is None or ctx.binary else ctx.class_weights.tolist()
+
+
+def _smp(make: Callable[[str], nn.Module], ctx: LossContext, void_safe: bool = False) -> nn.Module:
+    """An smp loss in the context's mode (binary losses see the foreground logit)."""
+    loss = OnMargin(make("binary")) if ctx.binary else make("multiclass")
+    return VoidSafe(loss) if void_safe else loss
+
+
+@LOSSES.register("dice")
+def _dice(ctx: LossContext) -> nn.Module:
+    w = _weights_list(ctx)
+    return _smp(lambda mode: smp.losses.DiceLoss(mode, ignore_index=IGNORE, class_weights=w), ctx)
+
+
+@LOSSES.register("jaccard")
+def _jaccard(ctx: LossContext) -> nn.Module:
+    w = _weights_list(ctx)
+    return _smp(lambda mode: smp.losses.JaccardLoss(mode, ignore_index=IGNORE, class_weights=w), ctx)
+
+
+@LOSSES.register("tversky")
+def _tversky(ctx: LossContext) -> nn.Module:
+    a, b = ctx.cfg.tversky_alpha, ctx.cfg.tversky_beta
+    w = _weights_list(ctx)
+    return _smp(lambda mode: smp.losses.TverskyLoss(mode, ignore_index=IGNORE, alpha=a, beta=b, class_weights=w),
+                ctx)
+
+
 @LOSSES.register("focal")
-def _focal(num_classes: int, cfg: LossConfig) -> nn.Module:
-    return VoidSafe(smp.losses.FocalLoss("multiclass", ignore_index=IGNORE))
+def _focal(ctx: LossContext) -> nn.Module:
+    w = _weights_list(ctx)
+    gamma = ctx.cfg.focal_gamma
+    return _smp(lambda mode: smp.losses.FocalLoss(mode, gamma=gamma, ignore_index=IGNORE, class_weights=w), ctx,
+                void_safe=True)
+
+
+@LOSSES.register("lovasz")
+def _lovasz(ctx: LossContext) -> nn.Module:
+    return _smp(lambda mode: smp.losses.LovaszLoss(mode, ignore_index=IGNORE), ctx, void_safe=True)
 
 
 class ProbabilityError(nn.Module):
@@ -97,17 +224,18 @@ class ProbabilityError(nn.Module):
         return err.sum(dim=1).sum() / keep.sum().clamp(min=1)
 
 
-LOSSES.register("mae", lambda num_classes, cfg: ProbabilityError(1))
-LOSSES.register("mse", lambda num_classes, cfg: ProbabilityError(2))
+LOSSES.register("mae", lambda ctx: ProbabilityError(1))
+LOSSES.register("mse", lambda ctx: ProbabilityError(2))
 
 
 class CompoundLoss(nn.Module):
     """Weighted sum of named losses; logits are cast to float32 so bf16 autocast cannot hurt the loss."""
 
-    def __init__(self, terms: dict[str, nn.Module], weights: dict[str, float]) -> None:
+    def __init__(self, terms: dict[str, nn.Module], weights: dict[str, float], unweighted: list[str] = ()) -> None:
         super().__init__()
         self.terms = nn.ModuleDict(terms)
         self.weights = weights
+        self.unweighted = list(unweighted)  # terms that do not use the configured class weights
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits, target = logits.float(), target.long()
@@ -115,5 +243,10 @@ class CompoundLoss(nn.Module):
 
 
 def create_loss(cfg: LossConfig, num_classes: int) -> CompoundLoss:
-    """The run's loss from its config."""
-    return CompoundLoss({n: LOSSES.get(n)(num_classes, cfg) for n in cfg.terms}, dict(cfg.terms))
+    """The run's loss from its config (class weights given as a list or already resolved from 'auto')."""
+    if cfg.mode == "binary" and num_classes != 2:
+        raise ConfigError(f"loss.mode is binary but the data has {num_classes} classes; use multiclass or auto")
+    binary = cfg.mode == "binary" or (cfg.mode == "auto" and num_classes == 2)
+    ctx = LossContext(num_classes, binary, resolve_class_weights(cfg, num_classes), cfg)
+    unweighted = [n for n in cfg.terms if ctx.class_weights is not None and not takes_weights(n, binary)]
+    return CompoundLoss({n: LOSSES.get(n)(ctx) for n in cfg.terms}, dict(cfg.terms), unweighted)

@@ -35,6 +35,7 @@ class DataSummary:
     sizes: dict[str, tuple[int, int]]  # image path -> (height, width)
     class_pixels: np.ndarray  # (num_classes,) labelled pixels per class
     void_pixels: int
+    image_class_pixels: dict[str, np.ndarray] = field(default_factory=dict)  # image path -> pixels per class
     notes: list[str] = field(default_factory=list)
 
 
@@ -141,18 +142,22 @@ def check_pairs(
         raise DataError(list_offenders("the dataset has problems that must be fixed before training", problems))
     assert table is not None
     lut = table.lut()
-    class_pixels = np.zeros(table.num_classes, dtype=np.int64)
+    per_image: dict[str, np.ndarray] = {}
     void = 0
     for info in good:
         classes = lut[info.values]
         void += int(info.counts[classes == IGNORE].sum())
         keep = classes != IGNORE
-        np.add.at(class_pixels, classes[keep], info.counts[keep])
+        counts = np.zeros(table.num_classes, dtype=np.int64)
+        np.add.at(counts, classes[keep], info.counts[keep])
+        per_image[str(info.pair.image)] = counts
+    class_pixels = np.sum(list(per_image.values()), axis=0) if per_image else np.zeros(table.num_classes, np.int64)
     return DataSummary(
         channels=chans,
         table=table,
         sizes={str(i.pair.image): i.size for i in good},
         class_pixels=class_pixels,
         void_pixels=void,
+        image_class_pixels=per_image,
         notes=notes,
     )

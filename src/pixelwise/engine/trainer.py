@@ -22,12 +22,13 @@ from rich.progress import Progress, TextColumn
 from pixelwise.config import Config
 from pixelwise.data.build import DataBundle, build_datasets, default_workers, train_loader
 from pixelwise.engine.checkpoint import atomic_write_text, load_state, save_state, save_weights
+from pixelwise.engine.ema import WeightEma
 from pixelwise.engine.evaluate import evaluate
 from pixelwise.engine.runtime import Runtime, resolve_runtime
 from pixelwise.errors import PixelwiseError
-from pixelwise.losses import create_loss
+from pixelwise.losses import create_loss, median_frequency_weights
 from pixelwise.models.factory import ARCHITECTURES, build_network, encoder_normalization
-from pixelwise.optim import create_optimizer, lr_factor, set_lr
+from pixelwise.optim import FULL_BATCH, create_optimizer, lr_factor, set_lr
 from pixelwise.progress import console, make_progress
 
 METRIC_COLUMNS = ["epoch", "step", "train_loss", "val_loss", "val_miou", "val_pixel_accuracy", "lr",
@@ -51,12 +52,28 @@ def resolve_config(cfg: Config, data: DataBundle) -> Config:
             f"at auto, or set data.channels: {in_channels} to convert the images"
         )
     mean, std = encoder_normalization(cfg.model.encoder, in_channels, cfg.model.arch)
+    loss = cfg.loss
+    if loss.class_weights == "auto":
+        loss = loss.model_copy(update={"class_weights": auto_class_weights(data)})
     return cfg.model_copy(update={
         "data": cfg.data.model_copy(update={"classes": data.summary.table, "channels": channels,
                                             "root": cfg.data.root.resolve() if cfg.data.root else None}),
         "model": cfg.model.model_copy(update={"in_channels": in_channels, "mean": cfg.model.mean or mean,
                                               "std": cfg.model.std or std}),
+        "loss": loss,
     })
+
+
+def auto_class_weights(data: DataBundle) -> list[float]:
+    """Median-frequency class weights from the training masks, printed so the user sees what was chosen."""
+    counts = np.stack([data.summary.image_class_pixels[str(p.image)] for p in data.train.pairs])
+    weights = [round(float(w), 4) for w in median_frequency_weights(counts)]
+    names = data.summary.table.names
+    shown = ", ".join(f"{n} {w:g}" for n, w in zip(names, weights, strict=True))
+    absent = [n for n, c in zip(names, counts.sum(axis=0), strict=True) if c == 0]
+    extra = f" ({', '.join(absent)} absent from the training masks: weight 1)" if absent else ""
+    console.print(f"[yellow]note:[/] loss.class_weights auto (median frequency): {shown}{extra}")
+    return weights
 
 
 def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
@@ -89,6 +106,47 @@ def _csv(rows: list[dict[str, Any]]) -> str:
 
 
 @dataclass
+class Prepared:
+    """Everything a training loop needs, built from a validated config (shared by train and lr-find)."""
+
+    cfg: Config  # resolved: class table, channels, normalisation and class weights written in
+    data: DataBundle
+    runtime: Runtime
+    model: torch.nn.Module
+    criterion: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    workers: int
+    loader: torch.utils.data.DataLoader
+    sampler: Any
+
+
+def prepare(cfg: Config) -> Prepared:
+    """Check the data, then build the model, loss, optimizer and loader the config describes."""
+    seed_everything(cfg.train.seed)
+    data = build_datasets(cfg.data, cfg.augment, cfg.train.seed)
+    for note in data.notes:
+        console.print(f"[yellow]note:[/] {note}")
+    cfg = resolve_config(cfg, data)
+    table = data.summary.table
+    runtime = resolve_runtime(cfg.train.device, cfg.train.amp, cfg.train.channels_last)
+    model = build_network(cfg.model, cfg.model.in_channels, table.num_classes)
+    if min(cfg.data.crop_size) < model.min_size:
+        raise PixelwiseError(f"'{cfg.model.arch}' needs inputs of at least {model.min_size} pixels a side; "
+                             f"raise data.crop_size (now {list(cfg.data.crop_size)})")
+    memory_format = torch.channels_last if runtime.channels_last else torch.preserve_format
+    model = model.to(runtime.device, memory_format=memory_format)
+    criterion = create_loss(cfg.loss, table.num_classes).to(runtime.device)
+    if criterion.unweighted:
+        console.print(f"[yellow]note:[/] loss.class_weights do not apply to {', '.join(criterion.unweighted)} "
+                      "(they weight ce and bce, and focal/dice/jaccard/tversky in multiclass mode)")
+    optimizer = create_optimizer(model, cfg.optim)
+    workers = default_workers(cfg.data.num_workers)
+    loader, sampler = train_loader(data.train, cfg.train.batch_size, workers, cfg.train.seed,
+                                   pin_memory=runtime.device.type == "cuda")
+    return Prepared(cfg, data, runtime, model, criterion, optimizer, workers, loader, sampler)
+
+
+@dataclass
 class State:
     """Counters that survive a resume."""
 
@@ -107,24 +165,15 @@ class Trainer:
     def __init__(self, cfg: Config, run_dir: Path, resume: bool = False, overwrite: bool = False) -> None:
         check_run_dir(run_dir, resume, overwrite)
         self.run_dir = run_dir
-        seed_everything(cfg.train.seed)
-        self.data = build_datasets(cfg.data, cfg.augment, cfg.train.seed)
-        for note in self.data.notes:
-            console.print(f"[yellow]note:[/] {note}")
-        self.cfg = resolve_config(cfg, self.data)
+        p = prepare(cfg)
+        self.cfg, self.data, self.runtime, self.model = p.cfg, p.data, p.runtime, p.model
+        self.criterion, self.optimizer, self.workers, self.loader, self.sampler = (
+            p.criterion, p.optimizer, p.workers, p.loader, p.sampler)
         self.table = self.data.summary.table
-        self.runtime: Runtime = resolve_runtime(cfg.train.device, cfg.train.amp, cfg.train.channels_last)
-        model = build_network(self.cfg.model, self.cfg.model.in_channels, self.table.num_classes)
-        if min(self.cfg.data.crop_size) < model.min_size:
-            raise PixelwiseError(f"'{self.cfg.model.arch}' needs inputs of at least {model.min_size} pixels a side; "
-                                 f"raise data.crop_size (now {list(self.cfg.data.crop_size)})")
-        memory_format = torch.channels_last if self.runtime.channels_last else torch.preserve_format
-        self.model = model.to(self.runtime.device, memory_format=memory_format)
-        self.criterion = create_loss(self.cfg.loss, self.table.num_classes).to(self.runtime.device)
-        self.optimizer = create_optimizer(self.model, self.cfg.optim)
-        self.workers = default_workers(self.cfg.data.num_workers)
-        self.loader, self.sampler = train_loader(self.data.train, self.cfg.train.batch_size, self.workers,
-                                                 self.cfg.train.seed, pin_memory=self.runtime.device.type == "cuda")
+        # fp16 autocast (CUDA) needs loss scaling; a disabled scaler passes everything through.
+        self.scaler = torch.amp.GradScaler(self.runtime.device.type,
+                                           enabled=self.runtime.amp_dtype == torch.float16)
+        self.ema = WeightEma(self.model, self.cfg.train.ema) if self.cfg.train.ema else None
         self.state = State()
         self.history: list[dict[str, Any]] = []
         if resume:
@@ -139,17 +188,31 @@ class Trainer:
         saved = load_state(self.run_dir / "last.ckpt")
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
+        if saved.get("scaler"):
+            self.scaler.load_state_dict(saved["scaler"])
+        if self.ema is not None:
+            if saved.get("ema"):
+                self.ema.load_state_dict(saved["ema"])
+            else:  # EMA switched on at resume: start averaging from the current weights
+                self.ema = WeightEma(self.model, self.cfg.train.ema)
         self.state = State(**saved["state"])
         self.history = list(saved["history"])
         console.print(f"resuming {self.run_dir} after epoch {self.state.epoch}, step {self.state.step}")
 
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The weights that are evaluated and saved as the model: the EMA when there is one."""
+        return self.ema.module if self.ema is not None else self.model
+
     def _save(self, improved: bool) -> None:
         if improved:
-            save_weights(self.model, self.run_dir / "best.safetensors",
+            save_weights(self.eval_model, self.run_dir / "best.safetensors",
                          {"epoch": str(self.state.epoch), "miou": f"{self.state.best_miou:.6f}"})
         save_state(self.run_dir / "last.ckpt", {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "ema": self.ema.state_dict() if self.ema is not None else None,
             "state": vars(self.state).copy(),
             "history": self.history,
         })
@@ -196,8 +259,10 @@ class Trainer:
             console.print(f"[yellow]nothing to do:[/] the run already reached {reason}; raise it with --set")
             return self._summary(reason)
         t = self.cfg.train
-        steps_per_epoch = max(len(self.data.train) // t.batch_size, 1)
+        steps_per_epoch = len(self.loader)
         planned = self._planned_steps(steps_per_epoch)
+        # gd: one update per pass over the training set, from the gradients of every batch of the epoch.
+        self.accumulate = steps_per_epoch if self.cfg.optim.name in FULL_BATCH else t.accumulate
         uses_encoder = ARCHITECTURES.get(self.cfg.model.arch).uses_encoder
         name = f"{self.cfg.model.arch}-{self.cfg.model.encoder}" if uses_encoder else self.cfg.model.arch
         console.print(
@@ -222,12 +287,13 @@ class Trainer:
 
     def _train_epoch(self, progress: Progress, task: Any, planned: int) -> dict[str, Any]:
         """One pass over the training set (or until max_steps / time_budget); returns its metrics row."""
-        t, s, rt = self.cfg.train, self.state, self.runtime
+        s, rt = self.state, self.runtime
         self.sampler.set_epoch(s.epoch)
         loader = self.loader
         self.model.train()
         loss_sum = torch.zeros((), device=rt.device)
-        shown_sum, shown_n, batches = 0.0, 0, 0
+        shown_sum, shown_n, batches, pending = 0.0, 0, 0, 0
+        self.optimizer.zero_grad(set_to_none=True)
         epoch_images, epoch_start, last_tick = 0, time.perf_counter(), time.perf_counter()
         for images, masks in loader:
             images = images.to(rt.device, non_blocking=True)
@@ -244,11 +310,11 @@ class Trainer:
                     f"the loss became {loss.item()} at step {s.step + 1}; lower optim.lr or check the data. "
                     f"The last good checkpoint is {self.run_dir / 'last.ckpt'}."
                 )
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if t.grad_clip:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
-            self.optimizer.step()
+            self.scaler.scale(loss / self.accumulate).backward()
+            pending += 1
+            if pending == self.accumulate:
+                self._optimizer_step(pending)
+                pending = 0
             loss_sum += loss.detach()
             batches += 1
             s.step += 1
@@ -272,6 +338,8 @@ class Trainer:
             reason = self._stop_reason()
             if reason and not reason.startswith("epochs"):  # max_steps / time_budget stop mid-epoch
                 break
+        if pending:  # an epoch (or a stop) ended inside an accumulation group: step on what was gathered
+            self._optimizer_step(pending)
         s.epoch += 1
         seconds = time.perf_counter() - epoch_start
         return {
@@ -279,12 +347,26 @@ class Trainer:
             "images_per_second": epoch_images / seconds if seconds > 0 else None, "epoch_seconds": seconds,
         }
 
+    def _optimizer_step(self, batches: int) -> None:
+        """Clip, step, clear, update the EMA; a short group's (``batches`` < accumulate) gradient is rescaled."""
+        if batches != self.accumulate:
+            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            torch._foreach_mul_(grads, self.accumulate / batches)
+        if self.cfg.train.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update(self.model)
+
     def _end_epoch(self, row: dict[str, Any], evaluate_now: bool) -> None:
         """Evaluate (if due), record the epoch's row and write the checkpoints; the time counts as training time."""
         s = self.state
         tick = time.perf_counter()
         if evaluate_now and self.data.val is not None:
-            result = evaluate(self.model, self.data.val, self.data.val_sizes, self.table.names, self.runtime,
+            result = evaluate(self.eval_model, self.data.val, self.data.val_sizes, self.table.names, self.runtime,
                               self.cfg.train.eval_batch_size, self.workers, self.criterion)
             miou = result["miou"] if result["miou"] is not None else 0.0
             row.update(val_loss=result["loss"], val_miou=miou, val_pixel_accuracy=result["pixel_accuracy"])
