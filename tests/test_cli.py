@@ -55,5 +55,19 @@ def test_train_eval_predict_from_the_command_line(synthetic_data, tmp_path):
 def test_help_lists_commands(tmp_path):
     result = _run("--help", cwd=tmp_path)
     assert result.returncode == 0
-    for command in ("demo", "train", "eval", "predict", "models"):
+    for command in ("demo", "train", "eval", "predict", "models", "lr-find"):
         assert command in result.stdout
+
+
+def test_lr_find_writes_plot_and_suggests_a_rate(synthetic_data, tmp_path):
+    sets = [a for s in tiny_overrides(synthetic_data) for a in ("--set", s)]
+    result = _run("lr-find", *sets, "--steps", "12", "--start", "1e-5", "--end", "1", "--out", tmp_path / "lrf",
+                  cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    found = json.loads(result.stdout)
+    assert 1e-5 <= found["suggested_lr"] <= 1 and 1e-5 <= found["min_loss_lr"] <= 1
+    assert "suggested learning rate" in result.stderr
+    assert (tmp_path / "lrf" / "lr_find.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = (tmp_path / "lrf" / "lr_find.csv").read_text().splitlines()
+    assert rows[0] == "lr,loss,smoothed_loss" and len(rows) == 1 + found["steps"]
+    assert not (tmp_path / "runs").exists()  # nothing of a run is written

@@ -99,3 +99,81 @@ def test_schedules():
     assert lr_factor(0.55, cfg) == pytest.approx(0.5)  # cosine midpoint
     const = load_config(overrides=["optim.scheduler=constant", "optim.warmup=0"]).optim
     assert lr_factor(0.7, const) == 1.0
+
+
+def _count_steps(trainer: Trainer) -> list[int]:
+    calls = []
+    step = trainer.optimizer.step
+
+    def counting(*args, **kwargs):
+        calls.append(trainer.state.step)
+        return step(*args, **kwargs)
+
+    trainer.optimizer.step = counting
+    return calls
+
+
+def test_full_batch_gd_steps_once_per_epoch(synthetic_data, tmp_path):
+    trainer = Trainer(_cfg(synthetic_data, "optim.name=gd", "optim.lr=0.1", "train.epochs=2"), tmp_path / "gd")
+    calls = _count_steps(trainer)
+    summary = trainer.fit()
+    assert summary["steps"] == 6  # 3 batches per epoch, all accumulated into one update
+    assert calls == [2, 5]  # batches completed before each update: after the 3rd and the 6th
+
+
+def test_gradient_accumulation_and_short_groups(synthetic_data, tmp_path):
+    trainer = Trainer(_cfg(synthetic_data, "train.accumulate=2", "train.epochs=2"), tmp_path / "acc")
+    calls = _count_steps(trainer)
+    trainer.fit()
+    # Batches completed before each update: 2nd batch; the 3rd is a group of one, stepped at the epoch's end.
+    assert calls == [1, 3, 4, 6]
+
+
+def test_accumulated_gradient_is_the_mean_of_the_batches(synthetic_data, tmp_path):
+    # With a frozen-statistics model (eval mode) the accumulated gradient of k batches equals the mean of the
+    # per-batch gradients; a short group is rescaled to a mean too.
+    trainer = Trainer(_cfg(synthetic_data, "train.accumulate=4", "train.max_steps=3", "augment.preset=none",
+                           "optim.name=sgd", "optim.momentum=0.0", "optim.weight_decay=0.0", "optim.lr=1.0",
+                           "optim.warmup=0.0", "optim.scheduler=constant"), tmp_path / "mean")
+    trainer.model.eval()
+    trainer.model.train = lambda mode=True: trainer.model  # keep BatchNorm statistics frozen
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.sampler.set_epoch(0)
+    grads = []
+    for images, masks in list(trainer.loader)[:3]:
+        trainer.model.zero_grad()
+        images = images.contiguous(memory_format=torch.channels_last)
+        with trainer.runtime.autocast():
+            logits = trainer.model(images)
+        trainer.criterion(logits, masks).backward()
+        grads.append({n: p.grad.clone() for n, p in trainer.model.named_parameters()})
+    trainer.model.zero_grad(set_to_none=True)
+    trainer.fit()  # 3 batches, one short group of 3 (< 4): one SGD step with lr 1 on the mean gradient
+    for name, p in trainer.model.named_parameters():
+        mean = sum(g[name] for g in grads) / 3
+        assert torch.allclose(before[name] - mean, p.detach(), atol=1e-4), name
+
+
+def test_ema_weights_are_evaluated_saved_and_resumed(synthetic_data, tmp_path):
+    run = tmp_path / "ema"
+    trainer = Trainer(_cfg(synthetic_data, "train.ema=0.9", "train.max_steps=3"), run)
+    trainer.fit()
+    saved = load_file(str(run / "best.safetensors"))
+    ema_state = trainer.ema.module.state_dict()
+    assert all(torch.equal(saved[k], ema_state[k].cpu()) for k in saved)
+    raw = trainer.model.state_dict()
+    assert any(not torch.equal(saved[k], raw[k]) for k in saved if raw[k].is_floating_point())
+    assert load_state(run / "last.ckpt")["ema"]["updates"] == 3
+    resumed = Trainer(_cfg(synthetic_data, "train.ema=0.9", "train.max_steps=6"), run, resume=True)
+    assert resumed.ema.updates == 3
+    resumed.fit()
+    assert resumed.ema.updates == 6
+
+
+def test_auto_class_weights_are_resolved_into_the_run_config(synthetic_data, tmp_path):
+    run = tmp_path / "weighted"
+    Trainer(_cfg(synthetic_data, "loss={terms: {ce: 1.0, lovasz: 1.0}, class_weights: auto}", "train.max_steps=1"),
+            run).fit()
+    weights = load_config(run / "config.yaml").loss.class_weights
+    assert isinstance(weights, list) and len(weights) == 4
+    assert weights[0] == min(weights)  # background is the most frequent class: the smallest weight

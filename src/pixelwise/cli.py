@@ -75,6 +75,30 @@ def train(
     out.print_json(json.dumps(summary))
 
 
+@app.command("lr-find")
+def lr_find_(
+    config: Path | None = typer.Argument(None, help="YAML config file (the run you are about to train)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a config key (repeatable)."),
+    data: Path | None = typer.Option(None, help="Dataset folder (data.root)."),
+    start: float = typer.Option(1e-7, help="First learning rate."),
+    end: float = typer.Option(1.0, help="Last learning rate."),
+    steps: int = typer.Option(100, help="Batches over which the rate rises from start to end."),
+    out_dir: Path | None = typer.Option(None, "--out", help="Folder for lr_find.png and lr_find.csv "
+                                                            "(default: runs/lr-find-NAME)."),
+) -> None:
+    """Learning-rate range test: plot the loss against a rising rate and suggest optim.lr."""
+    from pixelwise.config import load_config
+    from pixelwise.engine.lr_find import lr_find
+
+    cfg = load_config(config, set_, {"data.root": str(data)} if data is not None else None)
+    result = lr_find(cfg, out_dir or Path("runs") / f"lr-find-{cfg.name}", start, end, steps)
+    err.print(f"{result['stopped']} after {result['steps']} steps; the loss was lowest at lr "
+              f"{result['min_loss_lr']:.3g}")
+    err.print(f"suggested learning rate: [bold]{result['suggested_lr']:.3g}[/]  "
+              f"(train with --set optim.lr={result['suggested_lr']:.3g}); plot: {result['plot']}")
+    out.print_json(json.dumps(result))
+
+
 @app.command("eval")
 def eval_(
     run: Path = typer.Argument(..., help="Run directory."),
