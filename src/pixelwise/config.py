@@ -51,6 +51,7 @@ class DataConfig(Strict):
     cache: bool = True
     cache_max_gb: float = Field(4.0, ge=0)
     num_workers: int = Field(-1, ge=-1)  # -1: chosen from the machine
+    max_image_pixels: int = Field(200_000_000, ge=1)  # larger images are refused before decoding (bomb guard)
 
     @field_validator("crop_size", mode="before")
     @classmethod
@@ -187,6 +188,7 @@ class TrainConfig(Strict):
     grad_clip: float | None = Field(None, gt=0)  # max global gradient norm
     accumulate: int = Field(1, ge=1)  # batches whose gradients are summed per optimizer step
     ema: float | None = Field(None, gt=0, lt=1)  # decay of an exponential moving average of the weights
+    nonfinite_loss: Literal["stop", "skip"] = "stop"  # NaN/Inf loss: stop, or skip the batch (10 in a row stop)
 
     @field_validator("time_budget", mode="before")
     @classmethod

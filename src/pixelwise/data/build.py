@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 from pixelwise.config import AugmentConfig, DataConfig
 from pixelwise.data.checks import DataSummary, check_pairs
 from pixelwise.data.classes import IGNORE, ClassTable
-from pixelwise.data.dataset import DecodedCache, Pair, SegmentationDataset
+from pixelwise.data.dataset import DecodedCache, Pair, SegmentationDataset, set_max_pixels
 from pixelwise.data.formats import check_orphans, discover, select_split
 from pixelwise.data.transforms import train_transform
 
@@ -35,6 +35,7 @@ def _cache(cfg: DataConfig) -> DecodedCache | None:
 
 def build_datasets(data: DataConfig, augment: AugmentConfig, seed: int = 0) -> DataBundle:
     """Discover, split and check the data; the train set gets the augmentation pipeline."""
+    set_max_pixels(data.max_image_pixels)
     layout = discover(data)
     train_pairs, train_note = select_split(layout, data, data.train_split)
     notes = check_orphans(layout)
@@ -59,6 +60,7 @@ def build_eval_dataset(
     data: DataConfig, split: str, table: ClassTable, channels: int, root: Path | None = None
 ) -> tuple[SegmentationDataset, list[tuple[int, int]]]:
     """A checked, untransformed dataset of one split, read with the run's class table and channels."""
+    set_max_pixels(data.max_image_pixels)
     layout = discover(data, root)
     pairs, _ = select_split(layout, data, split)
     cache = _cache(data)

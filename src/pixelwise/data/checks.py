@@ -6,11 +6,13 @@ import os
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from pixelwise.data.classes import IGNORE, UNKNOWN, ClassTable
-from pixelwise.data.dataset import DecodedCache, Pair, image_channels, read_image, read_mask
+from pixelwise.data.dataset import DecodedCache, Pair, exif_orientation, image_channels, read_image, read_mask
 from pixelwise.errors import DataError, list_offenders
 from pixelwise.progress import track
 
@@ -24,6 +26,7 @@ class PairInfo:
     size: tuple[int, int] | None = None  # (height, width) of the image
     values: np.ndarray | None = None  # raw mask values present
     counts: np.ndarray | None = None  # pixels per raw value in ``values``
+    orientation: int = 1  # EXIF orientation of the image (applied when decoding)
 
 
 @dataclass
@@ -52,6 +55,17 @@ def decide_channels(pairs: list[Pair], requested: int | str) -> int:
     return 1
 
 
+ROTATED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
+
+
+def file_orientation(path: Path) -> int:
+    try:
+        with Image.open(path) as im:
+            return exif_orientation(im)
+    except Exception:  # unreadable files were reported by the decode that just succeeded or failed
+        return 1
+
+
 def _scan_one(pair: Pair, channels: int, cache: DecodedCache | None) -> PairInfo:
     info = PairInfo(pair)
     if pair.mask is None:
@@ -64,10 +78,17 @@ def _scan_one(pair: Pair, channels: int, cache: DecodedCache | None) -> PairInfo
         info.error = str(e)
         return info
     info.size = image.shape[:2]
+    info.orientation = file_orientation(pair.image)
     if mask.shape[:2] != image.shape[:2]:
         h, w = image.shape[:2]
         mh, mw = mask.shape[:2]
         info.error = f"{pair.mask}: mask is {mw}x{mh} but its image is {w}x{h} ({pair.image.name})"
+        if info.orientation in ROTATED and (mh, mw) == (w, h):
+            info.error += (
+                f"; the image carries EXIF orientation {info.orientation} (shown rotated by 90 degrees), which "
+                "pixelwise applies as OpenCV and annotation tools do, while the mask matches the stored pixels: "
+                "rotate the mask to the displayed image, or remove the orientation tag from the image"
+            )
         return info
     if mask.dtype == np.uint8:
         counts = np.bincount(mask.ravel(), minlength=256)
@@ -125,6 +146,10 @@ def check_pairs(
 
     problems = [i.error for i in infos if i.error]
     notes: list[str] = []
+    rotated = [i for i in infos if not i.error and i.orientation != 1]
+    if rotated:
+        notes.append(f"{len(rotated)} image(s) carry an EXIF orientation (e.g. {rotated[0].pair.image.name}) and are "
+                     "used as displayed, rotated/flipped as OpenCV and annotation tools show them, masks alike")
     good = [i for i in infos if not i.error]
     if table is None and good:
         table, note = infer_table(np.unique(np.concatenate([i.values for i in good])))

@@ -9,6 +9,7 @@ Formats in this module:
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,7 +45,18 @@ class Layout:
 
 
 def _files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    """Image files of ``folder``; links that lead nowhere (broken, or a loop) are an error, not skipped silently."""
+    found, dead = [], []
+    for p in folder.iterdir():
+        if p.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        if p.is_file():
+            found.append(p)
+        elif p.is_symlink():
+            dead.append(f"{p}: symbolic link to {os.readlink(p)} that leads to no file (broken or a loop)")
+    if dead:
+        raise DataError(list_offenders(f"{folder}: links that lead to no file; fix or remove them", sorted(dead)))
+    return sorted(found)
 
 
 def pair_by_stem(images: list[Path], masks: list[Path]) -> tuple[list[Pair], list[Path]]:

@@ -6,6 +6,7 @@ saved with torch.save and loaded with ``weights_only=True``.
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Callable
@@ -36,9 +37,21 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            kept = f"the previous {path.name} is intact" if path.exists() else "nothing was written"
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise PixelwiseError(f"{path}: no space left on the device ({kept}); free some space and run "
+                                     "again (an interrupted training run continues with --resume)") from None
+            raise PixelwiseError(f"{path}: cannot be written ({e.strerror or e}; {kept})") from None
         raise
+
+
+def remove_stale_temp_files(folder: Path) -> None:
+    """Delete temporary files a killed process left behind in ``folder`` (the finished files are intact)."""
+    for tmp in folder.glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

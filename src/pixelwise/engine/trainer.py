@@ -21,7 +21,13 @@ from rich.progress import Progress, TextColumn
 
 from pixelwise.config import Config
 from pixelwise.data.build import DataBundle, build_datasets, default_workers, train_loader
-from pixelwise.engine.checkpoint import atomic_write_text, load_state, save_state, save_weights
+from pixelwise.engine.checkpoint import (
+    atomic_write_text,
+    load_state,
+    remove_stale_temp_files,
+    save_state,
+    save_weights,
+)
 from pixelwise.engine.ema import WeightEma
 from pixelwise.engine.evaluate import evaluate
 from pixelwise.engine.runtime import Runtime, resolve_runtime
@@ -33,6 +39,7 @@ from pixelwise.progress import console, make_progress
 
 METRIC_COLUMNS = ["epoch", "step", "train_loss", "val_loss", "val_miou", "val_pixel_accuracy", "lr",
                   "images_per_second", "epoch_seconds", "elapsed_seconds"]
+MAX_SKIPPED_IN_A_ROW = 10  # train.nonfinite_loss: skip gives up after this many non-finite batches in a row
 WARMUP_STEPS = 2  # throughput is measured after these (first steps pay for allocation and kernel selection)
 
 
@@ -40,6 +47,30 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """Every random generator's state, in types ``torch.load(weights_only=True)`` accepts."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+        "python": [version, list(internal), gauss],
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def resolve_config(cfg: Config, data: DataBundle) -> Config:
@@ -157,6 +188,7 @@ class State:
     best_epoch: int = 0
     measured_images: int = 0  # images and seconds after the warm-up steps, for throughput
     measured_seconds: float = 0.0
+    skipped_steps: int = 0  # batches skipped for a non-finite loss (train.nonfinite_loss: skip)
 
 
 class Trainer:
@@ -165,6 +197,8 @@ class Trainer:
     def __init__(self, cfg: Config, run_dir: Path, resume: bool = False, overwrite: bool = False) -> None:
         check_run_dir(run_dir, resume, overwrite)
         self.run_dir = run_dir
+        if run_dir.is_dir():
+            remove_stale_temp_files(run_dir)  # left by a process killed while writing a checkpoint
         p = prepare(cfg)
         self.cfg, self.data, self.runtime, self.model = p.cfg, p.data, p.runtime, p.model
         self.criterion, self.optimizer, self.workers, self.loader, self.sampler = (
@@ -175,6 +209,7 @@ class Trainer:
                                            enabled=self.runtime.amp_dtype == torch.float16)
         self.ema = WeightEma(self.model, self.cfg.train.ema) if self.cfg.train.ema else None
         self.state = State()
+        self._skipped_in_row = 0
         self.history: list[dict[str, Any]] = []
         if resume:
             self._load_resume_state()
@@ -197,6 +232,8 @@ class Trainer:
                 self.ema = WeightEma(self.model, self.cfg.train.ema)
         self.state = State(**saved["state"])
         self.history = list(saved["history"])
+        if saved.get("rng"):
+            set_rng_state(saved["rng"])
         console.print(f"resuming {self.run_dir} after epoch {self.state.epoch}, step {self.state.step}")
 
     @property
@@ -213,6 +250,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
             "ema": self.ema.state_dict() if self.ema is not None else None,
+            "rng": rng_state(),
             "state": vars(self.state).copy(),
             "history": self.history,
         })
@@ -305,18 +343,17 @@ class Trainer:
             with rt.autocast():
                 logits = self.model(images)
             loss = self.criterion(logits, masks)
-            if not torch.isfinite(loss):
-                raise PixelwiseError(
-                    f"the loss became {loss.item()} at step {s.step + 1}; lower optim.lr or check the data. "
-                    f"The last good checkpoint is {self.run_dir / 'last.ckpt'}."
-                )
-            self.scaler.scale(loss / self.accumulate).backward()
-            pending += 1
-            if pending == self.accumulate:
-                self._optimizer_step(pending)
-                pending = 0
-            loss_sum += loss.detach()
-            batches += 1
+            if torch.isfinite(loss):
+                self._skipped_in_row = 0
+                self.scaler.scale(loss / self.accumulate).backward()
+                pending += 1
+                if pending == self.accumulate:
+                    self._optimizer_step(pending)
+                    pending = 0
+                loss_sum += loss.detach()
+                batches += 1
+            else:
+                self._nonfinite_loss(float(loss.detach()))
             s.step += 1
             n = images.shape[0]
             epoch_images += n
@@ -346,6 +383,26 @@ class Trainer:
             "epoch": s.epoch, "step": s.step, "train_loss": loss_sum.item() / max(batches, 1), "lr": lr,
             "images_per_second": epoch_images / seconds if seconds > 0 else None, "epoch_seconds": seconds,
         }
+
+    def _nonfinite_loss(self, value: float) -> None:
+        """Stop (default) or skip the batch; nothing is saved on the way out, so good checkpoints stay as they are."""
+        s, t = self.state, self.cfg.train
+        step = s.step + 1
+        self._skipped_in_row += 1
+        if t.nonfinite_loss == "skip" and self._skipped_in_row <= MAX_SKIPPED_IN_A_ROW:
+            s.skipped_steps += 1
+            console.print(f"[yellow]warning:[/] the loss is {value} at step {step}: batch skipped "
+                          f"({s.skipped_steps} so far)")
+            return
+        last = self.run_dir / "last.ckpt"
+        where = (f"The last good checkpoint is {last} (epoch {s.epoch}); continue from it with "
+                 f"pixelwise train --resume {self.run_dir} --set optim.lr=<lower>"
+                 if last.is_file() else "No checkpoint had been written yet.")
+        in_row = f" ({self._skipped_in_row} batches in a row)" if t.nonfinite_loss == "skip" else ""
+        raise PixelwiseError(
+            f"the loss became {value} at step {step}{in_row}; training stopped. Lower optim.lr, set "
+            f"train.grad_clip, or check the data (train.nonfinite_loss: skip drops such batches). {where}"
+        )
 
     def _optimizer_step(self, batches: int) -> None:
         """Clip, step, clear, update the EMA; a short group's (``batches`` < accumulate) gradient is rescaled."""
@@ -396,6 +453,7 @@ class Trainer:
             "wall_seconds": round(s.elapsed, 2),
             "train_images_per_second": s.measured_images / s.measured_seconds if s.measured_seconds else 0.0,
             "stopped_by": reason,
+            "skipped_steps": s.skipped_steps,
             "runtime": self.runtime.describe(),
             "train_images": len(self.data.train),
             "val_images": len(self.data.val) if self.data.val is not None else 0,
