@@ -54,8 +54,8 @@ def _open(path: Path, what: str) -> Image.Image:
             if w * h > _max_pixels:
                 im.close()
                 raise DataError(
-                    f"{path}: the {what} would decode to {w}x{h} = {w * h / 1e6:.0f} megapixels, over the limit of "
-                    f"{_max_pixels / 1e6:.0f} (data.max_image_pixels). If the file is genuine, raise the limit; "
+                    f"{path}: the {what} would decode to {w}x{h} = {w * h:,} pixels, over the limit of "
+                    f"{_max_pixels:,} (data.max_image_pixels). If the file is genuine, raise the limit; "
                     "a small file that decodes to gigapixels is a decompression bomb"
                 )
             im.load()

@@ -142,7 +142,8 @@ def discover(cfg: DataConfig, root: Path | None = None) -> Layout:
         layout.classes = cfg.classes if isinstance(cfg.classes, ClassTable) else ClassTable.from_file(cfg.classes)
     empty = [name for name, pairs in layout.splits.items() if not pairs]
     if empty:
-        raise DataError(f"{root}: split folder(s) {', '.join(empty)} hold no images ({', '.join(IMAGE_SUFFIXES)})")
+        suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
+        raise DataError(f"{root}: split folder(s) {', '.join(empty)} hold no images ({suffixes})")
     return layout
 
 
