@@ -500,3 +500,34 @@ def test_source_never_unpickles_or_evaluates():
             if "weights_only=True" not in call.group(1):
                 offenders.append(f"{path.name}: torch.load without weights_only=True")
     assert not offenders
+
+
+def test_predictions_never_replace_files_unasked_and_never_inputs(synthetic_data, tmp_path, monkeypatch):
+    from pixelwise import Segmenter
+    from pixelwise.engine.trainer import Trainer
+    from pixelwise.inference.files import predict_files
+
+    run = tmp_path / "run"
+    Trainer(_cfg(synthetic_data, "train.max_steps=1"), run).fit()
+    seg = Segmenter.load(run)
+    images = tmp_path / "images"
+    images.mkdir()
+    for p in sorted((synthetic_data / "val" / "images").iterdir())[:2]:
+        (images / p.name).write_bytes(p.read_bytes())
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "0000.png").write_bytes(b"my own work")
+    with pytest.raises(PixelwiseError, match="(?s)would replace existing files.*--overwrite.*0000.png"):
+        predict_files(seg, [images], out)
+    assert (out / "0000.png").read_bytes() == b"my own work"
+    with pytest.raises(PixelwiseError, match="would replace input images"):
+        predict_files(seg, [images], images, overwrite=True)
+    assert len(predict_files(seg, [images], out, overwrite=True).written) == 4
+
+    def full(self, fp, format=None, **params):  # noqa: A002 (PIL's name)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", full)
+    with pytest.raises(PixelwiseError, match="no space left on the device .the previous 0000.png is intact"):
+        predict_files(seg, [images], out, overwrite=True)
+    assert Image.open(out / "0000.png").size == (64, 64)

@@ -128,12 +128,13 @@ def predict(
     out_dir: Path = typer.Option(..., "--out", help="Folder for NAME.png masks and NAME_overlay.jpg overlays."),
     overlay: bool = typer.Option(True, help="Also write overlays."),
     device: str = typer.Option("auto", help="cpu, cuda, cuda:1, or auto."),
+    overwrite: bool = typer.Option(False, help="Replace predictions already in --out."),
 ) -> None:
     """Predict masks for images of any size."""
     from pixelwise.inference.files import predict_files
     from pixelwise.inference.predictor import Segmenter
 
-    report = predict_files(Segmenter.load(run, device=device), inputs, out_dir, overlay)
+    report = predict_files(Segmenter.load(run, device=device), inputs, out_dir, overlay, overwrite)
     err.print(f"wrote {len(report.written)} files to {out_dir}")
     if report.failed:
         raise PixelwiseError("some images could not be predicted:\n" + "\n".join(f"  - {f}" for f in report.failed))

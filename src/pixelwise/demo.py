@@ -65,7 +65,7 @@ def run_demo(out: Path, time_budget: str = "75s") -> dict:
     atomic_write_text(run_dir / "eval_val.json", json.dumps(result, indent=2))
     console.print("[bold]4/4[/] predicting a few validation images")
     images = sorted((data_dir / "val" / "images").iterdir())[:4]
-    predict_files(Segmenter.load(run_dir), images, out / "predictions")
+    predict_files(Segmenter.load(run_dir), images, out / "predictions", overwrite=True)
     console.print(
         f"\n[bold green]done[/] in {time.perf_counter() - start:.0f}s: validation mIoU [bold]{result['miou']:.3f}[/]\n"
         f"  data:        {data_dir}\n"

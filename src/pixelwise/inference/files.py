@@ -8,7 +8,8 @@ from pathlib import Path
 from PIL import Image
 
 from pixelwise.data.dataset import IMAGE_SUFFIXES, read_image
-from pixelwise.errors import DataError, PixelwiseError
+from pixelwise.engine.checkpoint import atomic_write
+from pixelwise.errors import DataError, PixelwiseError, list_offenders
 from pixelwise.inference.predictor import Segmenter
 from pixelwise.progress import track
 
@@ -35,29 +36,54 @@ def collect_inputs(inputs: list[Path]) -> list[Path]:
     return list(dict.fromkeys(files))
 
 
-def predict_files(seg: Segmenter, inputs: list[Path], out_dir: Path, overlay: bool = True) -> PredictionReport:
-    """Write ``NAME.png`` (class indices with the class palette) and ``NAME_overlay.jpg`` per input image.
-
-    Unreadable images are reported and skipped; the others are still predicted.
-    """
-    files = collect_inputs(inputs)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    report, used = PredictionReport(), set()
-    for path in track(files, total=len(files), label="Predicting"):
+def output_stems(files: list[Path]) -> list[str]:
+    """One output name per input; the same name from two folders gets _2, _3, ..."""
+    stems: list[str] = []
+    used: set[str] = set()
+    for path in files:
         stem, n = path.stem, 1
-        while stem in used:  # same name from two folders: keep both
+        while stem in used:
             n += 1
             stem = f"{path.stem}_{n}"
         used.add(stem)
+        stems.append(stem)
+    return stems
+
+
+def _save(image: Image.Image, path: Path, fmt: str, **options) -> None:
+    atomic_write(path, lambda tmp: image.save(tmp, format=fmt, **options))
+
+
+def predict_files(seg: Segmenter, inputs: list[Path], out_dir: Path, overlay: bool = True,
+                  overwrite: bool = False) -> PredictionReport:
+    """Write ``NAME.png`` (class indices with the class palette) and ``NAME_overlay.jpg`` per input image.
+
+    Existing files are replaced only with ``overwrite``, and an input image never is. Unreadable images are
+    reported and skipped; the others are still predicted. Each file is written atomically.
+    """
+    files = collect_inputs(inputs)
+    stems = output_stems(files)
+    targets = [out_dir / f"{s}.png" for s in stems] + ([out_dir / f"{s}_overlay.jpg" for s in stems] if overlay else [])
+    inputs_hit = sorted({str(t) for t in targets if t.exists() and t.resolve() in {f.resolve() for f in files}})
+    if inputs_hit:
+        raise PixelwiseError(list_offenders(f"{out_dir}: predictions would replace input images; choose another --out",
+                                            inputs_hit))
+    existing = [str(t) for t in targets if t.exists()]
+    if existing and not overwrite:
+        raise PixelwiseError(list_offenders(
+            f"{out_dir}: predictions would replace existing files; choose another --out or pass --overwrite", existing))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = PredictionReport()
+    for path, stem in track(list(zip(files, stems, strict=True)), total=len(files), label="Predicting"):
         try:
             image = read_image(path, seg.channels)
         except DataError as e:
             report.failed.append(str(e))
             continue
         mask = seg.predict(image)
-        seg.colorize(mask).save(out_dir / f"{stem}.png")
+        _save(seg.colorize(mask), out_dir / f"{stem}.png", "PNG")
         report.written.append(out_dir / f"{stem}.png")
         if overlay:
-            Image.fromarray(seg.overlay(image, mask)).save(out_dir / f"{stem}_overlay.jpg", quality=90)
+            _save(Image.fromarray(seg.overlay(image, mask)), out_dir / f"{stem}_overlay.jpg", "JPEG", quality=90)
             report.written.append(out_dir / f"{stem}_overlay.jpg")
     return report
