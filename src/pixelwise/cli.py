@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +74,8 @@ def train(
         cfg = load_config(config, set_, values)
         run_dir = out_dir or Path("runs") / cfg.name
     summary = Trainer(cfg, run_dir, resume=resume is not None, overwrite=overwrite).fit()
-    out.print_json(json.dumps(summary))
+    if launched_rank() == 0:  # under torchrun the summary is printed once
+        out.print_json(json.dumps(summary))
 
 
 @app.command("lr-find")
@@ -90,6 +93,8 @@ def lr_find_(
     from pixelwise.config import load_config
     from pixelwise.engine.lr_find import lr_find
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise PixelwiseError("lr-find runs as one process; start it without torchrun")
     cfg = load_config(config, set_, {"data.root": str(data)} if data is not None else None)
     result = lr_find(cfg, out_dir or Path("runs") / f"lr-find-{cfg.name}", start, end, steps)
     err.print(f"{result['stopped']} after {result['steps']} steps; the loss was lowest at lr "
@@ -178,5 +183,16 @@ def main() -> None:
     try:
         app()
     except PixelwiseError as e:
-        err.print(f"[bold red]error:[/] {escape(str(e))}")
+        if launched_rank() == 0:  # under torchrun every rank decides alike: one message, from rank 0
+            err.print(f"[bold red]error:[/] {escape(str(e))}")
         raise SystemExit(1) from None
+    finally:
+        if "torch.distributed" in sys.modules:  # imported by a command that trained: leave the group cleanly
+            from pixelwise.engine.distributed import shutdown
+
+            shutdown()
+
+
+def launched_rank() -> int:
+    """This process's rank under torchrun, 0 otherwise (read without importing torch)."""
+    return int(os.environ.get("RANK", "0"))

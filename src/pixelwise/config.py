@@ -189,6 +189,7 @@ class TrainConfig(Strict):
     accumulate: int = Field(1, ge=1)  # batches whose gradients are summed per optimizer step
     ema: float | None = Field(None, gt=0, lt=1)  # decay of an exponential moving average of the weights
     nonfinite_loss: Literal["stop", "skip"] = "stop"  # NaN/Inf loss: stop, or skip the batch (10 in a row stop)
+    sync_bn: bool = False  # torchrun: BatchNorm statistics over the global batch (SyncBatchNorm)
 
     @field_validator("time_budget", mode="before")
     @classmethod

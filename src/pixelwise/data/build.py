@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from pixelwise.config import AugmentConfig, DataConfig
 from pixelwise.data.checks import DataSummary, check_pairs
@@ -80,32 +80,42 @@ class EpochSampler(torch.utils.data.Sampler[tuple[int, int]]):
     """Shuffles by (seed, epoch) and yields (epoch, index), so the dataset can seed each sample's augmentation.
 
     Order and augmentations then depend only on (seed, epoch, index): the same with any number of loader
-    workers, with persistent workers, and after a resume.
+    workers, with persistent workers, and after a resume. Under data parallelism (``world`` > 1) torch's
+    DistributedSampler deals each rank its share of one shuffled order (padded to equal shares).
     """
 
-    def __init__(self, n: int, seed: int) -> None:
-        self.n, self.seed, self.epoch = n, seed, 0
+    def __init__(self, n: int, seed: int, rank: int = 0, world: int = 1) -> None:
+        self.n, self.seed, self.epoch, self.rank, self.world = n, seed, 0, rank, world
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self):
-        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+        if self.world == 1:
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+        else:
+            share = DistributedSampler(range(self.n), num_replicas=self.world, rank=self.rank, shuffle=True,
+                                       seed=self.seed)
+            share.set_epoch(self.epoch)
+            order = list(share)
         return iter([(self.epoch, int(i)) for i in order])
 
     def __len__(self) -> int:
-        return self.n
+        return self.n if self.world == 1 else -(-self.n // self.world)
 
 
 def train_loader(dataset: SegmentationDataset, batch_size: int, workers: int, seed: int,
-                 pin_memory: bool = False) -> tuple[DataLoader, EpochSampler]:
-    """The training loader (persistent workers) and its sampler; call ``sampler.set_epoch(e)`` each epoch."""
-    sampler = EpochSampler(len(dataset), seed)
+                 pin_memory: bool = False, rank: int = 0, world: int = 1) -> tuple[DataLoader, EpochSampler]:
+    """The training loader (persistent workers) and its sampler; call ``sampler.set_epoch(e)`` each epoch.
+
+    ``batch_size`` is per process; each of ``world`` processes reads its own share of every epoch.
+    """
+    sampler = EpochSampler(len(dataset), seed, rank, world)
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
-        drop_last=len(dataset) >= batch_size,
+        drop_last=len(sampler) >= batch_size,
         num_workers=workers,
         persistent_workers=workers > 0,
         pin_memory=pin_memory,
@@ -116,10 +126,10 @@ def train_loader(dataset: SegmentationDataset, batch_size: int, workers: int, se
 class SizeGroupedBatches(torch.utils.data.Sampler[list[int]]):
     """Batches of indices whose images share one size, so they stack without resizing (evaluation)."""
 
-    def __init__(self, sizes: list[tuple[int, int]], batch_size: int) -> None:
+    def __init__(self, sizes: list[tuple[int, int]], batch_size: int, indices: list[int] | None = None) -> None:
         groups: dict[tuple[int, int], list[int]] = {}
-        for i, size in enumerate(sizes):
-            groups.setdefault(tuple(size), []).append(i)
+        for i in range(len(sizes)) if indices is None else indices:
+            groups.setdefault(tuple(sizes[i]), []).append(i)
         self.batches = [idx[i : i + batch_size] for idx in groups.values() for i in range(0, len(idx), batch_size)]
 
     def __iter__(self):
@@ -129,5 +139,8 @@ class SizeGroupedBatches(torch.utils.data.Sampler[list[int]]):
         return len(self.batches)
 
 
-def eval_loader(dataset: Dataset, sizes: list[tuple[int, int]], batch_size: int, workers: int) -> DataLoader:
-    return DataLoader(dataset, batch_sampler=SizeGroupedBatches(sizes, batch_size), num_workers=workers)
+def eval_loader(dataset: Dataset, sizes: list[tuple[int, int]], batch_size: int, workers: int,
+                rank: int = 0, world: int = 1) -> DataLoader:
+    """Whole images batched by size; with ``world`` > 1, this rank's images only (every ``world``-th)."""
+    indices = None if world == 1 else list(range(rank, len(sizes), world))
+    return DataLoader(dataset, batch_sampler=SizeGroupedBatches(sizes, batch_size, indices), num_workers=workers)

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from pixelwise.data.build import eval_loader
+from pixelwise.engine.distributed import Dist, all_reduce_sum, broadcast_buffers, current
 from pixelwise.engine.metrics import confusion_matrix, metrics_from_confusion
 from pixelwise.engine.runtime import Runtime
 from pixelwise.inference.padding import forward_padded
@@ -25,6 +26,7 @@ def evaluate(
     batch_size: int = 4,
     workers: int = 0,
     criterion: nn.Module | None = None,
+    distributed: bool = False,
 ) -> dict[str, Any]:
     """Metrics of ``model`` on whole images of ``dataset`` (void pixels excluded), plus loss and images/s.
 
@@ -32,14 +34,19 @@ def evaluate(
         sizes: (height, width) of each image, to batch equal sizes together.
         names: class names, in class-index order.
         criterion: if given, its mean over batches is reported as ``loss``.
+        distributed: under torchrun, each rank evaluates every world-th image and the confusion matrix (with
+            the loss sums) is all-reduced once, so every rank returns the metrics of the whole dataset.
     """
+    shard = current() if distributed else Dist()
+    if shard.enabled:  # evaluate the model rank 0 saves: its BatchNorm statistics, not each rank's own
+        broadcast_buffers(model)
     was_training = model.training
     model.eval()
     k = len(names)
     cm = torch.zeros(k, k, dtype=torch.int64, device=runtime.device)
     loss_sum, batches, images = torch.zeros((), device=runtime.device), 0, 0
     start = time.perf_counter()
-    for x, y in eval_loader(dataset, sizes, batch_size, workers):
+    for x, y in eval_loader(dataset, sizes, batch_size, workers, shard.rank, shard.world):
         x, y = x.to(runtime.device, non_blocking=True), y.to(runtime.device, non_blocking=True)
         logits = forward_padded(model, x, runtime)
         if criterion is not None:
@@ -47,6 +54,12 @@ def evaluate(
         cm += confusion_matrix(logits.argmax(dim=1), y, k)
         batches += 1
         images += x.shape[0]
+    if shard.enabled:  # one collective: confusion matrix, loss sum, batch and image counts (exact in float64)
+        packed = torch.cat([cm.flatten().double(), loss_sum.double().reshape(1),
+                            torch.tensor([batches, images], dtype=torch.float64, device=cm.device)])
+        all_reduce_sum(packed)
+        cm = packed[: k * k].round().long().reshape(k, k)
+        loss_sum, batches, images = packed[k * k], int(packed[k * k + 1]), int(packed[k * k + 2])
     elapsed = time.perf_counter() - start
     model.train(was_training)
     result = metrics_from_confusion(cm.cpu(), names)

@@ -6,12 +6,13 @@ metrics.csv (one row per epoch), summary.json.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from pixelwise.engine.checkpoint import (
     save_state,
     save_weights,
 )
+from pixelwise.engine.distributed import Dist, init_distributed
 from pixelwise.engine.ema import WeightEma
 from pixelwise.engine.evaluate import evaluate
 from pixelwise.engine.runtime import Runtime, resolve_runtime
@@ -143,16 +145,23 @@ class Prepared:
     cfg: Config  # resolved: class table, channels, normalisation and class weights written in
     data: DataBundle
     runtime: Runtime
-    model: torch.nn.Module
+    model: torch.nn.Module  # what the loop calls: the network, or DistributedDataParallel around it
+    net: torch.nn.Module  # the network itself: saved, averaged (EMA) and evaluated
     criterion: torch.nn.Module
     optimizer: torch.optim.Optimizer
     workers: int
     loader: torch.utils.data.DataLoader
     sampler: Any
+    dist: Dist
 
 
 def prepare(cfg: Config) -> Prepared:
-    """Check the data, then build the model, loss, optimizer and loader the config describes."""
+    """Check the data, then build the model, loss, optimizer and loader the config describes.
+
+    Under torchrun every rank runs this: same seed, same checks, same initial weights (DDP also broadcasts
+    rank 0's), then its own share of the training data.
+    """
+    dist = init_distributed(cfg.train.device)
     seed_everything(cfg.train.seed)
     data = build_datasets(cfg.data, cfg.augment, cfg.train.seed)
     for note in data.notes:
@@ -160,12 +169,20 @@ def prepare(cfg: Config) -> Prepared:
     cfg = resolve_config(cfg, data)
     table = data.summary.table
     runtime = resolve_runtime(cfg.train.device, cfg.train.amp, cfg.train.channels_last)
+    if dist.enabled and runtime.device.type == "cuda":
+        runtime = replace(runtime, device=torch.device("cuda", dist.local_rank))
     model = build_network(cfg.model, cfg.model.in_channels, table.num_classes)
     if min(cfg.data.crop_size) < model.min_size:
         raise PixelwiseError(f"'{cfg.model.arch}' needs inputs of at least {model.min_size} pixels a side; "
                              f"raise data.crop_size (now {list(cfg.data.crop_size)})")
     memory_format = torch.channels_last if runtime.channels_last else torch.preserve_format
-    model = model.to(runtime.device, memory_format=memory_format)
+    net = model.to(runtime.device, memory_format=memory_format)
+    if dist.enabled and cfg.train.sync_bn:
+        net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    model = net
+    if dist.enabled:
+        ids = [runtime.device.index] if runtime.device.type == "cuda" else None
+        model = torch.nn.parallel.DistributedDataParallel(net, device_ids=ids)
     criterion = create_loss(cfg.loss, table.num_classes).to(runtime.device)
     if criterion.unweighted:
         console.print(f"[yellow]note:[/] loss.class_weights do not apply to {', '.join(criterion.unweighted)} "
@@ -173,8 +190,8 @@ def prepare(cfg: Config) -> Prepared:
     optimizer = create_optimizer(model, cfg.optim)
     workers = default_workers(cfg.data.num_workers)
     loader, sampler = train_loader(data.train, cfg.train.batch_size, workers, cfg.train.seed,
-                                   pin_memory=runtime.device.type == "cuda")
-    return Prepared(cfg, data, runtime, model, criterion, optimizer, workers, loader, sampler)
+                                   pin_memory=runtime.device.type == "cuda", rank=dist.rank, world=dist.world)
+    return Prepared(cfg, data, runtime, model, net, criterion, optimizer, workers, loader, sampler, dist)
 
 
 @dataclass
@@ -195,33 +212,36 @@ class Trainer:
     """Fits one run: built from a validated Config, writes everything into ``run_dir``."""
 
     def __init__(self, cfg: Config, run_dir: Path, resume: bool = False, overwrite: bool = False) -> None:
-        check_run_dir(run_dir, resume, overwrite)
+        check_run_dir(run_dir, resume, overwrite)  # every rank, before any rank can write
         self.run_dir = run_dir
-        if run_dir.is_dir():
-            remove_stale_temp_files(run_dir)  # left by a process killed while writing a checkpoint
         p = prepare(cfg)
-        self.cfg, self.data, self.runtime, self.model = p.cfg, p.data, p.runtime, p.model
+        self.cfg, self.data, self.runtime, self.model, self.net = p.cfg, p.data, p.runtime, p.model, p.net
         self.criterion, self.optimizer, self.workers, self.loader, self.sampler = (
             p.criterion, p.optimizer, p.workers, p.loader, p.sampler)
+        self.dist = p.dist
+        self.writes = self.dist.is_main  # only rank 0 writes files
+        if self.writes and run_dir.is_dir():
+            remove_stale_temp_files(run_dir)  # left by a process killed while writing a checkpoint
         self.table = self.data.summary.table
         # fp16 autocast (CUDA) needs loss scaling; a disabled scaler passes everything through.
         self.scaler = torch.amp.GradScaler(self.runtime.device.type,
                                            enabled=self.runtime.amp_dtype == torch.float16)
-        self.ema = WeightEma(self.model, self.cfg.train.ema) if self.cfg.train.ema else None
+        self.ema = WeightEma(self.net, self.cfg.train.ema) if self.cfg.train.ema else None
         self.state = State()
         self._skipped_in_row = 0
         self.history: list[dict[str, Any]] = []
         if resume:
             self._load_resume_state()
-        else:
+        elif self.writes:
             start_run_dir(run_dir)
-        # On resume too: overrides such as a longer time budget belong to the run's config from now on.
-        atomic_write_text(run_dir / "config.yaml", self.cfg.to_yaml())
+        if self.writes:
+            # On resume too: overrides such as a longer time budget belong to the run's config from now on.
+            atomic_write_text(run_dir / "config.yaml", self.cfg.to_yaml())
 
     # --- persistence -----------------------------------------------------------------------------
     def _load_resume_state(self) -> None:
         saved = load_state(self.run_dir / "last.ckpt")
-        self.model.load_state_dict(saved["model"])
+        self.net.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
         if saved.get("scaler"):
             self.scaler.load_state_dict(saved["scaler"])
@@ -229,7 +249,7 @@ class Trainer:
             if saved.get("ema"):
                 self.ema.load_state_dict(saved["ema"])
             else:  # EMA switched on at resume: start averaging from the current weights
-                self.ema = WeightEma(self.model, self.cfg.train.ema)
+                self.ema = WeightEma(self.net, self.cfg.train.ema)
         self.state = State(**saved["state"])
         self.history = list(saved["history"])
         if saved.get("rng"):
@@ -239,14 +259,16 @@ class Trainer:
     @property
     def eval_model(self) -> torch.nn.Module:
         """The weights that are evaluated and saved as the model: the EMA when there is one."""
-        return self.ema.module if self.ema is not None else self.model
+        return self.ema.module if self.ema is not None else self.net
 
     def _save(self, improved: bool) -> None:
+        if not self.writes:
+            return
         if improved:
             save_weights(self.eval_model, self.run_dir / "best.safetensors",
                          {"epoch": str(self.state.epoch), "miou": f"{self.state.best_miou:.6f}"})
         save_state(self.run_dir / "last.ckpt", {
-            "model": self.model.state_dict(),
+            "model": self.net.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
             "ema": self.ema.state_dict() if self.ema is not None else None,
@@ -330,7 +352,7 @@ class Trainer:
         loader = self.loader
         self.model.train()
         loss_sum = torch.zeros((), device=rt.device)
-        shown_sum, shown_n, batches, pending = 0.0, 0, 0, 0
+        shown_sum, shown_n, batches, pending, unsynced = 0.0, 0, 0, 0, False
         self.optimizer.zero_grad(set_to_none=True)
         epoch_images, epoch_start, last_tick = 0, time.perf_counter(), time.perf_counter()
         for images, masks in loader:
@@ -338,14 +360,28 @@ class Trainer:
             if rt.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             masks = masks.to(rt.device, non_blocking=True)
-            lr = self.cfg.optim.lr * lr_factor(self._progress(planned), self.cfg.optim)
-            set_lr(self.optimizer, lr)
             with rt.autocast():
                 logits = self.model(images)
             loss = self.criterion(logits, masks)
-            if torch.isfinite(loss):
+            n = images.shape[0]
+            now = time.perf_counter()
+            s.elapsed += now - last_tick
+            if s.step >= WARMUP_STEPS:
+                s.measured_images += n
+                s.measured_seconds += now - last_tick
+            last_tick = now
+            # One host sync per step. Under DDP it is one collective that also gives every rank the same clock,
+            # so learning rate, skipping and stopping are decided alike everywhere and no rank waits forever.
+            finite = self._sync_step(bool(torch.isfinite(loss)))
+            lr = self.cfg.optim.lr * lr_factor(self._progress(planned), self.cfg.optim)
+            set_lr(self.optimizer, lr)
+            if finite:
                 self._skipped_in_row = 0
-                self.scaler.scale(loss / self.accumulate).backward()
+                # Inside an accumulation group DDP need not all-reduce: only the group's last backward does.
+                sync = pending + 1 == self.accumulate or not self.dist.enabled
+                with contextlib.nullcontext() if sync else self.model.no_sync():
+                    self.scaler.scale(loss / self.accumulate).backward()
+                unsynced = not sync
                 pending += 1
                 if pending == self.accumulate:
                     self._optimizer_step(pending)
@@ -355,14 +391,7 @@ class Trainer:
             else:
                 self._nonfinite_loss(float(loss.detach()))
             s.step += 1
-            n = images.shape[0]
             epoch_images += n
-            now = time.perf_counter()
-            s.elapsed += now - last_tick
-            if s.step > WARMUP_STEPS:
-                s.measured_images += n
-                s.measured_seconds += now - last_tick
-            last_tick = now
             if batches % 5 == 0 or batches == 1:  # .item() syncs the device: not on every step
                 total = loss_sum.item()
                 shown = (total - shown_sum) / max(batches - shown_n, 1)
@@ -376,13 +405,35 @@ class Trainer:
             if reason and not reason.startswith("epochs"):  # max_steps / time_budget stop mid-epoch
                 break
         if pending:  # an epoch (or a stop) ended inside an accumulation group: step on what was gathered
+            if unsynced:  # its backwards skipped DDP's all-reduce: average the gradients over ranks here
+                grads = [p.grad for p in self.net.parameters() if p.grad is not None]
+                for g in grads:
+                    torch.distributed.all_reduce(g)
+                torch._foreach_div_(grads, self.dist.world)
             self._optimizer_step(pending)
+        s.elapsed += time.perf_counter() - last_tick
+        self._sync_elapsed()
         s.epoch += 1
         seconds = time.perf_counter() - epoch_start
         return {
             "epoch": s.epoch, "step": s.step, "train_loss": loss_sum.item() / max(batches, 1), "lr": lr,
             "images_per_second": epoch_images / seconds if seconds > 0 else None, "epoch_seconds": seconds,
         }
+
+    def _sync_step(self, finite: bool) -> bool:
+        """Whether the loss is finite on every rank; the ranks' clocks are set to the slowest one's."""
+        if not self.dist.enabled:
+            return finite
+        t = torch.tensor([0.0 if finite else 1.0, self.state.elapsed], dtype=torch.float64, device=self.runtime.device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        self.state.elapsed = float(t[1])
+        return bool(t[0] == 0)
+
+    def _sync_elapsed(self) -> None:
+        if self.dist.enabled:
+            t = torch.tensor([self.state.elapsed], dtype=torch.float64, device=self.runtime.device)
+            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+            self.state.elapsed = float(t[0])
 
     def _nonfinite_loss(self, value: float) -> None:
         """Stop (default) or skip the batch; nothing is saved on the way out, so good checkpoints stay as they are."""
@@ -416,7 +467,7 @@ class Trainer:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
-            self.ema.update(self.model)
+            self.ema.update(self.net)
 
     def _end_epoch(self, row: dict[str, Any], evaluate_now: bool) -> None:
         """Evaluate (if due), record the epoch's row and write the checkpoints; the time counts as training time."""
@@ -424,7 +475,7 @@ class Trainer:
         tick = time.perf_counter()
         if evaluate_now and self.data.val is not None:
             result = evaluate(self.eval_model, self.data.val, self.data.val_sizes, self.table.names, self.runtime,
-                              self.cfg.train.eval_batch_size, self.workers, self.criterion)
+                              self.cfg.train.eval_batch_size, self.workers, self.criterion, distributed=True)
             miou = result["miou"] if result["miou"] is not None else 0.0
             row.update(val_loss=result["loss"], val_miou=miou, val_pixel_accuracy=result["pixel_accuracy"])
             improved = miou > s.best_miou
@@ -459,5 +510,6 @@ class Trainer:
             "val_images": len(self.data.val) if self.data.val is not None else 0,
             "classes": self.table.names,
         }
-        atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2))
+        if self.writes:
+            atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2))
         return summary
