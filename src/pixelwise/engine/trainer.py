@@ -10,6 +10,7 @@ import contextlib
 import csv
 import io
 import json
+import math
 import random
 import time
 from dataclasses import dataclass, replace
@@ -187,7 +188,7 @@ def prepare(cfg: Config) -> Prepared:
     if criterion.unweighted:
         console.print(f"[yellow]note:[/] loss.class_weights do not apply to {', '.join(criterion.unweighted)} "
                       "(they weight ce and bce, and focal/dice/jaccard/tversky in multiclass mode)")
-    optimizer = create_optimizer(model, cfg.optim)
+    optimizer = create_optimizer(net, cfg.optim)
     workers = default_workers(cfg.data.num_workers)
     loader, sampler = train_loader(data.train, cfg.train.batch_size, workers, cfg.train.seed,
                                    pin_memory=runtime.device.type == "cuda", rank=dist.rank, world=dist.world)
@@ -435,11 +436,13 @@ class Trainer:
             torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
             self.state.elapsed = float(t[0])
 
-    def _nonfinite_loss(self, value: float) -> None:
+    def _nonfinite_loss(self, value: float | str) -> None:
         """Stop (default) or skip the batch; nothing is saved on the way out, so good checkpoints stay as they are."""
         s, t = self.state, self.cfg.train
         step = s.step + 1
         self._skipped_in_row += 1
+        if math.isfinite(value):  # finite here, not on another process (torchrun)
+            value = "not finite on another process"
         if t.nonfinite_loss == "skip" and self._skipped_in_row <= MAX_SKIPPED_IN_A_ROW:
             s.skipped_steps += 1
             console.print(f"[yellow]warning:[/] the loss is {value} at step {step}: batch skipped "
@@ -505,6 +508,7 @@ class Trainer:
             "train_images_per_second": s.measured_images / s.measured_seconds if s.measured_seconds else 0.0,
             "stopped_by": reason,
             "skipped_steps": s.skipped_steps,
+            "processes": self.dist.world,  # under torchrun: images/s above is per process
             "runtime": self.runtime.describe(),
             "train_images": len(self.data.train),
             "val_images": len(self.data.val) if self.data.val is not None else 0,
