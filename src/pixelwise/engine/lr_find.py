@@ -94,7 +94,7 @@ def lr_find(cfg: Config, out_dir: Path, start: float = 1e-7, end: float = 1.0, s
             with rt.autocast():
                 logits = model(images)
             loss = criterion(logits, masks)
-            value = float(loss)
+            value = float(loss.detach())
             if not math.isfinite(value):
                 stopped = f"the loss became {value} at lr {lr:.3g}"
                 break
