@@ -70,7 +70,7 @@ def test_loss_shorthands():
     assert load_config(overrides=["loss=dice"]).loss.terms == {"dice": 1.0}
     cfg = load_config(overrides=["loss={ce: 1.0, dice: 0.5}"])
     assert cfg.loss.terms == {"ce": 1.0, "dice": 0.5}
-    assert load_config(overrides=["loss.label_smoothing=0.1"]).loss.terms == {"ce": 1.0}
+    assert load_config(overrides=["loss.label_smoothing=0.1"]).loss.terms == {"dice": 1.0}  # the default
 
 
 def test_augment_list_is_validated_at_load():

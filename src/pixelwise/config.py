@@ -102,7 +102,9 @@ class ModelConfig(Strict):
 
 
 class LossConfig(Strict):
-    terms: dict[str, float] = Field(default_factory=lambda: {"ce": 1.0})  # name -> weight
+    # name -> weight. Default Dice: on CamVid (Unet-resnet18, 300 equal steps) it reached val mIoU 0.449 where
+    # CE reached 0.339, CE+Dice 0.386, focal 0.352, MAE 0.292 and Lovász 0.443 (README, "Which loss").
+    terms: dict[str, float] = Field(default_factory=lambda: {"dice": 1.0})
     # Per-class weights: a list, or 'auto' = median-frequency balancing from the training masks (resolved to a
     # list in the run's config.yaml). Used by ce and bce, and by focal/dice/jaccard/tversky in multiclass mode.
     class_weights: list[float] | Literal["auto"] | None = None
