@@ -6,13 +6,11 @@ import os
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from pixelwise.data.classes import IGNORE, UNKNOWN, ClassTable
-from pixelwise.data.dataset import DecodedCache, Pair, exif_orientation, image_channels, read_image, read_mask
+from pixelwise.data.dataset import DecodedCache, Pair, image_channels, read_image_oriented, read_mask
 from pixelwise.errors import DataError, list_offenders
 from pixelwise.progress import track
 
@@ -58,27 +56,18 @@ def decide_channels(pairs: list[Pair], requested: int | str) -> int:
 ROTATED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
 
 
-def file_orientation(path: Path) -> int:
-    try:
-        with Image.open(path) as im:
-            return exif_orientation(im)
-    except Exception:  # unreadable files were reported by the decode that just succeeded or failed
-        return 1
-
-
 def _scan_one(pair: Pair, channels: int, cache: DecodedCache | None) -> PairInfo:
     info = PairInfo(pair)
     if pair.mask is None:
         info.error = f"{pair.image}: no mask found for this image"
         return info
     try:
-        image = read_image(pair.image, channels)
+        image, info.orientation = read_image_oriented(pair.image, channels)
         mask = read_mask(pair.mask)
     except DataError as e:
         info.error = str(e)
         return info
     info.size = image.shape[:2]
-    info.orientation = file_orientation(pair.image)
     if mask.shape[:2] != image.shape[:2]:
         h, w = image.shape[:2]
         mh, mw = mask.shape[:2]

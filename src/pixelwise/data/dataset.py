@@ -45,8 +45,6 @@ class Pair:
 def _open(path: Path, what: str) -> Image.Image:
     """Open and decode one file; every failure becomes a DataError naming the file and what to do."""
     try:
-        if path.is_file() and path.stat().st_size == 0:
-            raise DataError(f"{path}: the {what} file is empty (0 bytes); re-export or remove it")
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             im = Image.open(path)
@@ -71,6 +69,8 @@ def _open(path: Path, what: str) -> Image.Image:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise DataError(f"{path}: {what} is too large to decode safely ({e})") from None
     except OSError as e:
+        if path.is_file() and path.stat().st_size == 0:
+            raise DataError(f"{path}: the {what} file is empty (0 bytes); re-export or remove it") from None
         if e.errno == errno.ELOOP:
             raise DataError(f"{path}: symbolic link loop; point the link at a real file or remove it") from None
         raise DataError(f"{path}: cannot be read as an {what} ({e}); re-export or remove the file") from None
@@ -102,7 +102,14 @@ def image_channels(path: Path) -> int:
 
 def read_image(path: Path, channels: int) -> np.ndarray:
     """Decode an image to uint8 HxWxC with C = ``channels`` (1 or 3); 16-bit data is scaled to 8 bits."""
-    im = upright(_open(path, "image"))
+    return read_image_oriented(path, channels)[0]
+
+
+def read_image_oriented(path: Path, channels: int) -> tuple[np.ndarray, int]:
+    """``read_image`` and the EXIF orientation it applied (1: none), from one decode."""
+    raw = _open(path, "image")
+    orientation = exif_orientation(raw)
+    im = ImageOps.exif_transpose(raw) if orientation != 1 else raw
     if im.mode.startswith("I;16") or im.mode == "I":
         arr = np.asarray(im).astype(np.float32)
         arr = (arr / 257.0 if arr.max() <= 65535 else arr / arr.max() * 255).clip(0, 255).astype(np.uint8)
@@ -111,7 +118,7 @@ def read_image(path: Path, channels: int) -> np.ndarray:
         arr = np.asarray(im.convert("L"))[:, :, None]
     else:
         arr = np.asarray(im.convert("RGB"))
-    return np.ascontiguousarray(arr)
+    return np.ascontiguousarray(arr), orientation
 
 
 def read_mask(path: Path) -> np.ndarray:

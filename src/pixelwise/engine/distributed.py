@@ -66,13 +66,10 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def all_agree(flag: bool, device: torch.device) -> bool:
-    """True only when ``flag`` holds on every rank, so every rank takes the same branch."""
-    if not current().enabled:
-        return flag
-    t = torch.tensor([1 if flag else 0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MIN)
-    return bool(t.item())
+def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
+    if current().enabled:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t
 
 
 def broadcast_buffers(model: torch.nn.Module) -> None:
@@ -80,11 +77,6 @@ def broadcast_buffers(model: torch.nn.Module) -> None:
     if current().enabled:
         for buffer in model.buffers():
             dist.broadcast(buffer, src=0)
-
-
-def barrier() -> None:
-    if current().enabled:
-        dist.barrier()
 
 
 def shutdown() -> None:

@@ -18,7 +18,7 @@ import torch
 
 from pixelwise.config import Config
 from pixelwise.engine.checkpoint import atomic_write_text
-from pixelwise.engine.trainer import prepare
+from pixelwise.engine.trainer import prepare, to_device
 from pixelwise.errors import PixelwiseError
 from pixelwise.optim import set_lr
 from pixelwise.progress import console, make_progress
@@ -85,11 +85,7 @@ def lr_find(cfg: Config, out_dir: Path, start: float = 1e-7, end: float = 1.0, s
     with make_progress() as progress:
         task = progress.add_task("lr range test", total=steps)
         for i, lr in enumerate(rates):
-            images, masks = next(batches)
-            images = images.to(rt.device, non_blocking=True)
-            if rt.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            masks = masks.to(rt.device, non_blocking=True)
+            images, masks = to_device(next(batches), rt)
             set_lr(optimizer, float(lr))
             with rt.autocast():
                 logits = model(images)

@@ -30,7 +30,7 @@ from pixelwise.engine.checkpoint import (
     save_state,
     save_weights,
 )
-from pixelwise.engine.distributed import Dist, init_distributed
+from pixelwise.engine.distributed import Dist, all_reduce_max, all_reduce_sum, init_distributed
 from pixelwise.engine.ema import WeightEma
 from pixelwise.engine.evaluate import evaluate
 from pixelwise.engine.runtime import Runtime, resolve_runtime
@@ -137,6 +137,15 @@ def _csv(rows: list[dict[str, Any]]) -> str:
     for row in rows:
         writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
     return buf.getvalue()
+
+
+def to_device(batch: tuple[torch.Tensor, torch.Tensor], rt: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
+    """A uint8 (images, masks) batch on the run's device, images in the run's memory format."""
+    images, masks = batch
+    images = images.to(rt.device, non_blocking=True)
+    if rt.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, masks.to(rt.device, non_blocking=True)
 
 
 @dataclass
@@ -356,11 +365,8 @@ class Trainer:
         shown_sum, shown_n, batches, pending, unsynced = 0.0, 0, 0, 0, False
         self.optimizer.zero_grad(set_to_none=True)
         epoch_images, epoch_start, last_tick = 0, time.perf_counter(), time.perf_counter()
-        for images, masks in loader:
-            images = images.to(rt.device, non_blocking=True)
-            if rt.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            masks = masks.to(rt.device, non_blocking=True)
+        for batch in loader:
+            images, masks = to_device(batch, rt)
             with rt.autocast():
                 logits = self.model(images)
             loss = self.criterion(logits, masks)
@@ -409,7 +415,7 @@ class Trainer:
             if unsynced:  # its backwards skipped DDP's all-reduce: average the gradients over ranks here
                 grads = [p.grad for p in self.net.parameters() if p.grad is not None]
                 for g in grads:
-                    torch.distributed.all_reduce(g)
+                    all_reduce_sum(g)
                 torch._foreach_div_(grads, self.dist.world)
             self._optimizer_step(pending)
         s.elapsed += time.perf_counter() - last_tick
@@ -426,15 +432,13 @@ class Trainer:
         if not self.dist.enabled:
             return finite
         t = torch.tensor([0.0 if finite else 1.0, self.state.elapsed], dtype=torch.float64, device=self.runtime.device)
-        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        all_reduce_max(t)
         self.state.elapsed = float(t[1])
         return bool(t[0] == 0)
 
     def _sync_elapsed(self) -> None:
         if self.dist.enabled:
-            t = torch.tensor([self.state.elapsed], dtype=torch.float64, device=self.runtime.device)
-            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-            self.state.elapsed = float(t[0])
+            self._sync_step(True)
 
     def _nonfinite_loss(self, value: float | str) -> None:
         """Stop (default) or skip the batch; nothing is saved on the way out, so good checkpoints stay as they are."""
@@ -461,11 +465,11 @@ class Trainer:
     def _optimizer_step(self, batches: int) -> None:
         """Clip, step, clear, update the EMA; a short group's (``batches`` < accumulate) gradient is rescaled."""
         if batches != self.accumulate:
-            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            grads = [p.grad for p in self.net.parameters() if p.grad is not None]
             torch._foreach_mul_(grads, self.accumulate / batches)
         if self.cfg.train.grad_clip:
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+            torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.train.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)

@@ -64,7 +64,8 @@ def predict_files(seg: Segmenter, inputs: list[Path], out_dir: Path, overlay: bo
     files = collect_inputs(inputs)
     stems = output_stems(files)
     targets = [out_dir / f"{s}.png" for s in stems] + ([out_dir / f"{s}_overlay.jpg" for s in stems] if overlay else [])
-    inputs_hit = sorted({str(t) for t in targets if t.exists() and t.resolve() in {f.resolve() for f in files}})
+    resolved = {f.resolve() for f in files}
+    inputs_hit = sorted({str(t) for t in targets if t.exists() and t.resolve() in resolved})
     if inputs_hit:
         raise PixelwiseError(list_offenders(f"{out_dir}: predictions would replace input images; choose another --out",
                                             inputs_hit))
