@@ -192,6 +192,7 @@ class TrainConfig(Strict):
     ema: float | None = Field(None, gt=0, lt=1)  # decay of an exponential moving average of the weights
     nonfinite_loss: Literal["stop", "skip"] = "stop"  # NaN/Inf loss: stop, or skip the batch (10 in a row stop)
     sync_bn: bool = False  # torchrun: BatchNorm statistics over the global batch (SyncBatchNorm)
+    compile: bool = False  # torch.compile the training forward/backward (measured: see DESIGN.md)
 
     @field_validator("time_budget", mode="before")
     @classmethod

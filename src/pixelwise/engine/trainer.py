@@ -193,6 +193,8 @@ def prepare(cfg: Config) -> Prepared:
     if dist.enabled:
         ids = [runtime.device.index] if runtime.device.type == "cuda" else None
         model = torch.nn.parallel.DistributedDataParallel(net, device_ids=ids)
+    if cfg.train.compile:  # the loop calls the compiled module; saving, EMA and evaluation use the bare network
+        model = torch.compile(model)
     criterion = create_loss(cfg.loss, table.num_classes).to(runtime.device)
     if criterion.unweighted:
         console.print(f"[yellow]note:[/] loss.class_weights do not apply to {', '.join(criterion.unweighted)} "
