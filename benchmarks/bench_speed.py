@@ -7,7 +7,8 @@ and then ``pixelwise train`` + ``pixelwise eval`` on the same model (Unet-resnet
 - train images/s of each (steps after the first ``--warmup`` ones; pixelwise leaves out its first 2) and the
   ratio pixelwise / peer; eval images/s of each and their ratio;
 - peak memory of each: the largest sum of proportional set sizes (PSS, shared pages counted once) over the
-  process and its loader workers, sampled every 0.25 s; pixelwise's is the larger of its train and eval runs;
+  process and its loader workers, sampled every 0.5 s (reading PSS costs the sampler a few % of a core);
+  pixelwise's is the larger of its train and eval runs;
 - the measured bf16 convolution peak of this CPU (best of a few large 3x3 convolutions) and pixelwise's
   training throughput as a fraction of it (3 x forward FLOPs per training image, from torch's flop counter).
 
@@ -69,7 +70,7 @@ class PeakMemory(threading.Thread):
                 tree.append(pid)
                 todo += _children(pid)
             self.peak_kib = max(self.peak_kib, sum(_pss_kib(p) for p in tree))
-            self._stop_event.wait(0.25)
+            self._stop_event.wait(0.5)
 
     def stop(self) -> float:
         self._stop_event.set()

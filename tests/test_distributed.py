@@ -1,6 +1,7 @@
 """Data-parallel training with torchrun: 2 CPU processes, gloo backend, a tiny dataset."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -56,15 +57,14 @@ def test_only_rank_zero_writes_files(ddp_run):
     names = {Path(p).name for p in r0["written"]}
     assert {"config.yaml", "last.ckpt", "metrics.csv", "summary.json", "best.safetensors"} <= names
     assert {p.name for p in run.iterdir()} == {"config.yaml", "last.ckpt", "metrics.csv", "summary.json",
-                                               "best.safetensors"}
+                                               "best.safetensors", "dataset.json", "tensorboard", "report.html",
+                                               "eval_val.json", "plots"}
 
 
 def test_resume_with_a_different_number_of_processes(ddp_run, synthetic_data, tmp_path):
     run, _, overrides = ddp_run
     copy = tmp_path / "run"
-    copy.mkdir()
-    for p in run.iterdir():
-        (copy / p.name).write_bytes(p.read_bytes())
+    shutil.copytree(run, copy)
     summary = Trainer(load_config(overrides=[*overrides, "train.epochs=3"]), copy, resume=True).fit()
     assert summary["epochs"] == 3  # resumed in one process after two epochs on two
 

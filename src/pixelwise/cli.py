@@ -53,8 +53,10 @@ def train(
     out_dir: Path | None = typer.Option(None, "--out", help="Run directory."),
     resume: Path | None = typer.Option(None, help="Continue the run in this directory from its last.ckpt."),
     overwrite: bool = typer.Option(False, help="Replace an existing run directory."),
+    tensorboard: bool = typer.Option(True, help="Write TensorBoard event files (train.tensorboard)."),
+    report: bool = typer.Option(True, help="Write report.html after training (train.report)."),
 ) -> None:
-    """Train a model; writes config.yaml, best.safetensors, last.ckpt, metrics.csv and summary.json."""
+    """Train a model; writes config.yaml, best.safetensors, last.ckpt, metrics.csv, summary.json, report.html."""
     from pixelwise.config import load_config
     from pixelwise.engine.trainer import Trainer
 
@@ -62,6 +64,7 @@ def train(
         "data.root": data, "data.format": fmt, "model.arch": model, "model.encoder": encoder,
         "train.epochs": epochs, "train.max_steps": max_steps, "train.time_budget": time_budget,
         "train.batch_size": batch_size, "data.crop_size": crop_size, "optim.lr": lr, "name": name,
+        "train.tensorboard": None if tensorboard else False, "train.report": None if report else False,
     }
     values = {k: (str(v) if isinstance(v, Path) else v) for k, v in shortcuts.items() if v is not None}
     if resume is not None:
@@ -113,17 +116,63 @@ def eval_(
     out_file: Path | None = typer.Option(None, "--out", help="Metrics JSON (default: RUN/eval_SPLIT.json)."),
     batch_size: int | None = typer.Option(None, help="Images per forward pass."),
     device: str = typer.Option("auto", help="cpu, cuda, cuda:1, or auto."),
+    report: bool = typer.Option(True, help="Also write RUN/report.html (report_SPLIT.html for other splits)."),
 ) -> None:
-    """Evaluate a run on a split: per-class table, and JSON with mIoU, accuracy, precision, recall, F1."""
+    """Evaluate a run on a split: per-class table, JSON with mIoU, accuracy, precision, recall, F1, and the report."""
     from pixelwise.engine.checkpoint import atomic_write_text
     from pixelwise.engine.evaluate import evaluate_run
+    from pixelwise.report.build import report_run
     from pixelwise.report.tables import metrics_table
 
-    result = evaluate_run(run, split, data, fmt, batch_size, device)
+    if report:  # evaluates with per-image scores (for the gallery) and writes RUN/eval_SPLIT.json
+        result, _ = report_run(run, split, data, fmt, batch_size, device)
+    else:
+        result = evaluate_run(run, split, data, fmt, batch_size, device)
     out.print(metrics_table(result, title=f"{run} on '{split}' ({result['images']} images)"))
     target = out_file or run / f"eval_{split}.json"
-    atomic_write_text(target, json.dumps(result, indent=2))
+    if out_file is not None or not report:
+        atomic_write_text(target, json.dumps(result, indent=2))
     err.print(f"metrics written to {target}")
+
+
+@app.command()
+def report(
+    run: Path = typer.Argument(..., help="Run directory."),
+    split: str = typer.Option("val", help="Split the report describes."),
+    data: Path | None = typer.Option(None, help="Dataset folder (default: the run's)."),
+    fmt: str | None = typer.Option(None, "--format", help="Dataset layout (default: the run's)."),
+    device: str = typer.Option("auto", help="cpu, cuda, cuda:1, or auto."),
+) -> None:
+    """Rebuild RUN/report.html (reuses RUN/eval_SPLIT.json when it scores the same images; else evaluates)."""
+    from pixelwise.report.build import report_run
+
+    report_run(run, split, data, fmt, device=device, reuse=True)
+
+
+data_app = typer.Typer(no_args_is_help=True, help="Look at a dataset.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("preview")
+def data_preview(
+    root: Path = typer.Argument(..., help="Dataset folder, or a YAML config (its data and augment sections)."),
+    fmt: str | None = typer.Option(None, "--format", help="Dataset layout (data.format)."),
+    augment: str | None = typer.Option(None, help="Augmentation preset: none, light, default, strong."),
+    crop_size: int | None = typer.Option(None, help="data.crop_size (square)."),
+    samples: int = typer.Option(8, min=1, max=64, help="Training samples on the sheet."),
+    seed: int = typer.Option(0, help="Which samples and augmentations."),
+    set_: list[str] = typer.Option([], "--set", help="Override a config key (repeatable)."),
+    out_file: Path = typer.Option(Path("preview.png"), "--out", help="PNG to write."),
+) -> None:
+    """Write a sheet of augmented training samples with their masks: what the model will see."""
+    from pixelwise.config import load_config
+    from pixelwise.report.preview import preview_sheet
+
+    is_config = root.suffix.lower() in (".yaml", ".yml")
+    values: dict[str, Any] = {"data.root": None if is_config else str(root), "data.format": fmt,
+                              "augment.preset": augment, "data.crop_size": crop_size}
+    cfg = load_config(root if is_config else None, set_, {k: v for k, v in values.items() if v is not None})
+    err.print(f"preview written to {preview_sheet(cfg, out_file, samples, seed)}")
 
 
 @app.command()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
@@ -11,7 +10,6 @@ from rich.console import Console
 
 from pixelwise.config import load_config
 from pixelwise.data import synthetic
-from pixelwise.engine.checkpoint import atomic_write_text
 from pixelwise.errors import PixelwiseError
 from pixelwise.progress import console
 
@@ -30,10 +28,10 @@ def _claim(out: Path) -> None:
 
 def run_demo(out: Path, time_budget: str = "75s") -> dict:
     """Generate data, train, evaluate, predict; print where everything is. Returns the evaluation result."""
-    from pixelwise.engine.evaluate import evaluate_run
     from pixelwise.engine.trainer import Trainer
     from pixelwise.inference.files import predict_files
     from pixelwise.inference.predictor import Segmenter
+    from pixelwise.report.build import report_run
     from pixelwise.report.tables import metrics_table
 
     start = time.perf_counter()
@@ -55,14 +53,14 @@ def run_demo(out: Path, time_budget: str = "75s") -> dict:
         "train.batch_size": 8,
         "train.epochs": 100,
         "train.time_budget": time_budget,
+        "train.report": False,  # step 3 writes it
     })
     console.print(f"[bold]2/4[/] training for {time_budget}")
     run_dir = out / "run"
     Trainer(cfg, run_dir).fit()
-    console.print("[bold]3/4[/] evaluating the best weights on the validation split")
-    result = evaluate_run(run_dir, "val")
+    console.print("[bold]3/4[/] evaluating the best weights on the validation split, writing the report")
+    result, report = report_run(run_dir, "val")
     Console().print(metrics_table(result, title="validation"))
-    atomic_write_text(run_dir / "eval_val.json", json.dumps(result, indent=2))
     console.print("[bold]4/4[/] predicting a few validation images")
     images = sorted((data_dir / "val" / "images").iterdir())[:4]
     predict_files(Segmenter.load(run_dir), images, out / "predictions", overwrite=True)
@@ -71,6 +69,8 @@ def run_demo(out: Path, time_budget: str = "75s") -> dict:
         f"  data:        {data_dir}\n"
         f"  run:         {run_dir}  (config.yaml, best.safetensors, last.ckpt, metrics.csv, summary.json)\n"
         f"  metrics:     {run_dir / 'eval_val.json'}\n"
+        f"  report:      {report}  (open it in a browser; plots in {run_dir / 'plots'})\n"
+        f"  tensorboard: tensorboard --logdir {run_dir / 'tensorboard'}\n"
         f"  predictions: {out / 'predictions'}  (NAME.png masks, NAME_overlay.jpg)\n"
         f"next: pixelwise predict {run_dir} YOUR_IMAGES --out preds    |    "
         f"pixelwise train --data YOUR_DATA --model unet --encoder resnet18"

@@ -3,17 +3,49 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from pixelwise.data.build import eval_loader
+from pixelwise.data.classes import IGNORE
 from pixelwise.engine.distributed import Dist, all_reduce_sum, broadcast_buffers, current
 from pixelwise.engine.metrics import confusion_matrix, metrics_from_confusion
 from pixelwise.engine.runtime import Runtime
 from pixelwise.inference.padding import forward_padded
+
+if TYPE_CHECKING:
+    from pixelwise.config import Config
+    from pixelwise.data.dataset import SegmentationDataset
+    from pixelwise.inference.predictor import Segmenter
+
+
+def per_image_scores(
+    pred: torch.Tensor, target: torch.Tensor, num_classes: int
+) -> list[tuple[float | None, float | None]]:
+    """(mIoU, pixel accuracy) of each image; mIoU over the classes present in its truth or prediction.
+
+    Args:
+        pred, target: (N, H, W) class indices; IGNORE (255) target pixels are left out.
+    """
+    n, k = pred.shape[0], num_classes
+    keep = target != IGNORE
+    image = torch.arange(n, device=pred.device).view(n, 1, 1).expand_as(target)[keep]
+    flat = (image * k + target[keep].long()) * k + pred[keep].long()
+    cms = torch.bincount(flat, minlength=n * k * k).view(n, k, k).double()
+    tp = cms.diagonal(dim1=1, dim2=2)
+    union = cms.sum(dim=1) + cms.sum(dim=2) - tp
+    present = union > 0
+    iou = torch.where(present, tp / union.clamp(min=1), torch.zeros_like(tp))
+    labelled = cms.sum(dim=(1, 2))
+    scores = []
+    for i in range(n):
+        miou = float(iou[i].sum() / present[i].sum()) if present[i].any() else None
+        scores.append((miou, float(tp[i].sum() / labelled[i]) if labelled[i] > 0 else None))
+    return scores
 
 
 @torch.inference_mode()
@@ -27,6 +59,7 @@ def evaluate(
     workers: int = 0,
     criterion: nn.Module | None = None,
     distributed: bool = False,
+    per_image: bool = False,
 ) -> dict[str, Any]:
     """Metrics of ``model`` on whole images of ``dataset`` (void pixels excluded), plus loss and images/s.
 
@@ -36,7 +69,10 @@ def evaluate(
         criterion: if given, its mean over batches is reported as ``loss``.
         distributed: under torchrun, each rank evaluates every world-th image and the confusion matrix (with
             the loss sums) is all-reduced once, so every rank returns the metrics of the whole dataset.
+        per_image: also return ``per_image``: {index, miou, pixel_accuracy} per image, in dataset order
+            (not with ``distributed``).
     """
+    assert not (per_image and distributed), "per-image scores are gathered on one process"
     shard = current() if distributed else Dist()
     if shard.enabled:  # evaluate the model rank 0 saves: its BatchNorm statistics, not each rank's own
         broadcast_buffers(model)
@@ -45,13 +81,18 @@ def evaluate(
     k = len(names)
     cm = torch.zeros(k, k, dtype=torch.int64, device=runtime.device)
     loss_sum, batches, images = torch.zeros((), device=runtime.device), 0, 0
+    scores: dict[int, tuple[float | None, float | None]] = {}
     start = time.perf_counter()
-    for x, y in eval_loader(dataset, sizes, batch_size, workers, shard.rank, shard.world):
+    loader = eval_loader(dataset, sizes, batch_size, workers, shard.rank, shard.world)
+    for (x, y), indices in zip(loader, loader.batch_sampler, strict=True):
         x, y = x.to(runtime.device, non_blocking=True), y.to(runtime.device, non_blocking=True)
         logits = forward_padded(model, x, runtime)
         if criterion is not None:
             loss_sum += criterion(logits, y)
-        cm += confusion_matrix(logits.argmax(dim=1), y, k)
+        pred = logits.argmax(dim=1)
+        cm += confusion_matrix(pred, y, k)
+        if per_image:
+            scores.update(zip(indices, per_image_scores(pred, y, k), strict=True))
         batches += 1
         images += x.shape[0]
     if shard.enabled:  # one collective: confusion matrix, loss sum, batch and image counts (exact in float64)
@@ -67,6 +108,47 @@ def evaluate(
     result["images"] = images
     result["images_per_second"] = images / elapsed if elapsed > 0 else None
     result["confusion_matrix"] = cm.cpu().tolist()
+    if per_image:
+        result["per_image"] = [{"index": i, "miou": scores[i][0], "pixel_accuracy": scores[i][1]}
+                               for i in sorted(scores)]
+    return result
+
+
+@dataclass
+class RunSplit:
+    """A run's model with one checked split of data, read with the run's class table and channels."""
+
+    cfg: Config
+    segmenter: Segmenter
+    dataset: SegmentationDataset
+    sizes: list[tuple[int, int]]
+    split: str
+
+
+def open_run_split(run_dir: Path, split: str = "val", data_root: Path | None = None, data_format: str | None = None,
+                   device: str = "auto") -> RunSplit:
+    """Load a run's best weights and check ``split`` of its own data (or of ``data_root``)."""
+    from pixelwise.data.build import build_eval_dataset
+    from pixelwise.inference.predictor import Segmenter, load_run_config
+
+    cfg = load_run_config(run_dir)
+    data_cfg = cfg.data if data_format is None else cfg.data.model_copy(update={"format": data_format})
+    seg = Segmenter.load(run_dir, device=device)
+    dataset, sizes = build_eval_dataset(data_cfg, split, seg.table, seg.channels, root=data_root)
+    return RunSplit(cfg, seg, dataset, sizes, split)
+
+
+def evaluate_split(rs: RunSplit, batch_size: int | None = None, per_image: bool = False) -> dict[str, Any]:
+    """Metrics of the run's model on its split; per-image entries name their image file."""
+    from pixelwise.data.build import default_workers
+
+    seg = rs.segmenter
+    result = evaluate(seg.model, rs.dataset, rs.sizes, seg.table.names, seg.runtime,
+                      batch_size or rs.cfg.train.eval_batch_size, default_workers(rs.cfg.data.num_workers),
+                      per_image=per_image)
+    for entry in result.get("per_image", []):
+        entry["image"] = str(rs.dataset.pairs[entry["index"]].image)
+    result["split"] = rs.split
     return result
 
 
@@ -75,15 +157,6 @@ def evaluate_run(
     batch_size: int | None = None, device: str = "auto",
 ) -> dict[str, Any]:
     """Evaluate a run's best weights on ``split`` of its own data (or of ``data_root``), with its class table."""
-    from pixelwise.data.build import build_eval_dataset, default_workers
-    from pixelwise.inference.predictor import Segmenter, load_run_config
-
-    cfg = load_run_config(run_dir)
-    data_cfg = cfg.data if data_format is None else cfg.data.model_copy(update={"format": data_format})
-    seg = Segmenter.load(run_dir, device=device)
-    dataset, sizes = build_eval_dataset(data_cfg, split, seg.table, seg.channels, root=data_root)
-    result = evaluate(seg.model, dataset, sizes, seg.table.names, seg.runtime, batch_size or cfg.train.eval_batch_size,
-                      default_workers(cfg.data.num_workers))
-    result["split"] = split
+    result = evaluate_split(open_run_split(run_dir, split, data_root, data_format, device), batch_size)
     result["run"] = str(run_dir)
     return result

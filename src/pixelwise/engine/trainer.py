@@ -1,7 +1,7 @@
 """The training loop: epochs of steps, evaluation, checkpoints, and the run directory.
 
 Run directory: config.yaml (resolved), best.safetensors (best val mIoU), last.ckpt (resume state),
-metrics.csv (one row per epoch), summary.json.
+metrics.csv (one row per epoch), summary.json, dataset.json (class pixel counts), tensorboard/, report.html.
 """
 
 from __future__ import annotations
@@ -34,11 +34,13 @@ from pixelwise.engine.distributed import Dist, all_reduce_max, all_reduce_sum, i
 from pixelwise.engine.ema import WeightEma
 from pixelwise.engine.evaluate import evaluate
 from pixelwise.engine.runtime import Runtime, resolve_runtime
+from pixelwise.engine.tensorboard import TensorBoardLog
 from pixelwise.errors import PixelwiseError
 from pixelwise.losses import create_loss, median_frequency_weights
 from pixelwise.models.factory import ARCHITECTURES, build_network, encoder_normalization
 from pixelwise.optim import FULL_BATCH, create_optimizer, lr_factor, set_lr
 from pixelwise.progress import console, make_progress
+from pixelwise.report.build import report_run
 
 METRIC_COLUMNS = ["epoch", "step", "train_loss", "val_loss", "val_miou", "val_pixel_accuracy", "lr",
                   "images_per_second", "epoch_seconds", "elapsed_seconds"]
@@ -108,6 +110,17 @@ def auto_class_weights(data: DataBundle) -> list[float]:
     extra = f" ({', '.join(absent)} absent from the training masks: weight 1)" if absent else ""
     console.print(f"[yellow]note:[/] loss.class_weights auto (median frequency): {shown}{extra}")
     return weights
+
+
+def dataset_stats(data: DataBundle) -> dict[str, Any]:
+    """Images and labelled pixels per class of each split (dataset.json: the report's class frequencies)."""
+    per_image = data.summary.image_class_pixels
+    stats: dict[str, Any] = {"classes": data.summary.table.names}
+    for split, dataset in (("train", data.train), ("val", data.val)):
+        if dataset is not None:
+            counts = np.sum([per_image[str(p.image)] for p in dataset.pairs], axis=0)
+            stats[split] = {"images": len(dataset), "class_pixels": [int(c) for c in counts]}
+    return stats
 
 
 def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
@@ -246,9 +259,13 @@ class Trainer:
             self._load_resume_state()
         elif self.writes:
             start_run_dir(run_dir)
+        self.tensorboard = None
         if self.writes:
             # On resume too: overrides such as a longer time budget belong to the run's config from now on.
             atomic_write_text(run_dir / "config.yaml", self.cfg.to_yaml())
+            atomic_write_text(run_dir / "dataset.json", json.dumps(dataset_stats(self.data), indent=2))
+            if self.cfg.train.tensorboard:
+                self.tensorboard = TensorBoardLog(run_dir / "tensorboard")
 
     # --- persistence -----------------------------------------------------------------------------
     def _load_resume_state(self) -> None:
@@ -352,6 +369,10 @@ class Trainer:
                 reason = self._stop_reason()
                 self._end_epoch(row, evaluate_now=reason is not None or self.state.epoch % t.eval_every == 0)
         summary = self._summary(reason)
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+        if self.writes and self.cfg.train.report and self.data.val is not None:
+            report_run(self.run_dir, "val", device=str(self.runtime.device))
         best = "no validation data" if summary["best_miou"] is None else (
             f"best val mIoU {summary['best_miou']:.4f} (epoch {summary['best_epoch']})")
         console.print(f"stopped by {reason}: {best}, {summary['train_images_per_second']:.2f} train images/s")
@@ -501,6 +522,8 @@ class Trainer:
         row["elapsed_seconds"] = s.elapsed
         self.history.append(row)
         self._save(improved)
+        if self.tensorboard is not None:
+            self.tensorboard.epoch(row, self.eval_model, self.data, self.runtime)
 
     def _summary(self, reason: str) -> dict[str, Any]:
         s = self.state

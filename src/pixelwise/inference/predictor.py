@@ -82,7 +82,10 @@ class Segmenter:
             arr = read_image(Path(image), self.channels)
         else:
             arr = to_channels(np.asarray(image), self.channels)
-        return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))[None].to(self.runtime.device)
+        chw = np.ascontiguousarray(arr.transpose(2, 0, 1))
+        if not chw.flags.writeable:  # a read-only cached array (1-channel: the transpose needed no copy)
+            chw = chw.copy()
+        return torch.from_numpy(chw)[None].to(self.runtime.device)
 
     @torch.inference_mode()
     def probabilities(self, image: np.ndarray | str | Path) -> np.ndarray:
