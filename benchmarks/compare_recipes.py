@@ -8,6 +8,7 @@ wall seconds are reported beside it. 300 steps take about 8 minutes on a 2-core 
 
     python benchmarks/compare_recipes.py losses [--steps 300] [--only ce,dice] [--out runs/compare]
     python benchmarks/compare_recipes.py optimizers
+    python benchmarks/compare_recipes.py precision --steps 200
 
 Prints one JSON line per variant, then a markdown table. Needs ../shared/data/camvid.
 """
@@ -32,6 +33,10 @@ GROUPS: dict[str, dict[str, list[str]]] = {
         "focal": ["loss=focal"],
         "lovasz": ["loss=lovasz"],
         "ce (auto class weights)": ["loss={terms: {ce: 1.0}, class_weights: auto}"],
+    },
+    "precision": {  # the default recipe with bf16 autocast (the default on CPUs with native bf16) and without
+        "bf16 autocast": ["train.amp=bf16"],
+        "fp32": ["train.amp=off"],
     },
     "optimizers": {  # CE for all; each at its customary learning rate (SGD 0.01 as in mmseg's recipes)
         "sgd": ["loss=ce", "optim.name=sgd", "optim.lr=0.01", "optim.momentum=0.9", "optim.nesterov=true"],

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from pixelwise import atomic
 from pixelwise.config import load_config
 from pixelwise.engine import checkpoint
 from pixelwise.engine.evaluate import evaluate
@@ -26,7 +27,8 @@ def main() -> None:
         written.append(str(path))
         return real_write(path, write)
 
-    checkpoint.atomic_write = recording_write
+    checkpoint.atomic_write = recording_write  # weights and resume state
+    atomic.atomic_write = recording_write  # text files (config, metrics, summary)
     trainer = Trainer(load_config(overrides=sys.argv[3:]), run)
     hashes: list[str] = []
     step = trainer._optimizer_step

@@ -177,21 +177,91 @@ def data_preview(
 
 @app.command()
 def predict(
-    run: Path = typer.Argument(..., help="Run directory."),
+    run: Path = typer.Argument(..., help="Run directory, or an exported .onnx model (runs without PyTorch)."),
     inputs: list[Path] = typer.Argument(..., help="Image files or folders of images."),
     out_dir: Path = typer.Option(..., "--out", help="Folder for NAME.png masks and NAME_overlay.jpg overlays."),
     overlay: bool = typer.Option(True, help="Also write overlays."),
+    tile: int | None = typer.Option(None, help="Sliding-window tile side in pixels (default: automatic for images "
+                                                "over 16 training crops of pixels; 0: never tile)."),
+    overlap: float = typer.Option(0.25, min=0.0, max=0.9, help="Fraction of a tile shared with its neighbours."),
+    tta: bool = typer.Option(False, help="Test-time augmentation: average over horizontal and vertical flips."),
+    scales: str = typer.Option("1", help="Comma-separated scales for multi-scale TTA, e.g. 0.75,1,1.25."),
+    save_probs: bool = typer.Option(False, help="Also write NAME_probs.npz (float16) and NAME_entropy.png."),
     device: str = typer.Option("auto", help="cpu, cuda, cuda:1, or auto."),
     overwrite: bool = typer.Option(False, help="Replace predictions already in --out."),
 ) -> None:
-    """Predict masks for images of any size."""
-    from pixelwise.inference.files import predict_files
+    """Predict masks for images of any size (tiled when large), optionally with TTA and probabilities."""
+    from pixelwise.inference.files import PredictOptions, predict_files
     from pixelwise.inference.predictor import Segmenter
 
-    report = predict_files(Segmenter.load(run, device=device), inputs, out_dir, overlay, overwrite)
+    try:
+        scale_list = tuple(float(x) for x in scales.split(",") if x.strip())
+    except ValueError:
+        raise PixelwiseError(f"--scales expects comma-separated numbers, e.g. 0.75,1,1.25; got '{scales}'") from None
+    if not scale_list or min(scale_list) <= 0:
+        raise PixelwiseError(f"--scales must be positive numbers, got '{scales}'")
+    options = PredictOptions(tile, overlap, tta, scale_list, save_probs)
+    report = predict_files(Segmenter.load(run, device=device), inputs, out_dir, overlay, overwrite, options)
     err.print(f"wrote {len(report.written)} files to {out_dir}")
     if report.failed:
         raise PixelwiseError("some images could not be predicted:\n" + "\n".join(f"  - {f}" for f in report.failed))
+
+
+@app.command()
+def export(
+    run: Path = typer.Argument(..., help="Run directory."),
+    fmt: str = typer.Option("onnx", "--format", help="Export format (onnx)."),
+    out_file: Path | None = typer.Option(None, "--out", help="Model file (default: RUN/model.onnx)."),
+    int8: bool = typer.Option(False, help="Also write a static int8 model (RUN/model.int8.onnx), calibrated on "
+                                          "training images, and compare it with fp32 on the val split."),
+    data: Path | None = typer.Option(None, help="Dataset folder for the checks (default: the run's)."),
+) -> None:
+    """Export to ONNX (uint8 input, preprocessing in the graph), checked against PyTorch on real images."""
+    if fmt != "onnx":
+        raise PixelwiseError(f"--format {fmt}: only onnx is supported")
+    from pixelwise.export.onnx import export_onnx
+
+    result = export_onnx(run, out_file, data)
+    err.print(f"wrote {result['path']} ({result['bytes'] / 2**20:.1f} MiB): argmax agreement with PyTorch "
+              f"{result['argmax_agreement']:.4%}, max |logit difference| {result['max_abs_logit_diff']:.2e} on "
+              f"{result['images']} val images")
+    if int8:
+        from pixelwise.export.quantize import compare_on_split, quantize
+
+        path = quantize(run, Path(result["path"]), data_root=data)
+        cmp = compare_on_split(run, Path(result["path"]), path, data_root=data)
+        result["int8"] = {"path": str(path), **cmp}
+        err.print(f"wrote {path}: pixel agreement with fp32 {cmp['pixel_agreement']:.2%} on {cmp['images']} "
+                  f"{cmp['split']} images; mIoU fp32 {cmp['fp32_miou']:.4f}, int8 {cmp['int8_miou']:.4f} "
+                  f"({cmp['miou_change_points']:+.2f} points)")
+    out.print_json(json.dumps(result))
+
+
+@app.command()
+def bench(
+    run: Path = typer.Argument(..., help="Run directory (exports model.onnx and model.int8.onnx when missing)."),
+    images: int = typer.Option(16, min=1, help="Val images to time."),
+    batch_size: int = typer.Option(4, min=1, help="Batch for the throughput column."),
+    device: str = typer.Option("cpu", help="Device of the PyTorch rows."),
+) -> None:
+    """Latency (batch 1) and throughput of PyTorch fp32/bf16 and ONNX Runtime fp32/int8 on the run's val images."""
+    from rich.table import Table
+
+    from pixelwise.atomic import atomic_write_text
+    from pixelwise.export.bench import bench_run
+
+    rows = bench_run(run, images, batch_size, device=device)
+    table = Table(title=f"{run}: whole val images, prediction end to end")
+    for col in ("backend", "latency (ms, batch 1)", f"images/s (batch {batch_size})"):
+        table.add_column(col, justify="left" if col == "backend" else "right")
+    for r in rows:
+        if "skipped" in r:
+            table.add_row(r["backend"], "-", r["skipped"])
+        else:
+            table.add_row(r["backend"], f"{r['latency_ms']:.0f}", f"{r['images_per_second']:.2f}")
+    out.print(table)
+    atomic_write_text(run / "bench.json", json.dumps(rows, indent=2))
+    err.print(f"written to {run / 'bench.json'}")
 
 
 @app.command()

@@ -6,10 +6,6 @@ saved with torch.save and loaded with ``weights_only=True``.
 
 from __future__ import annotations
 
-import errno
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,48 +14,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from pixelwise.atomic import (  # noqa: F401  (re-exported: checkpoints and run files share them)
+    atomic_write,
+    atomic_write_bytes,
+    atomic_write_text,
+    remove_stale_temp_files,
+)
 from pixelwise.errors import PixelwiseError
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` then move ``tmp`` over ``path``: readers see the old file or the new one, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except BaseException as e:
-        tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            kept = f"the previous {path.name} is intact" if path.exists() else "nothing was written"
-            if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise PixelwiseError(f"{path}: no space left on the device ({kept}); free some space and run "
-                                     "again (an interrupted training run continues with --resume)") from None
-            raise PixelwiseError(f"{path}: cannot be written ({e.strerror or e}; {kept})") from None
-        raise
-
-
-def remove_stale_temp_files(folder: Path) -> None:
-    """Delete temporary files a killed process left behind in ``folder`` (the finished files are intact)."""
-    for tmp in folder.glob(".*.tmp"):
-        tmp.unlink(missing_ok=True)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(text))
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
 def save_weights(model: nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:

@@ -1,17 +1,44 @@
-"""Predicting folders of image files: masks (palette PNG of class indices) and overlays."""
+"""Predicting folders of image files: masks (palette PNG of class indices), overlays, probabilities, uncertainty."""
 
 from __future__ import annotations
 
+import io
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
-from pixelwise.data.dataset import IMAGE_SUFFIXES, read_image
-from pixelwise.engine.checkpoint import atomic_write
+from pixelwise.atomic import atomic_write
+from pixelwise.data.io import IMAGE_SUFFIXES, read_image
 from pixelwise.errors import DataError, PixelwiseError, list_offenders
 from pixelwise.inference.predictor import Segmenter
 from pixelwise.progress import track
+
+
+@dataclass
+class PredictOptions:
+    """How each image is predicted and what is written beside its mask."""
+
+    tile: int | None = None  # sliding-window tile side; None: automatic for very large images; 0: never
+    overlap: float = 0.25
+    tta: bool = False  # average over horizontal and vertical flips
+    scales: Sequence[float] = (1.0,)  # multi-scale test-time augmentation
+    save_probs: bool = False  # NAME_probs.npz (float16 per-class probabilities) and NAME_entropy.png
+
+
+def entropy_image(probs: np.ndarray) -> np.ndarray:
+    """Pixel entropy of (K, H, W) probabilities, scaled so 255 = uniform over the K classes: (H, W) uint8."""
+    p = np.clip(probs, 1e-8, 1.0)
+    entropy = -(p * np.log(p)).sum(axis=0) / np.log(max(probs.shape[0], 2))
+    return (np.clip(entropy, 0.0, 1.0) * 255).round().astype(np.uint8)
+
+
+def _npz_bytes(probs: np.ndarray, names: list[str]) -> bytes:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, probabilities=probs.astype(np.float16), classes=np.asarray(names))
+    return buf.getvalue()
 
 
 @dataclass
@@ -55,15 +82,21 @@ def _save(image: Image.Image, path: Path, fmt: str, **options) -> None:
 
 
 def predict_files(seg: Segmenter, inputs: list[Path], out_dir: Path, overlay: bool = True,
-                  overwrite: bool = False) -> PredictionReport:
+                  overwrite: bool = False, options: PredictOptions | None = None) -> PredictionReport:
     """Write ``NAME.png`` (class indices with the class palette) and ``NAME_overlay.jpg`` per input image.
+
+    With ``options.save_probs`` also ``NAME_probs.npz`` (``probabilities``: float16 (K, H, W); ``classes``) and
+    ``NAME_entropy.png`` (pixel entropy, 0 = certain, 255 = uniform over the classes).
 
     Existing files are replaced only with ``overwrite``, and an input image never is. Unreadable images are
     reported and skipped; the others are still predicted. Each file is written atomically.
     """
     files = collect_inputs(inputs)
     stems = output_stems(files)
-    targets = [out_dir / f"{s}.png" for s in stems] + ([out_dir / f"{s}_overlay.jpg" for s in stems] if overlay else [])
+    opts = options or PredictOptions()
+    suffixes = [".png"] + (["_overlay.jpg"] if overlay else []) + (["_probs.npz", "_entropy.png"] if opts.save_probs
+                                                                   else [])
+    targets = [out_dir / f"{s}{suffix}" for suffix in suffixes for s in stems]
     resolved = {f.resolve() for f in files}
     inputs_hit = sorted({str(t) for t in targets if t.exists() and t.resolve() in resolved})
     if inputs_hit:
@@ -81,7 +114,16 @@ def predict_files(seg: Segmenter, inputs: list[Path], out_dir: Path, overlay: bo
         except DataError as e:
             report.failed.append(str(e))
             continue
-        mask = seg.predict(image)
+        kwargs = {"tile": opts.tile, "overlap": opts.overlap, "tta": opts.tta, "scales": opts.scales}
+        if opts.save_probs:
+            probs = seg.probabilities(image, **kwargs)
+            mask = probs.argmax(axis=0).astype(np.uint8)
+            npz = _npz_bytes(probs, seg.table.names)
+            atomic_write(out_dir / f"{stem}_probs.npz", lambda tmp, data=npz: tmp.write_bytes(data))
+            _save(Image.fromarray(entropy_image(probs)), out_dir / f"{stem}_entropy.png", "PNG")
+            report.written += [out_dir / f"{stem}_probs.npz", out_dir / f"{stem}_entropy.png"]
+        else:
+            mask = seg.predict(image, **kwargs)
         _save(seg.colorize(mask), out_dir / f"{stem}.png", "PNG")
         report.written.append(out_dir / f"{stem}.png")
         if overlay:

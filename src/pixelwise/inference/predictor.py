@@ -1,21 +1,23 @@
-"""``Segmenter``: a trained run as an object that turns images into class masks."""
+"""``Segmenter``: a trained run or an exported model as an object that turns images into class masks.
+
+Imports no torch at module level: with an .onnx model, prediction runs on numpy and ONNX Runtime alone.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 
 from pixelwise.config import Config, read_yaml
 from pixelwise.data.classes import ClassTable
-from pixelwise.data.dataset import read_image
-from pixelwise.engine.checkpoint import load_weights
-from pixelwise.engine.runtime import resolve_runtime
+from pixelwise.data.io import read_image
 from pixelwise.errors import ConfigError, PixelwiseError
-from pixelwise.inference.padding import forward_padded
-from pixelwise.models.factory import Normalized, build_network
+from pixelwise.inference.sliding_window import sliding_window_mask, sliding_window_probs
+from pixelwise.inference.tta import FLIPS, tta_probs
 
 
 def load_run_config(run_dir: Path) -> Config:
@@ -47,57 +49,116 @@ def to_channels(image: np.ndarray, channels: int) -> np.ndarray:
     return np.repeat(image, channels, axis=2)
 
 
-class Segmenter:
-    """Predicts class masks with a trained run.
+AUTO_TILE_AREA = 16  # tile automatically when an image has more than this many training crops' worth of pixels
+DEFAULT_OVERLAP = 0.25
 
-    >>> seg = Segmenter.load("runs/camvid-unet")
+
+class Segmenter:
+    """Predicts class masks with a trained run (PyTorch) or an exported model (ONNX Runtime, no torch needed).
+
+    >>> seg = Segmenter.load("runs/camvid-unet")      # or Segmenter.load("model.onnx")
     >>> mask = seg.predict(image)   # HxW uint8 class indices
+    >>> mask = seg.predict(big_image, tile=512, tta=True)
     """
 
-    def __init__(self, model: Normalized, table: ClassTable, channels: int, device: str = "auto") -> None:
-        self.runtime = resolve_runtime(device, "auto", channels_last=True)
-        self.model = model.to(self.runtime.device, memory_format=torch.channels_last).eval()
+    def __init__(self, backend: Any, table: ClassTable, channels: int, crop_size: tuple[int, int] = (512, 512)) -> None:
+        """``backend``: uint8 (N, C, H, W) -> float32 probabilities (N, K, H, W) (``TorchBackend``, ``OnnxBackend``)."""
+        self.backend = backend
         self.table = table
         self.channels = channels
+        self.crop_size = crop_size
 
     @classmethod
-    def load(cls, run_dir: str | Path, device: str = "auto", weights: str = "best.safetensors") -> Segmenter:
-        """Load a run directory: its config.yaml and weights (safetensors; no pickled code runs)."""
-        run_dir = Path(run_dir)
-        cfg = load_run_config(run_dir)
-        table, channels = cfg.data.classes, int(cfg.model.in_channels)
-        model = build_network(cfg.model, channels, table.num_classes, pretrained=False)
-        path = run_dir / weights
-        if not path.is_file():
-            raise PixelwiseError(f"{path}: no weights yet (training writes them after its first evaluation)")
-        load_weights(model, path)
-        return cls(model, table, channels, device)
+    def load(cls, path: str | Path, device: str = "auto", weights: str = "best.safetensors",
+             threads: int | None = None, amp: str = "auto") -> Segmenter:
+        """Load a run directory (config.yaml + safetensors weights; no pickled code runs) or an exported .onnx.
+
+        Args:
+            device, amp: PyTorch only: device, and autocast ("auto": bf16 where the hardware computes it
+                natively, "off": fp32).
+            threads: ONNX Runtime only: intra-op threads (default: its own choice).
+        """
+        path = Path(path)
+        if path.suffix.lower() == ".onnx":
+            from pixelwise.inference.onnx_backend import OnnxBackend
+
+            backend = OnnxBackend(path, threads)
+            meta = backend.meta
+            return cls(backend, ClassTable.model_validate(meta["classes"]), int(meta["channels"]),
+                       tuple(meta.get("crop_size", (512, 512))))
+        from pixelwise.inference.torch_backend import load_torch_backend
+
+        cfg = load_run_config(path)
+        backend = load_torch_backend(path, cfg, device, weights, amp)
+        return cls(backend, cfg.data.classes, int(cfg.model.in_channels), tuple(cfg.data.crop_size))
+
+    @property
+    def model(self) -> Any:
+        """The PyTorch network (``Normalized``) of a run; not available for an ONNX model."""
+        if not hasattr(self.backend, "model"):
+            raise PixelwiseError("this Segmenter runs an ONNX model; it has no PyTorch network")
+        return self.backend.model
+
+    @property
+    def runtime(self) -> Any:
+        return self.backend.runtime
 
     @property
     def class_names(self) -> list[str]:
         return self.table.names
 
-    def _batch(self, image: np.ndarray | str | Path) -> torch.Tensor:
+    def _image(self, image: np.ndarray | str | Path) -> np.ndarray:
         if isinstance(image, (str, Path)):
-            arr = read_image(Path(image), self.channels)
-        else:
-            arr = to_channels(np.asarray(image), self.channels)
-        chw = np.ascontiguousarray(arr.transpose(2, 0, 1))
-        if not chw.flags.writeable:  # a read-only cached array (1-channel: the transpose needed no copy)
-            chw = chw.copy()
-        return torch.from_numpy(chw)[None].to(self.runtime.device)
+            return read_image(Path(image), self.channels)
+        return to_channels(np.asarray(image), self.channels)
 
-    @torch.inference_mode()
-    def probabilities(self, image: np.ndarray | str | Path) -> np.ndarray:
-        """Per-class probabilities, (K, H, W) float32, for an image of any size."""
-        logits = forward_padded(self.model, self._batch(image), self.runtime)
-        return logits.softmax(dim=1)[0].cpu().numpy()
+    def _tile(self, shape: tuple[int, ...], tile: int | tuple[int, int] | None) -> tuple[int, int] | None:
+        """The tile size to use: given, none (0), or automatic for images much larger than the training crops."""
+        if tile is not None:
+            if isinstance(tile, int):
+                return (tile, tile) if tile > 0 else None
+            return tuple(tile) if min(tile) > 0 else None
+        ch, cw = self.crop_size
+        if shape[0] * shape[1] <= AUTO_TILE_AREA * ch * cw:
+            return None
+        side = max(512, ch, cw)
+        return (side + (-side) % 32, side + (-side) % 32)
 
-    @torch.inference_mode()
-    def predict(self, image: np.ndarray | str | Path) -> np.ndarray:
-        """Class index per pixel, (H, W) uint8, for an HxW(xC) uint8 array or an image file of any size."""
-        logits = forward_padded(self.model, self._batch(image), self.runtime)
-        return logits.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
+    def _probs_fn(self, tile: tuple[int, int] | None, overlap: float) -> Any:
+        if tile is None:
+            return lambda img: self.backend(img.transpose(2, 0, 1)[None])[0]
+        return lambda img: sliding_window_probs(self.backend, img, tile, overlap)
+
+    def probabilities(self, image: np.ndarray | str | Path, tile: int | tuple[int, int] | None = None,
+                      overlap: float = DEFAULT_OVERLAP, tta: bool = False, scales: Sequence[float] = (1.0,),
+                      flips: Sequence[str] = FLIPS) -> np.ndarray:
+        """Per-class probabilities, (K, H, W) float32, for an image of any size.
+
+        Args:
+            tile: sliding-window tile side (or (h, w)); None: automatic for images over 16 training crops of
+                pixels; 0: never tile.
+            overlap: fraction of a tile shared with its neighbours (Gaussian-weighted blending).
+            tta: average over flips (``flips``: "h", "v") and ``scales``, each mapped back.
+        """
+        img = self._image(image)
+        probs_of = self._probs_fn(self._tile(img.shape, tile), overlap)
+        if tta or tuple(scales) != (1.0,):
+            return tta_probs(probs_of, img, flips if tta else (), scales)
+        return probs_of(img)
+
+    def predict(self, image: np.ndarray | str | Path, tile: int | tuple[int, int] | None = None,
+                overlap: float = DEFAULT_OVERLAP, tta: bool = False, scales: Sequence[float] = (1.0,),
+                flips: Sequence[str] = FLIPS) -> np.ndarray:
+        """Class index per pixel, (H, W) uint8, for an HxW(xC) uint8 array or an image file of any size.
+
+        Tiled prediction without TTA keeps only a band of rows in memory, so gigapixel images fit.
+        """
+        img = self._image(image)
+        size = self._tile(img.shape, tile)
+        if size is not None and not tta and tuple(scales) == (1.0,):
+            return sliding_window_mask(self.backend, img, size, overlap)
+        probs = self.probabilities(img, size or 0, overlap, tta, scales, flips)
+        return probs.argmax(axis=0).astype(np.uint8)
 
     def colorize(self, mask: np.ndarray) -> Image.Image:
         """The mask as a palette PNG image: pixel values are class indices, shown in the class colours."""

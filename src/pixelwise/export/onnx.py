@@ -1,0 +1,120 @@
+"""ONNX export of a run: uint8 input, preprocessing inside the graph, metadata, and a parity check against PyTorch.
+
+The graph takes uint8 (N, C, H, W) images (any N, H, W; H and W padded to the stride by the caller, as
+``OnnxBackend`` does) and returns float32 logits (N, K, H, W). Scaling and normalisation are the first nodes
+(the ``Normalized`` wrapper is exported with the network), so a deployment feeds decoded pixels as they are.
+The class table, channels, normalisation, stride and training crop travel in the metadata (``pixelwise`` key).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pixelwise.config import Config
+from pixelwise.data.build import build_eval_dataset
+from pixelwise.errors import PixelwiseError
+from pixelwise.inference.onnx_backend import METADATA_KEY, OnnxBackend
+from pixelwise.inference.padding import pad_to_multiple
+from pixelwise.inference.predictor import load_run_config
+from pixelwise.inference.torch_backend import TorchBackend, load_torch_backend
+
+MIN_AGREEMENT = 0.999  # argmax agreement with PyTorch below this fails the export
+OPSET = 18
+
+
+def metadata(cfg: Config, backend: TorchBackend) -> dict[str, Any]:
+    model = backend.model
+    return {
+        "format_version": 1,
+        "classes": cfg.data.classes.model_dump(mode="json"),
+        "channels": int(cfg.model.in_channels),
+        "mean": (model.mean.flatten() / 255.0).tolist(),
+        "std": (model.std.flatten() / 255.0).tolist(),
+        "pad_multiple": int(model.pad_multiple),
+        "min_size": int(model.min_size),
+        "crop_size": list(cfg.data.crop_size),
+        "arch": cfg.model.arch,
+        "encoder": cfg.model.encoder,
+        "input": "uint8 (N, C, H, W), H and W multiples of pad_multiple; output: float32 logits (N, K, H, W)",
+    }
+
+
+def _export_graph(model: torch.nn.Module, channels: int, side: int, path: Path, info: dict[str, Any]) -> None:
+    import onnx
+
+    model = model.to(memory_format=torch.contiguous_format).float().eval()
+    example = torch.zeros(1, channels, side, side, dtype=torch.uint8)
+    axes = {0: "batch", 2: "height", 3: "width"}
+    with torch.inference_mode(False), torch.no_grad():
+        torch.onnx.export(model, (example,), str(path), input_names=["image"], output_names=["logits"],
+                          dynamic_axes={"image": axes, "logits": axes}, opset_version=OPSET, dynamo=False)
+    proto = onnx.load(str(path))
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(info)
+    proto.producer_name = "pixelwise"
+    onnx.save(proto, str(path))
+
+
+def sample_images(cfg: Config, split: str, count: int, data_root: Path | None = None) -> list[np.ndarray]:
+    """Up to ``count`` images (H, W, C uint8) of a split of the run's data, evenly spread over it."""
+    dataset, _ = build_eval_dataset(cfg.data, split, cfg.data.classes, int(cfg.model.in_channels), root=data_root)
+    picks = np.linspace(0, len(dataset) - 1, num=min(count, len(dataset))).round().astype(int)
+    return [dataset.load(int(i))[0] for i in dict.fromkeys(picks.tolist())]
+
+
+@torch.inference_mode()
+def parity(reference: TorchBackend, candidate: OnnxBackend, images: list[np.ndarray]) -> dict[str, Any]:
+    """Max |logit difference| and argmax agreement of ``candidate`` against PyTorch fp32 over ``images``."""
+    max_diff, agree, total = 0.0, 0, 0
+    model, rt = reference.model, reference.runtime
+    for image in images:
+        batch = image.transpose(2, 0, 1)[None]
+        h, w = batch.shape[-2:]
+        x = pad_to_multiple(torch.from_numpy(np.ascontiguousarray(batch)), model.pad_multiple, model.min_size)
+        with rt.autocast():
+            ref = model(x.contiguous(memory_format=torch.channels_last))[..., :h, :w].float().numpy()
+        got = candidate.logits(batch)
+        max_diff = max(max_diff, float(np.abs(ref - got).max()))
+        agree += int((ref.argmax(axis=1) == got.argmax(axis=1)).sum())
+        total += h * w
+    return {"images": len(images), "max_abs_logit_diff": max_diff, "argmax_agreement": agree / max(total, 1)}
+
+
+def export_onnx(run_dir: Path, out: Path | None = None, data_root: Path | None = None, check_images: int = 8,
+                split: str = "val") -> dict[str, Any]:
+    """Export ``run_dir``'s best weights to ONNX (default ``RUN/model.onnx``) and check it against PyTorch.
+
+    The file appears only when the parity check passes (argmax agreement >= 99.9% on real images of the
+    run's ``split``); otherwise nothing is written and the error gives the figures.
+    """
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir)
+    out = Path(out) if out is not None else run_dir / "model.onnx"
+    reference = load_torch_backend(run_dir, cfg, device="cpu", amp="off")
+    info = metadata(cfg, reference)
+    side = max(reference.model.min_size, 64)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp.onnx", dir=out.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        _export_graph(reference.model, int(cfg.model.in_channels), side, tmp, info)
+        images = sample_images(cfg, split, check_images, data_root)
+        result = parity(reference, OnnxBackend(tmp), images)
+        if result["argmax_agreement"] < MIN_AGREEMENT:
+            raise PixelwiseError(
+                f"ONNX export failed its parity check: argmax agreement with PyTorch {result['argmax_agreement']:.4%} "
+                f"(< {MIN_AGREEMENT:.1%}), max |logit difference| {result['max_abs_logit_diff']:.3g} over "
+                f"{result['images']} images; nothing was written")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    result.update(path=str(out), bytes=out.stat().st_size, opset=OPSET)
+    return result

@@ -1,0 +1,46 @@
+"""The PyTorch backend of ``Segmenter``: a run's network on a device, uint8 tiles in, probabilities out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pixelwise.config import Config
+from pixelwise.engine.checkpoint import load_weights
+from pixelwise.engine.runtime import Runtime, resolve_runtime
+from pixelwise.errors import PixelwiseError
+from pixelwise.inference.padding import forward_padded
+from pixelwise.models.factory import Normalized, build_network
+
+
+class TorchBackend:
+    """Calls a ``Normalized`` network (0-255 input) with the runtime's device, autocast and memory format."""
+
+    name = "pytorch"
+
+    def __init__(self, model: Normalized, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.model = model.to(runtime.device, memory_format=torch.channels_last).eval()
+
+    @torch.inference_mode()
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """uint8 (N, C, H, W) of any H, W -> float32 probabilities (N, K, H, W)."""
+        batch = np.ascontiguousarray(batch)
+        if not batch.flags.writeable:  # a view of a read-only cached image; torch wants memory it may write
+            batch = batch.copy()
+        x = torch.from_numpy(batch).to(self.runtime.device)
+        return forward_padded(self.model, x, self.runtime).softmax(dim=1).cpu().numpy()
+
+
+def load_torch_backend(run_dir: Path, cfg: Config, device: str = "auto", weights: str = "best.safetensors",
+                       amp: str = "auto") -> TorchBackend:
+    """The run's network with its weights (safetensors: no pickled code runs)."""
+    table, channels = cfg.data.classes, int(cfg.model.in_channels)
+    model = build_network(cfg.model, channels, table.num_classes, pretrained=False)
+    path = run_dir / weights
+    if not path.is_file():
+        raise PixelwiseError(f"{path}: no weights yet (training writes them after its first evaluation)")
+    load_weights(model, path)
+    return TorchBackend(model, resolve_runtime(device, amp, channels_last=True))
