@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,18 @@ class DataBundle:
     notes: list[str] = field(default_factory=list)
 
 
+def release_free_memory() -> None:
+    """Hand memory freed by the checks back to the OS (glibc keeps freed heap in its per-thread arenas).
+
+    Decoding every file in a thread pool leaves the decoders' freed buffers scattered over several arenas; without
+    this they stay in the process's resident size for the whole run (and count against peak memory).
+    """
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
+        pass
+
+
 def _cache(cfg: DataConfig) -> DecodedCache | None:
     return DecodedCache(int(cfg.cache_max_gb * 2**30)) if cfg.cache else None
 
@@ -48,6 +61,7 @@ def build_datasets(data: DataConfig, augment: AugmentConfig, seed: int = 0) -> D
         notes.append(f"training on {train_note} ({len(train_pairs)} images), no validation (data.val_split is null)")
     cache = _cache(data)
     summary = check_pairs(train_pairs + val_pairs, layout.classes, data.channels, cache)
+    release_free_memory()
     notes += summary.notes
     transform = train_transform(data.crop_size, IGNORE, summary.channels, augment.preset, augment.transforms, seed)
     train = SegmentationDataset(train_pairs, summary.table, summary.channels, transform, cache, seed)
@@ -65,14 +79,23 @@ def build_eval_dataset(
     pairs, _ = select_split(layout, data, split)
     cache = _cache(data)
     summary = check_pairs(pairs, table, channels, cache, label=f"Checking {split}")
+    release_free_memory()
     return SegmentationDataset(pairs, table, channels, None, cache), [summary.sizes[str(p.image)] for p in pairs]
 
 
 def default_workers(requested: int) -> int:
-    """Loader processes: on small machines one worker overlaps decoding with compute without starving it."""
+    """Loader processes for ``data.num_workers: -1``, from the cores this process may use.
+
+    Two cores or fewer: none. With decoded images cached, loading is only augmentation, and a worker process
+    competes with the two compute threads and costs its own memory (CamVid, Unet-resnet18, 2 cores: 4.94 train
+    images/s and 2163 MiB peak in-process against 4.76 and 2418 MiB with one worker). Up to 4 cores: one worker
+    overlaps decoding and augmentation with compute; more: half the cores, at most 8.
+    """
     if requested >= 0:
         return requested
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if cpus <= 2:
+        return 0
     return 1 if cpus <= 4 else min(8, cpus // 2)
 
 
