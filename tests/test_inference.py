@@ -220,3 +220,19 @@ def test_bench_cli_table(onnx_model, tiny_run):
     rows = json.loads((tiny_run / "bench.json").read_text())
     assert [r["backend"] for r in rows] == ["pytorch-fp32", "pytorch-bf16", "onnx-fp32", "onnx-int8"]
     assert all(r.get("images_per_second", 1) > 0 for r in rows)
+
+
+def test_export_command_with_int8(tiny_run, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from typer.testing import CliRunner
+
+    from pixelwise.cli import app
+
+    out = tmp_path / "m.onnx"
+    result = CliRunner().invoke(app, ["export", str(tiny_run), "--out", str(out), "--int8"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout[result.stdout.index("{"):])
+    assert payload["argmax_agreement"] >= 0.999 and out.is_file()
+    assert Path(payload["int8"]["path"]) == tmp_path / "m.int8.onnx" and "miou_change_points" in payload["int8"]
+    result = CliRunner().invoke(app, ["export", str(tiny_run), "--format", "tflite"])
+    assert result.exit_code != 0

@@ -155,3 +155,22 @@ def test_report_renders_in_headless_chromium(tiny_run, tmp_path):
     assert pixels.shape[:2] == (2400, 1280)
     # rendered, not blank: text, plots and gallery give many distinct colours
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 200
+
+
+def test_report_and_preview_commands(tiny_run, synthetic_data, tmp_path):
+    from typer.testing import CliRunner
+
+    from pixelwise.cli import app
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["report", str(tiny_run)])
+    assert result.exit_code == 0, result.output
+    assert "report written to" in result.output and (tiny_run / "report.html").is_file()
+    out = tmp_path / "sheet.png"
+    args = ["data", "preview", str(synthetic_data), "--augment", "default", "--samples", "2", "--crop-size", "32",
+            "--out", str(out), "--set", "data.num_workers=0"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert Image.open(out).size[0] > 300
+    result = runner.invoke(app, ["data", "preview", str(tmp_path / "missing")])
+    assert result.exit_code != 0

@@ -85,12 +85,12 @@ def report_run(
     figures["frequencies"] = plots.plot_frequencies(shares, names)
 
     scored = sorted((r for r in result["per_image"] if r["miou"] is not None), key=lambda r: r["miou"])
-    k = min(gallery_size, len(scored) // 2) if len(scored) > 1 else len(scored)
-    worst, best = scored[:k], scored[::-1][:k]
-    if k == 0 and scored:
-        worst = scored[:1]
+    k = min(gallery_size, len(scored) // 2)  # worst and best never share an image
+    worst, best = scored[: max(k, 1)], scored[::-1][:k]
     items: dict[str, list[html.GalleryItem]] = {"worst": [], "best": []}
     plot_dir = run_dir / "plots"
+    for old in (plot_dir / "gallery").glob(f"{split}_*.png"):  # an earlier report's picks
+        old.unlink()
     for group, entries in (("worst", worst), ("best", best)):
         for rank, entry in enumerate(entries):
             image, truth = dataset.load(entry["index"])

@@ -1,0 +1,97 @@
+"""Inference figures of a trained CamVid run: int8 ONNX Runtime against the peer's eager fp32, tiling agreement,
+and a 4000x6000 image.
+
+Needs a run directory with ``model.onnx`` and ``model.int8.onnx`` (``pixelwise export RUN --int8``). On the
+same whole val frames (decoded beforehand), batch 4 as in ``peer_smp.py``'s evaluation:
+
+- peer: the run's network as the smp recipe runs it: fp32, NCHW, eager, ``torch.no_grad``, input padded to
+  384x480 (pixelwise's ``forward_padded`` pads the same way);
+- ONNX Runtime int8 through ``Segmenter`` (padding, forward, softmax, argmax).
+
+Then the share of pixels where sliding-window prediction (``--tile``, overlap 0.25) agrees with whole-image
+prediction over the val frames, and the time and peak resident memory of a tiled prediction of a CamVid frame
+enlarged to 4000x6000.
+
+    python benchmarks/bench_inference.py RUN [--images 32] [--tile 256]
+
+Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from pixelwise.export.onnx import sample_images
+from pixelwise.inference.padding import pad_to_multiple
+from pixelwise.inference.predictor import Segmenter, load_run_config
+
+
+def peer_eval_ips(seg: Segmenter, frames: list[np.ndarray], batch: int) -> float:
+    model = seg.model.to(memory_format=torch.contiguous_format).float().eval()
+    batches = [np.stack(frames[i : i + batch]) for i in range(0, len(frames) - batch + 1, batch)]
+    with torch.no_grad():
+        model(pad_to_multiple(torch.from_numpy(batches[0]).float(), 32))  # warm-up
+        start = time.perf_counter()
+        for b in batches:
+            model(pad_to_multiple(torch.from_numpy(b).float(), 32)).argmax(dim=1)
+    return len(batches) * batch / (time.perf_counter() - start)
+
+
+def backend_ips(seg: Segmenter, frames: list[np.ndarray], batch: int) -> float:
+    batches = [np.stack(frames[i : i + batch]) for i in range(0, len(frames) - batch + 1, batch)]
+    seg.backend(batches[0])  # warm-up
+    start = time.perf_counter()
+    for b in batches:
+        seg.backend(b).argmax(axis=1)
+    return len(batches) * batch / (time.perf_counter() - start)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("run", type=Path)
+    p.add_argument("--images", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--tile", type=int, default=256)
+    args = p.parse_args()
+    cfg = load_run_config(args.run)
+    images = sample_images(cfg, "val", args.images)
+    frames = [im.transpose(2, 0, 1) for im in images]
+    int8 = Segmenter.load(args.run / "model.int8.onnx")
+    result: dict = {"images": len(frames), "batch_size": args.batch_size, "threads": torch.get_num_threads()}
+    # first, while little else is resident: the large image, tiled automatically (512-pixel tiles)
+    big = cv2.resize(images[0], (6000, 4000), interpolation=cv2.INTER_LINEAR)
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    start = time.perf_counter()
+    mask = int8.predict(big)
+    result.update(big_image=[4000, 6000], big_image_seconds=time.perf_counter() - start,
+                  big_image_mask_shape=list(mask.shape), peak_rss_mib_before=rss_before,
+                  peak_rss_mib_after=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    torch_seg = Segmenter.load(args.run, device="cpu", amp="off")
+    fp32 = Segmenter.load(args.run / "model.onnx")
+    result["peer_eager_fp32_ips"] = peer_eval_ips(torch_seg, frames, args.batch_size)
+    result["onnx_fp32_ips"] = backend_ips(fp32, frames, args.batch_size)
+    result["onnx_int8_ips"] = backend_ips(int8, frames, args.batch_size)
+    result["int8_vs_peer"] = result["onnx_int8_ips"] / result["peer_eager_fp32_ips"]
+
+    seg = Segmenter.load(args.run, device="cpu")  # the default: bf16 where native
+    agree = total = 0
+    for image in images:
+        whole = seg.predict(image, tile=0)
+        tiled = seg.predict(image, tile=args.tile, overlap=0.25)
+        agree += int((whole == tiled).sum())
+        total += whole.size
+    result.update(tile=args.tile, tiled_vs_whole_agreement=agree / total)
+
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
