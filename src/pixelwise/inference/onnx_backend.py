@@ -9,19 +9,17 @@ from typing import Any
 import numpy as np
 
 from pixelwise.errors import PixelwiseError
+from pixelwise.inference.geometry import pad_amounts
 
 METADATA_KEY = "pixelwise"  # JSON in the model's metadata: classes, channels, normalisation, stride, crop
 
 
 def pad_to_multiple(batch: np.ndarray, multiple: int, min_size: int = 0) -> np.ndarray:
-    """numpy twin of ``inference.padding.pad_to_multiple``: pad (N, C, H, W) bottom/right by reflection."""
-    h, w = batch.shape[-2:]
-    th, tw = max(h, min_size), max(w, min_size)
-    ph, pw = th + (-th) % multiple - h, tw + (-tw) % multiple - w
+    """numpy twin of ``inference.padding.pad_to_multiple`` (same geometry): pad (N, C, H, W) bottom/right."""
+    ph, pw, reflect = pad_amounts(*batch.shape[-2:], multiple, min_size)
     if ph == 0 and pw == 0:
         return batch
-    mode = "reflect" if ph < h and pw < w else "edge"
-    return np.pad(batch, ((0, 0), (0, 0), (0, ph), (0, pw)), mode=mode)
+    return np.pad(batch, ((0, 0), (0, 0), (0, ph), (0, pw)), mode="reflect" if reflect else "edge")
 
 
 def softmax(logits: np.ndarray, axis: int = 1) -> np.ndarray:

@@ -7,21 +7,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from pixelwise.engine.runtime import Runtime
+from pixelwise.inference.geometry import pad_amounts
 
 
 def pad_to_multiple(images: torch.Tensor, multiple: int, min_size: int = 0) -> torch.Tensor:
-    """Pad (N, C, H, W) at the bottom and right so H and W are multiples of ``multiple`` and at least ``min_size``.
-
-    Reflection keeps image statistics at the border (zeros would look like a black frame to the network);
-    it needs the pad to be smaller than the side, so very small images fall back to replication.
-    """
-    h, w = images.shape[-2:]
-    th, tw = max(h, min_size), max(w, min_size)
-    ph, pw = th + (-th) % multiple - h, tw + (-tw) % multiple - w
+    """Pad (N, C, H, W) at the bottom and right so H and W are multiples of ``multiple`` and at least ``min_size``."""
+    ph, pw, reflect = pad_amounts(*images.shape[-2:], multiple, min_size)
     if ph == 0 and pw == 0:
         return images
-    mode = "reflect" if ph < h and pw < w else "replicate"
-    return F.pad(images.float(), (0, pw, 0, ph), mode=mode)
+    return F.pad(images.float(), (0, pw, 0, ph), mode="reflect" if reflect else "replicate")
 
 
 def forward_padded(model: nn.Module, images: torch.Tensor, runtime: Runtime) -> torch.Tensor:
