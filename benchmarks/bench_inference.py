@@ -8,14 +8,16 @@ same whole val frames (decoded beforehand), batch 4 as in ``peer_smp.py``'s eval
   384x480 (pixelwise's ``forward_padded`` pads the same way);
 - ONNX Runtime int8 through ``Segmenter`` (padding, forward, softmax, argmax).
 
-Then the share of pixels where sliding-window prediction (``--tile``, overlap 0.25) agrees with whole-image
-prediction over the val frames, and the time and peak resident memory of a tiled prediction of a CamVid frame
-enlarged to 4000x6000.
+Then the share of pixels where sliding-window prediction (each of ``--tiles``, ``--overlap``) agrees with
+whole-image prediction over the val images, beside the model's own shift stability (the share of pixels whose
+class stays the same when the image is cropped by 16 pixels at the top and left: no tiling can agree with the
+whole-image prediction better than the network agrees with itself when its context moves), and the time and
+peak resident memory of a tiled prediction of a val image enlarged to 4000x6000.
 
-    python benchmarks/bench_inference.py RUN [--images 32] [--tile 256]
+    python benchmarks/bench_inference.py RUN [--images 32] [--tiles 256,320,384] [--overlap 0.25]
+    python benchmarks/bench_inference.py RUN --agreement-only   # no ONNX models needed
 
-Prints one JSON line.
-"""
+Prints one JSON line."""
 
 from __future__ import annotations
 
@@ -59,38 +61,54 @@ def main() -> None:
     p.add_argument("run", type=Path)
     p.add_argument("--images", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--tile", type=int, default=256)
+    p.add_argument("--tiles", default="256,320,384", help="comma-separated tile sides for the agreement table")
+    p.add_argument("--overlap", type=float, default=0.25)
+    p.add_argument("--agreement-only", action="store_true", help="only the tiling agreement (no ONNX models)")
     args = p.parse_args()
     cfg = load_run_config(args.run)
     images = sample_images(cfg, "val", args.images)
+    result: dict = {"images": len(images), "batch_size": args.batch_size, "threads": torch.get_num_threads()}
+    if not args.agreement_only:
+        result.update(timings(args.run, images, args.batch_size))
+    seg = Segmenter.load(args.run, device="cpu")  # the default: bf16 where native
+    result.update(agreement(seg, images, [int(t) for t in args.tiles.split(",")], args.overlap))
+    print(json.dumps(result))
+
+
+def agreement(seg: Segmenter, images: list[np.ndarray], tiles: list[int], overlap: float) -> dict:
+    wholes = [seg.predict(image, tile=0) for image in images]
+    same = sum(int((seg.predict(np.ascontiguousarray(im[16:, 16:]), tile=0) == wh[16:, 16:]).sum())
+               for im, wh in zip(images, wholes, strict=True))
+    result: dict = {"image_size": list(images[0].shape[:2]), "crop_size": list(seg.crop_size), "overlap": overlap,
+                    "shift16_stability": same / sum(wh[16:, 16:].size for wh in wholes)}
+    for tile in tiles:
+        agree = sum(int((seg.predict(im, tile=tile, overlap=overlap) == wh).sum())
+                    for im, wh in zip(images, wholes, strict=True))
+        result[f"tiled{tile}_vs_whole_agreement"] = agree / sum(wh.size for wh in wholes)
+    return result
+
+
+def timings(run: Path, images: list[np.ndarray], batch_size: int) -> dict:
     frames = [im.transpose(2, 0, 1) for im in images]
-    int8 = Segmenter.load(args.run / "model.int8.onnx")
-    result: dict = {"images": len(frames), "batch_size": args.batch_size, "threads": torch.get_num_threads()}
+    int8 = Segmenter.load(run / "model.int8.onnx")
+    result: dict = {}
     # first, while little else is resident: the large image, tiled automatically (512-pixel tiles)
     big = cv2.resize(images[0], (6000, 4000), interpolation=cv2.INTER_LINEAR)
+    if big.ndim == 2:
+        big = big[..., None]
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     start = time.perf_counter()
     mask = int8.predict(big)
     result.update(big_image=[4000, 6000], big_image_seconds=time.perf_counter() - start,
                   big_image_mask_shape=list(mask.shape), peak_rss_mib_before=rss_before,
                   peak_rss_mib_after=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    torch_seg = Segmenter.load(args.run, device="cpu", amp="off")
-    fp32 = Segmenter.load(args.run / "model.onnx")
-    result["peer_eager_fp32_ips"] = peer_eval_ips(torch_seg, frames, args.batch_size)
-    result["onnx_fp32_ips"] = backend_ips(fp32, frames, args.batch_size)
-    result["onnx_int8_ips"] = backend_ips(int8, frames, args.batch_size)
+    torch_seg = Segmenter.load(run, device="cpu", amp="off")
+    fp32 = Segmenter.load(run / "model.onnx")
+    result["peer_eager_fp32_ips"] = peer_eval_ips(torch_seg, frames, batch_size)
+    result["onnx_fp32_ips"] = backend_ips(fp32, frames, batch_size)
+    result["onnx_int8_ips"] = backend_ips(int8, frames, batch_size)
     result["int8_vs_peer"] = result["onnx_int8_ips"] / result["peer_eager_fp32_ips"]
-
-    seg = Segmenter.load(args.run, device="cpu")  # the default: bf16 where native
-    agree = total = 0
-    for image in images:
-        whole = seg.predict(image, tile=0)
-        tiled = seg.predict(image, tile=args.tile, overlap=0.25)
-        agree += int((whole == tiled).sum())
-        total += whole.size
-    result.update(tile=args.tile, tiled_vs_whole_agreement=agree / total)
-
-    print(json.dumps(result))
+    return result
 
 
 if __name__ == "__main__":

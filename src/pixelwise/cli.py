@@ -201,7 +201,13 @@ def predict(
     if not scale_list or min(scale_list) <= 0:
         raise PixelwiseError(f"--scales must be positive numbers, got '{scales}'")
     options = PredictOptions(tile, overlap, tta, scale_list, save_probs)
-    report = predict_files(Segmenter.load(run, device=device), inputs, out_dir, overlay, overwrite, options)
+    seg = Segmenter.load(run, device=device)
+    if tile and tile < min(seg.crop_size):
+        err.print(f"[yellow]warning:[/] --tile {tile} is smaller than the training crops "
+                  f"({seg.crop_size[0]}x{seg.crop_size[1]}): each tile gives the network less context than it "
+                  "learned with, so tiled masks differ more from whole-image ones; a tile of at least the crop size "
+                  "is advised")
+    report = predict_files(seg, inputs, out_dir, overlay, overwrite, options)
     err.print(f"wrote {len(report.written)} files to {out_dir}")
     if report.failed:
         raise PixelwiseError("some images could not be predicted:\n" + "\n".join(f"  - {f}" for f in report.failed))

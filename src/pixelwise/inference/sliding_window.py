@@ -27,16 +27,19 @@ def tile_starts(length: int, tile: int, overlap: float) -> list[int]:
 
 
 def gaussian_window(height: int, width: int, sigma_scale: float = 0.125, floor: float = 1e-3) -> np.ndarray:
-    """(height, width) float32 weights: a Gaussian with sigma = side x ``sigma_scale``, peak 1, at least ``floor``.
+    """(height, width) float32 weights: a Gaussian with sigma = side x ``sigma_scale``, peak 1.
 
-    The floor keeps image-border pixels, which only the edges of tiles see, from being divided by ~0.
+    The floor (at least ``floor`` per axis) keeps image-border pixels, which only the edges of tiles see, from
+    being divided by ~0. It is applied to each axis before their product, not to the product: along an image
+    border every tile has its own edge rows there, and a floor on the product would give the tile whose corner
+    is there the same weight as the tile whose centre column is, letting the corner's poor context through.
     """
     def axis(n: int) -> np.ndarray:
         d = np.arange(n, dtype=np.float64) - (n - 1) / 2
-        return np.exp(-(d**2) / (2 * max(n * sigma_scale, 1e-6) ** 2))
+        g = np.exp(-(d**2) / (2 * max(n * sigma_scale, 1e-6) ** 2))
+        return np.maximum(g / g.max(), floor)
 
-    w = np.outer(axis(height), axis(width))
-    return np.maximum(w / w.max(), floor).astype(np.float32)
+    return np.outer(axis(height), axis(width)).astype(np.float32)
 
 
 def sliding_window(
