@@ -40,7 +40,8 @@ def train(
     config: Path | None = typer.Argument(None, help="YAML config file (optional: flags alone also work)."),
     set_: list[str] = typer.Option([], "--set", help="Override a config key, e.g. --set optim.lr=3e-4 (repeatable)."),
     data: Path | None = typer.Option(None, help="Dataset folder (data.root)."),
-    fmt: str | None = typer.Option(None, "--format", help="Dataset layout: auto, folders, camvid (data.format)."),
+    fmt: str | None = typer.Option(None, "--format", help="Dataset layout: auto, folders, camvid, voc, cityscapes, "
+                                                           "coco, list (data.format)."),
     model: str | None = typer.Option(None, help="Architecture, e.g. unet, fpn, deeplabv3plus (model.arch)."),
     encoder: str | None = typer.Option(None, help="Encoder, e.g. resnet18 or tu-convnext_tiny (model.encoder)."),
     epochs: int | None = typer.Option(None, help="train.epochs"),

@@ -38,7 +38,7 @@ def parse_duration(text: str | float | int) -> float:
 
 class DataConfig(Strict):
     root: Path | None = None
-    format: Literal["auto", "folders", "camvid"] = "auto"
+    format: Literal["auto", "folders", "camvid", "voc", "cityscapes", "coco", "list"] = "auto"
     images: str | None = None  # folders: image folder name (auto: images, image, img, ...)
     masks: str | None = None  # folders: mask folder name (auto: masks, mask, labels, label, ...)
     classes: ClassTable | Path | None = None  # inline table, a classes file, or found/inferred

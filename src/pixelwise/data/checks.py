@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -11,6 +12,7 @@ import numpy as np
 
 from pixelwise.data.classes import IGNORE, UNKNOWN, ClassTable
 from pixelwise.data.dataset import DecodedCache, Pair, image_channels, read_image_oriented, read_mask
+from pixelwise.data.io import ColorCodes
 from pixelwise.errors import DataError, list_offenders
 from pixelwise.progress import track
 
@@ -25,6 +27,9 @@ class PairInfo:
     values: np.ndarray | None = None  # raw mask values present
     counts: np.ndarray | None = None  # pixels per raw value in ``values``
     orientation: int = 1  # EXIF orientation of the image (applied when decoding)
+    file_channels: int = 0  # 1: the file is grayscale, 3: colour
+    moments: np.ndarray | None = None  # (2, C): per-channel mean and mean of squares of the decoded image (0-255)
+    digest: str | None = None  # hash of the image's pixels (with ``fingerprint``)
 
 
 @dataclass
@@ -56,18 +61,25 @@ def decide_channels(pairs: list[Pair], requested: int | str) -> int:
 ROTATED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
 
 
-def _scan_one(pair: Pair, channels: int, cache: DecodedCache | None) -> PairInfo:
+def _scan_one(pair: Pair, channels: int, cache: DecodedCache | None, colors: ColorCodes | None = None,
+              fingerprint: bool = False) -> PairInfo:
     info = PairInfo(pair)
     if pair.mask is None:
         info.error = f"{pair.image}: no mask found for this image"
         return info
     try:
         image, info.orientation = read_image_oriented(pair.image, channels)
-        mask = read_mask(pair.mask)
+        mask = read_mask(pair.mask, colors)
+        if fingerprint:
+            info.file_channels = image_channels(pair.image)
     except DataError as e:
         info.error = str(e)
         return info
     info.size = image.shape[:2]
+    if fingerprint:
+        flat = image.reshape(-1, image.shape[2]).astype(np.float64)
+        info.moments = np.stack([flat.mean(axis=0), (flat**2).mean(axis=0)])
+        info.digest = hashlib.blake2b(image.tobytes(), digest_size=16).hexdigest()
     if mask.shape[:2] != image.shape[:2]:
         h, w = image.shape[:2]
         mh, mw = mask.shape[:2]
@@ -111,6 +123,75 @@ def infer_table(values: Iterable[int]) -> tuple[ClassTable, str]:
     return table, f"{top + 1} classes (mask values 0..{top}{void}) assumed; {hint}"
 
 
+@dataclass
+class Scan:
+    """Every pair decoded: what was found per pair, the problems (file named in each) and the class table."""
+
+    infos: list[PairInfo]
+    channels: int
+    table: ClassTable | None
+    problems: list[str]
+    notes: list[str]
+
+
+def scan_pairs(
+    pairs: list[Pair],
+    table: ClassTable | None,
+    channels: int | str = "auto",
+    cache: DecodedCache | None = None,
+    label: str = "Checking data",
+    fingerprint: bool = False,
+) -> Scan:
+    """Decode every pair and collect the problems without raising (``check_pairs`` raises; ``pixelwise check``
+    lists). ``fingerprint`` also keeps per-image intensity moments, file channels and a pixel hash."""
+    chans = decide_channels(pairs, channels)
+    colors = table.color_codes() if table is not None and table.color_masks else None
+    workers = min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(workers) as pool:
+        infos = list(track(pool.map(lambda p: _scan_one(p, chans, cache, colors, fingerprint), pairs),
+                           total=len(pairs), label=label))
+    problems = [i.error for i in infos if i.error]
+    notes: list[str] = []
+    rotated = [i for i in infos if not i.error and i.orientation != 1]
+    if rotated:
+        notes.append(f"{len(rotated)} image(s) carry an EXIF orientation (e.g. {rotated[0].pair.image.name}) and are "
+                     "used as displayed, rotated/flipped as OpenCV and annotation tools show them, masks alike")
+    good = [i for i in infos if not i.error]
+    if table is None and good:
+        try:
+            table, note = infer_table(np.unique(np.concatenate([i.values for i in good])))
+            notes.append(note)
+        except DataError as e:
+            problems.append(str(e))
+    if table is not None:
+        lut = table.lut()
+        for info in good:
+            unknown = info.values[lut[info.values] == UNKNOWN]
+            if unknown.size:
+                info.error = (f"{info.pair.mask}: values {', '.join(map(str, unknown[:8].tolist()))} not in the class "
+                              f"table (valid: {table.describe_values()})")
+                problems.append(info.error)
+    return Scan(infos, chans, table, problems, notes)
+
+
+def class_pixels_per_image(scan: Scan) -> tuple[dict[str, np.ndarray], int]:
+    """Labelled pixels per class of every good pair (by image path), and the void pixels of all of them."""
+    assert scan.table is not None
+    lut = scan.table.lut()
+    per_image: dict[str, np.ndarray] = {}
+    void = 0
+    for info in scan.infos:
+        if info.error:
+            continue
+        classes = lut[info.values]
+        void += int(info.counts[classes == IGNORE].sum())
+        keep = classes != IGNORE
+        counts = np.zeros(scan.table.num_classes, dtype=np.int64)
+        np.add.at(counts, classes[keep], info.counts[keep])
+        per_image[str(info.pair.image)] = counts
+    return per_image, void
+
+
 def check_pairs(
     pairs: list[Pair],
     table: ClassTable | None,
@@ -128,50 +209,19 @@ def check_pairs(
     """
     if not pairs:
         raise DataError("no image/mask pairs to check: the dataset is empty")
-    chans = decide_channels(pairs, channels)
-    workers = min(8, os.cpu_count() or 1)
-    with ThreadPoolExecutor(workers) as pool:
-        infos = list(track(pool.map(lambda p: _scan_one(p, chans, cache), pairs), total=len(pairs), label=label))
-
-    problems = [i.error for i in infos if i.error]
-    notes: list[str] = []
-    rotated = [i for i in infos if not i.error and i.orientation != 1]
-    if rotated:
-        notes.append(f"{len(rotated)} image(s) carry an EXIF orientation (e.g. {rotated[0].pair.image.name}) and are "
-                     "used as displayed, rotated/flipped as OpenCV and annotation tools show them, masks alike")
-    good = [i for i in infos if not i.error]
-    if table is None and good:
-        table, note = infer_table(np.unique(np.concatenate([i.values for i in good])))
-        notes.append(note)
-    if table is not None:
-        lut = table.lut()
-        for info in good:
-            unknown = info.values[lut[info.values] == UNKNOWN]
-            if unknown.size:
-                problems.append(
-                    f"{info.pair.mask}: values {', '.join(map(str, unknown[:8].tolist()))} not in the class table "
-                    f"(valid: {table.describe_values()})"
-                )
-    if problems:
-        raise DataError(list_offenders("the dataset has problems that must be fixed before training", problems))
-    assert table is not None
-    lut = table.lut()
-    per_image: dict[str, np.ndarray] = {}
-    void = 0
-    for info in good:
-        classes = lut[info.values]
-        void += int(info.counts[classes == IGNORE].sum())
-        keep = classes != IGNORE
-        counts = np.zeros(table.num_classes, dtype=np.int64)
-        np.add.at(counts, classes[keep], info.counts[keep])
-        per_image[str(info.pair.image)] = counts
-    class_pixels = np.sum(list(per_image.values()), axis=0) if per_image else np.zeros(table.num_classes, np.int64)
+    scan = scan_pairs(pairs, table, channels, cache, label)
+    if scan.problems:
+        raise DataError(list_offenders("the dataset has problems that must be fixed before training", scan.problems))
+    assert scan.table is not None
+    per_image, void = class_pixels_per_image(scan)
+    n = scan.table.num_classes
+    class_pixels = np.sum(list(per_image.values()), axis=0) if per_image else np.zeros(n, np.int64)
     return DataSummary(
-        channels=chans,
-        table=table,
-        sizes={str(i.pair.image): i.size for i in good},
+        channels=scan.channels,
+        table=scan.table,
+        sizes={str(i.pair.image): i.size for i in scan.infos},
         class_pixels=class_pixels,
         void_pixels=void,
         image_class_pixels=per_image,
-        notes=notes,
+        notes=scan.notes,
     )

@@ -29,8 +29,11 @@ def default_palette(n: int) -> list[tuple[int, int, int]]:
 class ClassTable(BaseModel):
     """What the values of a mask mean.
 
-    Without ``mapping``, mask value ``i`` is class ``i``. With it, only the listed values are valid.
+    Without ``mapping``, mask value ``i`` is class ``i``. With it, only the listed values are valid, and a value
+    mapped to 255 is void (Cityscapes' label ids that have no train id, for example).
     ``ignore_index`` is the raw mask value for void pixels (ignored by losses and metrics).
+    ``color_masks``: the masks are RGB images painted in ``colors`` (class i in colour i; ``void_colors`` are
+    void); each colour is turned into its class index when the mask is read.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -39,6 +42,8 @@ class ClassTable(BaseModel):
     colors: list[tuple[int, int, int]] | None = None
     ignore_index: int | None = None
     mapping: dict[int, int] | None = None
+    color_masks: bool = False
+    void_colors: list[tuple[int, int, int]] = []
 
     @model_validator(mode="after")
     def _consistent(self) -> ClassTable:
@@ -48,10 +53,26 @@ class ClassTable(BaseModel):
         if self.colors is not None and len(self.colors) != n:
             raise ValueError(f"{len(self.colors)} colours for {n} class names")
         if self.mapping is not None:
-            bad = {v: c for v, c in self.mapping.items() if not 0 <= c < n}
+            bad = {v: c for v, c in self.mapping.items() if not (0 <= c < n or c == IGNORE)}
             if bad:
-                raise ValueError(f"mapping sends values to classes outside 0..{n - 1}: {bad}")
+                raise ValueError(f"mapping sends values to classes outside 0..{n - 1} (or {IGNORE} = void): {bad}")
+        if self.color_masks:
+            if self.colors is None:
+                raise ValueError("color_masks needs the colour of every class (colors)")
+            if len(set(map(tuple, self.colors))) != n or set(map(tuple, self.colors)) & set(map(tuple,
+                                                                                               self.void_colors)):
+                raise ValueError("with color_masks every class (and void) needs a colour of its own")
+            if self.mapping is not None or self.ignore_index not in (None, IGNORE):
+                raise ValueError("color_masks takes colors and void_colors; mapping and ignore_index do not apply")
         return self
+
+    def color_codes(self) -> tuple[np.ndarray, np.ndarray]:
+        """For colour masks: sorted packed colours (r << 16 | g << 8 | b) and the raw value each stands for."""
+        colours = [tuple(c) for c in self.colors or []] + [tuple(c) for c in self.void_colors]
+        values = list(range(len(self.colors or []))) + [IGNORE] * len(self.void_colors)
+        packed = np.array([(r << 16) | (g << 8) | b for r, g, b in colours], dtype=np.int64)
+        order = np.argsort(packed)
+        return packed[order], np.asarray(values, dtype=np.uint16)[order]
 
     @property
     def num_classes(self) -> int:
@@ -72,9 +93,14 @@ class ClassTable(BaseModel):
                     table[value] = cls
         if self.ignore_index is not None and 0 <= self.ignore_index < size:
             table[self.ignore_index] = IGNORE
+        if self.color_masks and self.void_colors:
+            table[IGNORE] = IGNORE  # colour masks are read as class indices, void colours as IGNORE
         return table
 
     def describe_values(self) -> str:
+        if self.color_masks:
+            void = f"; void {', '.join(map(str, map(tuple, self.void_colors)))}" if self.void_colors else ""
+            return f"colours {', '.join(str(tuple(c)) for c in self.colors or [])}{void}"
         if self.mapping is not None:
             valid = ", ".join(str(v) for v in sorted(self.mapping))
         else:

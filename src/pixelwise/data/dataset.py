@@ -65,6 +65,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.transform = transform
         self.cache = cache
         self.lut = table.lut()
+        self.colors = table.color_codes() if table.color_masks else None
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -82,7 +83,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         pair = self.pairs[index]
         assert pair.mask is not None, "pairs without masks are rejected by the checks"
         image = self._cached(pair.image, lambda p: read_image(p, self.channels))
-        mask = to_classes(self._cached(pair.mask, read_mask), self.lut)
+        mask = to_classes(self._cached(pair.mask, lambda p: read_mask(p, self.colors)), self.lut)
         return image, mask
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:

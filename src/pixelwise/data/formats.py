@@ -4,7 +4,9 @@ Formats in this module:
 - ``camvid``: the SegNet layout, ``SPLIT/`` images beside ``SPLITannot/`` masks; 11 classes built in, 11 = void.
 - ``folders``: an images folder and a masks folder matched by file stem, either at the root (one pool,
   split by ``data.val_fraction``) or under each split folder (``train/images``, ``train/masks``, ...),
-  with an optional ``classes.yaml`` (or .yml/.json) at the root.
+  with an optional ``classes.yaml`` (or .yml/.json) at the root; colour-coded RGB masks with a table whose
+  ``color_masks`` is true.
+In ``public_formats``: ``voc``, ``cityscapes``, ``coco`` and ``list`` (CSV/text lists of image,mask pairs).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from pixelwise.config import DataConfig
+from pixelwise.data import public_formats
 from pixelwise.data.classes import ClassTable
 from pixelwise.data.dataset import IMAGE_SUFFIXES, Pair
 from pixelwise.errors import ConfigError, DataError, list_offenders
@@ -107,25 +110,51 @@ def _folders(root: Path, cfg: DataConfig) -> Layout:
             f"{root}: no image and mask folders found. Expected {names}, either directly in it or in split "
             "folders (train/images, train/masks, val/...). Name them with --set data.images=... data.masks=..."
         )
-    classes = None
-    if isinstance(cfg.classes, ClassTable):
-        classes = cfg.classes
-    elif isinstance(cfg.classes, Path):
-        path = cfg.classes if cfg.classes.is_absolute() or cfg.classes.exists() else root / cfg.classes
-        if not path.is_file():
-            raise ConfigError(f"data.classes: classes file not found: {cfg.classes}")
-        classes = ClassTable.from_file(path)
-    else:
+    classes = _class_file(root, cfg)
+    if classes is None:
         found = next((root / n for n in CLASS_FILES if (root / n).is_file()), None)
         classes = ClassTable.from_file(found) if found else None
     return Layout("folders", root, splits, classes, orphans)
 
 
+def _has_folders(root: Path) -> bool:
+    subs = [root] + [p for p in root.iterdir() if p.is_dir()]
+    return any(_find_dir(s, None, IMAGE_DIRS) and _find_dir(s, None, MASK_DIRS) for s in subs)
+
+
 def detect_format(root: Path) -> str:
+    """The layout of ``root``; an error when it matches none of the recognisable ones in a unique way."""
+    if root.is_file():
+        return "list"
     dirs = {p.name for p in root.iterdir() if p.is_dir()}
+    found = []
     if any(f"{d}annot" in dirs for d in dirs):
-        return "camvid"
-    return "folders"
+        found.append("camvid")
+    if public_formats.voc_root(root) is not None:
+        found.append("voc")
+    if {"leftImg8bit", "gtFine"} <= dirs:
+        found.append("cityscapes")
+    if public_formats.coco_files(root):
+        found.append("coco")
+    folders = _has_folders(root)
+    if not found and not folders and public_formats.list_files(root):
+        found.append("list")
+    if len(found) > 1:
+        raise DataError(f"{root}: looks like more than one dataset layout ({', '.join(found)}); say which with "
+                        "--format (data.format)")
+    return found[0] if found else "folders"
+
+
+def _class_file(root: Path, cfg: DataConfig) -> ClassTable | None:
+    """The table given in the config (inline or a file, relative to the working folder or the data root)."""
+    if isinstance(cfg.classes, ClassTable):
+        return cfg.classes
+    if isinstance(cfg.classes, Path):
+        path = cfg.classes if cfg.classes.is_absolute() or cfg.classes.exists() else root / cfg.classes
+        if not path.is_file():
+            raise ConfigError(f"data.classes: classes file not found: {cfg.classes}")
+        return ClassTable.from_file(path)
+    return None
 
 
 def discover(cfg: DataConfig, root: Path | None = None) -> Layout:
@@ -134,12 +163,24 @@ def discover(cfg: DataConfig, root: Path | None = None) -> Layout:
     if root is None:
         raise ConfigError("no dataset given: pass --data DIR or set data.root in the config")
     root = Path(root).expanduser()
-    if not root.is_dir():
+    if not root.exists():
         raise DataError(f"{root}: dataset folder not found")
     fmt = detect_format(root) if cfg.format == "auto" else cfg.format
-    layout = _camvid(root) if fmt == "camvid" else _folders(root, cfg)
-    if fmt == "camvid" and cfg.classes is not None:
-        layout.classes = cfg.classes if isinstance(cfg.classes, ClassTable) else ClassTable.from_file(cfg.classes)
+    if root.is_file() and fmt != "list":
+        raise DataError(f"{root}: is a file; the {fmt} format reads a folder (a file is read as a list of pairs)")
+    if fmt == "camvid":
+        layout = _camvid(root)
+    elif fmt == "folders":
+        layout = _folders(root, cfg)
+    else:
+        reader = {"voc": public_formats.read_voc, "cityscapes": public_formats.read_cityscapes,
+                  "coco": public_formats.read_coco, "list": public_formats.read_lists}[fmt]
+        splits, table, orphans = reader(root)
+        layout = Layout(fmt, root, splits, table, orphans)
+        if not splits:
+            raise DataError(f"{root}: no images found in the {fmt} layout")
+    if fmt != "folders" and cfg.classes is not None:  # the config's table replaces the layout's own
+        layout.classes = _class_file(root if root.is_dir() else root.parent, cfg)
     empty = [name for name, pairs in layout.splits.items() if not pairs]
     if empty:
         suffixes = ", ".join(sorted(IMAGE_SUFFIXES))

@@ -117,9 +117,35 @@ def read_image_oriented(path: Path, channels: int) -> tuple[np.ndarray, int]:
     return np.ascontiguousarray(arr), orientation
 
 
-def read_mask(path: Path) -> np.ndarray:
-    """Decode a mask to its raw values, HxW uint8 or uint16 (palette PNGs give palette indices)."""
+ColorCodes = tuple[np.ndarray, np.ndarray]  # sorted packed RGB colours, and the raw value of each
+
+
+def decode_colors(rgb: np.ndarray, codes: ColorCodes, path: Path) -> np.ndarray:
+    """An RGB mask painted in known colours -> raw values (uint16); unknown colours are named in the error."""
+    packed = (rgb[:, :, 0].astype(np.int64) << 16) | (rgb[:, :, 1].astype(np.int64) << 8) | rgb[:, :, 2]
+    colours, values = codes
+    index = np.searchsorted(colours, packed).clip(0, max(len(colours) - 1, 0))
+    known = colours[index] == packed if len(colours) else np.zeros(packed.shape, bool)
+    if not known.all():
+        bad, counts = np.unique(packed[~known], return_counts=True)
+        top = bad[np.argsort(-counts)][:6]
+        named = ", ".join(f"({c >> 16}, {(c >> 8) & 255}, {c & 255})" for c in top.tolist())
+        raise DataError(f"{path}: {int((~known).sum())} pixels in colours not in the class table: {named}"
+                        f"{' ...' if len(bad) > 6 else ''}; add them to data.classes colors (or void_colors)")
+    return values[index]
+
+
+def read_mask(path: Path, colors: ColorCodes | None = None) -> np.ndarray:
+    """Decode a mask to its raw values, HxW uint8 or uint16 (palette PNGs give palette indices).
+
+    ``colors``: the class table's colour codes when the masks are painted in class colours (RGB).
+    """
     im = upright(_open(path, "mask"))
+    if colors is not None:
+        if im.mode not in ("RGB", "RGBA", "P"):
+            raise DataError(f"{path}: mask has mode {im.mode}; with color_masks the masks must be RGB images "
+                            "painted in the class colours")
+        return decode_colors(np.asarray(im.convert("RGB")), colors, path)
     if im.mode in ("P", "L", "1"):
         return np.asarray(im.convert("L") if im.mode == "1" else im).astype(np.uint8, copy=False)
     if im.mode in ("RGB", "RGBA"):
@@ -128,7 +154,8 @@ def read_mask(path: Path) -> np.ndarray:
             return np.ascontiguousarray(arr[:, :, 0])
         raise DataError(
             f"{path}: mask is an RGB colour image; pixelwise expects one channel of class indices. "
-            "Convert the colours to indices (one value per class) or save the mask as a palette PNG."
+            "If the colours stand for classes, give their table: data.classes with names, colors and "
+            "color_masks: true (see README, Data). Otherwise convert the colours to indices or save palette PNGs."
         )
     arr = np.asarray(im)
     if arr.dtype.kind == "f":
