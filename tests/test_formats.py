@@ -177,3 +177,72 @@ def test_ambiguous_layouts_ask_for_a_format(tmp_path):
     (tmp_path / "SegmentationClass").mkdir()
     with pytest.raises(DataError, match="more than one dataset layout .*--format"):
         discover(DataConfig(root=tmp_path))
+
+
+# --- pixelwise check ----------------------------------------------------------------------------------------
+
+def _check(args: list[str]):
+    from typer.testing import CliRunner
+
+    from pixelwise.cli import app
+
+    return CliRunner().invoke(app, ["check", *args])
+
+
+def test_check_lists_every_problem_with_its_file_and_exits_1(tmp_path):
+    from conftest import write_pair
+
+    for i in range(3):
+        write_pair(tmp_path / "train", f"ok{i}", np.asarray(image()), np.full((24, 32), i % 2, np.uint8))
+    write_pair(tmp_path / "val", "ok0", np.asarray(image()), np.zeros((24, 32), np.uint8))
+    same = np.asarray(Image.open(tmp_path / "train" / "images" / "ok1.png"))
+    write_pair(tmp_path / "val", "copy", same, np.ones((24, 32), np.uint8))  # leaks train into val
+    write_pair(tmp_path / "train", "small_mask", np.asarray(image()), np.zeros((12, 32), np.uint8))
+    write_pair(tmp_path / "train", "value9", np.asarray(image()), np.full((24, 32), 9, np.uint8))
+    (tmp_path / "train" / "images" / "broken.png").write_bytes(b"not a png")
+    Image.fromarray(np.zeros((24, 32), np.uint8)).save(tmp_path / "train" / "masks" / "broken.png")
+    image().save(tmp_path / "train" / "images" / "unlabelled.png")
+    Image.fromarray(np.zeros((24, 32), np.uint8)).save(tmp_path / "train" / "masks" / "lonely.png")
+    (tmp_path / "classes.yaml").write_text("names: [bg, fg]\n")
+
+    result = _check([str(tmp_path), "--json"])
+    assert result.exit_code == 1
+    report = json.loads(result.stdout)
+    errors, warnings = "\n".join(report["errors"]), "\n".join(report["warnings"])
+    assert "small_mask.png: mask is 32x12 but its image is 32x24" in errors
+    assert "value9.png: values 9 not in the class table" in errors
+    assert "broken.png: cannot be read as an image" in errors
+    assert "unlabelled.png: no mask found for this image" in errors
+    assert "lonely.png" in warnings and "masks without an image" in warnings
+    assert "identical pixels (across splits train and val)" in warnings and "copy.png" in warnings
+    fp = report["fingerprint"]
+    assert fp["splits"] == {"train": 7, "val": 2} and fp["pairs_readable"] == 5 and fp["channels"] == 3
+    assert fp["image_size"]["most_common"][0] == {"size": [24, 32], "images": 5}
+    assert [c["name"] for c in fp["classes"]] == ["bg", "fg"]
+    # human output: the same problems, and the exit code
+    text = _check([str(tmp_path)])
+    flat = text.output.replace("\n", "")  # rich wraps long paths
+    assert text.exit_code == 1 and "value9.png: values 9" in flat and "cannot be trained on" in flat
+
+
+def test_check_fingerprint_of_a_clean_dataset(tmp_path):
+    from conftest import write_pair
+
+    for i in range(4):
+        mask = np.zeros((24, 32), np.uint8)
+        mask[: 6 * (i + 1)] = 255 if i % 2 else 0  # 255 = void in half the images
+        mask[:, :8] = 1
+        write_pair(tmp_path, f"g{i}", np.full((24, 32), 100 + 20 * i, np.uint8), mask)
+    (tmp_path / "classes.yaml").write_text("names: [bg, fg, never]\nignore_index: 255\n")
+    result = _check([str(tmp_path), "--json", "--set", "data.crop_size=16"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    fp = report["fingerprint"]
+    assert fp["channels"] == 1 and fp["files"] == {"grayscale": 4, "colour": 0}
+    assert fp["intensity"]["mean"] == [130.0] and fp["intensity"]["std"] == [pytest.approx(22.36, abs=0.01)]
+    void = 12 * 24 + 24 * 24  # images 1 and 3: rows 0-11 and 0-23, less the 8 fg columns painted over them
+    assert fp["void_share"] == pytest.approx(void / (4 * 24 * 32))
+    fg = fp["classes"][1]
+    assert fg["pixels"] == 4 * 24 * 8 and fg["image_share"] == 1.0
+    assert "classes with no pixel in any mask: never" in "\n".join(report["warnings"])
+    assert "validation" in fp  # no val split: the held-out share is said

@@ -82,6 +82,30 @@ def train(
         out.print_json(json.dumps(summary))
 
 
+@app.command()
+def check(
+    root: Path = typer.Argument(..., help="Dataset folder (or list file), or a YAML config (its data section)."),
+    fmt: str | None = typer.Option(None, "--format", help="Dataset layout (data.format; default: detected)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a config key, e.g. --set data.crop_size=256."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON (for scripts)."),
+) -> None:
+    """Validate every image/mask pair and print the dataset's fingerprint; exit 1 if it cannot be trained on."""
+    from pixelwise.config import load_config
+    from pixelwise.data.fingerprint import fingerprint
+    from pixelwise.report.tables import fingerprint_view
+
+    is_config = root.suffix.lower() in (".yaml", ".yml")
+    values = {k: v for k, v in {"data.root": None if is_config else str(root), "data.format": fmt}.items() if v}
+    cfg = load_config(root if is_config else None, set_, values)
+    result = fingerprint(cfg.data)
+    if as_json:
+        out.print_json(json.dumps(result))
+    else:
+        fingerprint_view(result, out)
+    if result["errors"]:
+        raise SystemExit(1)
+
+
 @app.command("lr-find")
 def lr_find_(
     config: Path | None = typer.Argument(None, help="YAML config file (the run you are about to train)."),

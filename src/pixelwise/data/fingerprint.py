@@ -1,0 +1,124 @@
+"""`pixelwise check`: every pair validated, problems listed by file, and the dataset's fingerprint.
+
+The fingerprint (as nnU-Net's, for ordinary 2D images) is what the automatic configuration in ``plan`` decides
+from: images per split, image sizes, channels and intensity statistics, class pixel frequencies, the share of
+images each class appears in, and the void share. Problems that make training impossible (unreadable files,
+masks of another size, unknown values, images without masks, no data) are errors; duplicates, masks without
+images, classes missing from a split and images smaller than the crop are warnings.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import numpy as np
+
+from pixelwise.config import DataConfig
+from pixelwise.data.checks import Scan, class_pixels_per_image, scan_pairs
+from pixelwise.data.dataset import set_max_pixels
+from pixelwise.data.formats import discover
+from pixelwise.errors import DataError, list_offenders
+
+
+def _size_stats(sizes: list[tuple[int, int]]) -> dict[str, Any]:
+    hs, ws = np.array([s[0] for s in sizes]), np.array([s[1] for s in sizes])
+    common = Counter(sizes).most_common(5)
+    return {"height": {"min": int(hs.min()), "median": float(np.median(hs)), "max": int(hs.max())},
+            "width": {"min": int(ws.min()), "median": float(np.median(ws)), "max": int(ws.max())},
+            "distinct": len(set(sizes)), "most_common": [{"size": [h, w], "images": n} for (h, w), n in common],
+            "megapixels_total": float((hs * ws).sum() / 1e6)}
+
+
+def _duplicates(scan: Scan, split_of: dict[str, str]) -> list[str]:
+    """Images whose pixels are identical; across train and val they inflate the validation score."""
+    groups: dict[str, list[str]] = {}
+    for info in scan.infos:
+        if info.digest is not None:
+            groups.setdefault(info.digest, []).append(str(info.pair.image))
+    out = []
+    for paths in groups.values():
+        if len(paths) > 1:
+            splits = sorted({split_of[p] for p in paths})
+            where = f"across splits {' and '.join(splits)}" if len(splits) > 1 else f"in '{splits[0]}'"
+            out.append(f"{', '.join(paths[:4])}{' ...' if len(paths) > 4 else ''}: identical pixels ({where})")
+    return out
+
+
+def fingerprint(cfg: DataConfig) -> dict[str, Any]:
+    """Scan the dataset ``cfg`` describes: {errors, warnings, notes, fingerprint}.
+
+    Errors and warnings are lines naming files; notes say what was assumed (an inferred class table, say). The
+    fingerprint is JSON-serialisable; with errors it describes the pairs that could be read.
+    """
+    set_max_pixels(cfg.max_image_pixels)
+    layout = discover(cfg)
+    pairs = [p for split in layout.splits.values() for p in split]
+    split_of = {str(p.image): name for name, split in layout.splits.items() for p in split}
+    scan = scan_pairs(pairs, layout.classes, cfg.channels, label="Checking", fingerprint=True)
+    errors = list(scan.problems)
+    warnings: list[str] = []
+    if layout.orphan_masks:
+        warnings.append(list_offenders("masks without an image (ignored)", [str(m) for m in layout.orphan_masks]))
+    dups = _duplicates(scan, split_of)
+    if dups:
+        warnings.append(list_offenders("duplicate images", dups))
+    good = [i for i in scan.infos if not i.error]
+    fp: dict[str, Any] = {
+        "root": str(layout.root), "format": layout.format,
+        "splits": {name: len(split) for name, split in layout.splits.items()},
+        "pairs_readable": len(good), "pairs_with_problems": len(scan.infos) - len(good),
+        "channels": scan.channels,
+    }
+    has_val = cfg.val_split is not None and cfg.val_split in layout.splits
+    if not has_val and cfg.val_split is not None:
+        fp["validation"] = f"no '{cfg.val_split}' split: {cfg.val_fraction:.0%} of '{cfg.train_split}' held out"
+    if not good:
+        errors.append("no image/mask pair could be read")
+        return {"errors": errors, "warnings": warnings, "notes": scan.notes, "fingerprint": fp}
+    sizes = [i.size for i in good]
+    fp["image_size"] = _size_stats(sizes)
+    small = [str(i.pair.image) for i in good if i.size[0] < cfg.crop_size[0] or i.size[1] < cfg.crop_size[1]]
+    if small:
+        warnings.append(list_offenders(f"images smaller than the training crop {cfg.crop_size[0]}x{cfg.crop_size[1]} "
+                                       "(padded with void when cropped; consider a smaller data.crop_size)", small))
+    file_channels = Counter(i.file_channels for i in good)
+    fp["files"] = {"grayscale": file_channels.get(1, 0), "colour": file_channels.get(3, 0)}
+    if file_channels.get(1) and file_channels.get(3):
+        warnings.append(f"{file_channels[1]} grayscale and {file_channels[3]} colour images: grayscale ones are "
+                        "replicated to 3 channels")
+    weights = np.array([i.size[0] * i.size[1] for i in good], dtype=np.float64)
+    moments = np.stack([i.moments for i in good])  # (N, 2, C)
+    mean = (moments[:, 0] * weights[:, None]).sum(0) / weights.sum()
+    sq = (moments[:, 1] * weights[:, None]).sum(0) / weights.sum()
+    fp["intensity"] = {"mean": [round(float(m), 2) for m in mean],
+                       "std": [round(float(s), 2) for s in np.sqrt(np.maximum(sq - mean**2, 0))],
+                       "scale": "0-255 per channel"}
+    if scan.table is not None:
+        per_image, void = class_pixels_per_image(scan)
+        counts = np.sum(list(per_image.values()), axis=0)
+        present = np.sum([c > 0 for c in per_image.values()], axis=0)
+        labelled = max(int(counts.sum()), 1)
+        fp["classes"] = [{"name": name, "pixels": int(counts[k]), "pixel_share": counts[k] / labelled,
+                          "image_share": float(present[k]) / len(per_image)}
+                         for k, name in enumerate(scan.table.names)]
+        fp["void_share"] = void / max(labelled + void, 1)
+        nonzero = counts[counts > 0]
+        fp["imbalance"] = float(nonzero.max() / nonzero.min()) if nonzero.size else None
+        fp["class_table"] = scan.table.model_dump(exclude_defaults=True)
+        missing = [name for k, name in enumerate(scan.table.names) if counts[k] == 0]
+        if missing:
+            warnings.append(f"classes with no pixel in any mask: {', '.join(missing)} (nothing to learn them from)")
+        train_imgs = {str(p.image) for p in layout.splits.get(cfg.train_split, [])}
+        train_counts = sum((c for p, c in per_image.items() if p in train_imgs), np.zeros_like(counts))
+        absent = [name for k, name in enumerate(scan.table.names) if counts[k] > 0 and train_counts[k] == 0]
+        if absent and train_imgs:
+            warnings.append(f"classes in other splits but not in '{cfg.train_split}': {', '.join(absent)}")
+    return {"errors": errors, "warnings": warnings, "notes": scan.notes, "fingerprint": fp}
+
+
+def require_trainable(result: dict[str, Any]) -> None:
+    """Raise the errors of a ``fingerprint`` result as one DataError (for callers that go on to train)."""
+    if result["errors"]:
+        raise DataError(list_offenders("the dataset has problems that must be fixed before training",
+                                       result["errors"]))
