@@ -90,3 +90,9 @@ def test_resolved_config_round_trips(tmp_path: Path):
     path.write_text(cfg.to_yaml())
     again = load_config(path)
     assert again == cfg
+
+
+def test_amp_off_survives_yaml_reading_it_as_false(tmp_path):
+    assert load_config(None, ["train.amp=off"]).train.amp == "off"
+    (tmp_path / "c.yaml").write_text("train:\n  amp: off\n")
+    assert load_config(tmp_path / "c.yaml").train.amp == "off"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from pixelwise.atomic import atomic_write_text
 from pixelwise.errors import PixelwiseError
 
 app = typer.Typer(
@@ -56,10 +58,30 @@ def train(
     overwrite: bool = typer.Option(False, help="Replace an existing run directory."),
     tensorboard: bool = typer.Option(True, help="Write TensorBoard event files (train.tensorboard)."),
     report: bool = typer.Option(True, help="Write report.html after training (train.report)."),
+    auto: bool = typer.Option(False, help="Configure from the data and this machine (`pixelwise plan`); the "
+                                          "plan, with a reason per choice, is saved as RUN/plan.yaml."),
+    budget: str | None = typer.Option(None, help="Time budget for --auto (default 30m); same as --time-budget."),
 ) -> None:
     """Train a model; writes config.yaml, best.safetensors, last.ckpt, metrics.csv, summary.json, report.html."""
     from pixelwise.config import load_config
     from pixelwise.engine.trainer import Trainer
+
+    if budget is not None:
+        time_budget = time_budget or budget
+    plan_yaml = None
+    if auto:
+        if config is not None or resume is not None:
+            raise PixelwiseError("--auto writes its own config from the data: give --data DIR (and --set "
+                                 "overrides), not a config file or --resume")
+        if data is None:
+            raise PixelwiseError("--auto needs the dataset: --data DIR")
+        from pixelwise.plan import plan_dataset
+
+        plan = plan_dataset(data, fmt, time_budget or "30m", "auto", name=name)
+        plan_yaml = plan.to_yaml()
+        err.print(plan_yaml)
+        config = Path(tempfile.mkdtemp(prefix="pixelwise-plan-")) / "plan.yaml"
+        config.write_text(plan_yaml)
 
     shortcuts: dict[str, Any] = {
         "data.root": data, "data.format": fmt, "model.arch": model, "model.encoder": encoder,
@@ -77,7 +99,10 @@ def train(
     else:
         cfg = load_config(config, set_, values)
         run_dir = out_dir or Path("runs") / cfg.name
-    summary = Trainer(cfg, run_dir, resume=resume is not None, overwrite=overwrite).fit()
+    trainer = Trainer(cfg, run_dir, resume=resume is not None, overwrite=overwrite)
+    if plan_yaml is not None and launched_rank() == 0:
+        atomic_write_text(run_dir / "plan.yaml", plan_yaml)
+    summary = trainer.fit()
     if launched_rank() == 0:  # under torchrun the summary is printed once
         out.print_json(json.dumps(summary))
 
@@ -104,6 +129,28 @@ def check(
         fingerprint_view(result, out)
     if result["errors"]:
         raise SystemExit(1)
+
+
+@app.command()
+def plan(
+    root: Path = typer.Argument(..., help="Dataset folder (or list file)."),
+    fmt: str | None = typer.Option(None, "--format", help="Dataset layout (data.format; default: detected)."),
+    budget: str = typer.Option("30m", help="Training time to plan for (e.g. 10m, 2h)."),
+    out_file: Path | None = typer.Option(None, "--out", help="Write the config here (YAML, a reason per choice)."),
+    device: str = typer.Option("auto", help="Plan for cpu, cuda or auto (this machine's)."),
+    measure: bool = typer.Option(True, help="Time a few training steps to fit crops and epochs to the budget."),
+) -> None:
+    """Choose a config from the dataset's fingerprint and this machine, each choice with its reason."""
+    from pixelwise.plan import plan_dataset
+
+    result = plan_dataset(root, fmt, budget, device, measure)
+    text = result.to_yaml()
+    out.print(text, markup=False, highlight=False, soft_wrap=True)
+    if out_file is not None:
+        if out_file.exists():
+            raise PixelwiseError(f"{out_file} exists; choose another --out (nothing the user had is overwritten)")
+        atomic_write_text(out_file, text)
+        err.print(f"config written to {out_file}; train with: pixelwise train {out_file}")
 
 
 @app.command("lr-find")
@@ -144,7 +191,6 @@ def eval_(
     report: bool = typer.Option(True, help="Also write RUN/report.html (report_SPLIT.html for other splits)."),
 ) -> None:
     """Evaluate a run on a split: per-class table, JSON with mIoU, accuracy, precision, recall, F1, and the report."""
-    from pixelwise.engine.checkpoint import atomic_write_text
     from pixelwise.engine.evaluate import evaluate_run
     from pixelwise.report.build import report_run
     from pixelwise.report.tables import metrics_table
@@ -278,7 +324,6 @@ def bench(
     """Latency (batch 1) and throughput of PyTorch fp32/bf16 and ONNX Runtime fp32/int8 on the run's val images."""
     from rich.table import Table
 
-    from pixelwise.atomic import atomic_write_text
     from pixelwise.export.bench import bench_run
 
     rows = bench_run(run, images, batch_size, device=device)

@@ -196,6 +196,12 @@ class TrainConfig(Strict):
     tensorboard: bool = True  # RUN/tensorboard event files: scalars per epoch and a few val predictions
     report: bool = True  # RUN/report.html after training (best weights evaluated on the val split)
 
+    @field_validator("amp", mode="before")
+    @classmethod
+    def _amp_off(cls, v: Any) -> Any:
+        # YAML reads a bare `off` (amp: off, --set train.amp=off) as false
+        return "off" if v is False else v
+
     @field_validator("time_budget", mode="before")
     @classmethod
     def _duration(cls, v: Any) -> Any:

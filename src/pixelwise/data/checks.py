@@ -30,6 +30,7 @@ class PairInfo:
     file_channels: int = 0  # 1: the file is grayscale, 3: colour
     moments: np.ndarray | None = None  # (2, C): per-channel mean and mean of squares of the decoded image (0-255)
     digest: str | None = None  # hash of the image's pixels (with ``fingerprint``)
+    row_sums: np.ndarray | None = None  # per value in ``values``: sum of its pixels' relative rows (0 top, 1 bottom)
 
 
 @dataclass
@@ -95,8 +96,14 @@ def _scan_one(pair: Pair, channels: int, cache: DecodedCache | None, colors: Col
         counts = np.bincount(mask.ravel(), minlength=256)
         info.values = np.flatnonzero(counts)
         info.counts = counts[info.values]
+        index, slots = mask, 256
     else:
-        info.values, info.counts = np.unique(mask, return_counts=True)
+        info.values, inverse, info.counts = np.unique(mask, return_inverse=True, return_counts=True)
+        index, slots = inverse.reshape(mask.shape), len(info.values)
+    if fingerprint:  # where each value lies vertically: street scenes have sky above road, micrographs nothing
+        rows = np.broadcast_to((np.arange(mask.shape[0]) / max(mask.shape[0] - 1, 1))[:, None], mask.shape)
+        sums = np.bincount(index.ravel(), weights=rows.ravel(), minlength=slots)
+        info.row_sums = sums[info.values] if mask.dtype == np.uint8 else sums
     if cache is not None:
         cache.put(pair.image, image)
         cache.put(pair.mask, mask)

@@ -45,6 +45,23 @@ def _duplicates(scan: Scan, split_of: dict[str, str]) -> list[str]:
     return out
 
 
+def mean_rows(scan: Scan) -> np.ndarray:
+    """Each class's mean relative row over all its pixels (0 = top of the image, 1 = bottom)."""
+    assert scan.table is not None
+    lut = scan.table.lut()
+    sums = np.zeros(scan.table.num_classes)
+    counts = np.zeros(scan.table.num_classes)
+    for info in scan.infos:
+        if info.error or info.row_sums is None:
+            continue
+        classes = lut[info.values]
+        keep = classes >= 0
+        keep &= classes != 255
+        np.add.at(sums, classes[keep], info.row_sums[keep])
+        np.add.at(counts, classes[keep], info.counts[keep])
+    return sums / np.maximum(counts, 1)
+
+
 def fingerprint(cfg: DataConfig) -> dict[str, Any]:
     """Scan the dataset ``cfg`` describes: {errors, warnings, notes, fingerprint}.
 
@@ -99,9 +116,14 @@ def fingerprint(cfg: DataConfig) -> dict[str, Any]:
         counts = np.sum(list(per_image.values()), axis=0)
         present = np.sum([c > 0 for c in per_image.values()], axis=0)
         labelled = max(int(counts.sum()), 1)
+        rows = mean_rows(scan)
         fp["classes"] = [{"name": name, "pixels": int(counts[k]), "pixel_share": counts[k] / labelled,
-                          "image_share": float(present[k]) / len(per_image)}
+                          "image_share": float(present[k]) / len(per_image),
+                          "mean_row": None if counts[k] == 0 else round(float(rows[k]), 3)}
                          for k, name in enumerate(scan.table.names)]
+        common = [rows[k] for k in range(len(counts)) if counts[k] / labelled >= 0.01]
+        # spread of the classes' mean heights: ~0 for micrographs and aerial tiles, large for street scenes
+        fp["vertical_layout"] = round(float(max(common) - min(common)), 3) if common else 0.0
         fp["void_share"] = void / max(labelled + void, 1)
         nonzero = counts[counts > 0]
         fp["imbalance"] = float(nonzero.max() / nonzero.min()) if nonzero.size else None

