@@ -143,12 +143,12 @@ def plan(
     """Choose a config from the dataset's fingerprint and this machine, each choice with its reason."""
     from pixelwise.plan import plan_dataset
 
+    if out_file is not None and out_file.exists():
+        raise PixelwiseError(f"{out_file} exists; choose another --out (nothing the user had is overwritten)")
     result = plan_dataset(root, fmt, budget, device, measure)
     text = result.to_yaml()
     out.print(text, markup=False, highlight=False, soft_wrap=True)
     if out_file is not None:
-        if out_file.exists():
-            raise PixelwiseError(f"{out_file} exists; choose another --out (nothing the user had is overwritten)")
         atomic_write_text(out_file, text)
         err.print(f"config written to {out_file}; train with: pixelwise train {out_file}")
 

@@ -1,0 +1,107 @@
+"""Automatic configuration: each rule on hand-made fingerprints, the YAML round trip, and plan / train --auto."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import shared_or_skip
+
+from pixelwise.config import load_config
+from pixelwise.plan import Machine, make_plan, rule_augment, rule_crop, rule_data, rule_loss, rule_schedule
+
+CPU = Machine("cpu", 2, 24.0, True)
+GPU = Machine("cuda", 16, 128.0, True, "H100", 80.0)
+
+
+def fingerprint(channels=3, size=(360, 480), layout=0.6, classes=11, train=367, val=101, binary_share=None):
+    fp = {"root": "/data/set", "format": "folders", "splits": {"train": train, "val": val},
+          "pairs_readable": train + val, "channels": channels,
+          "image_size": {"height": {"median": size[0]}, "width": {"median": size[1]}},
+          "vertical_layout": layout, "imbalance": 40.0,
+          "classes": [{"name": f"c{k}", "pixel_share": 1 / classes, "mean_row": k / classes} for k in range(classes)]}
+    if binary_share is not None:  # an inferred binary table: value 0 -> class 0, 255 -> class 1
+        fp["classes"] = [{"name": "value_0", "pixel_share": 1 - binary_share, "mean_row": 0.5},
+                         {"name": "value_255", "pixel_share": binary_share, "mean_row": 0.5}]
+        fp["class_table"] = {"names": ["value_0", "value_255"], "mapping": {0: 0, 255: 1}}
+    return fp
+
+
+def test_crops_follow_the_median_image_and_the_device():
+    assert rule_crop(fingerprint(size=(360, 480)), CPU).value == [320, 320]
+    assert rule_crop(fingerprint(size=(360, 480)), GPU).value == [352, 480]
+    assert rule_crop(fingerprint(size=(100, 90)), CPU).value == [96, 64]  # multiples of 32 within the image
+
+
+def test_augmentation_follows_the_vertical_layout_and_channels():
+    street = rule_augment(fingerprint(layout=0.66))
+    micro = rule_augment(fingerprint(channels=1, layout=0.0))
+    assert street.value == "default" and "c0 above c10" in street.reason
+    assert micro.value == "strong" and "no colour jitter" in micro.reason
+
+
+def test_binary_masks_make_the_rarer_value_the_foreground():
+    swapped = {d.key: d.value for d in rule_data(fingerprint(classes=2, binary_share=0.78))}
+    assert swapped["data.classes"] == {"names": ["value_255", "value_0"], "mapping": {255: 0, 0: 1}}
+    kept = {d.key: d.value for d in rule_data(fingerprint(classes=2, binary_share=0.3))}
+    assert "data.classes" not in kept  # already the rarer value as class 1: the inferred table stands
+    assert rule_loss(fingerprint(classes=2, binary_share=0.3)).value == {"ce": 1.0, "dice": 1.0}
+    assert rule_loss(fingerprint(classes=11)).value == {"dice": 1.0}
+
+
+def test_epochs_and_evaluation_fit_the_budget():
+    decisions = {d.key: d.value for d in rule_schedule(fingerprint(), 600, 4.0, [320, 320], 8)}
+    assert decisions["train.time_budget"] == "10m"
+    assert decisions["train.epochs"] == 7  # 600 s x 4 img/s = 2400 images = 6.5 epochs of 367
+    assert decisions["train.eval_every"] == 2  # 101 whole frames ~ 42 s of forward passes against 92 s epochs
+
+
+@pytest.mark.parametrize("pretrained", [True, False])
+def test_plan_yaml_has_a_reason_per_choice_and_loads_as_a_config(tmp_path, pretrained):
+    plan = make_plan(fingerprint(channels=1, size=(512, 512), layout=0.0, classes=2, train=30, val=0,
+                                 binary_share=0.78) | {"validation": "held out"}, "10m", CPU, measure=False,
+                     pretrained=pretrained)
+    text = plan.to_yaml()
+    leaves = [line for line in text.splitlines() if not line.startswith("#") and not line.endswith(":")]
+    assert leaves and all("  # " in line for line in leaves), text
+    (tmp_path / "plan.yaml").write_text(text)
+    cfg = load_config(tmp_path / "plan.yaml")
+    assert cfg.augment.preset == "strong" and cfg.train.batch_size == 4 and cfg.train.time_budget == "10m"
+    assert cfg.model.encoder == ("tu-tf_efficientnet_lite0" if pretrained else "resnet18")
+    assert cfg.data.classes.mapping == {255: 0, 0: 1}
+    assert yaml.safe_load(text)["loss"] == {"ce": 1.0, "dice": 1.0}
+
+
+def test_plan_command_measures_and_train_auto_runs_it(synthetic_data, tmp_path):
+    from typer.testing import CliRunner
+
+    from pixelwise.cli import app
+
+    out = tmp_path / "plan.yaml"
+    result = CliRunner().invoke(app, ["plan", str(synthetic_data), "--budget", "2m", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "train img/s" in out.read_text() and load_config(out).data.crop_size == (64, 64)
+    again = CliRunner().invoke(app, ["plan", str(synthetic_data), "--out", str(out), "--no-measure"])
+    assert again.exit_code != 0 and "exists" in str(again.exception)  # never overwrites
+    run = tmp_path / "run"
+    trained = CliRunner().invoke(app, ["train", "--data", str(synthetic_data), "--auto", "--budget", "20s",
+                                       "--out", str(run), "--no-report", "--no-tensorboard",
+                                       "--set", "train.max_steps=3", "--set", "data.num_workers=0"])
+    assert trained.exit_code == 0, trained.output
+    assert (run / "plan.yaml").is_file() and (run / "best.safetensors").is_file()
+    assert json.loads((run / "summary.json").read_text())["steps"] == 3
+    assert load_config(run / "config.yaml").train.time_budget == "20s"
+
+
+@pytest.mark.slow
+def test_plans_for_the_real_datasets():
+    from pixelwise.config import DataConfig
+    from pixelwise.data.fingerprint import fingerprint as scan
+
+    for name, preset in (("membrane", "strong"), ("camvid", "default")):
+        fp = scan(DataConfig(root=shared_or_skip(name)))["fingerprint"]
+        plan = make_plan(fp, "10m", CPU, measure=False)
+        assert plan.config().augment.preset == preset
+        assert Path(plan.config().data.root).name == name
