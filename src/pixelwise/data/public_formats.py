@@ -23,6 +23,7 @@ from pixelwise.atomic import atomic_write
 from pixelwise.data.classes import IGNORE, ClassTable
 from pixelwise.data.io import IMAGE_SUFFIXES, Pair
 from pixelwise.errors import DataError, list_offenders
+from pixelwise.progress import track
 
 Splits = dict[str, list[Pair]]
 
@@ -254,11 +255,11 @@ def read_coco(root: Path) -> tuple[Splits, ClassTable, list[Path]]:
         for image in sorted(data["images"], key=lambda im: im["id"]):
             name = str(image["file_name"])
             found = next((d / name for d in dirs if (d / name).is_file()), dirs[0] / name)
-            mask_path = out_dir / f"{image['id']}.png"
-            if not mask_path.is_file():
-                mask = rasterize(image, by_image.get(image["id"], []), class_of)
-                atomic_write(mask_path, lambda tmp, m=mask: Image.fromarray(m).save(tmp, format="PNG"))
-            pairs.append(Pair(found, mask_path))
+            pairs.append(Pair(found, out_dir / f"{image['id']}.png"))
+        todo = [im for im in data["images"] if not (out_dir / f"{im['id']}.png").is_file()]
+        for image in track(todo, total=len(todo), label=f"Rasterising COCO {split}") if todo else []:
+            mask = rasterize(image, by_image.get(image["id"], []), class_of)
+            atomic_write(out_dir / f"{image['id']}.png", lambda tmp, m=mask: Image.fromarray(m).save(tmp, format="PNG"))
         splits[split] = pairs
     assert table is not None
     return splits, table, []
