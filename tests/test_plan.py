@@ -47,7 +47,9 @@ def test_binary_masks_make_the_rarer_value_the_foreground():
     assert swapped["data.classes"] == {"names": ["value_255", "value_0"], "mapping": {255: 0, 0: 1}}
     kept = {d.key: d.value for d in rule_data(fingerprint(classes=2, binary_share=0.3))}
     assert "data.classes" not in kept  # already the rarer value as class 1: the inferred table stands
-    assert rule_loss(fingerprint(classes=2, binary_share=0.3)).value == {"ce": 1.0, "dice": 1.0}
+    assert rule_loss(fingerprint(classes=2, binary_share=0.3) | {"imbalance": 2.3}).value == {"ce": 1.0, "dice": 1.0}
+    rare = rule_loss(fingerprint(classes=2, binary_share=0.03) | {"imbalance": 32.0})
+    assert rare.value["class_weights"] == "auto" and "32x imbalanced" in rare.reason
     assert rule_loss(fingerprint(classes=11)).value == {"dice": 1.0}
 
 
@@ -61,8 +63,8 @@ def test_epochs_and_evaluation_fit_the_budget():
 @pytest.mark.parametrize("pretrained", [True, False])
 def test_plan_yaml_has_a_reason_per_choice_and_loads_as_a_config(tmp_path, pretrained):
     plan = make_plan(fingerprint(channels=1, size=(512, 512), layout=0.0, classes=2, train=30, val=0,
-                                 binary_share=0.78) | {"validation": "held out"}, "10m", CPU, measure=False,
-                     pretrained=pretrained)
+                                 binary_share=0.78) | {"validation": "held out", "imbalance": 3.6}, "10m", CPU,
+                     measure=False, pretrained=pretrained)
     text = plan.to_yaml()
     leaves = [line for line in text.splitlines() if not line.startswith("#") and not line.endswith(":")]
     assert leaves and all("  # " in line for line in leaves), text
