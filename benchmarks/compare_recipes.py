@@ -8,7 +8,7 @@ wall seconds are reported beside it. 300 steps take about 8 minutes on a 2-core 
 
     python benchmarks/compare_recipes.py losses [--steps 300] [--only ce,dice] [--out runs/compare]
     python benchmarks/compare_recipes.py optimizers
-    python benchmarks/compare_recipes.py precision --steps 200
+    python benchmarks/compare_recipes.py precision --steps 200 [--set train.seed=1 --out runs/compare-seed1]
 
 Prints one JSON line per variant, then a markdown table. Needs ../shared/data/camvid.
 """
@@ -81,6 +81,8 @@ def main() -> None:
     parser.add_argument("--only", default=None, help="comma-separated variant names (names hold no commas)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "compare")
     parser.add_argument("--data", type=Path, default=None, help="CamVid root (default: the config's)")
+    parser.add_argument("--set", dest="extra", action="append", default=[],
+                        help="an override for every variant, e.g. --set train.seed=1 (repeatable)")
     args = parser.parse_args()
     camvid = args.data or (ROOT / "../shared/data/camvid")
     if not camvid.is_dir():
@@ -90,7 +92,7 @@ def main() -> None:
         variants = {k: v for k, v in variants.items() if k in args.only.split(",")}
     rows = []
     for name, overrides in variants.items():
-        row = run_variant(name, overrides, args.steps, args.out / args.group, args.data)
+        row = run_variant(name, overrides + args.extra, args.steps, args.out / args.group, args.data)
         print(json.dumps(row), flush=True)
         rows.append(row)
     print("\n| variant | val mIoU | pixel acc | wall s | img/s |\n|---|---|---|---|---|")
