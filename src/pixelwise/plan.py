@@ -251,7 +251,7 @@ def _budget_text(seconds: float) -> str:
 
 # --- measuring ---------------------------------------------------------------------------------------------------
 
-def measure_speed(cfg: Config, channels: int, classes: int, steps: int = 3) -> float:
+def measure_speed(cfg: Config, channels: int, classes: int, steps: int = 3, device: str | None = None) -> float:
     """Training images per second of ``cfg``'s model, loss and optimizer on random batches of its crop size."""
     import torch
 
@@ -260,7 +260,7 @@ def measure_speed(cfg: Config, channels: int, classes: int, steps: int = 3) -> f
     from pixelwise.models.factory import build_network
     from pixelwise.optim import create_optimizer
 
-    rt = resolve_runtime(cfg.train.device, cfg.train.amp, cfg.train.channels_last)
+    rt = resolve_runtime(device or cfg.train.device, cfg.train.amp, cfg.train.channels_last)
     net = build_network(cfg.model, channels, classes, pretrained=False).to(rt.device)
     if rt.channels_last:
         net = net.to(memory_format=torch.channels_last)
@@ -318,12 +318,12 @@ def make_plan(fp: dict[str, Any], budget: str, machine: Machine, measure: bool =
     while True:
         crop = rule_crop(fp, machine, cap)
         crop.reason += shrunk
-        batch = Plan([*base, crop, *fixed], machine, budget, fp).config().train.batch_size
+        cfg = Plan([*base, crop, *fixed], machine, budget, fp).config()
+        batch = cfg.train.batch_size
         if not measure:
             ips = 40.0 if machine.device == "cuda" else 4.0
             break
-        classes = len(fp.get("classes") or []) or 2
-        ips = measure_speed(Plan([*base, crop, *fixed], machine, budget, fp).config(), fp["channels"], classes)
+        ips = measure_speed(cfg, fp["channels"], len(fp.get("classes") or []) or 2, device=machine.device)
         measured[f"{crop.value[1]}x{crop.value[0]} crops"] = f"{ips:.1f} train img/s"
         steps = budget_s * ips / batch
         if machine.device == "cuda" or steps >= MIN_STEPS or max(crop.value) <= 192:
