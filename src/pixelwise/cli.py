@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +67,7 @@ def train(
 
     if budget is not None:
         time_budget = time_budget or budget
-    plan_yaml = None
+    auto_plan = None
     if auto:
         if config is not None or resume is not None:
             raise PixelwiseError("--auto writes its own config from the data: give --data DIR (and --set "
@@ -77,11 +76,8 @@ def train(
             raise PixelwiseError("--auto needs the dataset: --data DIR")
         from pixelwise.plan import plan_dataset
 
-        plan = plan_dataset(data, fmt, time_budget or "30m", "auto", name=name)
-        plan_yaml = plan.to_yaml()
-        err.print(plan_yaml)
-        config = Path(tempfile.mkdtemp(prefix="pixelwise-plan-")) / "plan.yaml"
-        config.write_text(plan_yaml)
+        auto_plan = plan_dataset(data, fmt, time_budget or "30m", "auto", name=name)
+        err.print(auto_plan.to_yaml(), markup=False, highlight=False, soft_wrap=True)  # [lists] are not markup
 
     shortcuts: dict[str, Any] = {
         "data.root": data, "data.format": fmt, "model.arch": model, "model.encoder": encoder,
@@ -97,11 +93,11 @@ def train(
         cfg = load_config(resume / "config.yaml", set_, values)
         run_dir = resume
     else:
-        cfg = load_config(config, set_, values)
+        cfg = load_config(config, set_, values, base=auto_plan.tree() if auto_plan else None)
         run_dir = out_dir or Path("runs") / cfg.name
     trainer = Trainer(cfg, run_dir, resume=resume is not None, overwrite=overwrite)
-    if plan_yaml is not None and launched_rank() == 0:
-        atomic_write_text(run_dir / "plan.yaml", plan_yaml)
+    if auto_plan is not None and launched_rank() == 0:
+        atomic_write_text(run_dir / "plan.yaml", auto_plan.to_yaml())
     summary = trainer.fit()
     if launched_rank() == 0:  # under torchrun the summary is printed once
         out.print_json(json.dumps(summary))

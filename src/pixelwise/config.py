@@ -301,7 +301,8 @@ def read_yaml(path: Path) -> dict[str, Any]:
 
 
 def load_config(
-    path: Path | None = None, overrides: list[str] | None = None, values: dict[str, Any] | None = None
+    path: Path | None = None, overrides: list[str] | None = None, values: dict[str, Any] | None = None,
+    base: dict[str, Any] | None = None,
 ) -> Config:
     """Build a validated Config.
 
@@ -309,8 +310,9 @@ def load_config(
         path: optional YAML file.
         overrides: ``key.path=value`` strings (``--set``), applied last.
         values: dotted key -> value (CLI shortcuts such as ``--data``), applied after the file.
+        base: the starting tree when there is no file (an automatic plan's).
     """
-    tree: dict[str, Any] = read_yaml(path) if path is not None else {}
+    tree: dict[str, Any] = read_yaml(path) if path is not None else dict(base or {})
     for key, value in (values or {}).items():
         set_dotted(tree, key, value)
     for text in overrides or []:

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from pixelwise.config import Config, parse_duration
+from pixelwise.config import Config, parse_duration, set_dotted
 from pixelwise.errors import ConfigError
 
 CPU_CROP_CAP = 320  # CPU: compute per step grows with crop area; 320x320 is the measured default on CamVid
@@ -71,8 +71,6 @@ class Plan:
     measured: dict[str, Any] = field(default_factory=dict)
 
     def tree(self) -> dict[str, Any]:
-        from pixelwise.config import set_dotted
-
         out: dict[str, Any] = {}
         for d in self.decisions:
             set_dotted(out, d.key, d.value)

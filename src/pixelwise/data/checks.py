@@ -181,22 +181,23 @@ def scan_pairs(
     return Scan(infos, chans, table, problems, notes)
 
 
+def per_class(info: PairInfo, lut: np.ndarray, amounts: np.ndarray, num_classes: int) -> np.ndarray:
+    """``amounts`` (one per raw value in ``info.values``) summed into the classes those values stand for; void
+    values are left out."""
+    classes = lut[info.values]
+    keep = classes != IGNORE
+    out = np.zeros(num_classes, dtype=amounts.dtype)
+    np.add.at(out, classes[keep], amounts[keep])
+    return out
+
+
 def class_pixels_per_image(scan: Scan) -> tuple[dict[str, np.ndarray], int]:
     """Labelled pixels per class of every good pair (by image path), and the void pixels of all of them."""
     assert scan.table is not None
     lut = scan.table.lut()
-    per_image: dict[str, np.ndarray] = {}
-    void = 0
-    for info in scan.infos:
-        if info.error:
-            continue
-        classes = lut[info.values]
-        void += int(info.counts[classes == IGNORE].sum())
-        keep = classes != IGNORE
-        counts = np.zeros(scan.table.num_classes, dtype=np.int64)
-        np.add.at(counts, classes[keep], info.counts[keep])
-        per_image[str(info.pair.image)] = counts
-    return per_image, void
+    good = [info for info in scan.infos if not info.error]
+    void = sum(int(info.counts[lut[info.values] == IGNORE].sum()) for info in good)
+    return {str(i.pair.image): per_class(i, lut, i.counts, scan.table.num_classes) for i in good}, void
 
 
 def check_pairs(

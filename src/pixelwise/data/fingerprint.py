@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from pixelwise.config import DataConfig
-from pixelwise.data.checks import Scan, class_pixels_per_image, scan_pairs
+from pixelwise.data.checks import Scan, class_pixels_per_image, per_class, scan_pairs
 from pixelwise.data.dataset import set_max_pixels
 from pixelwise.data.formats import discover
 from pixelwise.errors import DataError, list_offenders
@@ -45,21 +45,13 @@ def _duplicates(scan: Scan, split_of: dict[str, str]) -> list[str]:
     return out
 
 
-def mean_rows(scan: Scan) -> np.ndarray:
+def mean_rows(scan: Scan, class_pixels: np.ndarray) -> np.ndarray:
     """Each class's mean relative row over all its pixels (0 = top of the image, 1 = bottom)."""
     assert scan.table is not None
     lut = scan.table.lut()
-    sums = np.zeros(scan.table.num_classes)
-    counts = np.zeros(scan.table.num_classes)
-    for info in scan.infos:
-        if info.error or info.row_sums is None:
-            continue
-        classes = lut[info.values]
-        keep = classes >= 0
-        keep &= classes != 255
-        np.add.at(sums, classes[keep], info.row_sums[keep])
-        np.add.at(counts, classes[keep], info.counts[keep])
-    return sums / np.maximum(counts, 1)
+    sums = sum((per_class(i, lut, i.row_sums, scan.table.num_classes) for i in scan.infos
+                if not i.error and i.row_sums is not None), np.zeros(scan.table.num_classes))
+    return sums / np.maximum(class_pixels, 1)
 
 
 def fingerprint(cfg: DataConfig) -> dict[str, Any]:
@@ -116,7 +108,7 @@ def fingerprint(cfg: DataConfig) -> dict[str, Any]:
         counts = np.sum(list(per_image.values()), axis=0)
         present = np.sum([c > 0 for c in per_image.values()], axis=0)
         labelled = max(int(counts.sum()), 1)
-        rows = mean_rows(scan)
+        rows = mean_rows(scan, counts)
         fp["classes"] = [{"name": name, "pixels": int(counts[k]), "pixel_share": counts[k] / labelled,
                           "image_share": float(present[k]) / len(per_image),
                           "mean_row": None if counts[k] == 0 else round(float(rows[k]), 3)}

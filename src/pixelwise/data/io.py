@@ -124,8 +124,8 @@ def decode_colors(rgb: np.ndarray, codes: ColorCodes, path: Path) -> np.ndarray:
     """An RGB mask painted in known colours -> raw values (uint16); unknown colours are named in the error."""
     packed = (rgb[:, :, 0].astype(np.int64) << 16) | (rgb[:, :, 1].astype(np.int64) << 8) | rgb[:, :, 2]
     colours, values = codes
-    index = np.searchsorted(colours, packed).clip(0, max(len(colours) - 1, 0))
-    known = colours[index] == packed if len(colours) else np.zeros(packed.shape, bool)
+    index = np.searchsorted(colours, packed).clip(0, len(colours) - 1)  # the table has at least one colour
+    known = colours[index] == packed
     if not known.all():
         bad, counts = np.unique(packed[~known], return_counts=True)
         top = bad[np.argsort(-counts)][:6]
