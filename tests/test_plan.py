@@ -107,3 +107,24 @@ def test_plans_for_the_real_datasets():
         plan = make_plan(fp, "10m", CPU, measure=False)
         assert plan.config().augment.preset == preset
         assert Path(plan.config().data.root).name == name
+
+
+def test_train_auto_shows_the_plan_as_written(tmp_path):
+    # an inferred binary table is swapped: the plan says names: [value_255, value_0], which rich would take as markup
+    import numpy as np
+    from conftest import write_pair
+    from typer.testing import CliRunner
+
+    from pixelwise.cli import app
+
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        mask = np.full((64, 64), 255, np.uint8)
+        mask[rng.integers(0, 64, 300), rng.integers(0, 64, 300)] = 0
+        write_pair(tmp_path / "data", f"s{i}", rng.integers(0, 255, (64, 64), dtype=np.uint8), mask)
+    result = CliRunner().invoke(app, ["train", "--data", str(tmp_path / "data"), "--auto", "--budget", "20s",
+                                      "--out", str(tmp_path / "run"), "--no-report", "--no-tensorboard",
+                                      "--set", "train.max_steps=1", "--set", "data.num_workers=0"])
+    assert result.exit_code == 0, result.output
+    assert "names: [value_255, value_0]}" in result.output.replace("\n", "")
+    assert (tmp_path / "run" / "plan.yaml").read_text() in result.output

@@ -262,7 +262,8 @@ def measure_speed(cfg: Config, channels: int, classes: int, steps: int = 3, devi
     net = build_network(cfg.model, channels, classes, pretrained=False).to(rt.device)
     if rt.channels_last:
         net = net.to(memory_format=torch.channels_last)
-    criterion = create_loss(cfg.loss, classes).to(rt.device)
+    # class weights do not change the cost of a step, and 'auto' ones need the masks: measured without them
+    criterion = create_loss(cfg.loss.model_copy(update={"class_weights": None}), classes).to(rt.device)
     optimizer = create_optimizer(net, cfg.optim)
     h, w = cfg.data.crop_size
     gen = torch.Generator().manual_seed(0)
