@@ -269,11 +269,15 @@ def _nan_at(trainer, steps: set[int]) -> None:
     trainer.criterion = forward
 
 
-def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(synthetic_data, tmp_path):
+@pytest.mark.parametrize("deferred", [False, True], ids=["checked-each-step", "deferred-as-on-cuda"])
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(synthetic_data, tmp_path, deferred):
     from pixelwise.engine.trainer import Trainer
 
     run = tmp_path / "run"
     trainer = Trainer(_cfg(synthetic_data, "train.epochs=3", "train.eval_every=10"), run)  # 3 batches per epoch
+    # A CPU checks every step (its ops are synchronous: the check is free); one CUDA process defers it.
+    assert trainer.defer_finite_check == (trainer.runtime.device.type == "cuda")
+    trainer.defer_finite_check = deferred  # what a single CUDA process does: found on the device, read later
     _nan_at(trainer, {5})
     saved = {}
 
@@ -293,10 +297,12 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(synth
         assert (run / name).read_bytes() == content, f"{name} changed after the failure"
 
 
-def test_nan_loss_before_any_checkpoint_says_so(synthetic_data, tmp_path):
+@pytest.mark.parametrize("deferred", [False, True], ids=["checked-each-step", "deferred-as-on-cuda"])
+def test_nan_loss_before_any_checkpoint_says_so(synthetic_data, tmp_path, deferred):
     from pixelwise.engine.trainer import Trainer
 
     trainer = Trainer(_cfg(synthetic_data, "train.epochs=1"), tmp_path / "run")
+    trainer.defer_finite_check = deferred
     _nan_at(trainer, {1})
     with pytest.raises(PixelwiseError, match="at step 1.*No checkpoint had been written yet"):
         trainer.fit()
@@ -531,3 +537,21 @@ def test_predictions_never_replace_files_unasked_and_never_inputs(synthetic_data
     with pytest.raises(PixelwiseError, match="no space left on the device .the previous 0000.png is intact"):
         predict_files(seg, [images], out, overwrite=True)
     assert Image.open(out / "0000.png").size == (64, 64)
+
+
+def test_evaluation_of_a_cached_split_runs_in_process(tmp_path, monkeypatch):
+    """Worker processes started for every evaluation cost more than copying cached arrays (measured on a GPU)."""
+    import pixelwise.engine.evaluate as ev
+    from pixelwise.engine.runtime import resolve_runtime
+
+    root = _dataset(tmp_path / "d", 6)
+    cached = _build(root, "data.val_fraction=0.5")
+    uncached = _build(root, "data.val_fraction=0.5", "data.cache=false")
+    assert cached.val.fully_cached and not uncached.val.fully_cached
+    seen = []
+    real_loader = ev.eval_loader
+    monkeypatch.setattr(ev, "eval_loader", lambda *a: seen.append(a[3]) or real_loader(*a[:3], 0, *a[4:]))
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 1))
+    for data in (cached, uncached):
+        ev.evaluate(model, data.val, data.val_sizes, ["background", "thing"], resolve_runtime("cpu", "off"), workers=2)
+    assert seen == [0, 2]

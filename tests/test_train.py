@@ -71,8 +71,10 @@ def test_epochs_and_time_budget_stop(synthetic_data, tmp_path):
 
 
 def test_same_seed_same_result(synthetic_data, tmp_path):
-    a = Trainer(_cfg(synthetic_data, "train.max_steps=3", "augment.preset=default"), tmp_path / "a").fit()
-    b = Trainer(_cfg(synthetic_data, "train.max_steps=3", "augment.preset=default"), tmp_path / "b").fit()
+    # deterministic: a no-op on a CPU; on a GPU it is what makes the weights repeat bit for bit
+    same = ("train.max_steps=3", "augment.preset=default", "train.deterministic=true")
+    a = Trainer(_cfg(synthetic_data, *same), tmp_path / "a").fit()
+    b = Trainer(_cfg(synthetic_data, *same), tmp_path / "b").fit()
     assert a["best_miou"] == b["best_miou"]
     wa, wb = load_file(str(tmp_path / "a" / "best.safetensors")), load_file(str(tmp_path / "b" / "best.safetensors"))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
@@ -177,3 +179,17 @@ def test_auto_class_weights_are_resolved_into_the_run_config(synthetic_data, tmp
     weights = load_config(run / "config.yaml").loss.class_weights
     assert isinstance(weights, list) and len(weights) == 4
     assert weights[0] == min(weights)  # background is the most frequent class: the smallest weight
+
+
+def test_cuda_determinism_settings_trade_speed_for_repeatable_runs():
+    from pixelwise.engine.trainer import set_cuda_determinism
+
+    cudnn = torch.backends.cudnn
+    try:
+        set_cuda_determinism(deterministic=False, benchmark=True)  # the default on a GPU: fastest kernels
+        assert cudnn.benchmark and not cudnn.deterministic and not torch.are_deterministic_algorithms_enabled()
+        set_cuda_determinism(deterministic=True, benchmark=True)  # deterministic wins over benchmark
+        assert not cudnn.benchmark and cudnn.deterministic and torch.are_deterministic_algorithms_enabled()
+        assert torch.is_deterministic_algorithms_warn_only_enabled()  # ops without such a kernel warn, not fail
+    finally:
+        set_cuda_determinism(deterministic=False, benchmark=False)

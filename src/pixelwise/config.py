@@ -193,6 +193,8 @@ class TrainConfig(Strict):
     nonfinite_loss: Literal["stop", "skip"] = "stop"  # NaN/Inf loss: stop, or skip the batch (10 in a row stop)
     sync_bn: bool = False  # torchrun: BatchNorm statistics over the global batch (SyncBatchNorm)
     compile: bool = False  # torch.compile the training forward/backward (measured: see DESIGN.md)
+    cudnn_benchmark: bool = True  # CUDA: cuDNN picks the fastest convolution algorithms by timing them
+    deterministic: bool = False  # CUDA: bitwise-repeatable runs (deterministic kernels only; slower)
     tensorboard: bool = True  # RUN/tensorboard event files: scalars per epoch and a few val predictions
     report: bool = True  # RUN/report.html after training (best weights evaluated on the val split)
 

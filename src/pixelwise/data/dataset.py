@@ -37,6 +37,9 @@ class DecodedCache:
     def get(self, path: Path) -> np.ndarray | None:
         return self._items.get(path)
 
+    def __contains__(self, path: Path) -> bool:
+        return path in self._items
+
     def put(self, path: Path, arr: np.ndarray) -> None:
         with self._lock:
             if path not in self._items and self.nbytes + arr.nbytes <= self.max_bytes:
@@ -66,6 +69,11 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.cache = cache
         self.lut = table.lut()
         self.colors = table.color_codes() if table.color_masks else None
+
+    @property
+    def fully_cached(self) -> bool:
+        """Every image and mask is decoded in memory: loading is then a copy, cheaper in-process than in workers."""
+        return self.cache is not None and all(p.image in self.cache and p.mask in self.cache for p in self.pairs)
 
     def __len__(self) -> int:
         return len(self.pairs)

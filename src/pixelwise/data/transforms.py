@@ -8,10 +8,15 @@ images are padded to the network stride inside ``inference``.
 from __future__ import annotations
 
 import inspect
+import os
 from typing import Any
 
-import albumentations as A
-import cv2
+# albumentations asks PyPI for its latest version when imported (a network call, a warning when offline):
+# pixelwise runs offline and says nothing it was not asked to. A user's own setting wins.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import albumentations as A  # noqa: E402
+import cv2  # noqa: E402
 
 from pixelwise.errors import ConfigError
 from pixelwise.registry import unknown_name_message

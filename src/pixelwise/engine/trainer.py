@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, replace
@@ -76,6 +77,21 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss))
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def set_cuda_determinism(deterministic: bool, benchmark: bool) -> None:
+    """cuDNN/cuBLAS settings for a CUDA run (process-wide, as torch keeps them).
+
+    Training crops have one size, so by default cuDNN times its algorithms once per shape (H200, Unet-resnet18,
+    batch 8: 405-517 against 364-435 train images/s in two runs). The fastest algorithms are not bitwise
+    reproducible (atomic additions in backward passes): ``train.deterministic`` trades that speed for runs that
+    repeat exactly with the same seed, as they do on a CPU.
+    """
+    torch.backends.cudnn.benchmark = benchmark and not deterministic
+    torch.backends.cudnn.deterministic = deterministic
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's condition for deterministic results
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
 
 
 def resolve_config(cfg: Config, data: DataBundle) -> Config:
@@ -206,6 +222,8 @@ def prepare(cfg: Config) -> Prepared:
     if dist.enabled:
         ids = [runtime.device.index] if runtime.device.type == "cuda" else None
         model = torch.nn.parallel.DistributedDataParallel(net, device_ids=ids)
+    if runtime.device.type == "cuda":
+        set_cuda_determinism(cfg.train.deterministic, cfg.train.cudnn_benchmark)
     if cfg.train.compile:  # the loop calls the compiled module; saving, EMA and evaluation use the bare network
         model = torch.compile(model)
     criterion = create_loss(cfg.loss, table.num_classes).to(runtime.device)
@@ -254,6 +272,14 @@ class Trainer:
         self.ema = WeightEma(self.net, self.cfg.train.ema) if self.cfg.train.ema else None
         self.state = State()
         self._skipped_in_row = 0
+        # On a GPU a per-step `bool(isfinite(loss))` makes the host wait for every forward pass. With one process
+        # and nonfinite_loss: stop, the first non-finite step is kept on the device instead and read where the
+        # loop syncs anyway (every 5th batch, the epoch's end): training stops a few steps later, before anything
+        # is saved. skip (decided before the backward) and torchrun (a collective per step) keep the sync.
+        self.defer_finite_check = (self.runtime.device.type == "cuda" and not self.dist.enabled
+                                   and self.cfg.train.nonfinite_loss == "stop")
+        self._first_bad: torch.Tensor | None = None  # deferred: first step with a non-finite loss (-1: none)
+        self._bad_value: torch.Tensor | None = None
         self.history: list[dict[str, Any]] = []
         if resume:
             self._load_resume_state()
@@ -400,9 +426,13 @@ class Trainer:
                 s.measured_images += n
                 s.measured_seconds += now - last_tick
             last_tick = now
-            # One host sync per step. Under DDP it is one collective that also gives every rank the same clock,
-            # so learning rate, skipping and stopping are decided alike everywhere and no rank waits forever.
-            finite = self._sync_step(bool(torch.isfinite(loss)))
+            if self.defer_finite_check:
+                self._note_nonfinite(loss, s.step + 1)
+                finite = True
+            else:
+                # One host sync per step. Under DDP it is one collective that also gives every rank the same clock,
+                # so learning rate, skipping and stopping are decided alike everywhere and no rank waits forever.
+                finite = self._sync_step(bool(torch.isfinite(loss)))
             lr = self.cfg.optim.lr * lr_factor(self._progress(planned), self.cfg.optim)
             set_lr(self.optimizer, lr)
             if finite:
@@ -419,10 +449,11 @@ class Trainer:
                 loss_sum += loss.detach()
                 batches += 1
             else:
-                self._nonfinite_loss(float(loss.detach()))
+                self._nonfinite_loss(float(loss.detach()), s.step + 1)
             s.step += 1
             epoch_images += n
             if batches % 5 == 0 or batches == 1:  # .item() syncs the device: not on every step
+                self._check_deferred()
                 total = loss_sum.item()
                 shown = (total - shown_sum) / max(batches - shown_n, 1)
                 shown_sum, shown_n = total, batches
@@ -441,6 +472,7 @@ class Trainer:
                     all_reduce_sum(g)
                 torch._foreach_div_(grads, self.dist.world)
             self._optimizer_step(pending)
+        self._check_deferred()  # before the epoch's end saves anything
         s.elapsed += time.perf_counter() - last_tick
         self._sync_elapsed()
         s.epoch += 1
@@ -463,10 +495,24 @@ class Trainer:
         if self.dist.enabled:
             self._sync_step(True)
 
-    def _nonfinite_loss(self, value: float | str) -> None:
+    def _note_nonfinite(self, loss: torch.Tensor, step: int) -> None:
+        """Record ``step`` on the device if its loss is the first non-finite one (no host sync)."""
+        loss = loss.detach().float()
+        if self._first_bad is None:
+            self._first_bad = torch.full((), -1, dtype=torch.int64, device=loss.device)
+            self._bad_value = torch.zeros((), device=loss.device)
+        bad = ~torch.isfinite(loss) & (self._first_bad < 0)
+        self._first_bad = torch.where(bad, torch.full_like(self._first_bad, step), self._first_bad)
+        self._bad_value = torch.where(bad, loss, self._bad_value)
+
+    def _check_deferred(self) -> None:
+        """Stop if a deferred check recorded a non-finite loss (one scalar read)."""
+        if self._first_bad is not None and int(self._first_bad) >= 0:
+            self._nonfinite_loss(float(self._bad_value), int(self._first_bad))
+
+    def _nonfinite_loss(self, value: float | str, step: int) -> None:
         """Stop (default) or skip the batch; nothing is saved on the way out, so good checkpoints stay as they are."""
         s, t = self.state, self.cfg.train
-        step = s.step + 1
         self._skipped_in_row += 1
         if math.isfinite(value):  # finite here, not on another process (torchrun)
             value = "not finite on another process"
