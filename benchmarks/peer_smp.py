@@ -10,6 +10,7 @@ with void (the example fills class 0), and the schedule follows elapsed time whe
 
     python benchmarks/peer_smp.py --data ../shared/data/camvid --steps 60 --warmup 5
     python benchmarks/peer_smp.py --data ../shared/data/camvid --time-budget 900
+    python benchmarks/peer_smp.py --device cuda --workers 4     # the same recipe moved to a GPU (gpu_check.py)
 
 Prints one JSON line: train images/s (after the warm-up steps), eval images/s, val mIoU and pixel accuracy
 (scored with the same confusion-matrix definitions as pixelwise, void excluded).
@@ -91,16 +92,18 @@ class Model(torch.nn.Module):
         return self.net((x - self.mean) / self.std)
 
 
-def evaluate(model: torch.nn.Module, loader: DataLoader) -> dict:
+def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device) -> dict:
     model.eval()
-    cm = torch.zeros(len(CLASSES), len(CLASSES), dtype=torch.int64)
+    cm = torch.zeros(len(CLASSES), len(CLASSES), dtype=torch.int64, device=device)
     images, start = 0, time.perf_counter()
     with torch.no_grad():
         for x, y in loader:
+            x, y = x.to(device), y.to(device)
             pred = model(x).argmax(dim=1)
             y = torch.where(y == VOID, 255, y)  # void is 255 in pixelwise's confusion matrix
             cm += confusion_matrix(pred, y, len(CLASSES))
             images += x.shape[0]
+    cm = cm.cpu()  # waits for the device: the time below includes all of its work
     seconds = time.perf_counter() - start
     m = metrics_from_confusion(cm, CLASSES)
     return {"eval_images_per_second": images / seconds, "eval_images": images, "miou": m["miou"],
@@ -117,15 +120,19 @@ def main() -> None:
     p.add_argument("--eval-batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu or cuda (fp32 eager either way, as the example runs)")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader processes (the CPU recipe uses none)")
     args = p.parse_args()
+    device = torch.device(args.device)
 
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     train = CamVid(args.data / "train", args.data / "trainannot", training_augmentation())
     val = CamVid(args.data / "val", args.data / "valannot", validation_augmentation())
-    train_loader = DataLoader(train, batch_size=args.batch_size, shuffle=True, num_workers=0, drop_last=True)
-    val_loader = DataLoader(val, batch_size=args.eval_batch_size, shuffle=False, num_workers=0)
-    model = Model()
+    train_loader = DataLoader(train, batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
+                              drop_last=True)
+    val_loader = DataLoader(val, batch_size=args.eval_batch_size, shuffle=False, num_workers=args.workers)
+    model = Model().to(device)
     loss_fn = smp.losses.DiceLoss(smp.losses.MULTICLASS_MODE, from_logits=True, ignore_index=VOID)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     min_lr = 1e-5
@@ -142,10 +149,11 @@ def main() -> None:
             for group in optimizer.param_groups:
                 group["lr"] = min_lr + (args.lr - min_lr) * (1 + math.cos(math.pi * min(progress, 1.0))) / 2
             optimizer.zero_grad()
+            x, y = x.to(device), y.to(device)
             loss = loss_fn(model(x), y)
             loss.backward()
             optimizer.step()
-            losses.append(loss.item())
+            losses.append(loss.item())  # also waits for the device, so each step's time is its own
             step += 1
             now = time.perf_counter()
             if step > args.warmup:  # the step's time includes loading its batch, as the user waits for both
@@ -157,12 +165,14 @@ def main() -> None:
                 break
     train_seconds = time.perf_counter() - start
     result = {
-        "recipe": "smp peer (fp32 NCHW eager, num_workers=0, DiceLoss, Adam)",
+        "recipe": f"smp peer (fp32 NCHW eager, num_workers={args.workers}, DiceLoss, Adam) on {device.type}",
         "steps": step, "train_seconds": train_seconds,
         "train_images_per_second": measured_images / measured_seconds if measured_seconds else None,
         "final_train_loss": float(np.mean(losses[-10:])),
     }
-    result.update(evaluate(model, val_loader))
+    if device.type == "cuda":
+        result["peak_gpu_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+    result.update(evaluate(model, val_loader, device))
     print(json.dumps(result))
 
 

@@ -1,0 +1,423 @@
+"""Everything pixelwise does on a CUDA GPU, checked and timed in one run of a few minutes.
+
+Run it first whenever a GPU machine is at hand; it prints (and writes to ``--out``) one table:
+
+- the machine: GPU, CUDA/cuDNN, torch, ONNX Runtime providers, CPU cores and flags;
+- the smp peer recipe (``peer_smp.py --device cuda``, fp32 eager) with no loader workers and with 4, and at
+  batch 32;
+- ``pixelwise train`` (Unet-resnet18, CamVid crops 320, batch 8: the peer's model, crops and batch) in each
+  precision and layout: bf16 autocast + channels_last (the default), the finite-loss check on every step,
+  cudnn.benchmark off, fp16 autocast + GradScaler, fp32, bf16 NCHW, no loader workers, torch.compile, and bf16 /
+  fp32 at batch 32 (against the peer at batch 32); train and eval images/s and peak GPU memory of each, and the
+  ratio to the faster peer;
+- the ceilings: the loader alone (images/s it can feed) and the compute alone (a fixed batch on the GPU);
+- host synchronisations per training step, with the source lines that cause them
+  (``torch.cuda.set_sync_debug_mode``);
+- ``Segmenter`` on CUDA (bf16) against the CPU in fp32 (pixel agreement), ONNX export with its parity check,
+  and the ONNX Runtime CUDA provider when this onnxruntime build has it;
+- a 2-process NCCL run when two GPUs exist (skipped with a message otherwise).
+
+    python benchmarks/gpu_check.py --data ../shared/data/camvid --out gpu-check   # about 4 minutes on an H200
+
+The device tool sends the repository only (64 MiB), not ../shared: make a CamVid subset inside an ignored folder
+first (160 train and 32 val frames, 49 MB) and carry it with the wheels the GPU image lacks (pydantic,
+segmentation-models-pytorch, albumentations, ...; see the device tool's README):
+
+    python benchmarks/gpu_check.py --make-subset ../shared/data/camvid .gpucheck/camvid
+
+Each row is appended to ``OUT/rows.jsonl`` as soon as it is measured, so a run cut short keeps what it
+measured; ``OUT/table.md`` is rewritten after every row. A failing row records its error and the check goes on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "configs" / "camvid-unet-resnet18.yaml"
+DEVICE = torch.device("cuda")  # --device cpu: a smoke run of the script itself on a machine without a GPU
+
+
+def _sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _reset_peak() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak_mib() -> float | None:
+    return torch.cuda.max_memory_allocated() / 2**20 if DEVICE.type == "cuda" else None
+
+
+class Table:
+    """Rows of (section, item, figures, note), appended to rows.jsonl and rendered to table.md as they come."""
+
+    def __init__(self, out: Path) -> None:
+        self.out, self.rows = out, []
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "rows.jsonl").write_text("")
+
+    def add(self, section: str, item: str, note: str = "", **figures: Any) -> None:
+        row = {"section": section, "item": item, "note": note, **figures}
+        self.rows.append(row)
+        with open(self.out / "rows.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+        (self.out / "table.md").write_text(self.markdown())
+        shown = ", ".join(f"{k} {_fmt(v)}" for k, v in figures.items())
+        print(f"[gpu-check] {section} | {item} | {shown} | {note}", flush=True)
+
+    def markdown(self) -> str:
+        cols = ["train img/s", "eval img/s", "peak GPU MiB", "vs peer (train / eval)"]
+        lines = ["| section | item | " + " | ".join(cols) + " | note |", "|" + "---|" * (len(cols) + 3)]
+        for r in self.rows:
+            ratio = ""
+            if r.get("train_ratio") is not None:
+                ratio = f"{r['train_ratio']:.2f}x / {_fmt(r.get('eval_ratio'))}x"
+            cells = [_fmt(r.get("train_ips")), _fmt(r.get("eval_ips")), _fmt(r.get("peak_gpu_mib")), ratio]
+            lines.append(f"| {r['section']} | {r['item']} | " + " | ".join(cells) + f" | {r['note']} |")
+        return "\n".join(lines) + "\n"
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.1f}" if abs(v) >= 10 else f"{v:.3g}"
+    return str(v)
+
+
+def guarded(table: Table, section: str, item: str):
+    """Run a check; an exception becomes a row with the error instead of ending the whole check."""
+
+    @contextlib.contextmanager
+    def _guard():
+        try:
+            yield
+        except Exception as e:  # noqa: BLE001 - every failure is a finding to report, not a reason to stop
+            traceback.print_exc()
+            table.add(section, item, note=f"FAILED: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+
+    return _guard()
+
+
+def machine(table: Table) -> None:
+    flags = set(re.findall(r"\b(avx2|avx512f|avx512_bf16|amx_tile)\b", Path("/proc/cpuinfo").read_text()))
+    try:
+        import onnxruntime as ort
+
+        ort_info = f"onnxruntime {ort.__version__} ({', '.join(ort.get_available_providers())})"
+    except ImportError:
+        ort_info = "onnxruntime missing"
+    if DEVICE.type != "cuda":
+        table.add("machine", platform.processor() or "CPU", note=f"smoke run on the CPU: torch {torch.__version__}, "
+                  f"{ort_info}, {os.cpu_count()} cores ({' '.join(sorted(flags))})")
+        return
+    props = torch.cuda.get_device_properties(0)
+    table.add("machine", torch.cuda.get_device_name(0),
+              note=f"torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}, "
+                   f"cc {props.major}.{props.minor}, {props.total_memory / 2**30:.0f} GiB, "
+                   f"{torch.cuda.device_count()} GPU(s), bf16 {torch.cuda.is_bf16_supported()}; {ort_info}; "
+                   f"{os.cpu_count()} CPU cores ({' '.join(sorted(flags))}), Python {platform.python_version()}")
+
+
+def peer(table: Table, data: Path, steps: int, workers: int, batch: int = 8) -> dict[str, Any] | None:
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "peer_smp.py"), "--data", str(data), "--steps", str(steps),
+           "--warmup", "5", "--device", DEVICE.type, "--workers", str(workers), "--batch-size", str(batch)]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=_env())
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "peer failed")
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    table.add("peer (smp recipe, fp32 eager)", f"{workers} loader workers, batch {batch}",
+              train_ips=r["train_images_per_second"], eval_ips=r["eval_images_per_second"],
+              peak_gpu_mib=r.get("peak_gpu_mib"),
+              note=f"{r['steps']} steps, val mIoU {r['miou']:.3f}")
+    return r
+
+
+def pixelwise_config(data: Path, steps: int, run: Path, overrides: list[str]):
+    from pixelwise.config import load_config
+
+    base = [f"data.root={data}", f"train.max_steps={steps}", "train.time_budget=null", "train.eval_every=100000",
+            "train.tensorboard=false", "train.report=false", f"train.device={DEVICE.type}", f"name={run.name}"]
+    return load_config(CONFIG, base + overrides)
+
+
+def train_variant(table: Table, data: Path, steps: int, work: Path, item: str, overrides: list[str],
+                  peer_result: dict[str, Any] | None) -> Path:
+    """Train one pixelwise variant in this process; its run directory is returned for the later checks."""
+    from pixelwise.engine.evaluate import evaluate
+    from pixelwise.engine.trainer import Trainer
+
+    run = work / re.sub(r"[^a-z0-9]+", "-", item.lower()).strip("-")
+    _reset_peak()
+    start = time.perf_counter()
+    trainer = Trainer(pixelwise_config(data, steps, run, overrides), run, overwrite=True)
+    summary = trainer.fit()
+    wall = time.perf_counter() - start
+    peak = _peak_mib()
+    d = trainer.data
+    evaluate(trainer.eval_model, d.val, d.val_sizes, trainer.table.names, trainer.runtime, 4, trainer.workers)
+    result = evaluate(trainer.eval_model, d.val, d.val_sizes, trainer.table.names, trainer.runtime, 4,
+                      trainer.workers)  # the second pass: cuDNN's algorithm choice is behind us
+    ratios = {}
+    if peer_result:
+        ratios = {"train_ratio": summary["train_images_per_second"] / peer_result["train_images_per_second"],
+                  "eval_ratio": result["images_per_second"] / peer_result["eval_images_per_second"]}
+    table.add("pixelwise train", item, train_ips=summary["train_images_per_second"],
+              eval_ips=result["images_per_second"], peak_gpu_mib=peak, **ratios,
+              note=f"{summary['runtime']}, {trainer.workers} workers, {summary['steps']} steps in {wall:.0f} s "
+                   f"(with data checks), val mIoU {result['miou']:.3f}")
+    return run
+
+
+def ceilings(table: Table, data: Path, work: Path) -> None:
+    """Images/s the loader alone can feed, and the GPU's fwd+bwd+step alone on one fixed batch (bf16, CL)."""
+    from pixelwise.engine.trainer import prepare, to_device
+
+    p = prepare(pixelwise_config(data, 100, work / "ceiling", []))
+    it, n, start = iter(p.loader), 0, None
+    for i in range(60):
+        try:
+            images, _ = next(it)
+        except StopIteration:
+            it = iter(p.loader)
+            images, _ = next(it)
+        if i == 5:
+            start, n = time.perf_counter(), 0
+        n += images.shape[0]
+    table.add("ceiling", "loader alone", train_ips=n / (time.perf_counter() - start),
+              note=f"{p.workers} workers{', pinned memory' if DEVICE.type == 'cuda' else ''}, 55 batches of 8 "
+                   "(augmentation of cached decoded images)")
+    batch = to_device(next(iter(p.loader)), p.runtime)
+    p.model.train()
+    times = {"forward": 0.0, "backward": 0.0, "optimizer": 0.0}
+    reps = 40 if DEVICE.type == "cuda" else 3
+    for i in range(reps + 3):
+        _sync()
+        t0 = time.perf_counter()
+        with p.runtime.autocast():
+            logits = p.model(batch[0])
+        loss = p.criterion(logits, batch[1])
+        _sync()
+        t1 = time.perf_counter()
+        loss.backward()
+        _sync()
+        t2 = time.perf_counter()
+        p.optimizer.step()
+        p.optimizer.zero_grad(set_to_none=True)
+        _sync()
+        t3 = time.perf_counter()
+        if i >= 3:  # the first steps pay for allocation and kernel selection
+            for k, seconds in zip(times, (t1 - t0, t2 - t1, t3 - t2), strict=True):
+                times[k] += seconds
+    total = sum(times.values())
+    split = ", ".join(f"{k} {v / reps * 1e3:.1f} ms" for k, v in times.items())
+    table.add("ceiling", "GPU compute alone", train_ips=8 * reps / total,
+              note=f"{p.runtime.describe()}, one fixed batch of 8, per step: {split}")
+
+
+def sync_audit(table: Table, data: Path, work: Path) -> None:
+    """Host synchronisations during training steps, by source line (warnings from the CUDA sync debug mode)."""
+    from pixelwise.engine.trainer import Trainer
+
+    if DEVICE.type != "cuda":
+        table.add("host syncs", "training step", note="skipped: CUDA only")
+        return
+    trainer = Trainer(pixelwise_config(data, 12, work / "sync", ["data.num_workers=0"]), work / "sync",
+                      overwrite=True)
+    trainer.data.val = None  # count the training steps' syncs only: no evaluation,
+    trainer._save = lambda improved: None  # no checkpoint copies at the epoch's end
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            trainer.fit()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    where = Counter(f"{Path(w.filename).name}:{w.lineno}" for w in caught if "synchroniz" in str(w.message))
+    steps = trainer.state.step
+    shown = ", ".join(f"{k} x{v}" for k, v in where.most_common(6)) or "none"
+    table.add("host syncs", f"{sum(where.values()) / max(steps, 1):.2f} per training step",
+              note=f"{steps} steps, no val (the progress bar reads the loss every 5th); where: {shown}")
+
+
+def inference(table: Table, run: Path, data: Path) -> None:
+    """Segmenter on CUDA (auto precision) against the CPU in fp32, and its latency on one frame."""
+    from pixelwise.data.io import read_image
+    from pixelwise.inference.predictor import Segmenter
+
+    images = [read_image(p, 3) for p in sorted((data / "val").glob("*.png"))[:6]]
+    gpu, cpu = Segmenter.load(run, device=DEVICE.type), Segmenter.load(run, device="cpu", amp="off")
+    agree = np.mean([(gpu.predict(im) == cpu.predict(im)).mean() for im in images])
+    for im in images[:3]:
+        gpu.predict(im)
+    start = time.perf_counter()
+    for im in images:
+        gpu.predict(im)
+    latency = (time.perf_counter() - start) / len(images) * 1e3
+    tiled = gpu.predict(images[0], tile=320)
+    table.add("Segmenter", "CUDA vs CPU fp32", note=f"{gpu.runtime.describe()}: pixel agreement {agree:.4%} on "
+              f"{len(images)} val frames, {latency:.1f} ms per 360x480 frame (batch 1, numpy in and out); "
+              f"tiled 320 agrees {np.mean(tiled == gpu.predict(images[0])):.3%} with whole")
+
+
+def onnx(table: Table, run: Path) -> None:
+    import onnxruntime as ort
+
+    from pixelwise.export.onnx import export_onnx
+
+    result = export_onnx(run)
+    table.add("ONNX export", "CPU EP parity", note=f"argmax agreement {result['argmax_agreement']:.4%}, max |logit "
+              f"diff| {result['max_abs_logit_diff']:.3g} over {result['images']} images, opset {result['opset']}")
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        table.add("ONNX export", "CUDA EP parity", note=f"skipped: this onnxruntime build has no CUDA provider "
+                  f"({', '.join(ort.get_available_providers())}); install onnxruntime-gpu to check it")
+        return
+    from pixelwise.export.onnx import parity, sample_images
+    from pixelwise.inference.onnx_backend import OnnxBackend
+    from pixelwise.inference.predictor import load_run_config
+    from pixelwise.inference.torch_backend import load_torch_backend
+
+    cfg = load_run_config(run)
+    backend = OnnxBackend(Path(result["path"]))
+    used = backend.session.get_providers()[0]
+    check = parity(load_torch_backend(run, cfg, device="cpu", amp="off"), backend, sample_images(cfg, "val", 8))
+    table.add("ONNX export", f"{used} parity", note=f"argmax agreement {check['argmax_agreement']:.4%}, "
+              f"max |logit diff| {check['max_abs_logit_diff']:.3g}")
+
+
+def nccl(table: Table, data: Path, work: Path) -> None:
+    if DEVICE.type != "cuda" or torch.cuda.device_count() < 2:
+        table.add("torchrun", "2-process NCCL", note=f"skipped: {torch.cuda.device_count()} GPU on this machine "
+                  "(NCCL needs one GPU per process)")
+        return
+    run = work / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "pixelwise", "train",
+           str(CONFIG), "--out", str(run), "--set", f"data.root={data}", "--set", "train.max_steps=40",
+           "--set", "train.time_budget=null", "--set", "train.report=false", "--set", "train.tensorboard=false"]
+    start = time.perf_counter()
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=_env())
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr.strip().splitlines()[-1])
+    s = json.loads((run / "summary.json").read_text())
+    table.add("torchrun", "2-process NCCL", train_ips=2 * s["train_images_per_second"],
+              note=f"{s['steps']} steps in {time.perf_counter() - start:.0f} s, both processes' images/s summed")
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH")]))
+    return env
+
+
+def make_subset(source: Path, target: Path) -> None:
+    """Every 2nd train frame (160) and every 3rd val frame (32) of CamVid, with their masks, copied to ``target``."""
+    import shutil
+
+    for split, step, count in (("train", 2, 160), ("val", 3, 32)):
+        names = sorted(p.name for p in (source / split).glob("*.png"))[::step][:count]
+        for folder in (split, f"{split}annot"):
+            (target / folder).mkdir(parents=True, exist_ok=True)
+            for name in names:
+                shutil.copy2(source / folder / name, target / folder / name)
+    print(f"{target}: {sum(f.stat().st_size for f in target.rglob('*.png')) / 1e6:.0f} MB")
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["--make-subset"] and len(sys.argv) == 4:
+        make_subset(Path(sys.argv[2]), Path(sys.argv[3]))
+        return
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "camvid")
+    p.add_argument("--out", type=Path, default=Path("gpu-check"))
+    p.add_argument("--steps", type=int, default=150, help="training steps of each pixelwise variant (batch 8)")
+    p.add_argument("--peer-steps", type=int, default=60)
+    p.add_argument("--skip-compile", action="store_true")
+    p.add_argument("--device", default="cuda", help="cuda; cpu only to try the script itself (tiny --steps)")
+    args = p.parse_args()
+    global DEVICE
+    DEVICE = torch.device(args.device)
+    if DEVICE.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("no CUDA GPU: this check is for GPU machines (the CPU figures come from bench_speed.py)")
+    if not (args.data / "train").is_dir():
+        raise SystemExit(f"{args.data}: CamVid not found (expected train/, trainannot/, val/, valannot/)")
+    data = args.data.resolve()
+    table = Table(args.out)
+    began = time.perf_counter()
+    with guarded(table, "machine", "?"):
+        machine(table)
+    peers = []
+    for workers in (0, 4):
+        with guarded(table, "peer", f"{workers} workers"):
+            peers.append(peer(table, data, args.peer_steps, workers))
+    peer32 = None
+    with guarded(table, "peer", "batch 32"):
+        peer32 = peer(table, data, max(args.peer_steps // 3, 6), 4, batch=32)
+    # Ratios against the faster peer in each column (kind to the peer: its recipe has no workers).
+    peer_result = {k: max(r[k] for r in peers) for k in ("train_images_per_second", "eval_images_per_second")} \
+        if peers else None
+    variants = [
+        ("bf16 + channels_last (default)", []),
+        ("finite loss checked every step (nonfinite_loss: skip)", ["train.nonfinite_loss=skip"]),
+        ("cudnn.benchmark off", ["train.cudnn_benchmark=false"]),
+        ("fp16 + GradScaler", ["train.amp=fp16"]),
+        ("fp32 (TF32 convolutions)", ["train.amp=off"]),
+        ("bf16 NCHW", ["train.channels_last=false"]),
+        ("bf16, no loader workers", ["data.num_workers=0"]),
+    ]
+    if not args.skip_compile:
+        variants.append(("bf16 + torch.compile", ["train.compile=true"]))
+    big = [("bf16, batch 32", ["train.batch_size=32"]), ("fp32, batch 32", ["train.batch_size=32", "train.amp=off"])]
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        default_run = None
+        for item, overrides in variants[:1]:
+            with guarded(table, "pixelwise train", item):
+                default_run = train_variant(table, data, args.steps, work, item, overrides, peer_result)
+        # The correctness checks come before the remaining timings, so a run cut short still has them.
+        with guarded(table, "host syncs", "training step"):
+            sync_audit(table, data, work)
+        if default_run is not None:
+            with guarded(table, "Segmenter", "CUDA vs CPU"):
+                inference(table, default_run, data)
+            with guarded(table, "ONNX export", "parity"):
+                onnx(table, default_run)
+        with guarded(table, "torchrun", "2-process NCCL"):
+            nccl(table, data, work)
+        with guarded(table, "ceiling", "loader / compute"):
+            ceilings(table, data, work)
+        for item, overrides in variants[1:]:
+            with guarded(table, "pixelwise train", item):
+                train_variant(table, data, args.steps, work, item, overrides, peer_result)
+        ref32 = {k: peer32[k] for k in ("train_images_per_second", "eval_images_per_second")} if peer32 else None
+        for item, overrides in big:  # against the peer at batch 32
+            with guarded(table, "pixelwise train", item):
+                train_variant(table, data, max(args.steps // 4, 3), work, item, overrides, ref32)
+    print(f"\n[gpu-check] done in {time.perf_counter() - began:.0f} s\n")
+    print(table.markdown())
+
+
+if __name__ == "__main__":
+    main()
