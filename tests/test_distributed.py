@@ -26,7 +26,8 @@ def ddp_run(synthetic_data, tmp_path_factory):
     base = tmp_path_factory.mktemp("ddp")
     run, out = base / "run", base / "out"
     out.mkdir()
-    overrides = [*tiny_overrides(synthetic_data), "train.batch_size=2", "train.epochs=2", "train.accumulate=2"]
+    overrides = [*tiny_overrides(synthetic_data), "train.device=cpu",  # gloo, also on a machine with a GPU
+                 "train.batch_size=2", "train.epochs=2", "train.accumulate=2"]
     result = _torchrun(str(WORKER), str(run), str(out), *overrides)
     assert result.returncode == 0, result.stderr[-3000:]
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
@@ -73,7 +74,22 @@ def test_errors_are_shown_once(synthetic_data, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "something.txt").write_text("an earlier run")
-    sets = [a for s in tiny_overrides(synthetic_data) for a in ("--set", s)]
+    sets = [a for s in [*tiny_overrides(synthetic_data), "train.device=cpu"] for a in ("--set", s)]
     result = _torchrun("-m", "pixelwise", "train", *sets, "--out", str(run))
     assert result.returncode != 0
     assert " ".join(result.stderr.split()).count("the run directory already holds a run") == 1, result.stderr[-3000:]
+
+
+def test_more_processes_than_gpus_is_one_clear_message(monkeypatch):
+    import torch
+
+    from pixelwise.engine import distributed
+    from pixelwise.errors import PixelwiseError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
+    with pytest.raises(PixelwiseError, match=r"process 1 on this machine, which has 1 GPU.*--nproc_per_node 1"):
+        distributed.init_distributed("auto")

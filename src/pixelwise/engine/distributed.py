@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from pixelwise.errors import PixelwiseError
 from pixelwise.progress import console
 
 
@@ -52,6 +53,11 @@ def init_distributed(device: str = "auto") -> Dist:
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         use_cuda = torch.cuda.is_available() and device != "cpu"
         if use_cuda:
+            gpus = torch.cuda.device_count()
+            if local_rank >= gpus:  # NCCL needs a GPU per process; set_device would fail inside torch
+                raise PixelwiseError(
+                    f"torchrun started process {local_rank} on this machine, which has {gpus} GPU(s): one process "
+                    f"per GPU (--nproc_per_node {gpus}), or train.device: cpu for processes on the CPU (gloo)")
             torch.cuda.set_device(local_rank)
         dist.init_process_group("nccl" if use_cuda else "gloo")
     info = current()
