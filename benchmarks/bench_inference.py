@@ -31,8 +31,8 @@ import cv2
 import numpy as np
 import torch
 
+from pixelwise.engine.padding import pad_to_multiple
 from pixelwise.export.onnx import sample_images
-from pixelwise.inference.padding import pad_to_multiple
 from pixelwise.inference.predictor import Segmenter, load_run_config
 
 

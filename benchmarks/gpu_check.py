@@ -193,7 +193,8 @@ def train_variant(table: Table, data: Path, steps: int, work: Path, item: str, o
 
 def ceilings(table: Table, data: Path, work: Path) -> None:
     """Images/s the loader alone can feed, and the GPU's fwd+bwd+step alone on one fixed batch (bf16, CL)."""
-    from pixelwise.engine.trainer import prepare, to_device
+    from pixelwise.engine.runtime import to_device
+    from pixelwise.engine.setup import prepare
 
     p = prepare(pixelwise_config(data, 100, work / "ceiling", []))
     it, n, start = iter(p.loader), 0, None
@@ -239,15 +240,15 @@ def ceilings(table: Table, data: Path, work: Path) -> None:
 
 def sync_audit(table: Table, data: Path, work: Path) -> None:
     """Host synchronisations during training steps, by source line (warnings from the CUDA sync debug mode)."""
+    from pixelwise.engine.callbacks import ConsoleProgress
     from pixelwise.engine.trainer import Trainer
 
     if DEVICE.type != "cuda":
         table.add("host syncs", "training step", note="skipped: CUDA only")
         return
     trainer = Trainer(pixelwise_config(data, 12, work / "sync", ["data.num_workers=0"]), work / "sync",
-                      overwrite=True)
-    trainer.data.val = None  # count the training steps' syncs only: no evaluation,
-    trainer._save = lambda improved: None  # no checkpoint copies at the epoch's end
+                      overwrite=True, callbacks=[ConsoleProgress()])  # no checkpoint copies at the epoch's end
+    trainer.data.val = None  # count the training steps' syncs only: no evaluation
     torch.cuda.synchronize()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from pixelwise import atomic
+from pixelwise.api import default_callbacks
 from pixelwise.config import load_config
 from pixelwise.engine import checkpoint
 from pixelwise.engine.evaluate import evaluate
@@ -29,7 +30,8 @@ def main() -> None:
 
     checkpoint.atomic_write = recording_write  # weights and resume state
     atomic.atomic_write = recording_write  # text files (config, metrics, summary)
-    trainer = Trainer(load_config(overrides=sys.argv[3:]), run)
+    cfg = load_config(overrides=sys.argv[3:])
+    trainer = Trainer(cfg, run, callbacks=default_callbacks(cfg))  # what `pixelwise train` runs with
     hashes: list[str] = []
     step = trainer._optimizer_step
 

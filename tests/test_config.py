@@ -4,6 +4,7 @@ import pytest
 
 from pixelwise.config import load_config, parse_duration
 from pixelwise.errors import ConfigError
+from pixelwise.validate import check_names
 
 
 def test_defaults_validate():
@@ -55,13 +56,25 @@ def test_bad_duration():
         load_config(overrides=["train.time_budget=soon"])
 
 
+def _checked(*overrides: str):
+    """The config as training sees it: the schema, then the names the registries know (pixelwise.validate)."""
+    return check_names(load_config(overrides=list(overrides)))
+
+
 def test_unknown_component_names_list_valid_ones():
-    with pytest.raises(ConfigError, match="unknown architecture 'unett'.*Did you mean 'unet'"):
-        load_config(overrides=["model.arch=unett"])
+    with pytest.raises(ConfigError, match="model.arch: unknown architecture 'unett'.*Did you mean 'unet'"):
+        _checked("model.arch=unett")
     with pytest.raises(ConfigError, match="unknown loss 'dise'.*Valid names: bce, ce, dice, focal, jaccard, lovasz"):
-        load_config(overrides=["loss=dise"])
-    with pytest.raises(ConfigError, match="unknown optimizer 'adamm'.*Valid names: .*adamw.*gd.*sgd"):
-        load_config(overrides=["optim.name=adamm"])
+        _checked("loss=dise")
+    with pytest.raises(ConfigError, match="optim.name: unknown optimizer 'adamm'.*Valid names: .*adamw.*gd.*sgd"):
+        _checked("optim.name=adamm")
+    with pytest.raises(ConfigError, match="data.format: unknown dataset format 'camvidd'.*Did you mean 'camvid'"):
+        _checked("data.format=camvidd")
+    with pytest.raises(ConfigError, match="model.encoder: unknown encoder 'resnet81'.*Did you mean 'resnet18'"):
+        _checked("model.encoder=resnet81")
+    # every problem at once, each under its key
+    with pytest.raises(ConfigError, match=r"(?s)model.arch: .*loss.terms.dise: .*optim.name: "):
+        _checked("model.arch=unett", "loss=dise", "optim.name=adamm")
     with pytest.raises(ConfigError, match="optim.scheduler"):
         load_config(overrides=["optim.scheduler=cosin"])
 
@@ -73,15 +86,15 @@ def test_loss_shorthands():
     assert load_config(overrides=["loss.label_smoothing=0.1"]).loss.terms == {"dice": 1.0}  # the default
 
 
-def test_augment_list_is_validated_at_load():
+def test_augment_list_is_validated_before_training():
     cfg = load_config(overrides=["augment.transforms=[{name: HorizontalFlip, p: 0.5}]"])
     assert cfg.augment.transforms == [{"name": "HorizontalFlip", "p": 0.5}]
     with pytest.raises(ConfigError, match=r"augment.transforms\[0\].*HorizontalFlip"):
-        load_config(overrides=["augment.transforms=[{name: HorizontalFlipp}]"])
+        _checked("augment.transforms=[{name: HorizontalFlipp}]")
     with pytest.raises(ConfigError, match=r"augment.transforms\[0\] \(Affine\): unknown parameter\(s\) rotation"):
-        load_config(overrides=["augment.transforms=[{name: Affine, rotation: 10}]"])
+        _checked("augment.transforms=[{name: Affine, rotation: 10}]")
     with pytest.raises(ConfigError, match="nearest"):
-        load_config(overrides=["augment.transforms=[{name: Affine, mask_interpolation: 1}]"])
+        _checked("augment.transforms=[{name: Affine, mask_interpolation: 1}]")
 
 
 def test_resolved_config_round_trips(tmp_path: Path):

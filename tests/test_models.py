@@ -5,9 +5,9 @@ import torch
 
 from pixelwise.config import ModelConfig
 from pixelwise.engine.checkpoint import load_weights, save_weights
+from pixelwise.engine.padding import forward_padded
 from pixelwise.engine.runtime import resolve_runtime
 from pixelwise.errors import ConfigError, PixelwiseError
-from pixelwise.inference.padding import forward_padded
 from pixelwise.models import ARCHITECTURES, Normalized, build_network, create_model, encoder_normalization
 from pixelwise.models import weights as W
 from pixelwise.models.info import model_info

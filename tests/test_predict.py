@@ -6,11 +6,11 @@ from PIL import Image
 
 from pixelwise import Segmenter
 from pixelwise.config import load_config
+from pixelwise.engine.padding import forward_padded, pad_to_multiple
 from pixelwise.engine.runtime import resolve_runtime
 from pixelwise.engine.trainer import Trainer
 from pixelwise.errors import PixelwiseError
 from pixelwise.inference.files import predict_files
-from pixelwise.inference.padding import forward_padded, pad_to_multiple
 from pixelwise.inference.predictor import to_channels
 
 

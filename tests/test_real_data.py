@@ -11,8 +11,8 @@ from PIL import Image
 
 from pixelwise import Segmenter
 from pixelwise.config import load_config
-from pixelwise.engine.evaluate import evaluate_run
 from pixelwise.engine.trainer import Trainer
+from pixelwise.inference.evaluation import evaluate_run
 
 
 def _link(files, folder):

@@ -14,6 +14,7 @@ import torch
 from conftest import tiny_overrides
 from PIL import Image
 
+from pixelwise.api import default_callbacks
 from pixelwise.config import load_config
 from pixelwise.engine.evaluate import per_image_scores
 from pixelwise.engine.trainer import Trainer
@@ -75,7 +76,7 @@ def test_plots_are_pngs():
 def tiny_run(synthetic_data, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("report") / "run"
     cfg = load_config(None, tiny_overrides(synthetic_data) + ["train.epochs=2"])
-    Trainer(cfg, run).fit()
+    Trainer(cfg, run, callbacks=default_callbacks(cfg)).fit()  # what `pixelwise train` runs: report, TensorBoard
     return run
 
 

@@ -182,7 +182,7 @@ def test_auto_class_weights_are_resolved_into_the_run_config(synthetic_data, tmp
 
 
 def test_cuda_determinism_settings_trade_speed_for_repeatable_runs():
-    from pixelwise.engine.trainer import set_cuda_determinism
+    from pixelwise.engine.setup import set_cuda_determinism
 
     cudnn = torch.backends.cudnn
     try:

@@ -41,8 +41,7 @@ def train(
     config: Path | None = typer.Argument(None, help="YAML config file (optional: flags alone also work)."),
     set_: list[str] = typer.Option([], "--set", help="Override a config key, e.g. --set optim.lr=3e-4 (repeatable)."),
     data: Path | None = typer.Option(None, help="Dataset folder (data.root)."),
-    fmt: str | None = typer.Option(None, "--format", help="Dataset layout: auto, folders, camvid, voc, cityscapes, "
-                                                           "coco, list (data.format)."),
+    fmt: str | None = typer.Option(None, "--format", help="Dataset layout (data.format; default: detected)."),
     model: str | None = typer.Option(None, help="Architecture, e.g. unet, fpn, deeplabv3plus (model.arch)."),
     encoder: str | None = typer.Option(None, help="Encoder, e.g. resnet18 or tu-convnext_tiny (model.encoder)."),
     epochs: int | None = typer.Option(None, help="train.epochs"),
@@ -62,6 +61,7 @@ def train(
     budget: str | None = typer.Option(None, help="Time budget for --auto (default 30m); same as --time-budget."),
 ) -> None:
     """Train a model; writes config.yaml, best.safetensors, last.ckpt, metrics.csv, summary.json, report.html."""
+    from pixelwise.api import default_callbacks
     from pixelwise.config import load_config
     from pixelwise.engine.trainer import Trainer
 
@@ -95,7 +95,7 @@ def train(
     else:
         cfg = load_config(config, set_, values, base=auto_plan.tree() if auto_plan else None)
         run_dir = out_dir or Path("runs") / cfg.name
-    trainer = Trainer(cfg, run_dir, resume=resume is not None, overwrite=overwrite)
+    trainer = Trainer(cfg, run_dir, resume=resume is not None, overwrite=overwrite, callbacks=default_callbacks(cfg))
     if auto_plan is not None and launched_rank() == 0:
         atomic_write_text(run_dir / "plan.yaml", auto_plan.to_yaml())
     summary = trainer.fit()
@@ -187,7 +187,7 @@ def eval_(
     report: bool = typer.Option(True, help="Also write RUN/report.html (report_SPLIT.html for other splits)."),
 ) -> None:
     """Evaluate a run on a split: per-class table, JSON with mIoU, accuracy, precision, recall, F1, and the report."""
-    from pixelwise.engine.evaluate import evaluate_run
+    from pixelwise.inference.evaluation import evaluate_run
     from pixelwise.report.build import report_run
     from pixelwise.report.tables import metrics_table
 

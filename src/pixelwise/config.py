@@ -6,7 +6,6 @@ merges a YAML file, ``--set a.b=value`` overrides and CLI shortcuts, then valida
 
 from __future__ import annotations
 
-import difflib
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -15,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pixelwise.data.classes import ClassTable
-from pixelwise.errors import ConfigError
+from pixelwise.errors import ConfigError, did_you_mean
 
 
 class Strict(BaseModel):
@@ -38,7 +37,7 @@ def parse_duration(text: str | float | int) -> float:
 
 class DataConfig(Strict):
     root: Path | None = None
-    format: Literal["auto", "folders", "camvid", "voc", "cityscapes", "coco", "list"] = "auto"
+    format: str = "auto"  # auto (detected) or a name in data.formats.FORMATS (checked by validate.check_names)
     images: str | None = None  # folders: image folder name (auto: images, image, img, ...)
     masks: str | None = None  # folders: mask folder name (auto: masks, mask, labels, label, ...)
     classes: ClassTable | Path | None = None  # inline table, a classes file, or found/inferred
@@ -52,6 +51,11 @@ class DataConfig(Strict):
     cache_max_gb: float = Field(4.0, ge=0)
     num_workers: int = Field(-1, ge=-1)  # -1: chosen from the machine
     max_image_pixels: int = Field(200_000_000, ge=1)  # larger images are refused before decoding (bomb guard)
+
+    @field_validator("format")
+    @classmethod
+    def _lower(cls, v: str) -> str:
+        return v.lower()
 
     @field_validator("crop_size", mode="before")
     @classmethod
@@ -72,13 +76,6 @@ class AugmentConfig(Strict):
     # The final pad-and-crop to data.crop_size is always added.
     transforms: list[dict[str, Any]] | None = None
 
-    @model_validator(mode="after")
-    def _buildable(self) -> AugmentConfig:
-        if self.transforms is not None:
-            from pixelwise.data.transforms import build_transform_list
-
-            build_transform_list(self.transforms, ignore_index=255)
-        return self
 
 
 class ModelConfig(Strict):
@@ -94,10 +91,7 @@ class ModelConfig(Strict):
 
     @field_validator("arch")
     @classmethod
-    def _known_arch(cls, v: str) -> str:
-        from pixelwise.models.factory import ARCHITECTURES
-
-        ARCHITECTURES.get(v)
+    def _lower(cls, v: str) -> str:
         return v.lower()
 
 
@@ -133,13 +127,9 @@ class LossConfig(Strict):
 
     @field_validator("terms")
     @classmethod
-    def _known_losses(cls, v: dict[str, float]) -> dict[str, float]:
-        from pixelwise.losses import LOSSES
-
+    def _some_terms(cls, v: dict[str, float]) -> dict[str, float]:
         if not v:
             raise ValueError("at least one loss term is needed")
-        for name in v:
-            LOSSES.get(name)
         return {k.lower(): w for k, w in v.items()}
 
 
@@ -169,11 +159,13 @@ class OptimConfig(Strict):
 
     @field_validator("name")
     @classmethod
-    def _known_optimizer(cls, v: str) -> str:
-        from pixelwise.optim import OPTIMIZERS
-
-        OPTIMIZERS.get(v)
+    def _lower(cls, v: str) -> str:
         return v.lower()
+
+
+class EarlyStoppingConfig(Strict):
+    patience: int = Field(ge=1)  # evaluations without improvement before training stops
+    min_delta: float = Field(0.0, ge=0)  # val mIoU must rise by more than this to count as an improvement
 
 
 class TrainConfig(Strict):
@@ -190,6 +182,7 @@ class TrainConfig(Strict):
     grad_clip: float | None = Field(None, gt=0)  # max global gradient norm
     accumulate: int = Field(1, ge=1)  # batches whose gradients are summed per optimizer step
     ema: float | None = Field(None, gt=0, lt=1)  # decay of an exponential moving average of the weights
+    early_stopping: EarlyStoppingConfig | None = None  # e.g. {patience: 5, min_delta: 0.001}
     nonfinite_loss: Literal["stop", "skip"] = "stop"  # NaN/Inf loss: stop, or skip the batch (10 in a row stop)
     sync_bn: bool = False  # torchrun: BatchNorm statistics over the global batch (SyncBatchNorm)
     compile: bool = False  # torch.compile the training forward/backward (measured: see DESIGN.md)
@@ -230,6 +223,10 @@ class Config(Strict):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
+SECTIONS: dict[str, type[BaseModel]] = {name: f.annotation for name, f in Config.model_fields.items()
+                                        if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel)}
+
+
 def _suggest(loc: tuple[Any, ...]) -> str:
     """'did you mean' for an unknown key, from the fields of the model at that path."""
     model: type[BaseModel] | None = Config
@@ -239,8 +236,21 @@ def _suggest(loc: tuple[Any, ...]) -> str:
         model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
     if model is None:
         return ""
-    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1)
-    return f" (did you mean '{close[0]}'?)" if close else f" (valid keys: {', '.join(model.model_fields)})"
+    close = did_you_mean(str(loc[-1]), model.model_fields, n=1, cutoff=0.6)
+    return f" ({close})" if close else f" (valid keys: {', '.join(model.model_fields)})"
+
+
+def suggest_key(name: str) -> str:
+    """' (did you mean 'train.epochs'?)' for a key given without its section, or a misspelt section."""
+    leaves = {f"{section}.{key}": key for section, model in SECTIONS.items() for key in model.model_fields}
+    exact = [path for path, key in leaves.items() if key == name.lower()]
+    if exact:
+        return f" (did you mean {', '.join(repr(p) for p in exact)}?)"
+    close = did_you_mean(name, [*Config.model_fields, *leaves.values()], n=1)
+    if close:
+        word = close.split("'")[1]
+        return f" (did you mean {', '.join(repr(p) for p, k in leaves.items() if k == word) or repr(word)}?)"
+    return ""
 
 
 def format_validation_error(err: ValidationError, source: str) -> str:
@@ -304,7 +314,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
 
 def load_config(
     path: Path | None = None, overrides: list[str] | None = None, values: dict[str, Any] | None = None,
-    base: dict[str, Any] | None = None,
+    base: dict[str, Any] | None = None, source: str = "the command line",
 ) -> Config:
     """Build a validated Config.
 
@@ -322,4 +332,4 @@ def load_config(
     try:
         return Config.model_validate(tree)
     except ValidationError as e:
-        raise ConfigError(format_validation_error(e, str(path) if path else "the command line")) from None
+        raise ConfigError(format_validation_error(e, str(path) if path else source)) from None

@@ -28,6 +28,7 @@ def _claim(out: Path) -> None:
 
 def run_demo(out: Path, time_budget: str = "75s") -> dict:
     """Generate data, train, evaluate, predict; print where everything is. Returns the evaluation result."""
+    from pixelwise.api import default_callbacks
     from pixelwise.engine.trainer import Trainer
     from pixelwise.inference.files import predict_files
     from pixelwise.inference.predictor import Segmenter
@@ -57,7 +58,7 @@ def run_demo(out: Path, time_budget: str = "75s") -> dict:
     })
     console.print(f"[bold]2/4[/] training for {time_budget}")
     run_dir = out / "run"
-    Trainer(cfg, run_dir).fit()
+    Trainer(cfg, run_dir, callbacks=default_callbacks(cfg)).fit()
     console.print("[bold]3/4[/] evaluating the best weights on the validation split, writing the report")
     result, report = report_run(run_dir, "val")
     Console().print(metrics_table(result, title="validation"))

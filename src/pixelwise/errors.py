@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import difflib
+from collections.abc import Iterable, Sequence
 
 
 class PixelwiseError(Exception):
@@ -29,3 +30,12 @@ def list_offenders(problem: str, offenders: Sequence[str], limit: int = 10) -> s
     rest = len(offenders) - limit
     more = f"\n  ... and {rest} more" if rest > 0 else ""
     return f"{problem} ({len(offenders)} file{'s' if len(offenders) != 1 else ''}):\n{shown}{more}"
+
+
+def did_you_mean(name: str, valid: Iterable[str], n: int = 3, cutoff: float = 0.6, prefix: str = "") -> str:
+    """'did you mean 'a', 'b'?' for the names in ``valid`` close to ``name`` (each shown with ``prefix``), or ''.
+
+    The one place where pixelwise suggests names: config keys, component names, encoders, CLI settings.
+    """
+    close = difflib.get_close_matches(name.lower(), list(valid), n=n, cutoff=cutoff)
+    return f"did you mean {', '.join(repr(prefix + c) for c in close)}?" if close else ""

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from pixelwise.errors import ConfigError
+from pixelwise.errors import ConfigError, did_you_mean
 
 T = TypeVar("T")
 
 
 def unknown_name_message(kind: str, name: str, valid: list[str]) -> str:
     """An error message for an unknown ``name`` of ``kind``, with close matches and the valid names."""
-    close = difflib.get_close_matches(name.lower(), valid, n=3, cutoff=0.5)
-    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    close = did_you_mean(name, valid, cutoff=0.5)
+    hint = f" {close[0].upper()}{close[1:]}" if close else ""
     shown = ", ".join(valid[:40]) + (f", ... ({len(valid)} in all)" if len(valid) > 40 else "")
     return f"unknown {kind} '{name}'.{hint} Valid names: {shown}"
 
@@ -45,6 +44,10 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         return sorted(self._items)
+
+    def items(self) -> list[tuple[str, T]]:
+        """(name, component) pairs in registration order."""
+        return list(self._items.items())
 
     def __contains__(self, name: str) -> bool:
         return name.lower() in self._items

@@ -28,6 +28,8 @@ class DataBundle:
     summary: DataSummary
     val_sizes: list[tuple[int, int]]
     notes: list[str] = field(default_factory=list)
+    custom: bool = False  # the user's own Dataset objects (``data.custom``): no files, no per-image class counts
+    image_dtype: torch.dtype = torch.uint8  # what the loader yields
 
 
 def release_free_memory() -> None:

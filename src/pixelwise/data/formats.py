@@ -1,6 +1,7 @@
 """Dataset layouts on disk -> lists of (image, mask) pairs per split, plus the class table if the layout has one.
 
-Formats in this module:
+Every layout is a ``DatasetFormat`` in the ``FORMATS`` registry (name, how to recognise it, how to read it);
+``data.format``, detection and ``discover`` all go through it. Formats in this module:
 - ``camvid``: the SegNet layout, ``SPLIT/`` images beside ``SPLITannot/`` masks; 11 classes built in, 11 = void.
 - ``folders``: an images folder and a masks folder matched by file stem, either at the root (one pool,
   split by ``data.val_fraction``) or under each split folder (``train/images``, ``train/masks``, ...),
@@ -12,6 +13,7 @@ In ``public_formats``: ``voc``, ``cityscapes``, ``coco`` and ``list`` (CSV/text 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from pixelwise.data import public_formats
 from pixelwise.data.classes import ClassTable
 from pixelwise.data.dataset import IMAGE_SUFFIXES, Pair
 from pixelwise.errors import ConfigError, DataError, list_offenders
+from pixelwise.registry import Registry
 
 CAMVID_CLASSES = ClassTable(
     names=["sky", "building", "pole", "road", "pavement", "tree", "signsymbol", "fence", "car", "pedestrian",
@@ -122,27 +125,69 @@ def _has_folders(root: Path) -> bool:
     return any(_find_dir(s, None, IMAGE_DIRS) and _find_dir(s, None, MASK_DIRS) for s in subs)
 
 
+@dataclass(frozen=True)
+class DatasetFormat:
+    """One dataset layout: how to recognise it in a folder and how to read it into a ``Layout``.
+
+    ``priority`` orders detection: 0 = a distinctive layout (two matches are ambiguous), 1 = the generic
+    image/mask folders (when nothing distinctive matched), 2 = lists of pairs (only when nothing else did).
+    """
+
+    summary: str
+    detect: Callable[[Path], bool]
+    read: Callable[[Path, DataConfig], Layout]
+    priority: int = 0
+
+
+def _public(name: str, reader: Callable) -> Callable[[Path, DataConfig], Layout]:
+    def read(root: Path, cfg: DataConfig) -> Layout:
+        splits, table, orphans = reader(root)
+        if not splits:
+            raise DataError(f"{root}: no images found in the {name} layout")
+        return Layout(name, root, splits, table, orphans)
+
+    return read
+
+
+def _dirs(root: Path) -> set[str]:
+    return {p.name for p in root.iterdir() if p.is_dir()}
+
+
+FORMATS: Registry[DatasetFormat] = Registry("dataset format")
+FORMATS.register("camvid", DatasetFormat(
+    "SegNet layout: SPLIT/ images beside SPLITannot/ masks; the 11 CamVid classes, 11 = void",
+    lambda root: any(f"{d}annot" in _dirs(root) for d in _dirs(root)), lambda root, cfg: _camvid(root)))
+FORMATS.register("voc", DatasetFormat(
+    "Pascal VOC: JPEGImages/, SegmentationClass/ palette PNGs, ImageSets/Segmentation lists; 255 = void",
+    lambda root: public_formats.voc_root(root) is not None, _public("voc", public_formats.read_voc)))
+FORMATS.register("cityscapes", DatasetFormat(
+    "Cityscapes: leftImg8bit/ and gtFine/ labelIds, mapped to the 19 train ids (the rest void)",
+    lambda root: {"leftImg8bit", "gtFine"} <= _dirs(root), _public("cityscapes", public_formats.read_cityscapes)))
+FORMATS.register("coco", DatasetFormat(
+    "COCO JSON: polygons and RLE rasterised once into a cache outside the data",
+    lambda root: bool(public_formats.coco_files(root)), _public("coco", public_formats.read_coco)))
+FORMATS.register("folders", DatasetFormat(
+    "an images folder and a masks folder matched by file stem, at the root or under split folders",
+    _has_folders, lambda root, cfg: _folders(root, cfg), priority=1))
+FORMATS.register("list", DatasetFormat(
+    "CSV or text lists of image,mask pairs (one file per split, or a file given as data.root)",
+    lambda root: root.is_file() or bool(public_formats.list_files(root)),
+    _public("list", lambda root: public_formats.read_lists(root)), priority=2))
+
+
 def detect_format(root: Path) -> str:
     """The layout of ``root``; an error when it matches none of the recognisable ones in a unique way."""
     if root.is_file():
         return "list"
-    dirs = {p.name for p in root.iterdir() if p.is_dir()}
-    found = []
-    if any(f"{d}annot" in dirs for d in dirs):
-        found.append("camvid")
-    if public_formats.voc_root(root) is not None:
-        found.append("voc")
-    if {"leftImg8bit", "gtFine"} <= dirs:
-        found.append("cityscapes")
-    if public_formats.coco_files(root):
-        found.append("coco")
-    folders = _has_folders(root)
-    if not found and not folders and public_formats.list_files(root):
-        found.append("list")
+    found = [name for name, f in FORMATS.items() if f.priority == 0 and f.detect(root)]
     if len(found) > 1:
         raise DataError(f"{root}: looks like more than one dataset layout ({', '.join(found)}); say which with "
                         "--format (data.format)")
-    return found[0] if found else "folders"
+    if found:
+        return found[0]
+    if not FORMATS.get("folders").detect(root) and FORMATS.get("list").detect(root):
+        return "list"
+    return "folders"
 
 
 def _class_file(root: Path, cfg: DataConfig) -> ClassTable | None:
@@ -168,17 +213,7 @@ def discover(cfg: DataConfig, root: Path | None = None) -> Layout:
     fmt = detect_format(root) if cfg.format == "auto" else cfg.format
     if root.is_file() and fmt != "list":
         raise DataError(f"{root}: is a file; the {fmt} format reads a folder (a file is read as a list of pairs)")
-    if fmt == "camvid":
-        layout = _camvid(root)
-    elif fmt == "folders":
-        layout = _folders(root, cfg)
-    else:
-        reader = {"voc": public_formats.read_voc, "cityscapes": public_formats.read_cityscapes,
-                  "coco": public_formats.read_coco, "list": public_formats.read_lists}[fmt]
-        splits, table, orphans = reader(root)
-        layout = Layout(fmt, root, splits, table, orphans)
-        if not splits:
-            raise DataError(f"{root}: no images found in the {fmt} layout")
+    layout = FORMATS.get(fmt).read(root, cfg)
     if fmt != "folders" and cfg.classes is not None:  # the config's table replaces the layout's own
         layout.classes = _class_file(root if root.is_dir() else root.parent, cfg)
     empty = [name for name, pairs in layout.splits.items() if not pairs]

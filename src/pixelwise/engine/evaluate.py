@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -14,13 +12,8 @@ from pixelwise.data.build import eval_loader
 from pixelwise.data.classes import IGNORE
 from pixelwise.engine.distributed import Dist, all_reduce_sum, broadcast_buffers, current
 from pixelwise.engine.metrics import confusion_matrix, metrics_from_confusion
+from pixelwise.engine.padding import forward_padded
 from pixelwise.engine.runtime import Runtime
-from pixelwise.inference.padding import forward_padded
-
-if TYPE_CHECKING:
-    from pixelwise.config import Config
-    from pixelwise.data.dataset import SegmentationDataset
-    from pixelwise.inference.predictor import Segmenter
 
 
 def per_image_scores(
@@ -116,52 +109,4 @@ def evaluate(
     if per_image:
         result["per_image"] = [{"index": i, "miou": scores[i][0], "pixel_accuracy": scores[i][1]}
                                for i in sorted(scores)]
-    return result
-
-
-@dataclass
-class RunSplit:
-    """A run's model with one checked split of data, read with the run's class table and channels."""
-
-    cfg: Config
-    segmenter: Segmenter
-    dataset: SegmentationDataset
-    sizes: list[tuple[int, int]]
-    split: str
-
-
-def open_run_split(run_dir: Path, split: str = "val", data_root: Path | None = None, data_format: str | None = None,
-                   device: str = "auto") -> RunSplit:
-    """Load a run's best weights and check ``split`` of its own data (or of ``data_root``)."""
-    from pixelwise.data.build import build_eval_dataset
-    from pixelwise.inference.predictor import Segmenter, load_run_config
-
-    cfg = load_run_config(run_dir)
-    data_cfg = cfg.data if data_format is None else cfg.data.model_copy(update={"format": data_format})
-    seg = Segmenter.load(run_dir, device=device)
-    dataset, sizes = build_eval_dataset(data_cfg, split, seg.table, seg.channels, root=data_root)
-    return RunSplit(cfg, seg, dataset, sizes, split)
-
-
-def evaluate_split(rs: RunSplit, batch_size: int | None = None, per_image: bool = False) -> dict[str, Any]:
-    """Metrics of the run's model on its split; per-image entries name their image file."""
-    from pixelwise.data.build import default_workers
-
-    seg = rs.segmenter
-    result = evaluate(seg.model, rs.dataset, rs.sizes, seg.table.names, seg.runtime,
-                      batch_size or rs.cfg.train.eval_batch_size, default_workers(rs.cfg.data.num_workers),
-                      per_image=per_image)
-    for entry in result.get("per_image", []):
-        entry["image"] = str(rs.dataset.pairs[entry["index"]].image)
-    result["split"] = rs.split
-    return result
-
-
-def evaluate_run(
-    run_dir: Path, split: str = "val", data_root: Path | None = None, data_format: str | None = None,
-    batch_size: int | None = None, device: str = "auto",
-) -> dict[str, Any]:
-    """Evaluate a run's best weights on ``split`` of its own data (or of ``data_root``), with its class table."""
-    result = evaluate_split(open_run_split(run_dir, split, data_root, data_format, device), batch_size)
-    result["run"] = str(run_dir)
     return result

@@ -18,7 +18,8 @@ import torch
 
 from pixelwise.config import Config
 from pixelwise.engine.checkpoint import atomic_write_text
-from pixelwise.engine.trainer import prepare, to_device
+from pixelwise.engine.runtime import to_device
+from pixelwise.engine.setup import prepare
 from pixelwise.errors import PixelwiseError
 from pixelwise.optim import set_lr
 from pixelwise.progress import console, make_progress

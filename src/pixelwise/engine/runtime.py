@@ -57,3 +57,12 @@ def resolve_runtime(device: str = "auto", amp: str = "auto", channels_last: bool
     if dtype == torch.float16 and dev.type == "cpu":
         raise ConfigError("train.amp: fp16 autocast is for CUDA; on a CPU use bf16 or off")
     return Runtime(dev, dtype, channels_last)
+
+
+def to_device(batch: tuple[torch.Tensor, torch.Tensor], rt: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
+    """An (images, masks) batch on the run's device, images in the run's memory format."""
+    images, masks = batch
+    images = images.to(rt.device, non_blocking=True)
+    if rt.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, masks.to(rt.device, non_blocking=True)

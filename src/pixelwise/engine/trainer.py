@@ -1,29 +1,21 @@
-"""The training loop: epochs of steps, evaluation, checkpoints, and the run directory.
+"""The training loop: epochs of steps, evaluation, stopping rules, resume state; everything else is a callback.
 
-Run directory: config.yaml (resolved), best.safetensors (best val mIoU), last.ckpt (resume state),
-metrics.csv (one row per epoch), summary.json, dataset.json (class pixel counts), tensorboard/, report.html.
+Building the parts is ``engine.setup``; the run directory's files ``engine.rundir``; progress, checkpoints and
+early stopping are callbacks (``engine.callbacks``), as are TensorBoard and the report (``report/``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
-import json
-import math
-import os
-import random
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from rich.progress import Progress, TextColumn
 
 from pixelwise.config import Config
-from pixelwise.data.build import DataBundle, build_datasets, default_workers, train_loader
+from pixelwise.engine.callbacks import Callback, CallbackList, RunState, core_callbacks
 from pixelwise.engine.checkpoint import (
     atomic_write_text,
     load_state,
@@ -31,215 +23,24 @@ from pixelwise.engine.checkpoint import (
     save_state,
     save_weights,
 )
-from pixelwise.engine.distributed import Dist, all_reduce_max, all_reduce_sum, init_distributed
+from pixelwise.engine.distributed import all_reduce_max, all_reduce_sum
 from pixelwise.engine.ema import WeightEma
 from pixelwise.engine.evaluate import evaluate
-from pixelwise.engine.runtime import Runtime, resolve_runtime
-from pixelwise.engine.tensorboard import TensorBoardLog
-from pixelwise.errors import PixelwiseError
-from pixelwise.losses import create_loss, median_frequency_weights
-from pixelwise.models.factory import ARCHITECTURES, build_network, encoder_normalization
-from pixelwise.optim import FULL_BATCH, create_optimizer, lr_factor, set_lr
-from pixelwise.progress import console, make_progress
-from pixelwise.report.build import report_run
+from pixelwise.engine.finite import NonFiniteGuard
+from pixelwise.engine.rng import rng_state, set_rng_state
+from pixelwise.engine.rundir import check_run_dir, metrics_csv, start_run_dir, write_json
+from pixelwise.engine.runtime import to_device
+from pixelwise.engine.setup import Parts, dataset_stats, prepare
+from pixelwise.models.factory import ARCHITECTURES, CUSTOM_ARCH
+from pixelwise.optim import FULL_BATCH, lr_factor, set_lr
+from pixelwise.progress import console
 
-METRIC_COLUMNS = ["epoch", "step", "train_loss", "val_loss", "val_miou", "val_pixel_accuracy", "lr",
-                  "images_per_second", "epoch_seconds", "elapsed_seconds"]
-MAX_SKIPPED_IN_A_ROW = 10  # train.nonfinite_loss: skip gives up after this many non-finite batches in a row
 WARMUP_STEPS = 2  # throughput is measured after these (first steps pay for allocation and kernel selection)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def rng_state() -> dict[str, Any]:
-    """Every random generator's state, in types ``torch.load(weights_only=True)`` accepts."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    version, internal, gauss = random.getstate()
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
-        "python": [version, list(internal), gauss],
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def set_cuda_determinism(deterministic: bool, benchmark: bool) -> None:
-    """cuDNN/cuBLAS settings for a CUDA run (process-wide, as torch keeps them).
-
-    Training crops have one size, so by default cuDNN times its algorithms once per shape (H200, Unet-resnet18,
-    batch 8: 405-517 against 364-435 train images/s in two runs). The fastest algorithms are not bitwise
-    reproducible (atomic additions in backward passes): ``train.deterministic`` trades that speed for runs that
-    repeat exactly with the same seed, as they do on a CPU.
-    """
-    torch.backends.cudnn.benchmark = benchmark and not deterministic
-    torch.backends.cudnn.deterministic = deterministic
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's condition for deterministic results
-    torch.use_deterministic_algorithms(deterministic, warn_only=True)
-
-
-def resolve_config(cfg: Config, data: DataBundle) -> Config:
-    """The config as run: the class table and channels the data checks settled are written in."""
-    channels = data.summary.channels
-    in_channels = channels if cfg.model.in_channels == "auto" else cfg.model.in_channels
-    if in_channels != channels:
-        raise PixelwiseError(
-            f"model.in_channels is {in_channels} but the images have {channels} channel(s); leave model.in_channels "
-            f"at auto, or set data.channels: {in_channels} to convert the images"
-        )
-    mean, std = encoder_normalization(cfg.model.encoder, in_channels, cfg.model.arch)
-    loss = cfg.loss
-    if loss.class_weights == "auto":
-        loss = loss.model_copy(update={"class_weights": auto_class_weights(data)})
-    return cfg.model_copy(update={
-        "data": cfg.data.model_copy(update={"classes": data.summary.table, "channels": channels,
-                                            "root": cfg.data.root.resolve() if cfg.data.root else None}),
-        "model": cfg.model.model_copy(update={"in_channels": in_channels, "mean": cfg.model.mean or mean,
-                                              "std": cfg.model.std or std}),
-        "loss": loss,
-    })
-
-
-def auto_class_weights(data: DataBundle) -> list[float]:
-    """Median-frequency class weights from the training masks, printed so the user sees what was chosen."""
-    counts = np.stack([data.summary.image_class_pixels[str(p.image)] for p in data.train.pairs])
-    weights = [round(float(w), 4) for w in median_frequency_weights(counts)]
-    names = data.summary.table.names
-    shown = ", ".join(f"{n} {w:g}" for n, w in zip(names, weights, strict=True))
-    absent = [n for n, c in zip(names, counts.sum(axis=0), strict=True) if c == 0]
-    extra = f" ({', '.join(absent)} absent from the training masks: weight 1)" if absent else ""
-    console.print(f"[yellow]note:[/] loss.class_weights auto (median frequency): {shown}{extra}")
-    return weights
-
-
-def dataset_stats(data: DataBundle) -> dict[str, Any]:
-    """Images and labelled pixels per class of each split (dataset.json: the report's class frequencies)."""
-    per_image = data.summary.image_class_pixels
-    stats: dict[str, Any] = {"classes": data.summary.table.names}
-    for split, dataset in (("train", data.train), ("val", data.val)):
-        if dataset is not None:
-            counts = np.sum([per_image[str(p.image)] for p in dataset.pairs], axis=0)
-            stats[split] = {"images": len(dataset), "class_pixels": [int(c) for c in counts]}
-    return stats
-
-
-def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to write over an earlier run unless told to resume it or overwrite it (checked before any work)."""
-    if resume:
-        if not (run_dir / "last.ckpt").is_file():
-            raise PixelwiseError(f"{run_dir}: nothing to resume (no last.ckpt)")
-        return
-    if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
-        raise PixelwiseError(
-            f"{run_dir}: the run directory already holds a run. Continue it with --resume {run_dir}, "
-            "write elsewhere with --out DIR, or replace it with --overwrite."
-        )
-
-
-def start_run_dir(run_dir: Path) -> None:
-    """Create the run directory, clearing a previous run's outputs (only reached with --overwrite)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("best.safetensors", "last.ckpt", "metrics.csv", "summary.json"):
-        (run_dir / name).unlink(missing_ok=True)
-
-
-def _csv(rows: list[dict[str, Any]]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-    return buf.getvalue()
-
-
-def to_device(batch: tuple[torch.Tensor, torch.Tensor], rt: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
-    """A uint8 (images, masks) batch on the run's device, images in the run's memory format."""
-    images, masks = batch
-    images = images.to(rt.device, non_blocking=True)
-    if rt.channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    return images, masks.to(rt.device, non_blocking=True)
-
-
-@dataclass
-class Prepared:
-    """Everything a training loop needs, built from a validated config (shared by train and lr-find)."""
-
-    cfg: Config  # resolved: class table, channels, normalisation and class weights written in
-    data: DataBundle
-    runtime: Runtime
-    model: torch.nn.Module  # what the loop calls: the network, or DistributedDataParallel around it
-    net: torch.nn.Module  # the network itself: saved, averaged (EMA) and evaluated
-    criterion: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    workers: int
-    loader: torch.utils.data.DataLoader
-    sampler: Any
-    dist: Dist
-
-
-def prepare(cfg: Config) -> Prepared:
-    """Check the data, then build the model, loss, optimizer and loader the config describes.
-
-    Under torchrun every rank runs this: same seed, same checks, same initial weights (DDP also broadcasts
-    rank 0's), then its own share of the training data.
-    """
-    dist = init_distributed(cfg.train.device)
-    seed_everything(cfg.train.seed)
-    data = build_datasets(cfg.data, cfg.augment, cfg.train.seed)
-    for note in data.notes:
-        console.print(f"[yellow]note:[/] {note}")
-    cfg = resolve_config(cfg, data)
-    table = data.summary.table
-    runtime = resolve_runtime(cfg.train.device, cfg.train.amp, cfg.train.channels_last)
-    if dist.enabled and runtime.device.type == "cuda":
-        runtime = replace(runtime, device=torch.device("cuda", dist.local_rank))
-    model = build_network(cfg.model, cfg.model.in_channels, table.num_classes)
-    if min(cfg.data.crop_size) < model.min_size:
-        raise PixelwiseError(f"'{cfg.model.arch}' needs inputs of at least {model.min_size} pixels a side; "
-                             f"raise data.crop_size (now {list(cfg.data.crop_size)})")
-    memory_format = torch.channels_last if runtime.channels_last else torch.preserve_format
-    net = model.to(runtime.device, memory_format=memory_format)
-    if dist.enabled and cfg.train.sync_bn:
-        net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
-    model = net
-    if dist.enabled:
-        ids = [runtime.device.index] if runtime.device.type == "cuda" else None
-        model = torch.nn.parallel.DistributedDataParallel(net, device_ids=ids)
-    if runtime.device.type == "cuda":
-        set_cuda_determinism(cfg.train.deterministic, cfg.train.cudnn_benchmark)
-    if cfg.train.compile:  # the loop calls the compiled module; saving, EMA and evaluation use the bare network
-        model = torch.compile(model)
-    criterion = create_loss(cfg.loss, table.num_classes).to(runtime.device)
-    if criterion.unweighted:
-        console.print(f"[yellow]note:[/] loss.class_weights do not apply to {', '.join(criterion.unweighted)} "
-                      "(they weight ce and bce, and focal/dice/jaccard/tversky in multiclass mode)")
-    optimizer = create_optimizer(net, cfg.optim)
-    workers = default_workers(cfg.data.num_workers)
-    loader, sampler = train_loader(data.train, cfg.train.batch_size, workers, cfg.train.seed,
-                                   pin_memory=runtime.device.type == "cuda", rank=dist.rank, world=dist.world)
-    return Prepared(cfg, data, runtime, model, net, criterion, optimizer, workers, loader, sampler, dist)
 
 
 @dataclass
 class State:
-    """Counters that survive a resume."""
+    """Counters that survive a resume (saved in last.ckpt)."""
 
     epoch: int = 0  # epochs completed
     step: int = 0
@@ -252,12 +53,20 @@ class State:
 
 
 class Trainer:
-    """Fits one run: built from a validated Config, writes everything into ``run_dir``."""
+    """Fits one run: built from a validated Config, writes everything into ``run_dir``.
 
-    def __init__(self, cfg: Config, run_dir: Path, resume: bool = False, overwrite: bool = False) -> None:
+    Args:
+        callbacks: called at each stage of ``fit`` (see ``engine.callbacks``); ``None``: progress display,
+            checkpoints and (if configured) early stopping. ``pixelwise.train`` adds TensorBoard and the report.
+        parts: your own datasets and/or network instead of the config's (``engine.setup.Parts``).
+    """
+
+    def __init__(self, cfg: Config, run_dir: Path | str, resume: bool = False, overwrite: bool = False,
+                 callbacks: list[Callback] | None = None, parts: Parts | None = None) -> None:
+        run_dir = Path(run_dir)
         check_run_dir(run_dir, resume, overwrite)  # every rank, before any rank can write
         self.run_dir = run_dir
-        p = prepare(cfg)
+        p = prepare(cfg, parts)
         self.cfg, self.data, self.runtime, self.model, self.net = p.cfg, p.data, p.runtime, p.model, p.net
         self.criterion, self.optimizer, self.workers, self.loader, self.sampler = (
             p.criterion, p.optimizer, p.workers, p.loader, p.sampler)
@@ -271,27 +80,38 @@ class Trainer:
                                            enabled=self.runtime.amp_dtype == torch.float16)
         self.ema = WeightEma(self.net, self.cfg.train.ema) if self.cfg.train.ema else None
         self.state = State()
-        self._skipped_in_row = 0
-        # On a GPU a per-step `bool(isfinite(loss))` makes the host wait for every forward pass. With one process
-        # and nonfinite_loss: stop, the first non-finite step is kept on the device instead and read where the
-        # loop syncs anyway (every 5th batch, the epoch's end): training stops a few steps later, before anything
-        # is saved. skip (decided before the backward) and torchrun (a collective per step) keep the sync.
-        self.defer_finite_check = (self.runtime.device.type == "cuda" and not self.dist.enabled
-                                   and self.cfg.train.nonfinite_loss == "stop")
-        self._first_bad: torch.Tensor | None = None  # deferred: first step with a non-finite loss (-1: none)
-        self._bad_value: torch.Tensor | None = None
         self.history: list[dict[str, Any]] = []
+        policy = self.cfg.train.nonfinite_loss
+        self.guard = NonFiniteGuard(policy, deferred=self.runtime.device.type == "cuda" and not self.dist.enabled
+                                    and policy == "stop")
         if resume:
             self._load_resume_state()
         elif self.writes:
             start_run_dir(run_dir)
-        self.tensorboard = None
         if self.writes:
             # On resume too: overrides such as a longer time budget belong to the run's config from now on.
             atomic_write_text(run_dir / "config.yaml", self.cfg.to_yaml())
-            atomic_write_text(run_dir / "dataset.json", json.dumps(dataset_stats(self.data), indent=2))
-            if self.cfg.train.tensorboard:
-                self.tensorboard = TensorBoardLog(run_dir / "tensorboard")
+            write_json(run_dir / "dataset.json", dataset_stats(self.data))
+        self.callbacks = CallbackList(core_callbacks(self.cfg) if callbacks is None else callbacks)
+        self.run_state = RunState(self)
+        self.accumulate = self.cfg.train.accumulate
+        self.planned_steps = 0
+        self.epoch_batches, self.epoch_loss_sum = 0, torch.zeros(())
+
+    @property
+    def defer_finite_check(self) -> bool:
+        """Whether non-finite losses are found on the device and read later (one CUDA process, policy stop)."""
+        return self.guard.deferred
+
+    @defer_finite_check.setter
+    def defer_finite_check(self, value: bool) -> None:
+        self.guard.deferred = value
+
+    @property
+    def model_name(self) -> str:
+        arch = self.cfg.model.arch
+        uses_encoder = arch != CUSTOM_ARCH and ARCHITECTURES.get(arch).uses_encoder
+        return f"{arch}-{self.cfg.model.encoder}" if uses_encoder else arch
 
     # --- persistence -----------------------------------------------------------------------------
     def _load_resume_state(self) -> None:
@@ -316,13 +136,15 @@ class Trainer:
         """The weights that are evaluated and saved as the model: the EMA when there is one."""
         return self.ema.module if self.ema is not None else self.net
 
-    def _save(self, improved: bool) -> None:
-        if not self.writes:
-            return
+    def save_checkpoint(self, improved: bool) -> dict[str, Path]:
+        """Write last.ckpt and metrics.csv, and best.safetensors when ``improved``; returns what was written."""
+        paths = {}
         if improved:
-            save_weights(self.eval_model, self.run_dir / "best.safetensors",
+            paths["best"] = self.run_dir / "best.safetensors"
+            save_weights(self.eval_model, paths["best"],
                          {"epoch": str(self.state.epoch), "miou": f"{self.state.best_miou:.6f}"})
-        save_state(self.run_dir / "last.ckpt", {
+        paths["last"] = self.run_dir / "last.ckpt"
+        save_state(paths["last"], {
             "model": self.net.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
@@ -331,24 +153,26 @@ class Trainer:
             "state": vars(self.state).copy(),
             "history": self.history,
         })
-        atomic_write_text(self.run_dir / "metrics.csv", _csv(self.history))
+        paths["metrics"] = self.run_dir / "metrics.csv"
+        atomic_write_text(paths["metrics"], metrics_csv(self.history))
+        return paths
 
     # --- stopping rules --------------------------------------------------------------------------
     def _planned_steps(self, steps_per_epoch: int) -> int:
         planned = self.cfg.train.epochs * steps_per_epoch
         return min(planned, self.cfg.train.max_steps) if self.cfg.train.max_steps else planned
 
-    def _progress(self, planned: int) -> float:
+    def _progress(self) -> float:
         budget = self.cfg.train.time_budget_seconds
         by_time = self.state.elapsed / budget if budget else 0.0
-        return max(self.state.step / max(planned, 1), by_time)
+        return max(self.state.step / max(self.planned_steps, 1), by_time)
 
-    def _eta(self, planned: int) -> str:
+    def eta(self) -> str:
         """Time left by the step count or the time budget, whichever ends training first."""
         s = self.state
         if s.step == 0 or s.elapsed <= 0:
             return "-"
-        left = (planned - s.step) * s.elapsed / s.step
+        left = (self.planned_steps - s.step) * s.elapsed / s.step
         budget = self.cfg.train.time_budget_seconds
         if budget is not None:
             left = min(left, budget - s.elapsed)
@@ -357,6 +181,8 @@ class Trainer:
 
     def _stop_reason(self) -> str | None:
         t = self.cfg.train
+        if self.run_state.stop_reason is not None:
+            return self.run_state.stop_reason
         if t.max_steps is not None and self.state.step >= t.max_steps:
             return f"max_steps ({t.max_steps})"
         budget = t.time_budget_seconds
@@ -368,119 +194,111 @@ class Trainer:
 
     # --- the loop --------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
-        """Train until a stopping rule holds; returns the summary written to summary.json."""
+        """Train until a stopping rule holds (or a callback stops it); returns the summary (summary.json)."""
         reason = self._stop_reason()
         if reason:
             console.print(f"[yellow]nothing to do:[/] the run already reached {reason}; raise it with --set")
             return self._summary(reason)
-        t = self.cfg.train
         steps_per_epoch = len(self.loader)
-        planned = self._planned_steps(steps_per_epoch)
+        self.planned_steps = self._planned_steps(steps_per_epoch)
         # gd: one update per pass over the training set, from the gradients of every batch of the epoch.
-        self.accumulate = steps_per_epoch if self.cfg.optim.name in FULL_BATCH else t.accumulate
-        uses_encoder = ARCHITECTURES.get(self.cfg.model.arch).uses_encoder
-        name = f"{self.cfg.model.arch}-{self.cfg.model.encoder}" if uses_encoder else self.cfg.model.arch
-        console.print(
-            f"training {name} on {len(self.data.train)} images "
-            f"({self.table.num_classes} classes, {self.cfg.model.in_channels} channel(s)) "
-            f"on {self.runtime.describe()}, "
-            f"{self.workers} loader worker(s) -> {self.run_dir}"
-        )
-        progress = make_progress(TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[ips]} img/s"),
-                                 TextColumn("eta {task.fields[eta]}"), eta=False)
-        with progress:
-            task = progress.add_task("train", total=planned, completed=self.state.step, loss="-", ips="-", eta="-")
+        self.accumulate = steps_per_epoch if self.cfg.optim.name in FULL_BATCH else self.cfg.train.accumulate
+        rs = self.run_state
+        try:
+            self.callbacks.fire("on_train_start", rs)
             while reason is None:
-                row = self._train_epoch(progress, task, planned)
+                self.callbacks.fire("on_epoch_start", rs)
+                row = self._train_epoch()
                 reason = self._stop_reason()
-                self._end_epoch(row, evaluate_now=reason is not None or self.state.epoch % t.eval_every == 0)
-        summary = self._summary(reason)
-        if self.tensorboard is not None:
-            self.tensorboard.close()
-        if self.writes and self.cfg.train.report and self.data.val is not None:
-            report_run(self.run_dir, "val", device=str(self.runtime.device))
+                due = self.state.epoch % self.cfg.train.eval_every == 0
+                self._end_epoch(row, evaluate_now=reason is not None or due)
+                reason = reason or self._stop_reason()  # a callback may stop training at the epoch's end
+            summary = self._summary(reason)
+            self.callbacks.fire("on_train_end", rs)
+        finally:
+            self.callbacks.close()
         best = "no validation data" if summary["best_miou"] is None else (
             f"best val mIoU {summary['best_miou']:.4f} (epoch {summary['best_epoch']})")
         console.print(f"stopped by {reason}: {best}, {summary['train_images_per_second']:.2f} train images/s")
         return summary
 
-    def _train_epoch(self, progress: Progress, task: Any, planned: int) -> dict[str, Any]:
-        """One pass over the training set (or until max_steps / time_budget); returns its metrics row."""
+    def _train_epoch(self) -> dict[str, Any]:
+        """One pass over the training set (or until a stopping rule holds); returns its metrics row."""
         s, rt = self.state, self.runtime
         self.sampler.set_epoch(s.epoch)
-        loader = self.loader
         self.model.train()
-        loss_sum = torch.zeros((), device=rt.device)
-        shown_sum, shown_n, batches, pending, unsynced = 0.0, 0, 0, 0, False
+        self.epoch_loss_sum, self.epoch_batches = torch.zeros((), device=rt.device), 0
+        self._pending, self._unsynced, lr = 0, False, self.optimizer.param_groups[0]["lr"]
         self.optimizer.zero_grad(set_to_none=True)
-        epoch_images, epoch_start, last_tick = 0, time.perf_counter(), time.perf_counter()
-        for batch in loader:
-            images, masks = to_device(batch, rt)
-            with rt.autocast():
-                logits = self.model(images)
-            loss = self.criterion(logits, masks)
-            n = images.shape[0]
-            now = time.perf_counter()
-            s.elapsed += now - last_tick
-            if s.step >= WARMUP_STEPS:
-                s.measured_images += n
-                s.measured_seconds += now - last_tick
-            last_tick = now
-            if self.defer_finite_check:
-                self._note_nonfinite(loss, s.step + 1)
-                finite = True
-            else:
-                # One host sync per step. Under DDP it is one collective that also gives every rank the same clock,
-                # so learning rate, skipping and stopping are decided alike everywhere and no rank waits forever.
-                finite = self._sync_step(bool(torch.isfinite(loss)))
-            lr = self.cfg.optim.lr * lr_factor(self._progress(planned), self.cfg.optim)
-            set_lr(self.optimizer, lr)
-            if finite:
-                self._skipped_in_row = 0
-                # Inside an accumulation group DDP need not all-reduce: only the group's last backward does.
-                sync = pending + 1 == self.accumulate or not self.dist.enabled
-                with contextlib.nullcontext() if sync else self.model.no_sync():
-                    self.scaler.scale(loss / self.accumulate).backward()
-                unsynced = not sync
-                pending += 1
-                if pending == self.accumulate:
-                    self._optimizer_step(pending)
-                    pending = 0
-                loss_sum += loss.detach()
-                batches += 1
-            else:
-                self._nonfinite_loss(float(loss.detach()), s.step + 1)
+        epoch_images, epoch_start = 0, time.perf_counter()
+        self._last_tick = epoch_start
+        for batch in self.loader:
+            lr = self._train_step(batch)
             s.step += 1
-            epoch_images += n
-            if batches % 5 == 0 or batches == 1:  # .item() syncs the device: not on every step
-                self._check_deferred()
-                total = loss_sum.item()
-                shown = (total - shown_sum) / max(batches - shown_n, 1)
-                shown_sum, shown_n = total, batches
-                ips = s.measured_images / s.measured_seconds if s.measured_seconds else n / (now - epoch_start)
-                progress.update(task, completed=s.step, loss=f"{shown:.4f}", ips=f"{ips:.1f}",
-                                eta=self._eta(planned))
-            else:
-                progress.update(task, completed=s.step)
+            epoch_images += batch[0].shape[0]
+            if self.epoch_batches % 5 == 0 or self.epoch_batches == 1:
+                self.guard.check_deferred(self.run_dir, s.epoch)  # where the progress bar reads the loss anyway
+            self.callbacks.fire("on_step_end", self.run_state)
             reason = self._stop_reason()
-            if reason and not reason.startswith("epochs"):  # max_steps / time_budget stop mid-epoch
+            if reason and not reason.startswith("epochs"):  # max_steps / time_budget / a callback stop mid-epoch
                 break
-        if pending:  # an epoch (or a stop) ended inside an accumulation group: step on what was gathered
-            if unsynced:  # its backwards skipped DDP's all-reduce: average the gradients over ranks here
+        if self._pending:  # an epoch (or a stop) ended inside an accumulation group: step on what was gathered
+            if self._unsynced:  # its backwards skipped DDP's all-reduce: average the gradients over ranks here
                 grads = [p.grad for p in self.net.parameters() if p.grad is not None]
                 for g in grads:
                     all_reduce_sum(g)
                 torch._foreach_div_(grads, self.dist.world)
-            self._optimizer_step(pending)
-        self._check_deferred()  # before the epoch's end saves anything
-        s.elapsed += time.perf_counter() - last_tick
+            self._optimizer_step(self._pending)
+        self.guard.check_deferred(self.run_dir, s.epoch)  # before the epoch's end saves anything
+        s.elapsed += time.perf_counter() - self._last_tick
         self._sync_elapsed()
         s.epoch += 1
         seconds = time.perf_counter() - epoch_start
         return {
-            "epoch": s.epoch, "step": s.step, "train_loss": loss_sum.item() / max(batches, 1), "lr": lr,
-            "images_per_second": epoch_images / seconds if seconds > 0 else None, "epoch_seconds": seconds,
+            "epoch": s.epoch, "step": s.step, "train_loss": self.epoch_loss_sum.item() / max(self.epoch_batches, 1),
+            "lr": lr, "images_per_second": epoch_images / seconds if seconds > 0 else None, "epoch_seconds": seconds,
         }
+
+    def _train_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> float:
+        """Forward, loss, the finite check, backward and (every ``accumulate`` batches) the optimizer step.
+
+        Returns the learning rate used. Time counts from the previous step's end to this forward's launch, so
+        the loader's wait is in it, as the user waits for both.
+        """
+        s, rt = self.state, self.runtime
+        images, masks = to_device(batch, rt)
+        with rt.autocast():
+            logits = self.model(images)
+        loss = self.criterion(logits, masks)
+        now = time.perf_counter()
+        s.elapsed += now - self._last_tick
+        if s.step >= WARMUP_STEPS:
+            s.measured_images += images.shape[0]
+            s.measured_seconds += now - self._last_tick
+        self._last_tick = now
+        # Without deferral one host sync per step. Under DDP it is one collective that also gives every rank the
+        # same clock, so learning rate, skipping and stopping are decided alike everywhere and no rank waits forever.
+        finite = self.guard.finite(loss, s.step + 1, self._sync_step)
+        lr = self.cfg.optim.lr * lr_factor(self._progress(), self.cfg.optim)
+        set_lr(self.optimizer, lr)
+        self.run_state.loss = loss.detach()
+        if not finite:
+            self.guard.handle(float(loss.detach()), s.step + 1, self.run_dir, s.epoch, s.skipped_steps)
+            s.skipped_steps += 1  # reached only when the batch is skipped
+            return lr
+        self.guard.ok()
+        # Inside an accumulation group DDP need not all-reduce: only the group's last backward does.
+        sync = self._pending + 1 == self.accumulate or not self.dist.enabled
+        with contextlib.nullcontext() if sync else self.model.no_sync():
+            self.scaler.scale(loss / self.accumulate).backward()
+        self._unsynced = not sync
+        self._pending += 1
+        if self._pending == self.accumulate:
+            self._optimizer_step(self._pending)
+            self._pending = 0
+        self.epoch_loss_sum += loss.detach()
+        self.epoch_batches += 1
+        return lr
 
     def _sync_step(self, finite: bool) -> bool:
         """Whether the loss is finite on every rank; the ranks' clocks are set to the slowest one's."""
@@ -494,42 +312,6 @@ class Trainer:
     def _sync_elapsed(self) -> None:
         if self.dist.enabled:
             self._sync_step(True)
-
-    def _note_nonfinite(self, loss: torch.Tensor, step: int) -> None:
-        """Record ``step`` on the device if its loss is the first non-finite one (no host sync)."""
-        loss = loss.detach().float()
-        if self._first_bad is None:
-            self._first_bad = torch.full((), -1, dtype=torch.int64, device=loss.device)
-            self._bad_value = torch.zeros((), device=loss.device)
-        bad = ~torch.isfinite(loss) & (self._first_bad < 0)
-        self._first_bad = torch.where(bad, torch.full_like(self._first_bad, step), self._first_bad)
-        self._bad_value = torch.where(bad, loss, self._bad_value)
-
-    def _check_deferred(self) -> None:
-        """Stop if a deferred check recorded a non-finite loss (one scalar read)."""
-        if self._first_bad is not None and int(self._first_bad) >= 0:
-            self._nonfinite_loss(float(self._bad_value), int(self._first_bad))
-
-    def _nonfinite_loss(self, value: float | str, step: int) -> None:
-        """Stop (default) or skip the batch; nothing is saved on the way out, so good checkpoints stay as they are."""
-        s, t = self.state, self.cfg.train
-        self._skipped_in_row += 1
-        if math.isfinite(value):  # finite here, not on another process (torchrun)
-            value = "not finite on another process"
-        if t.nonfinite_loss == "skip" and self._skipped_in_row <= MAX_SKIPPED_IN_A_ROW:
-            s.skipped_steps += 1
-            console.print(f"[yellow]warning:[/] the loss is {value} at step {step}: batch skipped "
-                          f"({s.skipped_steps} so far)")
-            return
-        last = self.run_dir / "last.ckpt"
-        where = (f"The last good checkpoint is {last} (epoch {s.epoch}); continue from it with "
-                 f"pixelwise train --resume {self.run_dir} --set optim.lr=<lower>"
-                 if last.is_file() else "No checkpoint had been written yet.")
-        in_row = f" ({self._skipped_in_row} batches in a row)" if t.nonfinite_loss == "skip" else ""
-        raise PixelwiseError(
-            f"the loss became {value} at step {step}{in_row}; training stopped. Lower optim.lr, set "
-            f"train.grad_clip, or check the data (train.nonfinite_loss: skip drops such batches). {where}"
-        )
 
     def _optimizer_step(self, batches: int) -> None:
         """Clip, step, clear, update the EMA; a short group's (``batches`` < accumulate) gradient is rescaled."""
@@ -546,30 +328,26 @@ class Trainer:
             self.ema.update(self.net)
 
     def _end_epoch(self, row: dict[str, Any], evaluate_now: bool) -> None:
-        """Evaluate (if due), record the epoch's row and write the checkpoints; the time counts as training time."""
-        s = self.state
+        """Evaluate (if due), record the epoch's row, run the epoch-end callbacks; the time counts as training."""
+        s, rs = self.state, self.run_state
         tick = time.perf_counter()
         if evaluate_now and self.data.val is not None:
             result = evaluate(self.eval_model, self.data.val, self.data.val_sizes, self.table.names, self.runtime,
                               self.cfg.train.eval_batch_size, self.workers, self.criterion, distributed=True)
             miou = result["miou"] if result["miou"] is not None else 0.0
             row.update(val_loss=result["loss"], val_miou=miou, val_pixel_accuracy=result["pixel_accuracy"])
-            improved = miou > s.best_miou
-            if improved:
+            rs.improved = miou > s.best_miou
+            if rs.improved:
                 s.best_miou, s.best_epoch = miou, s.epoch
-            mark = " [green](best)[/]" if improved else ""
-            console.print(f"epoch {s.epoch}: train loss {row['train_loss']:.4f}, val loss {result['loss']:.4f}, "
-                          f"val mIoU {miou:.4f}{mark}")
+            rs.metrics = result
+            self.callbacks.fire("on_evaluate", rs, result)
         else:
-            console.print(f"epoch {s.epoch}: train loss {row['train_loss']:.4f}")
-            # Without validation data the latest weights are the model.
-            improved = self.data.val is None
+            rs.improved = self.data.val is None  # without validation data the latest weights are the model
         s.elapsed += time.perf_counter() - tick
         row["elapsed_seconds"] = s.elapsed
         self.history.append(row)
-        self._save(improved)
-        if self.tensorboard is not None:
-            self.tensorboard.epoch(row, self.eval_model, self.data, self.runtime)
+        rs.metrics = row
+        self.callbacks.fire("on_epoch_end", rs)
 
     def _summary(self, reason: str) -> dict[str, Any]:
         s = self.state
@@ -590,5 +368,5 @@ class Trainer:
             "classes": self.table.names,
         }
         if self.writes:
-            atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2))
+            write_json(self.run_dir / "summary.json", summary)
         return summary

@@ -19,9 +19,9 @@ import torch
 
 from pixelwise.config import Config
 from pixelwise.data.build import build_eval_dataset
+from pixelwise.engine.padding import pad_to_multiple
 from pixelwise.errors import PixelwiseError
 from pixelwise.inference.onnx_backend import METADATA_KEY, OnnxBackend
-from pixelwise.inference.padding import pad_to_multiple
 from pixelwise.inference.predictor import load_run_config
 from pixelwise.inference.torch_backend import TorchBackend, load_torch_backend
 

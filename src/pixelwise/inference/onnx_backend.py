@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from pixelwise.errors import PixelwiseError
-from pixelwise.inference.geometry import pad_amounts
+from pixelwise.geometry import pad_amounts
 
 METADATA_KEY = "pixelwise"  # JSON in the model's metadata: classes, channels, normalisation, stride, crop
 

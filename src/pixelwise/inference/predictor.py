@@ -5,7 +5,7 @@ Imports no torch at module level: with an .onnx model, prediction runs on numpy 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,11 @@ def to_channels(image: np.ndarray, channels: int) -> np.ndarray:
     return np.repeat(image, channels, axis=2)
 
 
+def _is_many(x: Any) -> bool:
+    """A collection of images rather than one image (an array, a path)."""
+    return not isinstance(x, (np.ndarray, str, Path, Image.Image)) and isinstance(x, Iterable)
+
+
 AUTO_TILE_AREA = 16  # tile automatically when an image has more than this many training crops' worth of pixels
 DEFAULT_OVERLAP = 0.25
 
@@ -70,13 +75,14 @@ class Segmenter:
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto", weights: str = "best.safetensors",
-             threads: int | None = None, amp: str = "auto") -> Segmenter:
+             threads: int | None = None, amp: str = "auto", model: Any = None) -> Segmenter:
         """Load a run directory (config.yaml + safetensors weights; no pickled code runs) or an exported .onnx.
 
         Args:
             device, amp: PyTorch only: device, and autocast ("auto": bf16 where the hardware computes it
                 natively, "off": fp32).
             threads: ONNX Runtime only: intra-op threads (default: its own choice).
+            model: for a run that trained your own ``nn.Module``: an instance of it (its weights are loaded).
         """
         path = Path(path)
         if path.suffix.lower() == ".onnx":
@@ -89,7 +95,7 @@ class Segmenter:
         from pixelwise.inference.torch_backend import load_torch_backend
 
         cfg = load_run_config(path)
-        backend = load_torch_backend(path, cfg, device, weights, amp)
+        backend = load_torch_backend(path, cfg, device, weights, amp, network=model)
         return cls(backend, cfg.data.classes, int(cfg.model.in_channels), tuple(cfg.data.crop_size))
 
     @property
@@ -146,13 +152,18 @@ class Segmenter:
             return tta_probs(probs_of, img, flips if tta else (), scales)
         return probs_of(img)
 
-    def predict(self, image: np.ndarray | str | Path, tile: int | tuple[int, int] | None = None,
-                overlap: float = DEFAULT_OVERLAP, tta: bool = False, scales: Sequence[float] = (1.0,),
-                flips: Sequence[str] = FLIPS) -> np.ndarray:
+    def predict(self, image: Any, tile: int | tuple[int, int] | None = None, overlap: float = DEFAULT_OVERLAP,
+                tta: bool = False, scales: Sequence[float] = (1.0,), flips: Sequence[str] = FLIPS,
+                batch_size: int = 4) -> Any:
         """Class index per pixel, (H, W) uint8, for an HxW(xC) uint8 array or an image file of any size.
 
         Tiled prediction without TTA keeps only a band of rows in memory, so gigapixel images fit.
+        Many images: a list (or tuple) gives a list of masks, any other iterable (a generator, say) an iterator
+        of masks, computed as it is consumed; consecutive images of one size are batched ``batch_size`` at a time.
         """
+        if _is_many(image):
+            masks = self._predict_many(image, tile, overlap, tta, scales, flips, batch_size)
+            return list(masks) if isinstance(image, (list, tuple)) else masks
         img = self._image(image)
         size = self._tile(img.shape, tile)
         if size is not None and not tta and tuple(scales) == (1.0,):
@@ -167,8 +178,39 @@ class Segmenter:
         out.putpalette(flat + [0] * (768 - len(flat)))
         return out
 
-    def overlay(self, image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-        """The image with the class colours blended in, HxWx3 uint8."""
+    def _predict_many(self, images: Iterable[Any], tile: Any, overlap: float, tta: bool, scales: Sequence[float],
+                      flips: Sequence[str], batch_size: int) -> Iterator[np.ndarray]:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        batch: list[np.ndarray] = []
+        for item in images:
+            img = self._image(item)
+            whole = self._tile(img.shape, tile) is None and not tta and tuple(scales) == (1.0,)
+            if batch and (not whole or img.shape != batch[0].shape):
+                yield from self._predict_batch(batch)
+                batch = []
+            if not whole:  # tiled or augmented: one image at a time
+                yield self.predict(img, tile, overlap, tta, scales, flips)
+                continue
+            batch.append(img)
+            if len(batch) == batch_size:
+                yield from self._predict_batch(batch)
+                batch = []
+        if batch:
+            yield from self._predict_batch(batch)
+
+    def _predict_batch(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        probs = self.backend(np.stack([im.transpose(2, 0, 1) for im in images]))
+        return list(probs.argmax(axis=1).astype(np.uint8))
+
+    def overlay(self, image: Any, mask: np.ndarray | None = None, alpha: float = 0.5) -> np.ndarray:
+        """The image with the class colours blended in, HxWx3 uint8.
+
+        ``image``: what ``predict`` takes (an array or an image file); ``mask``: its classes (default: predicted).
+        """
+        image = self._image(image)
+        if mask is None:
+            mask = self.predict(image)
         rgb = to_channels(np.asarray(image), 3).astype(np.float32)
         colours = np.asarray(self.table.palette, dtype=np.float32)[mask]
         return (rgb * (1 - alpha) + colours * alpha).clip(0, 255).astype(np.uint8)

@@ -6,12 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from pixelwise.config import Config
 from pixelwise.engine.checkpoint import load_weights
+from pixelwise.engine.padding import forward_padded
 from pixelwise.engine.runtime import Runtime, resolve_runtime
 from pixelwise.errors import PixelwiseError
-from pixelwise.inference.padding import forward_padded
 from pixelwise.models.factory import Normalized, build_network
 
 
@@ -35,10 +36,16 @@ class TorchBackend:
 
 
 def load_torch_backend(run_dir: Path, cfg: Config, device: str = "auto", weights: str = "best.safetensors",
-                       amp: str = "auto") -> TorchBackend:
-    """The run's network with its weights (safetensors: no pickled code runs)."""
+                       amp: str = "auto", network: nn.Module | None = None) -> TorchBackend:
+    """The run's network with its weights (safetensors: no pickled code runs).
+
+    ``network``: for a run that trained your own ``nn.Module``, an instance of it to load the weights into.
+    """
     table, channels = cfg.data.classes, int(cfg.model.in_channels)
-    model = build_network(cfg.model, channels, table.num_classes, pretrained=False)
+    if network is not None:
+        model = Normalized(network, cfg.model.mean, cfg.model.std)
+    else:
+        model = build_network(cfg.model, channels, table.num_classes, pretrained=False)
     path = run_dir / weights
     if not path.is_file():
         raise PixelwiseError(f"{path}: no weights yet (training writes them after its first evaluation)")

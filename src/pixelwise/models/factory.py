@@ -8,7 +8,6 @@ pretraining, written into the run's config).
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,13 +19,15 @@ import torch
 from torch import nn
 
 from pixelwise.config import ModelConfig
-from pixelwise.errors import ConfigError, PixelwiseError
+from pixelwise.errors import ConfigError, PixelwiseError, did_you_mean
 from pixelwise.models import weights as W
 from pixelwise.models.encoders import prune_unused_stages
 from pixelwise.models.reseg import ReSeg
 from pixelwise.models.seed_cnn import SeedCNN
 from pixelwise.registry import Registry
 
+# model.arch of a run that trained the user's own nn.Module: its weights are saved, but the config cannot rebuild it
+CUSTOM_ARCH = "custom"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -86,14 +87,13 @@ def check_encoder(encoder: str) -> None:
 
         if timm.is_model(encoder[3:]):
             return
-        close = difflib.get_close_matches(encoder[3:], timm.list_models(), n=3, cutoff=0.6)
+        close = did_you_mean(encoder[3:], timm.list_models(), prefix="tu-")
     else:
         valid = smp.encoders.get_encoder_names()
         if encoder in valid:
             return
-        close = difflib.get_close_matches(encoder, valid, n=3, cutoff=0.6)
-    prefix = "tu-" if encoder.startswith("tu-") else ""
-    hint = f" Did you mean {', '.join(repr(prefix + c) for c in close)}?" if close else ""
+        close = did_you_mean(encoder, valid)
+    hint = f" {close[0].upper()}{close[1:]}" if close else ""
     raise ConfigError(
         f"unknown encoder '{encoder}'.{hint} Use an smp encoder name (resnet18, efficientnet-b0, mit_b0, ...) "
         "or a timm model as 'tu-<name>' (tu-convnext_tiny, ...)."
@@ -150,7 +150,7 @@ def create_model(
 def encoder_normalization(encoder: str, in_channels: int, arch: str = "unet") -> tuple[list[float], list[float]]:
     """Mean and std (0-1 scale) of the encoder's pretraining, per input channel (averaged or cycled to fit)."""
     mean, std = IMAGENET_MEAN, IMAGENET_STD
-    if encoder.startswith("tu-") and ARCHITECTURES.get(arch).uses_encoder:
+    if encoder.startswith("tu-") and arch in ARCHITECTURES and ARCHITECTURES.get(arch).uses_encoder:
         import timm
 
         cfg = timm.get_pretrained_cfg(encoder[3:])
@@ -180,6 +180,9 @@ class Normalized(nn.Module):
 
 def build_network(cfg: ModelConfig, in_channels: int, classes: int, pretrained: bool = True) -> Normalized:
     """The run's network from its config; ``pretrained=False`` skips loading encoder weights (loaded after)."""
+    if cfg.arch == CUSTOM_ARCH:
+        raise PixelwiseError("this run trained your own nn.Module, which its config cannot rebuild: build it and "
+                             "pass it, e.g. Segmenter.load(run, model=MyNet()) or pixelwise.Run(run, model=MyNet())")
     net = create_model(
         cfg.arch,
         encoder=cfg.encoder,

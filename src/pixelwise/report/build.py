@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from pixelwise.engine.checkpoint import atomic_write_bytes, atomic_write_text
+from pixelwise.engine.rundir import read_metrics_csv
 from pixelwise.progress import console
 
 GALLERY_SIZE = 4  # worst and best images shown
@@ -17,10 +17,7 @@ GALLERY_SIZE = 4  # worst and best images shown
 
 def read_history(run_dir: Path) -> list[dict[str, Any]]:
     path = run_dir / "metrics.csv"
-    if not path.is_file():
-        return []
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
+    return read_metrics_csv(path) if path.is_file() else []
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -40,6 +37,65 @@ def report_path(run_dir: Path, split: str) -> Path:
     return run_dir / ("report.html" if split == "val" else f"report_{split}.html")
 
 
+class _Items:
+    """What the report reads of a split: each item's name, its image (HxWxC) and its truth (HxW)."""
+
+    def __init__(self, names: list[str], load: Any) -> None:
+        self.names, self.load = names, load
+
+
+def _file_split(run_dir: Path, split: str, data_root: Path | None, data_format: str | None, batch_size: int | None,
+                device: str, reuse: bool) -> tuple[Any, Any, _Items, dict[str, Any]]:
+    """The run's model and a split of its data files, with the metrics (evaluated, or reused when current)."""
+    from pixelwise.inference.evaluation import evaluate_split, open_run_split
+
+    rs = open_run_split(run_dir, split, data_root, data_format, device)
+    eval_json = run_dir / f"eval_{split}.json"
+    result = _read_json(eval_json) if reuse else None
+    paths = [str(p.image) for p in rs.dataset.pairs]
+    if result is None or [r.get("image") for r in result.get("per_image", [])] != paths:
+        result = evaluate_split(rs, batch_size, per_image=True)
+        result["run"] = str(run_dir)
+        atomic_write_text(eval_json, json.dumps(result, indent=2))
+    return rs.segmenter, rs.cfg, _Items(paths, rs.dataset.load), result
+
+
+def _dataset_split(run_dir: Path, dataset: Any, model: Any, batch_size: int | None, device: str
+                   ) -> tuple[Any, Any, _Items, dict[str, Any]]:
+    """The run's best weights on the user's own validation Dataset (``pixelwise.data.custom``)."""
+    from pixelwise.data.custom import custom_bundle
+    from pixelwise.engine.evaluate import evaluate
+    from pixelwise.inference.predictor import Segmenter, load_run_config
+
+    cfg = load_run_config(run_dir)
+    seg = Segmenter.load(run_dir, device=device, model=model)
+    bundle = custom_bundle(dataset, dataset, seg.table)
+    result = evaluate(seg.model, bundle.val, bundle.val_sizes, seg.table.names, seg.runtime,
+                      batch_size or cfg.train.eval_batch_size, per_image=True)
+    names = [f"item {i}" for i in range(len(bundle.val))]
+    for entry in result["per_image"]:
+        entry["image"] = names[entry["index"]]
+    result.update(run=str(run_dir), split="val")
+    atomic_write_text(run_dir / "eval_val.json", json.dumps(result, indent=2))
+
+    def load(i: int) -> tuple[np.ndarray, np.ndarray]:
+        image, truth = bundle.val[i]
+        return image.permute(1, 2, 0).numpy(), truth.numpy()
+
+    return seg, cfg, _Items(names, load), result
+
+
+def _predict(seg: Any, image: np.ndarray) -> np.ndarray:
+    """The model's classes for one HxWxC image of any dtype (the gallery's predictions)."""
+    import torch
+
+    from pixelwise.engine.padding import forward_padded
+
+    x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None].to(seg.runtime.device)
+    with torch.inference_mode():
+        return forward_padded(seg.model, x, seg.runtime).argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
+
+
 def report_run(
     run_dir: Path,
     split: str = "val",
@@ -49,26 +105,23 @@ def report_run(
     device: str = "auto",
     reuse: bool = False,
     gallery_size: int = GALLERY_SIZE,
+    dataset: Any = None,
+    model: Any = None,
 ) -> tuple[dict[str, Any], Path]:
     """Evaluate ``run_dir``'s best weights on ``split`` (or reuse its eval JSON) and write the HTML report.
 
     Returns the metrics (also written to ``eval_<split>.json``, with per-image scores) and the report's path.
     ``reuse``: take the metrics from an existing eval JSON of the same images instead of evaluating again
-    (``pixelwise report``); only the gallery images are predicted.
+    (``pixelwise report``); only the gallery images are predicted. ``dataset``: the user's own validation
+    Dataset instead of the run's files; ``model``: an instance of the user's own network, for such a run.
     """
-    from pixelwise.engine.evaluate import evaluate_split, open_run_split
     from pixelwise.report import html, plots
 
     run_dir = Path(run_dir)
-    rs = open_run_split(run_dir, split, data_root, data_format, device)
-    seg, dataset, cfg = rs.segmenter, rs.dataset, rs.cfg
-    eval_json = run_dir / f"eval_{split}.json"
-    result = _read_json(eval_json) if reuse else None
-    paths = [str(p.image) for p in dataset.pairs]
-    if result is None or [r.get("image") for r in result.get("per_image", [])] != paths:
-        result = evaluate_split(rs, batch_size, per_image=True)
-        result["run"] = str(run_dir)
-        atomic_write_text(eval_json, json.dumps(result, indent=2))
+    if dataset is not None:
+        seg, cfg, data, result = _dataset_split(run_dir, dataset, model, batch_size, device)
+    else:
+        seg, cfg, data, result = _file_split(run_dir, split, data_root, data_format, batch_size, device, reuse)
 
     names, palette = seg.table.names, seg.table.palette
     figures: dict[str, bytes] = {}
@@ -93,9 +146,9 @@ def report_run(
         old.unlink()
     for group, entries in (("worst", worst), ("best", best)):
         for rank, entry in enumerate(entries):
-            image, truth = dataset.load(entry["index"])
-            pred = seg.predict(image)
-            png = plots.png_bytes(plots.panel(image, truth, pred, palette))
+            image, truth = data.load(entry["index"])
+            pred = seg.predict(image) if image.dtype == np.uint8 else _predict(seg, image)  # predict: uint8 pixels
+            png = plots.png_bytes(plots.panel(plots.displayable(image), truth, pred, palette))
             name = Path(entry["image"]).name
             atomic_write_bytes(plot_dir / "gallery" / f"{split}_{group}_{rank + 1}_{Path(name).stem}.png", png)
             items[group].append(html.GalleryItem(name, entry["miou"], entry["pixel_accuracy"], png))

@@ -152,6 +152,14 @@ def error_map(image: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> np.ndar
     return out
 
 
+def displayable(image: np.ndarray) -> np.ndarray:
+    """An HxWxC image as uint8 for display: pixels as they are; other values (a user's float data) stretched."""
+    if image.dtype == np.uint8:
+        return image
+    lo, hi = float(np.nanmin(image)), float(np.nanmax(image))
+    return ((image.astype(np.float64) - lo) / max(hi - lo, 1e-12) * 255).clip(0, 255).astype(np.uint8)
+
+
 def panel(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, palette: list[tuple[int, int, int]],
           max_side: int = 320) -> np.ndarray:
     """image | truth | prediction | error, side by side with 4-pixel gaps, each scaled to ``max_side`` a side."""

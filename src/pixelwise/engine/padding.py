@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pixelwise.engine.runtime import Runtime
-from pixelwise.inference.geometry import pad_amounts
+from pixelwise.geometry import pad_amounts
 
 
 def pad_to_multiple(images: torch.Tensor, multiple: int, min_size: int = 0) -> torch.Tensor:

@@ -1,0 +1,253 @@
+"""The Python API: ``pw.train`` returns a ``Run``; ``pw.evaluate``, ``pw.load_config``; the CLI uses the same calls.
+
+    >>> import pixelwise as pw
+    >>> run = pw.train(data="data/cells", model="unet", encoder="resnet18", **{"train.epochs": 5})
+    >>> run.summary["best_miou"], run.history[-1]["val_loss"]
+    >>> mask = run.segmenter().predict("new.png")
+
+Paths may be ``str`` or ``Path`` everywhere. Overrides are dotted keys (``**{"optim.lr": 3e-4}``) or a section as a
+dict (``optim={"lr": 3e-4}``); both are validated like a config file, with the same messages.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pixelwise.config import SECTIONS, Config, suggest_key
+from pixelwise.config import load_config as _load_config
+from pixelwise.errors import ConfigError, PixelwiseError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from pixelwise.engine.callbacks import Callback
+    from pixelwise.inference.predictor import Segmenter
+
+PathLike = str | os.PathLike
+
+
+def load_config(config: PathLike | Config | dict[str, Any] | None = None, **overrides: Any) -> Config:
+    """A validated Config from a YAML file, a Config or a dict, with overrides (dotted keys or section dicts).
+
+    Architecture, loss, optimizer, augmentation and dataset-format names are checked too, so a typo fails here
+    with the key's path and the close names, not after the data scan.
+    """
+    return _load(config, overrides)
+
+
+def _load(config: PathLike | Config | dict[str, Any] | None, overrides: dict[str, Any],
+          arguments: dict[str, Any] | None = None) -> Config:
+    from pixelwise.validate import check_names
+
+    values, source = _flatten(overrides), "the arguments"
+    for key, value in (arguments or {}).items():  # train(encoder=...) and **{"model.encoder": ...} must agree
+        if key in values and values[key] != value:
+            raise ConfigError(f"{key} is given twice, as {values[key]!r} and as {value!r}")
+        values[key] = value
+    if isinstance(config, Config):
+        cfg = _load_config(None, values=values, base=config.model_dump(mode="json", exclude_unset=True), source=source)
+    elif isinstance(config, dict):
+        cfg = _load_config(None, values=values, base=config, source=source)
+    else:
+        cfg = _load_config(Path(config) if config is not None else None, values=values, source=source)
+    check_names(cfg)
+    return cfg
+
+
+def _flatten(overrides: dict[str, Any]) -> dict[str, Any]:
+    """Keyword overrides as dotted key -> value; a section's dict is merged key by key when it names its fields."""
+    flat: dict[str, Any] = {}
+
+    def put(key: str, value: Any) -> None:
+        if key in flat and flat[key] != value:
+            raise ConfigError(f"{key} is given twice, as {flat[key]!r} and as {value!r}")
+        flat[key] = value
+
+    for key, value in overrides.items():
+        if "." in key or key == "name":
+            put(key, value)
+        elif key in SECTIONS:
+            fields = SECTIONS[key].model_fields
+            if isinstance(value, dict) and value and set(value) <= set(fields):
+                for k, v in value.items():
+                    put(f"{key}.{k}", v)
+            else:  # a shorthand for the whole section, e.g. loss={"ce": 1.0, "dice": 1.0}
+                put(key, value)
+        else:
+            raise ConfigError(f"unknown setting '{key}'{suggest_key(key)}; give config keys as dotted names, "
+                              "e.g. **{'train.epochs': 5}, or a section as a dict, e.g. train={'epochs': 5}")
+    return flat
+
+
+def default_callbacks(cfg: Config) -> list[Callback]:
+    """What ``pixelwise train`` runs with: progress, checkpoints, early stopping (if set), TensorBoard, the report."""
+    from pixelwise.engine.callbacks import core_callbacks
+    from pixelwise.report.callback import Report
+    from pixelwise.report.tensorboard import TensorBoard
+
+    callbacks = core_callbacks(cfg)
+    if cfg.train.tensorboard:
+        callbacks.append(TensorBoard())
+    if cfg.train.report:
+        callbacks.append(Report())
+    return callbacks
+
+
+def train(
+    config: PathLike | Config | dict[str, Any] | None = None,
+    *,
+    data: PathLike | Any = None,
+    val_data: Any = None,
+    model: str | nn.Module | dict[str, Any] | None = None,
+    encoder: str | None = None,
+    classes: list[str] | PathLike | None = None,
+    callbacks: list[Callback] | None = None,
+    out: PathLike | None = None,
+    resume: PathLike | None = None,
+    overwrite: bool = False,
+    **overrides: Any,
+) -> Run:
+    """Train a model and return its ``Run``; what ``pixelwise train`` does, from Python.
+
+    Args:
+        config: a YAML file, a ``Config`` or a dict; None: defaults plus the arguments below.
+        data: the dataset folder (data.root), or your own ``torch.utils.data.Dataset`` of (image CxHxW, mask HxW)
+            pairs (see ``pixelwise.data.custom`` for the contract); then ``val_data`` is the validation Dataset.
+        model: an architecture name (model.arch), or your own ``nn.Module`` mapping (N, C, H, W) images to
+            (N, classes, H, W) logits; losses, schedules, EMA, checkpoints and evaluation work the same.
+        encoder: model.encoder.
+        classes: class names (data.classes), needed with your own Dataset; or a classes file.
+        callbacks: added after the default ones (progress, checkpoints, early stopping, TensorBoard, report).
+        out: the run directory (default ``runs/NAME``); ``resume``: a run directory to continue.
+        overrides: config keys, dotted (``**{"optim.lr": 3e-4}``) or as section dicts (``optim={"lr": 3e-4}``).
+    """
+    from torch import nn
+    from torch.utils.data import Dataset
+
+    from pixelwise.engine.setup import Parts
+    from pixelwise.engine.trainer import Trainer
+
+    parts = Parts()
+    values: dict[str, Any] = {}
+    if isinstance(data, Dataset):
+        parts.train, parts.val = data, val_data
+    elif data is not None:
+        values["data.root"] = str(data)
+    if val_data is not None and parts.train is None:
+        raise PixelwiseError("val_data is for your own Dataset; give the training Dataset as data=...")
+    if isinstance(model, nn.Module):
+        parts.network = model
+    elif isinstance(model, dict):
+        overrides["model"] = model
+    elif model is not None:
+        values["model.arch"] = model
+    if encoder is not None:
+        values["model.encoder"] = encoder
+    if classes is not None:
+        values["data.classes"] = str(classes) if isinstance(classes, (str, os.PathLike)) else {"names": list(classes)}
+    if resume is not None:
+        if config is not None or out is not None:
+            raise PixelwiseError("resume continues a run in its own directory with its own config.yaml; give "
+                                 "overrides, not a config or out")
+        run_dir = Path(resume)
+        cfg = _load(run_dir / "config.yaml", overrides, values)
+    else:
+        cfg = _load(config, overrides, values)
+        run_dir = Path(out) if out is not None else Path("runs") / cfg.name
+    trainer = Trainer(cfg, run_dir, resume=resume is not None, overwrite=overwrite,
+                      callbacks=default_callbacks(cfg) + list(callbacks or []), parts=parts)
+    trainer.fit()
+    return Run(run_dir, model=parts.network)
+
+
+class Run:
+    """A run directory: its config, summary and history, and the trained model to predict, evaluate and export.
+
+    Args:
+        path: the run directory.
+        model: for a run that trained your own ``nn.Module``: an instance of it (its weights are loaded).
+    """
+
+    def __init__(self, path: PathLike, model: nn.Module | None = None) -> None:
+        self.dir = Path(path)
+        if not (self.dir / "config.yaml").is_file():
+            raise PixelwiseError(f"{self.dir}: not a run directory (no config.yaml)")
+        self._model = model
+
+    def __repr__(self) -> str:
+        summary = self.summary
+        best = summary.get("best_miou") if summary else None
+        return f"Run('{self.dir}', best_miou={best})"
+
+    @property
+    def config(self) -> Config:
+        from pixelwise.inference.predictor import load_run_config
+
+        return load_run_config(self.dir)
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        """summary.json: best_miou, best_epoch, epochs, steps, wall_seconds, train_images_per_second, ..."""
+        import json
+
+        path = self.dir / "summary.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """metrics.csv as one dict per epoch: epoch, step, train_loss, val_loss, val_miou, lr, ..."""
+        from pixelwise.engine.rundir import read_metrics_csv
+
+        path = self.dir / "metrics.csv"
+        return read_metrics_csv(path) if path.is_file() else []
+
+    def segmenter(self, device: str = "auto", weights: str = "best.safetensors", amp: str = "auto") -> Segmenter:
+        """The trained model as a ``Segmenter`` (predict, probabilities, overlay)."""
+        from pixelwise.inference.predictor import Segmenter
+
+        return Segmenter.load(self.dir, device=device, weights=weights, amp=amp, model=self._model)
+
+    def evaluate(self, split: str = "val", data: PathLike | None = None, dataset: Any = None,
+                 batch_size: int | None = None, device: str = "auto") -> dict[str, Any]:
+        """Metrics of the best weights on ``split`` of the run's data (or of ``data``), or on your ``dataset``."""
+        if dataset is not None:
+            from pixelwise.data.custom import custom_bundle
+            from pixelwise.engine.evaluate import evaluate
+
+            seg = self.segmenter(device)
+            bundle = custom_bundle(dataset, dataset, seg.table)
+            return evaluate(seg.model, bundle.val, bundle.val_sizes, seg.table.names, seg.runtime,
+                            batch_size or self.config.train.eval_batch_size)
+        if self.config.data.root is None:
+            raise PixelwiseError("this run trained on your own Dataset: evaluate it with run.evaluate(dataset=...)")
+        from pixelwise.inference.evaluation import evaluate_run
+
+        return evaluate_run(self.dir, split, Path(data) if data is not None else None, None, batch_size, device)
+
+    def export(self, out: PathLike | None = None, int8: bool = False, data: PathLike | None = None) -> dict[str, Any]:
+        """ONNX export (``RUN/model.onnx``), parity-checked against PyTorch; ``int8`` adds a quantized model."""
+        from pixelwise.export.onnx import export_onnx
+
+        data_root = Path(data) if data is not None else None
+        result = export_onnx(self.dir, Path(out) if out is not None else None, data_root)
+        if int8:
+            from pixelwise.export.quantize import compare_on_split, quantize
+
+            path = quantize(self.dir, Path(result["path"]), data_root=data_root)
+            result["int8"] = {"path": str(path), **compare_on_split(self.dir, Path(result["path"]), path,
+                                                                     data_root=data_root)}
+        return result
+
+    def report(self, split: str = "val", device: str = "auto") -> Path:
+        """Write (or refresh) the HTML report for ``split``; returns its path."""
+        from pixelwise.report.build import report_run
+
+        return report_run(self.dir, split, device=device, reuse=True)[1]
+
+
+def evaluate(run: PathLike, split: str = "val", data: PathLike | None = None, batch_size: int | None = None,
+             device: str = "auto") -> dict[str, Any]:
+    """Metrics of a run's best weights on a split: mIoU, pixel accuracy, per-class IoU/precision/recall/F1."""
+    return Run(run).evaluate(split, data, batch_size=batch_size, device=device)

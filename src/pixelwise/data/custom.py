@@ -1,0 +1,85 @@
+"""Your own ``torch.utils.data.Dataset`` as training or validation data.
+
+The contract: ``dataset[i]`` gives ``(image, mask)``, the image a (C, H, W) tensor or array (uint8 pixels, or float
+values the network should see as they are), the mask an (H, W) integer array of class indices 0..K-1 with 255 for
+void (ignored by losses and metrics). Training images must share one size per batch (crop them in the dataset);
+validation images may differ in size: they are grouped by size into batches, which is why the validation set
+is read once when training starts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from pixelwise.data.build import DataBundle
+from pixelwise.data.checks import DataSummary
+from pixelwise.data.classes import IGNORE, ClassTable
+from pixelwise.errors import PixelwiseError
+
+
+class _AsTensors(Dataset):
+    """Items as (image tensor, uint8 mask tensor), whatever array types the user's dataset returns."""
+
+    def __init__(self, dataset: Dataset, name: str) -> None:
+        self.dataset, self.name = dataset, name
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        if isinstance(index, tuple):  # pixelwise's EpochSampler yields (epoch, index)
+            index = index[1]
+        image, mask = self.dataset[index]
+        return torch.as_tensor(np.asarray(image)), torch.as_tensor(np.asarray(mask)).to(torch.uint8)
+
+
+def _first(dataset: Dataset, name: str, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    try:
+        size = len(dataset)  # type: ignore[arg-type]
+    except TypeError:
+        raise PixelwiseError(f"{name}: the dataset has no len(); pixelwise needs a map-style Dataset") from None
+    if size == 0:
+        raise PixelwiseError(f"{name}: the dataset is empty")
+    try:
+        item = dataset[0]
+        image, mask = item
+    except (TypeError, ValueError):
+        raise PixelwiseError(f"{name}: dataset[0] must be a pair (image CxHxW, mask HxW)") from None
+    image, mask = torch.as_tensor(np.asarray(image)), torch.as_tensor(np.asarray(mask))
+    if image.ndim != 3 or mask.ndim != 2 or tuple(image.shape[1:]) != tuple(mask.shape):
+        raise PixelwiseError(f"{name}: dataset[0] gives an image of shape {tuple(image.shape)} and a mask of shape "
+                             f"{tuple(mask.shape)}; expected (C, H, W) and (H, W)")
+    if mask.is_floating_point():
+        raise PixelwiseError(f"{name}: masks must hold integer class indices, got {mask.dtype}")
+    bad = torch.unique(mask[(mask != IGNORE)])
+    bad = bad[(bad < 0) | (bad >= num_classes)]
+    if bad.numel():
+        raise PixelwiseError(f"{name}: dataset[0]'s mask holds {bad.tolist()[:5]}, outside the {num_classes} classes "
+                             f"(0..{num_classes - 1}, {IGNORE} = void)")
+    return image, mask
+
+
+def custom_bundle(train: Dataset, val: Dataset | None, table: ClassTable | None) -> DataBundle:
+    """Wrap user datasets as the trainer's data; ``table`` (``data.classes``) names the classes."""
+    if table is None:
+        raise PixelwiseError("with your own Dataset, name the classes: classes=['background', 'cell', ...] "
+                             "(or data.classes in the config)")
+    image, _ = _first(train, "training dataset", table.num_classes)
+    channels = int(image.shape[0])
+    notes = [f"training on your dataset ({len(train)} items, {channels} channel(s), {image.dtype})"]  # type: ignore[arg-type]
+    val_sizes: list[tuple[int, int]] = []
+    if val is not None:
+        v_image, _ = _first(val, "validation dataset", table.num_classes)
+        if v_image.shape[0] != channels or v_image.dtype != image.dtype:
+            raise PixelwiseError(f"the validation dataset gives {v_image.shape[0]}-channel {v_image.dtype} images, "
+                                 f"the training dataset {channels}-channel {image.dtype}")
+        val_sizes = [tuple(_AsTensors(val, "val")[i][1].shape) for i in range(len(val))]  # type: ignore[arg-type,misc]
+        notes.append(f"validating on your dataset ({len(val_sizes)} items)")  # type: ignore[arg-type]
+    summary = DataSummary(channels=channels, table=table, sizes={}, class_pixels=np.zeros(table.num_classes),
+                          void_pixels=0)
+    return DataBundle(_AsTensors(train, "train"), _AsTensors(val, "val") if val is not None else None,  # type: ignore[arg-type]
+                      summary, val_sizes, notes, custom=True, image_dtype=image.dtype)

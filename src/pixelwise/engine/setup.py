@@ -1,0 +1,195 @@
+"""Everything a training loop needs, built from a validated config: data, network, loss, optimizer, loader.
+
+``prepare`` is shared by ``Trainer`` and ``lr_find``. It also settles what the config left to the data (class
+table, channels, normalisation, 'auto' class weights) and returns the config as it will run.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from pixelwise.config import Config
+from pixelwise.data.build import DataBundle, build_datasets, default_workers, train_loader
+from pixelwise.data.classes import ClassTable
+from pixelwise.engine.distributed import Dist, init_distributed
+from pixelwise.engine.rng import seed_everything
+from pixelwise.engine.runtime import Runtime, resolve_runtime
+from pixelwise.errors import PixelwiseError
+from pixelwise.losses import create_loss, median_frequency_weights
+from pixelwise.models.factory import CUSTOM_ARCH, Normalized, build_network, encoder_normalization
+from pixelwise.optim import create_optimizer
+from pixelwise.progress import console
+
+
+@dataclass
+class Parts:
+    """Bring your own: datasets and/or a network used instead of the ones the config describes.
+
+    ``train``/``val``: map-style Datasets yielding (image CxHxW, mask HxW of class indices, 255 = void); see
+    ``pixelwise.data.custom``. ``network``: any ``nn.Module`` mapping (N, C, H, W) to (N, classes, H, W) logits.
+    """
+
+    train: Any = None
+    val: Any = None
+    network: nn.Module | None = None
+
+
+@dataclass
+class Prepared:
+    """Everything a training loop needs, built from a validated config (shared by train and lr-find)."""
+
+    cfg: Config  # resolved: class table, channels, normalisation and class weights written in
+    data: DataBundle
+    runtime: Runtime
+    model: torch.nn.Module  # what the loop calls: the network, or DistributedDataParallel around it
+    net: torch.nn.Module  # the network itself: saved, averaged (EMA) and evaluated
+    criterion: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    workers: int
+    loader: torch.utils.data.DataLoader
+    sampler: Any
+    dist: Dist
+
+
+def set_cuda_determinism(deterministic: bool, benchmark: bool) -> None:
+    """cuDNN/cuBLAS settings for a CUDA run (process-wide, as torch keeps them).
+
+    Training crops have one size, so by default cuDNN times its algorithms once per shape (H200, Unet-resnet18,
+    batch 8: 405-517 against 364-435 train images/s in two runs). The fastest algorithms are not bitwise
+    reproducible (atomic additions in backward passes): ``train.deterministic`` trades that speed for runs that
+    repeat exactly with the same seed, as they do on a CPU.
+    """
+    torch.backends.cudnn.benchmark = benchmark and not deterministic
+    torch.backends.cudnn.deterministic = deterministic
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's condition for deterministic results
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+
+
+def _normalization(cfg: Config, data: DataBundle, in_channels: int, custom_network: bool) -> tuple[list, list]:
+    """Input mean/std (0-1 scale): the config's, else the encoder's pretraining; identity for what is not pixels."""
+    if data.image_dtype.is_floating_point:
+        # A user Dataset's float images are what the network should see: no scaling (Normalized divides by std*255).
+        if cfg.model.mean is None and cfg.model.std is None:
+            console.print("[yellow]note:[/] your dataset gives float images: the network sees them as they are "
+                          "(set model.mean and model.std to normalise them)")
+        return [0.0] * in_channels, [1 / 255] * in_channels
+    if custom_network:  # pixels scaled to 0-1 (no pretraining statistics to follow)
+        return [0.0] * in_channels, [1.0] * in_channels
+    return encoder_normalization(cfg.model.encoder, in_channels, cfg.model.arch)
+
+
+def resolve_config(cfg: Config, data: DataBundle, custom_network: bool = False) -> Config:
+    """The config as run: the class table and channels the data checks settled are written in."""
+    channels = data.summary.channels
+    in_channels = channels if cfg.model.in_channels == "auto" else cfg.model.in_channels
+    if in_channels != channels:
+        raise PixelwiseError(
+            f"model.in_channels is {in_channels} but the images have {channels} channel(s); leave model.in_channels "
+            f"at auto, or set data.channels: {in_channels} to convert the images"
+        )
+    mean, std = _normalization(cfg, data, in_channels, custom_network)
+    loss = cfg.loss
+    if loss.class_weights == "auto":
+        loss = loss.model_copy(update={"class_weights": auto_class_weights(data)})
+    model = {"in_channels": in_channels, "mean": cfg.model.mean or mean, "std": cfg.model.std or std}
+    if custom_network:
+        model["arch"] = CUSTOM_ARCH
+    return cfg.model_copy(update={
+        "data": cfg.data.model_copy(update={"classes": data.summary.table, "channels": channels,
+                                            "root": cfg.data.root.resolve() if cfg.data.root else None}),
+        "model": cfg.model.model_copy(update=model),
+        "loss": loss,
+    })
+
+
+def auto_class_weights(data: DataBundle) -> list[float]:
+    """Median-frequency class weights from the training masks, printed so the user sees what was chosen."""
+    if data.custom:
+        raise PixelwiseError("loss.class_weights: auto counts the pixels of the checked mask files; with your own "
+                             "Dataset give the weights as a list, one per class")
+    counts = np.stack([data.summary.image_class_pixels[str(p.image)] for p in data.train.pairs])
+    weights = [round(float(w), 4) for w in median_frequency_weights(counts)]
+    names = data.summary.table.names
+    shown = ", ".join(f"{n} {w:g}" for n, w in zip(names, weights, strict=True))
+    absent = [n for n, c in zip(names, counts.sum(axis=0), strict=True) if c == 0]
+    extra = f" ({', '.join(absent)} absent from the training masks: weight 1)" if absent else ""
+    console.print(f"[yellow]note:[/] loss.class_weights auto (median frequency): {shown}{extra}")
+    return weights
+
+
+def dataset_stats(data: DataBundle) -> dict[str, Any]:
+    """Images and labelled pixels per class of each split (dataset.json: the report's class frequencies)."""
+    per_image = data.summary.image_class_pixels
+    stats: dict[str, Any] = {"classes": data.summary.table.names}
+    for split, dataset in (("train", data.train), ("val", data.val)):
+        if dataset is not None:
+            stats[split] = {"images": len(dataset)}
+            if not data.custom:
+                counts = np.sum([per_image[str(p.image)] for p in dataset.pairs], axis=0)
+                stats[split]["class_pixels"] = [int(c) for c in counts]
+    return stats
+
+
+def prepare(cfg: Config, parts: Parts | None = None) -> Prepared:
+    """Check the data, then build the model, loss, optimizer and loader the config describes.
+
+    Under torchrun every rank runs this: same seed, same checks, same initial weights (DDP also broadcasts
+    rank 0's), then its own share of the training data.
+    """
+    from pixelwise.data.custom import custom_bundle
+    from pixelwise.validate import check_names
+
+    check_names(cfg)  # a misspelt name fails before the data scan
+    parts = parts or Parts()
+    dist = init_distributed(cfg.train.device)
+    seed_everything(cfg.train.seed)
+    if parts.train is not None:
+        table = cfg.data.classes
+        data = custom_bundle(parts.train, parts.val, ClassTable.from_file(table) if isinstance(table, Path) else table)
+    elif parts.val is not None:
+        raise PixelwiseError("a validation Dataset needs a training Dataset too (train_data=...)")
+    else:
+        data = build_datasets(cfg.data, cfg.augment, cfg.train.seed)
+    for note in data.notes:
+        console.print(f"[yellow]note:[/] {note}")
+    cfg = resolve_config(cfg, data, custom_network=parts.network is not None)
+    table = data.summary.table
+    runtime = resolve_runtime(cfg.train.device, cfg.train.amp, cfg.train.channels_last)
+    if dist.enabled and runtime.device.type == "cuda":
+        runtime = replace(runtime, device=torch.device("cuda", dist.local_rank))
+    if parts.network is not None:
+        model = Normalized(parts.network, cfg.model.mean, cfg.model.std)
+    else:
+        model = build_network(cfg.model, cfg.model.in_channels, table.num_classes)
+    if not data.custom and min(cfg.data.crop_size) < model.min_size:
+        raise PixelwiseError(f"'{cfg.model.arch}' needs inputs of at least {model.min_size} pixels a side; "
+                             f"raise data.crop_size (now {list(cfg.data.crop_size)})")
+    memory_format = torch.channels_last if runtime.channels_last else torch.preserve_format
+    net = model.to(runtime.device, memory_format=memory_format)
+    if dist.enabled and cfg.train.sync_bn:
+        net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    model = net
+    if dist.enabled:
+        ids = [runtime.device.index] if runtime.device.type == "cuda" else None
+        model = torch.nn.parallel.DistributedDataParallel(net, device_ids=ids)
+    if runtime.device.type == "cuda":
+        set_cuda_determinism(cfg.train.deterministic, cfg.train.cudnn_benchmark)
+    if cfg.train.compile:  # the loop calls the compiled module; saving, EMA and evaluation use the bare network
+        model = torch.compile(model)
+    criterion = create_loss(cfg.loss, table.num_classes).to(runtime.device)
+    if criterion.unweighted:
+        console.print(f"[yellow]note:[/] loss.class_weights do not apply to {', '.join(criterion.unweighted)} "
+                      "(they weight ce and bce, and focal/dice/jaccard/tversky in multiclass mode)")
+    optimizer = create_optimizer(net, cfg.optim)
+    workers = default_workers(cfg.data.num_workers)
+    loader, sampler = train_loader(data.train, cfg.train.batch_size, workers, cfg.train.seed,
+                                   pin_memory=runtime.device.type == "cuda", rank=dist.rank, world=dist.world)
+    return Prepared(cfg, data, runtime, model, net, criterion, optimizer, workers, loader, sampler, dist)
