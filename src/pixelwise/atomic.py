@@ -14,8 +14,34 @@ from pathlib import Path
 from pixelwise.errors import PixelwiseError
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it (os.umask can only be read by setting it, which would race
+    with other threads creating files)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode(path: Path) -> int:
+    """The mode a file written at ``path`` should get: the replaced file's own, else what the umask gives."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~current_umask()
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` then move ``tmp`` over ``path``: readers see the old file or the new one, never half."""
+    """Call ``write(tmp)`` then move ``tmp`` over ``path``: readers see the old file or the new one, never half.
+
+    The file gets the permissions any other program's would (mkstemp's temporary file is private, 0600): those
+    of the file it replaces, else 0666 less the umask.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -24,6 +50,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, file_mode(path))
         os.replace(tmp, path)
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:
