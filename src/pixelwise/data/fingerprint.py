@@ -16,8 +16,10 @@ import numpy as np
 
 from pixelwise.config import DataConfig
 from pixelwise.data.checks import Scan, class_pixels_per_image, per_class, scan_pairs
-from pixelwise.data.dataset import set_max_pixels
+from pixelwise.data.dataset import set_max_pixels, spec_of
 from pixelwise.data.formats import discover
+from pixelwise.data.normalization import channel_report, zscore
+from pixelwise.data.pixels import model_dtype
 from pixelwise.errors import DataError, list_offenders
 
 
@@ -64,7 +66,7 @@ def fingerprint(cfg: DataConfig) -> dict[str, Any]:
     layout = discover(cfg)
     pairs = [p for split in layout.splits.values() for p in split]
     split_of = {str(p.image): name for name, split in layout.splits.items() for p in split}
-    scan = scan_pairs(pairs, layout.classes, cfg.channels, label="Checking", fingerprint=True)
+    scan = scan_pairs(pairs, layout.classes, spec_of(cfg), label="Checking", fingerprint=True)
     errors = list(scan.problems)
     warnings: list[str] = []
     if layout.orphan_masks:
@@ -102,7 +104,8 @@ def fingerprint(cfg: DataConfig) -> dict[str, Any]:
     sq = (moments[:, 1] * weights[:, None]).sum(0) / weights.sum()
     fp["intensity"] = {"mean": [round(float(m), 2) for m in mean],
                        "std": [round(float(s), 2) for s in np.sqrt(np.maximum(sq - mean**2, 0))],
-                       "scale": "0-255 per channel"}
+                       "scale": "0-255 per channel" if scan.dtype == "uint8" else "the data's own units"}
+    fp["pixels"] = pixel_stats(scan)
     if scan.table is not None:
         per_image, void = class_pixels_per_image(scan)
         counts = np.sum(list(per_image.values()), axis=0)
@@ -129,6 +132,22 @@ def fingerprint(cfg: DataConfig) -> dict[str, Any]:
         if absent and train_imgs:
             warnings.append(f"classes in other splits but not in '{cfg.train_split}': {', '.join(absent)}")
     return {"errors": errors, "warnings": warnings, "notes": scan.notes, "fingerprint": fp}
+
+
+def pixel_stats(scan: Scan) -> dict[str, Any]:
+    """Per channel: the stored type, the bits an integer channel actually uses, value range, percentiles; and the
+    z-score normalisation training would derive (used for any data but 8-bit, where the encoder's is used)."""
+    good = [i for i in scan.infos if not i.error and i.low is not None]
+    stored = Counter(str(i.stored_dtype) for i in good)
+    low = np.min([i.low for i in good], axis=0)
+    high = np.max([i.high for i in good], axis=0)
+    samples = np.concatenate([i.samples for i in good if i.samples is not None])
+    norm, dtype = zscore(samples), stored.most_common(1)[0][0]
+    by_channels = Counter(i.file_channels for i in good)
+    return {"dtype": dtype, "model_input": model_dtype(scan.dtype), "files_by_dtype": dict(stored),
+            "files_by_channels": {str(k): v for k, v in sorted(by_channels.items())},
+            "channels": channel_report(dtype, low, high, samples),
+            "zscore": {"mean": norm.mean, "std": norm.std, "clip": [list(c) for c in norm.clip]}}
 
 
 def require_trainable(result: dict[str, Any]) -> None:

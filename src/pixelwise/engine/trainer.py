@@ -38,7 +38,7 @@ from pixelwise.engine.runtime import Runtime, resolve_runtime
 from pixelwise.engine.tensorboard import TensorBoardLog
 from pixelwise.errors import PixelwiseError
 from pixelwise.losses import create_loss, median_frequency_weights
-from pixelwise.models.factory import ARCHITECTURES, build_network, encoder_normalization
+from pixelwise.models.factory import ARCHITECTURES, build_network, resolve_normalization
 from pixelwise.optim import FULL_BATCH, create_optimizer, lr_factor, set_lr
 from pixelwise.progress import console, make_progress
 from pixelwise.report.build import report_run
@@ -95,7 +95,7 @@ def set_cuda_determinism(deterministic: bool, benchmark: bool) -> None:
 
 
 def resolve_config(cfg: Config, data: DataBundle) -> Config:
-    """The config as run: the class table and channels the data checks settled are written in."""
+    """The config as run: the class table, channels, pixel type and normalisation the data settled are written in."""
     channels = data.summary.channels
     in_channels = channels if cfg.model.in_channels == "auto" else cfg.model.in_channels
     if in_channels != channels:
@@ -103,15 +103,16 @@ def resolve_config(cfg: Config, data: DataBundle) -> Config:
             f"model.in_channels is {in_channels} but the images have {channels} channel(s); leave model.in_channels "
             f"at auto, or set data.channels: {in_channels} to convert the images"
         )
-    mean, std = encoder_normalization(cfg.model.encoder, in_channels, cfg.model.arch)
+    dtype = data.summary.dtype
+    norm = resolve_normalization(cfg.model, dtype, data.pixel_samples() if dtype != "uint8" or
+                                 cfg.model.normalization == "zscore" else None, in_channels)
     loss = cfg.loss
     if loss.class_weights == "auto":
         loss = loss.model_copy(update={"class_weights": auto_class_weights(data)})
     return cfg.model_copy(update={
-        "data": cfg.data.model_copy(update={"classes": data.summary.table, "channels": channels,
+        "data": cfg.data.model_copy(update={"classes": data.summary.table, "channels": channels, "dtype": dtype,
                                             "root": cfg.data.root.resolve() if cfg.data.root else None}),
-        "model": cfg.model.model_copy(update={"in_channels": in_channels, "mean": cfg.model.mean or mean,
-                                              "std": cfg.model.std or std}),
+        "model": cfg.model.model_copy(update={"in_channels": in_channels, **norm}),
         "loss": loss,
     })
 

@@ -30,6 +30,23 @@ def metrics_table(result: dict[str, Any], title: str = "") -> Table:
     return table
 
 
+def _num(x: float) -> str:
+    return f"{x:,.6g}"
+
+
+def channel_table(px: dict[str, Any]) -> Table:
+    """Per channel: value range, the bits an integer channel uses, percentiles, mean and std (``pixelwise check``)."""
+    table = Table(title=f"channels ({px['dtype']})")
+    for col in ("channel", "min", "max", "bits used", "p0.5", "p50", "p99.5", "mean", "std"):
+        table.add_column(col, justify="right")
+    for c in px["channels"]:
+        pct = c["percentiles"]
+        table.add_row(str(c["channel"]), _num(c["min"]), _num(c["max"]),
+                      "-" if c["bits_used"] is None else str(c["bits_used"]), _num(pct["0.5"]), _num(pct["50"]),
+                      _num(pct["99.5"]), _num(c["mean"]), _num(c["std"]))
+    return table
+
+
 def fingerprint_view(result: dict[str, Any], console: Console) -> None:
     """``pixelwise check``: the fingerprint as tables, then warnings and errors naming the files."""
     fp = result["fingerprint"]
@@ -45,10 +62,20 @@ def fingerprint_view(result: dict[str, Any], console: Console) -> None:
         head.add_row("image size (w x h)", f"median {size['width']['median']:.0f}x{size['height']['median']:.0f}, "
                      f"{size['width']['min']}x{size['height']['min']} .. {size['width']['max']}x{size['height']['max']}"
                      f"; {size['distinct']} distinct: {common}")
-        head.add_row("channels", f"{fp['channels']} (files: {fp['files']['grayscale']} grayscale, "
-                     f"{fp['files']['colour']} colour)")
-        head.add_row("intensity (0-255)", "mean " + ", ".join(f"{m:.1f}" for m in fp["intensity"]["mean"])
-                     + "; std " + ", ".join(f"{s:.1f}" for s in fp["intensity"]["std"]))
+        by_channels = fp.get("pixels", {}).get("files_by_channels", {})
+        if set(by_channels) <= {"1", "3"}:
+            head.add_row("channels", f"{fp['channels']} (files: {fp['files']['grayscale']} grayscale, "
+                         f"{fp['files']['colour']} colour)")
+        else:
+            head.add_row("channels", f"{fp['channels']} (files: " + ", ".join(
+                f"{n} with {c} channel(s)" for c, n in by_channels.items()) + ")")
+        if fp.get("pixels", {}).get("dtype", "uint8") == "uint8":
+            head.add_row("intensity (0-255)", "mean " + ", ".join(f"{m:.1f}" for m in fp["intensity"]["mean"])
+                         + "; std " + ", ".join(f"{s:.1f}" for s in fp["intensity"]["std"]))
+        if "pixels" in fp:
+            px = fp["pixels"]
+            mixed = ", ".join(f"{k}: {v}" for k, v in px["files_by_dtype"].items())
+            head.add_row("pixel type", f"{px['dtype']} ({mixed} files), to the model as {px['model_input']}")
     if "classes" in fp:
         head.add_row("void share", f"{fp['void_share']:.2%} of pixels")
         if fp.get("imbalance"):
@@ -56,6 +83,8 @@ def fingerprint_view(result: dict[str, Any], console: Console) -> None:
         head.add_row("vertical layout", f"{fp['vertical_layout']:.2f} (spread of the classes' mean heights; "
                      "0: no up and down, as in micrographs)")
     console.print(head)
+    if "pixels" in fp:
+        console.print(channel_table(fp["pixels"]))
     if "classes" in fp:
         table = Table(title="classes")
         for col in ("#", "class", "pixels", "pixel share", "in images", "mean height"):
