@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from pixelwise.data.build import DataBundle
+from pixelwise.data.pixels import model_input
 from pixelwise.engine.runtime import Runtime
 from pixelwise.inference.padding import forward_padded
 from pixelwise.report.plots import panel
@@ -44,7 +45,7 @@ class TensorBoardLog:
         palette = data.summary.table.palette
         for index in range(min(IMAGES_PER_EPOCH, len(data.val))):
             image, truth = data.val.load(index)
-            x = torch.from_numpy(image.transpose(2, 0, 1).copy())[None].to(runtime.device)
+            x = torch.from_numpy(model_input(image).transpose(2, 0, 1).copy())[None].to(runtime.device)
             pred = forward_padded(model, x, runtime).argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
             name = data.val.pairs[index].image.name
             self.writer.add_image(f"val/{name}", panel(image, truth, pred, palette), step, dataformats="HWC")
