@@ -11,14 +11,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import rasterio
 import scientific_data as sd
 from PIL import Image
+from rasterio.crs import CRS
 from typer.testing import CliRunner
 
 from pixelwise.cli import app
 from pixelwise.config import load_config
-from pixelwise.data.io import read_mask
+from pixelwise.data.io import read_image, read_mask
 from pixelwise.engine.trainer import Trainer
+from pixelwise.inference.files import PredictOptions, predict_files
 from pixelwise.inference.predictor import Segmenter
 
 SMALL = ["data.crop_size=32", "train.batch_size=4", "data.num_workers=0", "augment.preset=light", "train.epochs=1000",
@@ -100,6 +103,79 @@ def test_onnx_export_takes_float32_and_agrees_with_pytorch(run12, tmp_path):
     assert (onnx_seg.predict(image) == torch_seg.predict(image)).mean() > 0.999
     with pytest.raises(ValueError, match="trained on uint16 images, got uint8"):
         onnx_seg.predict(np.zeros((32, 32), np.uint8))  # 8-bit pixels into a 12-bit model: refused
+
+
+def _scene(tmp_path: Path, crs: str | None = sd.UTM33N) -> tuple[Path, np.ndarray]:
+    rng = np.random.default_rng(3)
+    truth = np.concatenate([sd.regions(rng), sd.regions(rng)], axis=1)[:40]  # 40 x 96, not a tile multiple
+    path = tmp_path / "scene.tif"
+    sd.write_geotiff(path, sd.twelve_bit(rng, truth), crs=crs)
+    return path, truth
+
+
+def test_geotiff_prediction_keeps_crs_transform_and_size_whole_and_tiled(run12, tmp_path):
+    _, run, _ = run12
+    scene, truth = _scene(tmp_path)
+    seg = Segmenter.load(run, device="cpu")
+    masks = {}
+    for tile in (0, 32):
+        out = tmp_path / f"out{tile}"
+        report = predict_files(seg, [scene], out, options=PredictOptions(tile=tile, save_probs=True))
+        assert sorted(p.name for p in report.written) == ["scene.tif", "scene_entropy.tif", "scene_probs.tif"]
+        with rasterio.open(scene) as src, rasterio.open(out / "scene.tif") as mask:
+            assert mask.crs == src.crs == CRS.from_epsg(32633)
+            assert mask.transform == src.transform and (mask.width, mask.height) == (96, 40)
+            assert mask.count == 1 and mask.dtypes[0] == "uint8" and mask.colormap(1)[1][:3] == seg.table.palette[1]
+            masks[tile] = mask.read(1)
+        with rasterio.open(out / "scene_probs.tif") as probs:
+            assert probs.count == 2 and probs.dtypes[0] == "float32" and probs.descriptions == ("background", "object")
+            assert probs.crs == CRS.from_epsg(32633) and np.allclose(probs.read().sum(axis=0), 1, atol=1e-4)
+    assert (masks[0] == truth).mean() > 0.95 and (masks[0] == masks[32]).mean() > 0.98
+
+
+def test_geotiff_is_read_and_written_window_by_window(run12, tmp_path, monkeypatch):
+    from pixelwise.inference import geo
+
+    _, run, _ = run12
+    scene, _ = _scene(tmp_path)
+    windows: list[tuple[int, int]] = []
+    read = geo.WindowReader.__getitem__
+
+    def spy(self, key):
+        windows.append((key[0].stop - key[0].start, key[1].stop - key[1].start))
+        return read(self, key)
+
+    monkeypatch.setattr(geo.WindowReader, "__getitem__", spy)
+    monkeypatch.setattr(geo, "BLOCK", 16)  # rows reach the file in whole blocks of the output's tiling
+    predict_files(Segmenter.load(run, device="cpu"), [scene], tmp_path / "out", options=PredictOptions(tile=32))
+    assert windows and max(h * w for h, w in windows) == 32 * 32  # never more than one tile of the raster
+    with rasterio.open(tmp_path / "out" / "scene.tif") as mask:
+        assert mask.read(1).shape == (40, 96)
+
+
+def test_geotiff_without_crs_warns_and_plain_tiff_needs_no_geo_extra(run12, tmp_path, monkeypatch):
+    _, run, _ = run12
+    scene, _ = _scene(tmp_path, crs=None)
+    result = CliRunner().invoke(app, ["predict", str(run), str(scene), "--out", str(tmp_path / "a"), "--tile", "32",
+                                      "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "GeoTIFF without a CRS" in " ".join(result.output.split())
+    from pixelwise.data import raster
+    from pixelwise.errors import PixelwiseError
+
+    def missing(*args, **kwargs):
+        raise PixelwiseError(f"rasterio is needed; install the geo extra: {raster.GEO_INSTALL}")
+
+    monkeypatch.setattr(raster, "rasterio_module", missing)
+    seg = Segmenter.load(run, device="cpu")
+    with pytest.raises(PixelwiseError, match="install the geo extra"):  # never a mask without its georeference
+        predict_files(seg, [scene], tmp_path / "b")
+    plain = tmp_path / "plain.tif"
+    import tifffile
+
+    tifffile.imwrite(plain, read_image(scene, 1)[:, :, 0])
+    predict_files(seg, [plain], tmp_path / "c")
+    assert read_mask(tmp_path / "c" / "plain.tif").shape == (40, 96)
 
 
 def test_preview_of_five_band_data_shows_a_chosen_triple(tmp_path):

@@ -284,6 +284,8 @@ def predict(
                   "learned with, so tiled masks differ more from whole-image ones; a tile of at least the crop size "
                   "is advised")
     report = predict_files(seg, inputs, out_dir, overlay, overwrite, options)
+    for warning in report.warnings:
+        err.print(f"[yellow]warning:[/] {escape(warning)}")
     err.print(f"wrote {len(report.written)} files to {out_dir}")
     if report.failed:
         raise PixelwiseError("some images could not be predicted:\n" + "\n".join(f"  - {f}" for f in report.failed))
