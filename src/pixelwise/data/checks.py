@@ -250,6 +250,10 @@ def _mixed(infos: list[PairInfo], spec: ImageSpec, kind: str) -> str | None:
     unit = " channel(s)" if kind == "channels" else ""
     shown = "; ".join(f"{key}{unit}: {len(names)} image(s) ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
                       for key, names in sorted(groups.items(), key=lambda kv: -len(kv[1])))
+    if expected not in groups:  # none is as expected: the run's (or data.*'s) type or channels differ
+        asked = "data.dtype, the type the model was trained on" if kind == "dtype" else "the model's input channels"
+        return (f"the images are not {expected}{unit} ({asked}): {shown}. pixelwise does not convert them; use "
+                f"images like the training images{', or choose bands with data.bands' if kind == 'channels' else ''}")
     if kind == "dtype":
         return (f"images of different pixel types in one dataset: {shown}. pixelwise does not rescale one type to "
                 "another (it would lose or invent precision): convert them to one type")
