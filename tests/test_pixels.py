@@ -180,7 +180,7 @@ def test_fifo_in_a_list_is_refused_without_hanging(tmp_path):
             read_image(tmp_path / "images" / "pipe.png", 1)
     finally:
         signal.alarm(0)
-    assert any("pipe.png: is a named pipe (FIFO), not a regular file" in e for e in result["errors"])
+    assert any("pipe.png: is a named pipe (FIFO), not a regular file" in e for e in result.errors)
 
 
 def test_nan_pixels_are_an_error_or_the_configured_fill(tmp_path):
@@ -260,13 +260,14 @@ def test_check_reports_type_bits_range_and_percentiles_per_channel(tmp_path):
         images.append((f"s{i}.tif", cube.astype(np.int16)))
     root = _pairs(tmp_path, images)
     result = fingerprint(load_config(overrides=[f"data.root={root}", "data.crop_size=16"]).data)
-    assert not result["errors"], result["errors"]
-    px = result["fingerprint"]["pixels"]
-    assert px["dtype"] == "int16" and px["model_input"] == "float32" and px["files_by_channels"] == {"2": 3}
-    first, second = px["channels"]
-    assert first["bits_used"] == 12 and 0 <= first["min"] and first["max"] <= 4095
-    assert second["min"] < 0 and set(second["percentiles"]) == {"0.5", "1", "50", "99", "99.5"}
-    assert len(px["zscore"]["clip"]) == 2 and result["fingerprint"]["intensity"]["scale"] == "the data's own units"
+    assert not result.errors, result.errors
+    px = result.fingerprint.pixels
+    assert px.dtype == "int16" and px.model_input == "float32" and px.files_by_channels == {"2": 3}
+    first, second = px.channels
+    assert first.bits_used == 12 and 0 <= first.min and first.max <= 4095
+    assert second.min < 0 and set(second.percentiles) == {"0.5", "1", "50", "99", "99.5"}
+    assert len(px.zscore.clip) == 2 and result.fingerprint.intensity.scale == "the data's own units"
+    assert result.to_dict()["fingerprint"]["pixels"]["channels"][0]["bits_used"] == 12  # `check --json`
 
 
 def test_dataset_batches_non_8_bit_data_as_exact_float32(tmp_path):

