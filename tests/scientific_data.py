@@ -21,6 +21,13 @@ ORIGIN = (500_000.0, 5_000_000.0)  # upper-left corner, metres
 PIXEL = 10.0  # metres
 
 
+def rasterio():
+    """The rasterio module; the test is skipped, saying why, where the geo extra is not installed."""
+    import pytest
+
+    return pytest.importorskip("rasterio", reason="rasterio is not installed (pip install 'pixelwise[geo]')")
+
+
 def regions(rng: np.random.Generator, size: int = SIZE) -> np.ndarray:
     """(size, size) uint8 mask: 0 background, 1 on two to four rectangles and discs."""
     mask = np.zeros((size, size), np.uint8)
@@ -85,12 +92,11 @@ def write_dataset(root: Path, kind: str, n_train: int = 12, n_val: int = 4, seed
 def write_geotiff(path: Path, array: np.ndarray, crs: str | None = UTM33N, origin: tuple[float, float] = ORIGIN,
                   pixel: float = PIXEL, tiled: bool = False) -> None:
     """(H, W) or (H, W, C) as a GeoTIFF (rasterio), upper-left corner at ``origin``, square pixels."""
-    import rasterio
     from affine import Affine
 
     bands = array[:, :, None] if array.ndim == 2 else array
     options = {"tiled": True, "blockxsize": 256, "blockysize": 256} if tiled else {}
-    with rasterio.open(path, "w", driver="GTiff", height=bands.shape[0], width=bands.shape[1], count=bands.shape[2],
+    with rasterio().open(path, "w", driver="GTiff", height=bands.shape[0], width=bands.shape[1], count=bands.shape[2],
                        dtype=bands.dtype, crs=crs, transform=Affine(pixel, 0, origin[0], 0, -pixel, origin[1]),
                        **options) as dst:
         dst.write(bands.transpose(2, 0, 1))

@@ -404,7 +404,9 @@ def test_kill_during_checkpoint_writing_leaves_the_previous_one_intact(synthetic
 def _train_cmd(data: Path, run: Path, *extra: str) -> list[str]:
     import sys
 
-    sets = [a for s in [*tiny_overrides(data), "train.epochs=4", *extra] for a in ("--set", s)]
+    # deterministic: on a GPU the runs compared must repeat bit for bit (CUDA's atomics reorder sums); a no-op on CPUs
+    sets = [a for s in [*tiny_overrides(data), "train.epochs=4", "train.deterministic=true", *extra]
+            for a in ("--set", s)]
     return [sys.executable, "-m", "pixelwise", "train", *sets, "--out", str(run)]
 
 

@@ -11,10 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import rasterio
 import scientific_data as sd
 from PIL import Image
-from rasterio.crs import CRS
 from typer.testing import CliRunner
 
 from pixelwise.api import default_callbacks
@@ -123,14 +121,15 @@ def test_geotiff_prediction_keeps_crs_transform_and_size_whole_and_tiled(run12, 
         out = tmp_path / f"out{tile}"
         report = predict_files(seg, [scene], out, options=PredictOptions(tile=tile, save_probs=True))
         assert sorted(p.name for p in report.written) == ["scene.tif", "scene_entropy.tif", "scene_probs.tif"]
-        with rasterio.open(scene) as src, rasterio.open(out / "scene.tif") as mask:
-            assert mask.crs == src.crs == CRS.from_epsg(32633)
+        with sd.rasterio().open(scene) as src, sd.rasterio().open(out / "scene.tif") as mask:
+            assert mask.crs == src.crs == sd.rasterio().crs.CRS.from_epsg(32633)
             assert mask.transform == src.transform and (mask.width, mask.height) == (96, 40)
             assert mask.count == 1 and mask.dtypes[0] == "uint8" and mask.colormap(1)[1][:3] == seg.table.palette[1]
             masks[tile] = mask.read(1)
-        with rasterio.open(out / "scene_probs.tif") as probs:
+        with sd.rasterio().open(out / "scene_probs.tif") as probs:
             assert probs.count == 2 and probs.dtypes[0] == "float32" and probs.descriptions == ("background", "object")
-            assert probs.crs == CRS.from_epsg(32633) and np.allclose(probs.read().sum(axis=0), 1, atol=1e-4)
+            assert probs.crs == sd.rasterio().crs.CRS.from_epsg(32633)
+            assert np.allclose(probs.read().sum(axis=0), 1, atol=1e-4)
     assert (masks[0] == truth).mean() > 0.95 and (masks[0] == masks[32]).mean() > 0.98
 
 
@@ -150,7 +149,7 @@ def test_geotiff_is_read_and_written_window_by_window(run12, tmp_path, monkeypat
     monkeypatch.setattr(geo, "BLOCK", 16)  # rows reach the file in whole blocks of the output's tiling
     predict_files(Segmenter.load(run, device="cpu"), [scene], tmp_path / "out", options=PredictOptions(tile=32))
     assert windows and max(h * w for h, w in windows) == 32 * 32  # never more than one tile of the raster
-    with rasterio.open(tmp_path / "out" / "scene.tif") as mask:
+    with sd.rasterio().open(tmp_path / "out" / "scene.tif") as mask:
         assert mask.read(1).shape == (40, 96)
 
 

@@ -144,7 +144,8 @@ def test_accumulated_gradient_is_the_mean_of_the_batches(synthetic_data, tmp_pat
     grads = []
     for images, masks in list(trainer.loader)[:3]:
         trainer.model.zero_grad()
-        images = images.contiguous(memory_format=torch.channels_last)
+        device = trainer.runtime.device  # the loader yields CPU tensors; the loop moves them
+        images, masks = images.to(device).contiguous(memory_format=torch.channels_last), masks.to(device)
         with trainer.runtime.autocast():
             logits = trainer.model(images)
         trainer.criterion(logits, masks).backward()
@@ -164,7 +165,7 @@ def test_ema_weights_are_evaluated_saved_and_resumed(synthetic_data, tmp_path):
     ema_state = trainer.ema.module.state_dict()
     assert all(torch.equal(saved[k], ema_state[k].cpu()) for k in saved)
     raw = trainer.model.state_dict()
-    assert any(not torch.equal(saved[k], raw[k]) for k in saved if raw[k].is_floating_point())
+    assert any(not torch.equal(saved[k], raw[k].cpu()) for k in saved if raw[k].is_floating_point())
     assert load_state(run / "last.ckpt")["ema"]["updates"] == 3
     resumed = Trainer(_cfg(synthetic_data, "train.ema=0.9", "train.max_steps=6"), run, resume=True)
     assert resumed.ema.updates == 3
