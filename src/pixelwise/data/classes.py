@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import colorsys
-import json
 from pathlib import Path
 
 import numpy as np
-import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from pixelwise.errors import ConfigError
+from pixelwise.safe_load import load_file
 
 IGNORE = 255  # class index of void pixels inside pixelwise (masks are uint8)
 UNKNOWN = -1  # LUT entry for a mask value the table does not know
@@ -111,11 +110,7 @@ class ClassTable(BaseModel):
     @classmethod
     def from_file(cls, path: Path) -> ClassTable:
         """Read a classes file (YAML or JSON): names, optional colors, ignore_index, mapping."""
-        try:
-            text = path.read_text()
-            raw = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-        except (OSError, ValueError, yaml.YAMLError) as e:
-            raise ConfigError(f"{path}: cannot read the classes file ({e})") from None
+        raw = load_file(path, "classes file")
         if isinstance(raw, list):  # a bare list of names
             raw = {"names": raw}
         try:
