@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
 from pixelwise.atomic import atomic_write_text
 from pixelwise.errors import PixelwiseError
+from pixelwise.progress import console as err
+from pixelwise.progress import notice, styled
+from pixelwise.progress import stdout as out
 
 app = typer.Typer(
     add_completion=False,
@@ -21,8 +22,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="pixelwise: train, evaluate and deploy semantic segmentation models on your own images.",
 )
-out = Console()
-err = Console(stderr=True)
 
 
 @app.command()
@@ -170,8 +169,8 @@ def lr_find_(
     result = lr_find(cfg, out_dir or Path("runs") / f"lr-find-{cfg.name}", start, end, steps)
     err.print(f"{result['stopped']} after {result['steps']} steps; the loss was lowest at lr "
               f"{result['min_loss_lr']:.3g}")
-    err.print(f"suggested learning rate: [bold]{result['suggested_lr']:.3g}[/]  "
-              f"(train with --set optim.lr={result['suggested_lr']:.3g}); plot: {result['plot']}")
+    err.print(styled("suggested learning rate: ", (f"{result['suggested_lr']:.3g}", "bold"),
+                     f"  (train with --set optim.lr={result['suggested_lr']:.3g}); plot: {result['plot']}"))
     out.print_json(json.dumps(result))
 
 
@@ -270,10 +269,9 @@ def predict(
     options = PredictOptions(tile, overlap, tta, scale_list, save_probs)
     seg = Segmenter.load(run, device=device)
     if tile and tile < min(seg.crop_size):
-        err.print(f"[yellow]warning:[/] --tile {tile} is smaller than the training crops "
-                  f"({seg.crop_size[0]}x{seg.crop_size[1]}): each tile gives the network less context than it "
-                  "learned with, so tiled masks differ more from whole-image ones; a tile of at least the crop size "
-                  "is advised")
+        notice("warning", f"--tile {tile} is smaller than the training crops ({seg.crop_size[0]}x"
+               f"{seg.crop_size[1]}): each tile gives the network less context than it learned with, so tiled "
+               "masks differ more from whole-image ones; a tile of at least the crop size is advised")
     report = predict_files(seg, inputs, out_dir, overlay, overwrite, options)
     err.print(f"wrote {len(report.written)} files to {out_dir}")
     if report.failed:
@@ -375,7 +373,7 @@ def main() -> None:
         app()
     except PixelwiseError as e:
         if launched_rank() == 0:  # under torchrun every rank decides alike: one message, from rank 0
-            err.print(f"[bold red]error:[/] {escape(str(e))}")
+            notice("error", str(e), "bold red")
         raise SystemExit(1) from None
     finally:
         if "torch.distributed" in sys.modules:  # imported by a command that trained: leave the group cleanly

@@ -21,7 +21,7 @@ from pixelwise.engine.checkpoint import atomic_write_text
 from pixelwise.engine.trainer import prepare, to_device
 from pixelwise.errors import PixelwiseError
 from pixelwise.optim import set_lr
-from pixelwise.progress import console, make_progress
+from pixelwise.progress import make_progress, notice
 
 SMOOTHING = 0.98
 
@@ -118,7 +118,7 @@ def lr_find(cfg: Config, out_dir: Path, start: float = 1e-7, end: float = 1.0, s
     plot_lr_find(lr_arr, loss_arr, smooth_arr, suggestion, out_dir / "lr_find.png")
     minimum = float(lr_arr[int(np.argmin(smooth_arr))])
     if p.cfg.optim.name == "gd":
-        console.print("[yellow]note:[/] the range test steps once per batch; gd steps once per epoch")
+        notice("note", "the range test steps once per batch; gd steps once per epoch")
     return {"suggested_lr": suggestion, "min_loss_lr": minimum, "steps": len(lrs), "stopped": stopped,
             "plot": str(out_dir / "lr_find.png"), "csv": str(out_dir / "lr_find.csv")}
 

@@ -40,7 +40,7 @@ from pixelwise.errors import PixelwiseError
 from pixelwise.losses import create_loss, median_frequency_weights
 from pixelwise.models.factory import ARCHITECTURES, build_network, encoder_normalization
 from pixelwise.optim import FULL_BATCH, create_optimizer, lr_factor, set_lr
-from pixelwise.progress import console, make_progress
+from pixelwise.progress import console, make_progress, notice, styled
 from pixelwise.report.build import report_run
 
 METRIC_COLUMNS = ["epoch", "step", "train_loss", "val_loss", "val_miou", "val_pixel_accuracy", "lr",
@@ -124,7 +124,7 @@ def auto_class_weights(data: DataBundle) -> list[float]:
     shown = ", ".join(f"{n} {w:g}" for n, w in zip(names, weights, strict=True))
     absent = [n for n, c in zip(names, counts.sum(axis=0), strict=True) if c == 0]
     extra = f" ({', '.join(absent)} absent from the training masks: weight 1)" if absent else ""
-    console.print(f"[yellow]note:[/] loss.class_weights auto (median frequency): {shown}{extra}")
+    notice("note", f"loss.class_weights auto (median frequency): {shown}{extra}")
     return weights
 
 
@@ -204,7 +204,7 @@ def prepare(cfg: Config) -> Prepared:
     seed_everything(cfg.train.seed)
     data = build_datasets(cfg.data, cfg.augment, cfg.train.seed)
     for note in data.notes:
-        console.print(f"[yellow]note:[/] {note}")
+        notice("note", note)
     cfg = resolve_config(cfg, data)
     table = data.summary.table
     runtime = resolve_runtime(cfg.train.device, cfg.train.amp, cfg.train.channels_last)
@@ -228,8 +228,8 @@ def prepare(cfg: Config) -> Prepared:
         model = torch.compile(model)
     criterion = create_loss(cfg.loss, table.num_classes).to(runtime.device)
     if criterion.unweighted:
-        console.print(f"[yellow]note:[/] loss.class_weights do not apply to {', '.join(criterion.unweighted)} "
-                      "(they weight ce and bce, and focal/dice/jaccard/tversky in multiclass mode)")
+        notice("note", f"loss.class_weights do not apply to {', '.join(criterion.unweighted)} "
+               "(they weight ce and bce, and focal/dice/jaccard/tversky in multiclass mode)")
     optimizer = create_optimizer(net, cfg.optim)
     workers = default_workers(cfg.data.num_workers)
     loader, sampler = train_loader(data.train, cfg.train.batch_size, workers, cfg.train.seed,
@@ -371,7 +371,7 @@ class Trainer:
         """Train until a stopping rule holds; returns the summary written to summary.json."""
         reason = self._stop_reason()
         if reason:
-            console.print(f"[yellow]nothing to do:[/] the run already reached {reason}; raise it with --set")
+            notice("nothing to do", f"the run already reached {reason}; raise it with --set")
             return self._summary(reason)
         t = self.cfg.train
         steps_per_epoch = len(self.loader)
@@ -386,8 +386,9 @@ class Trainer:
             f"on {self.runtime.describe()}, "
             f"{self.workers} loader worker(s) -> {self.run_dir}"
         )
-        progress = make_progress(TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[ips]} img/s"),
-                                 TextColumn("eta {task.fields[eta]}"), eta=False)
+        progress = make_progress(TextColumn("loss {task.fields[loss]}", markup=False),
+                                 TextColumn("{task.fields[ips]} img/s", markup=False),
+                                 TextColumn("eta {task.fields[eta]}", markup=False), eta=False)
         with progress:
             task = progress.add_task("train", total=planned, completed=self.state.step, loss="-", ips="-", eta="-")
             while reason is None:
@@ -518,8 +519,7 @@ class Trainer:
             value = "not finite on another process"
         if t.nonfinite_loss == "skip" and self._skipped_in_row <= MAX_SKIPPED_IN_A_ROW:
             s.skipped_steps += 1
-            console.print(f"[yellow]warning:[/] the loss is {value} at step {step}: batch skipped "
-                          f"({s.skipped_steps} so far)")
+            notice("warning", f"the loss is {value} at step {step}: batch skipped ({s.skipped_steps} so far)")
             return
         last = self.run_dir / "last.ckpt"
         where = (f"The last good checkpoint is {last} (epoch {s.epoch}); continue from it with "
@@ -557,9 +557,8 @@ class Trainer:
             improved = miou > s.best_miou
             if improved:
                 s.best_miou, s.best_epoch = miou, s.epoch
-            mark = " [green](best)[/]" if improved else ""
-            console.print(f"epoch {s.epoch}: train loss {row['train_loss']:.4f}, val loss {result['loss']:.4f}, "
-                          f"val mIoU {miou:.4f}{mark}")
+            console.print(styled(f"epoch {s.epoch}: train loss {row['train_loss']:.4f}, val loss {result['loss']:.4f}, "
+                                 f"val mIoU {miou:.4f}", (" (best)" if improved else "", "green")))
         else:
             console.print(f"epoch {s.epoch}: train loss {row['train_loss']:.4f}")
             # Without validation data the latest weights are the model.

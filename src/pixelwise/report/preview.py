@@ -29,6 +29,7 @@ def _fit(image: np.ndarray, height: int) -> np.ndarray:
     return np.asarray(Image.fromarray(rgb).resize((max(1, round(w * height / h)), height), Image.BILINEAR))
 
 
+@plots.plain_text
 def preview_sheet(cfg: Config, out: Path, samples: int = 8, seed: int = 0) -> Path:
     """Write a PNG of ``samples`` training images: original | augmented | augmented with its mask.
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
+
+from pixelwise.progress import notice, styled
 
 
 def _fmt(x: float | None) -> str:
@@ -23,7 +25,7 @@ def metrics_table(result: dict[str, Any], title: str = "") -> Table:
         table.add_row(name, _fmt(m["iou"]), _fmt(m["precision"]), _fmt(m["recall"]), _fmt(m["f1"]),
                       f"{m['support']:,}")
     table.add_section()
-    table.add_row("[bold]mIoU", f"[bold]{_fmt(result['miou'])}", "", "", "", "")
+    table.add_row(Text("mIoU", style="bold"), Text(_fmt(result["miou"]), style="bold"), "", "", "", "")
     table.add_row("pixel accuracy", _fmt(result["pixel_accuracy"]), "", "", "", "")
     table.add_row("mean accuracy", _fmt(result["mean_accuracy"]), "", "", "", "")
     table.add_row("fw IoU", _fmt(result["fw_iou"]), "", "", "", "")
@@ -62,17 +64,18 @@ def fingerprint_view(result: dict[str, Any], console: Console) -> None:
             table.add_column(col, justify="left" if col == "class" else "right")
         for k, c in enumerate(fp["classes"]):
             row = "-" if c["mean_row"] is None else f"{c['mean_row']:.2f}"
-            table.add_row(str(k), escape(c["name"]), f"{c['pixels']:,}", f"{c['pixel_share']:.2%}",
+            table.add_row(str(k), c["name"], f"{c['pixels']:,}", f"{c['pixel_share']:.2%}",
                           f"{c['image_share']:.0%}", row)
         console.print(table)
     for n in result.get("notes", []):
-        console.print(f"[dim]note:[/] {escape(n)}")
+        notice("note", n, "dim", to=console)
     for w in result["warnings"]:
-        console.print(f"[yellow]warning:[/] {escape(w)}")
+        notice("warning", w, to=console)
     for e in result["errors"]:
-        console.print(f"[bold red]error:[/] {escape(e)}")
+        notice("error", e, "bold red", to=console)
     if result["errors"]:
-        console.print(f"[bold red]{len(result['errors'])} problem(s): the data cannot be trained on as it is[/]")
+        console.print(Text(f"{len(result['errors'])} problem(s): the data cannot be trained on as it is",
+                           style="bold red"))
     else:
-        console.print(f"[green]ok[/]: {fp['pairs_readable']} pairs can be trained on"
-                      + (f" ({len(result['warnings'])} warning(s))" if result["warnings"] else ""))
+        console.print(styled(("ok", "green"), f": {fp['pairs_readable']} pairs can be trained on"
+                             + (f" ({len(result['warnings'])} warning(s))" if result["warnings"] else "")))
