@@ -12,11 +12,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from pixelwise.config import AugmentConfig, DataConfig
-from pixelwise.data.checks import DataSummary, check_pairs
+from pixelwise.data.checks import DataSummary, check_pairs, crop_warnings
 from pixelwise.data.classes import IGNORE, ClassTable
-from pixelwise.data.dataset import DecodedCache, Pair, SegmentationDataset, set_max_pixels
+from pixelwise.data.dataset import DecodedCache, SegmentationDataset, set_max_pixels
 from pixelwise.data.formats import check_orphans, discover, select_split
+from pixelwise.data.splits import plan_splits
 from pixelwise.data.transforms import train_transform
+from pixelwise.memory import require_memory
 
 
 @dataclass
@@ -28,6 +30,7 @@ class DataBundle:
     summary: DataSummary
     val_sizes: list[tuple[int, int]]
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # trainable, but probably not what was meant
 
 
 def release_free_memory() -> None:
@@ -50,24 +53,39 @@ def build_datasets(data: DataConfig, augment: AugmentConfig, seed: int = 0) -> D
     """Discover, split and check the data; the train set gets the augmentation pipeline."""
     set_max_pixels(data.max_image_pixels)
     layout = discover(data)
-    train_pairs, train_note = select_split(layout, data, data.train_split)
-    notes = check_orphans(layout)
-    val_pairs: list[Pair] = []
-    if data.val_split is not None:
-        val_pairs, val_note = select_split(layout, data, data.val_split)
-        notes.append(f"training on {train_note} ({len(train_pairs)} images), validating on {val_note} "
-                     f"({len(val_pairs)} images)")
-    else:
-        notes.append(f"training on {train_note} ({len(train_pairs)} images), no validation (data.val_split is null)")
+    plan = plan_splits(layout.splits, data, layout.root)  # the same decision `pixelwise check` shows
+    train_pairs, val_pairs = plan.train, plan.val
+    notes = [*layout.notes, *check_orphans(layout), *plan.notes, plan.summary()]
     cache = _cache(data)
     summary = check_pairs(train_pairs + val_pairs, layout.classes, data.channels, cache)
     release_free_memory()
     notes += summary.notes
+    warnings = crop_warnings([summary.sizes[str(p.image)] for p in train_pairs], data.crop_size)
     transform = train_transform(data.crop_size, IGNORE, summary.channels, augment.preset, augment.transforms, seed)
     train = SegmentationDataset(train_pairs, summary.table, summary.channels, transform, cache, seed)
     val = SegmentationDataset(val_pairs, summary.table, summary.channels, None, cache) if val_pairs else None
     val_sizes = [summary.sizes[str(p.image)] for p in val_pairs]
-    return DataBundle(train, val, summary, val_sizes, notes)
+    return DataBundle(train, val, summary, val_sizes, notes, warnings)
+
+
+def require_crop_memory(data: DataConfig, channels: int, classes: int, batch_size: int, device: str = "cpu") -> None:
+    """Refuse a crop (x batch) whose own arrays cannot fit, before the first sample is padded to it.
+
+    Lower bound per crop pixel: the padded uint8 sample and mask twice (augmented, then batched), the float
+    input, and the logits with their gradient and the loss's softmax (4 bytes per class each); the network's
+    activations come on top. A crop side of 20000 at batch 8 needs more than 400 GiB this way.
+    """
+    pixels = batch_size * data.crop_size[0] * data.crop_size[1]
+    host = pixels * 2 * (channels + 1)
+    compute = pixels * (4 * channels + 3 * 4 * classes)
+    fix = (f"lower data.crop_size (now {data.crop_size[0]}x{data.crop_size[1]}) or the batch size (now "
+           f"{batch_size})")
+    what = f"a batch of {batch_size} crops of {data.crop_size[0]}x{data.crop_size[1]}"
+    if device.startswith("cuda"):
+        require_memory(host, what, fix)
+        require_memory(compute, what, fix, device)
+    else:
+        require_memory(host + compute, what, fix)
 
 
 def build_eval_dataset(

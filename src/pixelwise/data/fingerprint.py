@@ -15,9 +15,10 @@ from typing import Any
 import numpy as np
 
 from pixelwise.config import DataConfig
-from pixelwise.data.checks import Scan, class_pixels_per_image, per_class, scan_pairs
+from pixelwise.data.checks import Scan, class_pixels_per_image, crop_warnings, per_class, scan_pairs
 from pixelwise.data.dataset import set_max_pixels
-from pixelwise.data.formats import discover
+from pixelwise.data.formats import Layout, discover
+from pixelwise.data.splits import SplitPlan, plan_splits
 from pixelwise.errors import DataError, list_offenders
 
 
@@ -54,19 +55,46 @@ def mean_rows(scan: Scan, class_pixels: np.ndarray) -> np.ndarray:
     return sums / np.maximum(class_pixels, 1)
 
 
-def fingerprint(cfg: DataConfig) -> dict[str, Any]:
-    """Scan the dataset ``cfg`` describes: {errors, warnings, notes, fingerprint}.
+def _scan_as_training_does(layout: Layout, cfg: DataConfig) -> tuple[Scan, SplitPlan | None, list[str], list[str]]:
+    """Scan what training would use exactly as training does (its pairs, its channel and class-table decisions):
+    problems there are errors. Pairs of splits training does not use are scanned too, with the same table, and
+    their problems are warnings, so `check` fails exactly when `train` would."""
+    errors: list[str] = []
+    try:
+        plan: SplitPlan | None = plan_splits(layout.splits, cfg, layout.root)
+    except DataError as e:
+        plan = None
+        errors.append(str(e))
+    pairs = [p for split in layout.splits.values() for p in split]
+    used = plan.train + plan.val if plan is not None else pairs
+    scan = scan_pairs(used, layout.classes, cfg.channels, label="Checking", fingerprint=True)
+    errors += scan.grouped()
+    taken = set(used)
+    unused = [p for p in pairs if p not in taken]
+    if not unused:
+        return scan, plan, errors, []
+    other = scan_pairs(unused, scan.table or layout.classes, scan.channels, label="Checking unused splits",
+                       fingerprint=True)
+    warnings = [list_offenders(f"{heading}, in splits training does not use", lines)
+                for heading, lines in other.groups.items()]
+    merged = Scan(scan.infos + other.infos, scan.channels, scan.table, scan.problems, scan.notes, scan.groups)
+    return merged, plan, errors, warnings
 
-    Errors and warnings are lines naming files; notes say what was assumed (an inferred class table, say). The
-    fingerprint is JSON-serialisable; with errors it describes the pairs that could be read.
+
+def fingerprint(cfg: DataConfig) -> dict[str, Any]:
+    """Scan the dataset ``cfg`` describes: {errors, warnings, notes, fingerprint, problems, decisions}.
+
+    Errors and warnings are blocks naming files, one per kind of problem (as training reports them); notes say
+    what was assumed (an inferred class table, a pooled split); ``problems`` lists every error file by file and
+    ``decisions`` the images trained and validated on. The fingerprint is JSON-serialisable; with errors it
+    describes the pairs that could be read.
     """
     set_max_pixels(cfg.max_image_pixels)
     layout = discover(cfg)
-    pairs = [p for split in layout.splits.values() for p in split]
     split_of = {str(p.image): name for name, split in layout.splits.items() for p in split}
-    scan = scan_pairs(pairs, layout.classes, cfg.channels, label="Checking", fingerprint=True)
-    errors = list(scan.problems)
-    warnings: list[str] = []
+    scan, plan, errors, warnings = _scan_as_training_does(layout, cfg)
+    notes = [*layout.notes, *(plan.notes if plan is not None else []), *scan.notes]
+    problems = [{"problem": heading, "message": line} for heading, lines in scan.groups.items() for line in lines]
     if layout.orphan_masks:
         warnings.append(list_offenders("masks without an image (ignored)", [str(m) for m in layout.orphan_masks]))
     dups = _duplicates(scan, split_of)
@@ -79,14 +107,18 @@ def fingerprint(cfg: DataConfig) -> dict[str, Any]:
         "pairs_readable": len(good), "pairs_with_problems": len(scan.infos) - len(good),
         "channels": scan.channels,
     }
-    has_val = cfg.val_split is not None and cfg.val_split in layout.splits
-    if not has_val and cfg.val_split is not None:
-        fp["validation"] = f"no '{cfg.val_split}' split: {cfg.val_fraction:.0%} of '{cfg.train_split}' held out"
+    if plan is not None:
+        fp["validation"] = plan.summary()
+    result = {"errors": errors, "warnings": warnings, "notes": notes, "fingerprint": fp, "problems": problems,
+              "decisions": plan.decisions() if plan is not None else None}
     if not good:
         errors.append("no image/mask pair could be read")
-        return {"errors": errors, "warnings": warnings, "notes": scan.notes, "fingerprint": fp}
+        return result
     sizes = [i.size for i in good]
     fp["image_size"] = _size_stats(sizes)
+    if plan is not None and not scan.problems:
+        sizes_of = {str(i.pair.image): i.size for i in good}
+        warnings += crop_warnings([sizes_of[str(p.image)] for p in plan.train], cfg.crop_size)
     small = [str(i.pair.image) for i in good if i.size[0] < cfg.crop_size[0] or i.size[1] < cfg.crop_size[1]]
     if small:
         warnings.append(list_offenders(f"images smaller than the training crop {cfg.crop_size[0]}x{cfg.crop_size[1]} "
@@ -123,16 +155,16 @@ def fingerprint(cfg: DataConfig) -> dict[str, Any]:
         missing = [name for k, name in enumerate(scan.table.names) if counts[k] == 0]
         if missing:
             warnings.append(f"classes with no pixel in any mask: {', '.join(missing)} (nothing to learn them from)")
-        train_imgs = {str(p.image) for p in layout.splits.get(cfg.train_split, [])}
+        train_imgs = {str(p.image) for p in (plan.train if plan is not None else [])}
         train_counts = sum((c for p, c in per_image.items() if p in train_imgs), np.zeros_like(counts))
         absent = [name for k, name in enumerate(scan.table.names) if counts[k] > 0 and train_counts[k] == 0]
         if absent and train_imgs:
-            warnings.append(f"classes in other splits but not in '{cfg.train_split}': {', '.join(absent)}")
-    return {"errors": errors, "warnings": warnings, "notes": scan.notes, "fingerprint": fp}
+            warnings.append(f"classes in the data but not in what is trained on: {', '.join(absent)}")
+    return result
 
 
 def require_trainable(result: dict[str, Any]) -> None:
     """Raise the errors of a ``fingerprint`` result as one DataError (for callers that go on to train)."""
     if result["errors"]:
-        raise DataError(list_offenders("the dataset has problems that must be fixed before training",
-                                       result["errors"]))
+        raise DataError("the dataset has problems that must be fixed before training:\n"
+                        + "\n".join(result["errors"]))

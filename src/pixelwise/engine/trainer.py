@@ -23,7 +23,7 @@ import torch
 from rich.progress import Progress, TextColumn
 
 from pixelwise.config import Config
-from pixelwise.data.build import DataBundle, build_datasets, default_workers, train_loader
+from pixelwise.data.build import DataBundle, build_datasets, default_workers, require_crop_memory, train_loader
 from pixelwise.engine.checkpoint import (
     atomic_write_text,
     load_state,
@@ -205,11 +205,14 @@ def prepare(cfg: Config) -> Prepared:
     data = build_datasets(cfg.data, cfg.augment, cfg.train.seed)
     for note in data.notes:
         notice("note", note)
+    for warning in data.warnings:
+        notice("warning", warning)
     cfg = resolve_config(cfg, data)
     table = data.summary.table
     runtime = resolve_runtime(cfg.train.device, cfg.train.amp, cfg.train.channels_last)
     if dist.enabled and runtime.device.type == "cuda":
         runtime = replace(runtime, device=torch.device("cuda", dist.local_rank))
+    require_crop_memory(cfg.data, data.summary.channels, table.num_classes, cfg.train.batch_size, str(runtime.device))
     model = build_network(cfg.model, cfg.model.in_channels, table.num_classes)
     if min(cfg.data.crop_size) < model.min_size:
         raise PixelwiseError(f"'{cfg.model.arch}' needs inputs of at least {model.min_size} pixels a side; "

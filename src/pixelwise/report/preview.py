@@ -36,10 +36,11 @@ def preview_sheet(cfg: Config, out: Path, samples: int = 8, seed: int = 0) -> Pa
     Samples are drawn as training draws them (same pipeline, seeded by (seed, epoch, index)), so what is
     shown is what the model sees.
     """
-    from pixelwise.data.build import build_datasets
+    from pixelwise.data.build import build_datasets, require_crop_memory
 
     plt = plots._pyplot()
     data = build_datasets(cfg.data, cfg.augment, seed)
+    require_crop_memory(cfg.data, data.summary.channels, data.summary.table.num_classes, batch_size=1)
     train, palette = data.train, data.summary.table.palette
     rng = np.random.default_rng(seed)
     picks = rng.choice(len(train), size=samples, replace=samples > len(train))
