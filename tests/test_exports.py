@@ -296,3 +296,24 @@ def test_a_crop_larger_than_every_training_image_is_a_warning_at_train_time(tmp_
     assert "81% of each crop is void padding" in warning and "e.g. [24, 32]" in warning
     cfg = load_config(overrides=[f"data.root={root}", "data.crop_size=[24, 16]"])
     assert build_datasets(cfg.data, cfg.augment).warnings == []  # a crop that fits one image is fine
+
+
+def test_split_decisions_say_where_each_side_comes_from(tmp_path):
+    from pixelwise.data.splits import plan_splits
+
+    for name, expected in [
+        ("folders_splits", "training on 'train' (4 images), validating on 'val' (2 images)"),
+        ("folders_pool", "training on 'train' less a held-out 20% (4 images), validating on 20% held out from "
+                         "'train' (data.split_seed 0) (1 images)"),
+        ("cvat_coco", "training on 'default' less a held-out 20% (4 images), validating on 20% held out from "
+                      "'default' (data.split_seed 0) (1 images)"),
+    ]:
+        root, _ = DATASETS[name](tmp_path / name)
+        cfg = DataConfig(root=root)
+        assert plan_splits(discover(cfg).splits, cfg).summary() == expected
+    splits = {"Tile 1": ["a", "b"], "Tile 2": ["c"], "val": ["v"], "test": ["t"]}
+    plan = plan_splits(splits, DataConfig())
+    assert plan.train == ["a", "b", "c"] and plan.val == ["v"]
+    assert plan.summary() == "training on 'Tile 1', 'Tile 2' pooled (3 images), validating on 'val' (1 images)"
+    assert "split(s) 'test' not trained on" in plan.notes[1]
+    assert plan_splits(splits, DataConfig(val_split=None)).val == []

@@ -1,10 +1,10 @@
 """Issue 25, markup injection: names the user chose (files, runs, splits, classes) are printed as they are.
 
 Rich would read '[x]' in a name as a style tag (a run in 'runs/unet[final]' announced as 'runs/unet', a file
-'[/x].png' a MarkupError), ':cat:' as an emoji, and matplotlib '$...$' as mathtext. pixelwise prints through
-consoles with markup and emoji off (``pixelwise.progress``) and draws text with mathtext off; the scan below
-fails when source code would turn any of it back on, and the end-to-end test runs bracketed names through the
-commands.
+'[/x].png' a MarkupError), ':cat:' as an emoji, a terminal would obey an escape sequence in a file name, and
+matplotlib reads '$...$' as mathtext. pixelwise prints through consoles with markup and emoji off and control
+characters made visible (``pixelwise.progress``) and draws text with mathtext off; the scan below fails when
+source code would turn any of it back on, and the end-to-end test runs such names through the commands.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "pixelwise"
 # and would now print the tag itself.
 MARKUP_TAG = re.compile(r"\[/?(?:bold|dim|italic|underline|strike|reverse|blink|red|green|yellow|blue|magenta|cyan|"
                         r"white|black|bright_\w+|link|on \w+|#[0-9a-fA-F]{6})(?:[ =][^\]]*)?\]|\[/\]")
-PARSES_MARKUP = {"Console": ("markup", "emoji"), "TextColumn": ("markup",), "TaskProgressColumn": ("markup",)}
+PARSES_MARKUP = {"_Console": ("markup", "emoji"), "TextColumn": ("markup",), "TaskProgressColumn": ("markup",)}
 
 
 def _is_false(node: ast.AST | None) -> bool:
@@ -42,6 +42,9 @@ def markup_offenders(source: str, name: str) -> list[str]:
             func = node.func
             called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
             keywords = {k.arg: k.value for k in node.keywords}
+            if called == "Console":
+                out.append(f"{where}: a rich Console; print through pixelwise.progress's consoles (markup off, "
+                           "control characters made visible)")
             for flag in PARSES_MARKUP.get(called, ()):
                 if not _is_false(keywords.get(flag)):
                     out.append(f"{where}: {called}(...) without {flag}=False")
@@ -65,8 +68,8 @@ def test_source_never_lets_a_string_reach_rich_markup():
 
 def test_the_scan_finds_each_way_markup_comes_back():
     bad = {
-        "from rich.console import Console\nc = Console(stderr=True)\n": "Console(...) without markup=False",
-        "c = Console(markup=False)\n": "without emoji=False",
+        "from rich.console import Console\nc = Console(stderr=True)\n": "a rich Console",
+        "c = _Console(markup=False)\n": "_Console(...) without emoji=False",
         "TextColumn('[bold]{task.description}', markup=False)\n": "markup tag '[bold]'",
         "TextColumn('{task.description}')\n": "TextColumn(...) without markup=False",
         "console.print(f'{name} done', markup=True)\n": "markup= that is not False",
@@ -78,7 +81,7 @@ def test_the_scan_finds_each_way_markup_comes_back():
     for source, expected in bad.items():
         found = markup_offenders(source, "snippet.py")
         assert any(expected in o for o in found), (source, found)
-    assert not markup_offenders("x = values[1]\nc = Console(markup=False, emoji=False)\nlabel = '[0, 255]'\n", "ok")
+    assert not markup_offenders("x = values[1]\nc = _Console(markup=False, emoji=False)\nlabel = '[0, 255]'\n", "ok")
 
 
 # --- end to end ----------------------------------------------------------------------------------------------
@@ -106,17 +109,20 @@ def test_bracketed_file_run_split_and_class_names_are_printed_as_they_are(tmp_pa
             mask[:12], mask[20:] = 1, 2
             write_pair(data / split, stem, rng.integers(0, 255, (32, 32, 3), dtype=np.uint8), mask)
     (data / "classes.yaml").write_text(json.dumps({"names": CLASSES}))
-    (data / "train [a]" / "images" / "[red]bad.png").write_bytes(b"not an image")
-    Image.fromarray(np.zeros((32, 32), np.uint8)).save(data / "train [a]" / "masks" / "[red]bad.png")
+    for name in ("[red]bad.png", "clear\x1b[2J.png"):  # the second would clear the terminal if printed raw
+        (data / "train [a]" / "images" / name).write_bytes(b"not an image")
+        Image.fromarray(np.zeros((32, 32), np.uint8)).save(data / "train [a]" / "masks" / name)
 
     check = _run("check", data, "--set", "data.train_split=train [a]", cwd=tmp_path)
     assert check.returncode == 1 and "Traceback" not in check.stderr, check.stderr
     text = _flat(check.stdout)
     assert "[red]bad.png: cannot be read as an image" in text
+    assert "clear\\x1b[2J.png: cannot be read" in text and "\x1b[2J" not in check.stdout + check.stderr
     assert all(c in text for c in CLASSES) and "train [a]" in text
 
-    (data / "train [a]" / "images" / "[red]bad.png").unlink()
-    (data / "train [a]" / "masks" / "[red]bad.png").unlink()
+    for name in ("[red]bad.png", "clear\x1b[2J.png"):
+        (data / "train [a]" / "images" / name).unlink()
+        (data / "train [a]" / "masks" / name).unlink()
     run = tmp_path / "runs" / "unet[final]"
     sets = [a for s in [*tiny_overrides(data), "data.train_split=train [a]", "name=unet [final]"] for a in ("--set", s)]
     train = _run("train", *sets, "--max-steps", "2", "--out", run, cwd=tmp_path)

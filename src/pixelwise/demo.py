@@ -6,6 +6,7 @@ import shutil
 import time
 from pathlib import Path
 
+from pixelwise.atomic import check_out_dir
 from pixelwise.config import load_config
 from pixelwise.data import synthetic
 from pixelwise.errors import PixelwiseError
@@ -16,6 +17,7 @@ MARKER = ".pixelwise-demo"
 
 def _claim(out: Path) -> None:
     """Use ``out`` for the demo; a previous demo's folder is replaced, anything else is left alone."""
+    check_out_dir(out)
     if out.exists() and any(out.iterdir()):
         if not (out / MARKER).exists():
             raise PixelwiseError(f"{out}: folder exists and is not a pixelwise demo; choose another with --out")

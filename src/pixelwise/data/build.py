@@ -18,6 +18,7 @@ from pixelwise.data.dataset import DecodedCache, SegmentationDataset, set_max_pi
 from pixelwise.data.formats import check_orphans, discover, select_split
 from pixelwise.data.splits import plan_splits
 from pixelwise.data.transforms import train_transform
+from pixelwise.errors import PixelwiseError
 from pixelwise.memory import require_memory
 
 
@@ -78,8 +79,8 @@ def require_crop_memory(data: DataConfig, channels: int, classes: int, batch_siz
     pixels = batch_size * data.crop_size[0] * data.crop_size[1]
     host = pixels * 2 * (channels + 1)
     compute = pixels * (4 * channels + 3 * 4 * classes)
-    fix = (f"lower data.crop_size (now {data.crop_size[0]}x{data.crop_size[1]}) or the batch size (now "
-           f"{batch_size})")
+    fix = (f"lower data.crop_size (now {data.crop_size[0]}x{data.crop_size[1]})"
+           + (f" or train.batch_size (now {batch_size})" if batch_size > 1 else ""))
     what = f"a batch of {batch_size} crops of {data.crop_size[0]}x{data.crop_size[1]}"
     if device.startswith("cuda"):
         require_memory(host, what, fix)
@@ -168,6 +169,9 @@ class SizeGroupedBatches(torch.utils.data.Sampler[list[int]]):
     """Batches of indices whose images share one size, so they stack without resizing (evaluation)."""
 
     def __init__(self, sizes: list[tuple[int, int]], batch_size: int, indices: list[int] | None = None) -> None:
+        if batch_size < 1:  # a range with a step below 1 would batch nothing: an evaluation of no image at all
+            raise PixelwiseError(f"the evaluation batch size must be at least 1 (got {batch_size}; "
+                                 "--batch-size, train.eval_batch_size)")
         groups: dict[tuple[int, int], list[int]] = {}
         for i in range(len(sizes)) if indices is None else indices:
             groups.setdefault(tuple(sizes[i]), []).append(i)

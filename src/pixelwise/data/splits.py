@@ -88,7 +88,7 @@ def plan_splits(splits: dict[str, list[Pair]], cfg: DataConfig, root: object = N
     if cfg.val_split is None:
         return SplitPlan(pool, [], pooled, None, notes)
     if cfg.val_split in splits and cfg.val_split not in pool_names:
-        return SplitPlan(pool, splits[cfg.val_split], f"'{cfg.val_split}'", f"'{cfg.val_split}'", notes)
+        return SplitPlan(pool, splits[cfg.val_split], pooled, f"'{cfg.val_split}'", notes)
     if cfg.val_fraction <= 0 or len(pool) < 2:
         why = "data.val_fraction is 0" if cfg.val_fraction <= 0 else f"{pooled} holds one image"
         raise DataError(f"{where}no '{cfg.val_split}' split to validate on and none can be held out ({why}): add a "

@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from pixelwise.atomic import check_out_dir
 from pixelwise.config import Config
-from pixelwise.engine.checkpoint import atomic_write_text
+from pixelwise.engine.checkpoint import atomic_write, atomic_write_text
 from pixelwise.engine.trainer import prepare, to_device
 from pixelwise.errors import PixelwiseError
 from pixelwise.optim import set_lr
@@ -62,10 +63,8 @@ def plot_lr_find(lrs: np.ndarray, losses: np.ndarray, smoothed: np.ndarray, sugg
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
-    tmp.replace(path)
 
 
 def lr_find(cfg: Config, out_dir: Path, start: float = 1e-7, end: float = 1.0, steps: int = 100,
@@ -75,6 +74,7 @@ def lr_find(cfg: Config, out_dir: Path, start: float = 1e-7, end: float = 1.0, s
         raise PixelwiseError(f"lr-find needs 0 < start < end (got start {start}, end {end})")
     if steps < 5:
         raise PixelwiseError(f"lr-find needs at least 5 steps (got {steps})")
+    check_out_dir(out_dir)
     p = prepare(cfg)
     model, optimizer, criterion, rt = p.model, p.optimizer, p.criterion, p.runtime
     model.train()

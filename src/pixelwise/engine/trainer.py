@@ -22,10 +22,13 @@ import numpy as np
 import torch
 from rich.progress import Progress, TextColumn
 
+from pixelwise.atomic import check_out_dir
 from pixelwise.config import Config
 from pixelwise.data.build import DataBundle, build_datasets, default_workers, require_crop_memory, train_loader
 from pixelwise.engine.checkpoint import (
     atomic_write_text,
+    load_model_state,
+    load_optimizer_state,
     load_state,
     remove_stale_temp_files,
     save_state,
@@ -141,6 +144,7 @@ def dataset_stats(data: DataBundle) -> dict[str, Any]:
 
 def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
     """Refuse to write over an earlier run unless told to resume it or overwrite it (checked before any work)."""
+    check_out_dir(run_dir)
     if resume:
         if not (run_dir / "last.ckpt").is_file():
             raise PixelwiseError(f"{run_dir}: nothing to resume (no last.ckpt)")
@@ -299,8 +303,8 @@ class Trainer:
     # --- persistence -----------------------------------------------------------------------------
     def _load_resume_state(self) -> None:
         saved = load_state(self.run_dir / "last.ckpt")
-        self.net.load_state_dict(saved["model"])
-        self.optimizer.load_state_dict(saved["optimizer"])
+        load_model_state(self.net, saved["model"], self.run_dir / "last.ckpt")
+        load_optimizer_state(self.optimizer, saved["optimizer"], self.run_dir / "last.ckpt")
         if saved.get("scaler"):
             self.scaler.load_state_dict(saved["scaler"])
         if self.ema is not None:

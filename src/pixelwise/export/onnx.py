@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pixelwise.atomic import current_umask
 from pixelwise.config import Config
 from pixelwise.data.build import build_eval_dataset
 from pixelwise.errors import PixelwiseError
@@ -113,9 +114,7 @@ def export_onnx(run_dir: Path, out: Path | None = None, data_root: Path | None =
                 f"ONNX export failed its parity check: argmax agreement with PyTorch {result['argmax_agreement']:.4%} "
                 f"(< {MIN_AGREEMENT:.1%}), max |logit difference| {result['max_abs_logit_diff']:.3g} over "
                 f"{result['images']} images; nothing was written")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; the model is an ordinary file
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp creates 0600; the model is an ordinary file
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)

@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
+from pixelwise.data.classes import ClassTable
 from pixelwise.errors import PixelwiseError
 from pixelwise.inference.geometry import pad_amounts
 
@@ -29,12 +31,47 @@ def softmax(logits: np.ndarray, axis: int = 1) -> np.ndarray:
     return z
 
 
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
 def read_metadata(path: Path, session: Any) -> dict[str, Any]:
+    """The model's pixelwise metadata, checked: a file cut short or edited is one error naming it.
+
+    Returns the JSON with ``classes`` as a ClassTable, ``channels`` an int, ``crop_size`` a tuple, and the
+    padding keys ``pad_multiple`` (default 32) and ``min_size`` (default 0) as ints.
+    """
     meta = session.get_modelmeta().custom_metadata_map
     if METADATA_KEY not in meta:
         raise PixelwiseError(f"{path}: this ONNX model was not exported by pixelwise (no '{METADATA_KEY}' metadata: "
                              "class table, channels, normalisation); export it with `pixelwise export RUN`")
-    return json.loads(meta[METADATA_KEY])
+    redo = "export the run again with `pixelwise export RUN`"
+    try:
+        info = json.loads(meta[METADATA_KEY])
+    except ValueError as e:
+        raise PixelwiseError(f"{path}: its '{METADATA_KEY}' metadata is not valid JSON (cut short or edited: {e}); "
+                             f"{redo}") from None
+    info = info if isinstance(info, dict) else {}
+    info.setdefault("pad_multiple", 32)
+    info.setdefault("min_size", 0)
+    info.setdefault("crop_size", [512, 512])
+    bad = [k for k in ("classes", "channels", "pad_multiple", "crop_size") if k not in info]
+    bad += [k for k in ("channels", "pad_multiple") if k in info and not _positive_int(info[k])]
+    if not (isinstance(info["min_size"], int) and info["min_size"] >= 0):
+        bad.append("min_size")
+    if not (isinstance(info["crop_size"], list) and len(info["crop_size"]) == 2
+            and all(_positive_int(v) for v in info["crop_size"])):
+        bad.append("crop_size")
+    if bad:
+        raise PixelwiseError(f"{path}: its '{METADATA_KEY}' metadata lacks or garbles {', '.join(sorted(set(bad)))}; "
+                             f"{redo}")
+    try:
+        info["classes"] = ClassTable.model_validate(info["classes"])
+    except ValidationError as e:
+        raise PixelwiseError(f"{path}: its '{METADATA_KEY}' metadata holds no valid class table "
+                             f"({e.errors()[0]['msg']}); {redo}") from None
+    info["crop_size"] = tuple(info["crop_size"])
+    return info
 
 
 class OnnxBackend:
@@ -61,8 +98,7 @@ class OnnxBackend:
         self.path = path
         self.meta = read_metadata(path, self.session)
         self.input = self.session.get_inputs()[0].name
-        self.multiple = int(self.meta.get("pad_multiple", 32))
-        self.min_size = int(self.meta.get("min_size", 0))
+        self.multiple, self.min_size = self.meta["pad_multiple"], self.meta["min_size"]
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         """uint8 (N, C, H, W) of any H, W -> float32 logits (N, K, H, W)."""
