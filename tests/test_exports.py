@@ -65,7 +65,7 @@ def _decisions_agree(root: Path, overrides: list[str]) -> None:
         if not note.startswith("training on"):
             assert note in checked["notes"], (note, checked["notes"])
         else:
-            assert fp["validation"] == note
+            assert fp["split_decision"] == note
 
 
 @pytest.mark.parametrize("name", sorted(DATASETS))
@@ -138,6 +138,10 @@ def test_split_folders_without_a_train_split_are_pooled(tmp_path):
     data, notes = _train_notes(root, *overrides)
     assert len(data.train) + len(data.val) == 16 and len(data.val) == 3  # 8 tiles x 2, 20% held out
     assert "training on 8 split folders pooled ('Tile 1', 'Tile 2'" in notes
+    from pixelwise.plan import train_images, val_images
+
+    fp = fingerprint(load_config(overrides=[f"data.root={root}", *overrides]).data)["fingerprint"]
+    assert (train_images(fp), val_images(fp)) == (13, 3)  # `plan` sizes epochs from the same decision
     # a split chosen by name must exist: no pooling over a typo
     with pytest.raises(DataError, match="no split 'Tile 9' .data.train_split.; the data has 'Tile 1'"):
         _train_notes(root, *overrides, "data.train_split=Tile 9")

@@ -120,11 +120,15 @@ def _floor32(x: float) -> int:
 
 
 def train_images(fp: dict[str, Any], train_split: str = "train", val_fraction: float = 0.2) -> int:
+    if "train_images" in fp:  # the split decision `pixelwise check` shares with training
+        return max(1, fp["train_images"])
     n = fp["splits"].get(train_split, fp["pairs_readable"])
     return max(1, round(n * (1 - val_fraction)) if "validation" in fp else n)
 
 
 def val_images(fp: dict[str, Any], val_split: str = "val", val_fraction: float = 0.2) -> int:
+    if "val_images" in fp:
+        return fp["val_images"]
     if "validation" in fp:
         return max(1, round(fp["splits"].get("train", fp["pairs_readable"]) * val_fraction))
     return fp["splits"].get(val_split, 0)

@@ -107,8 +107,10 @@ def fingerprint(cfg: DataConfig) -> dict[str, Any]:
         "pairs_readable": len(good), "pairs_with_problems": len(scan.infos) - len(good),
         "channels": scan.channels,
     }
-    if plan is not None:
-        fp["validation"] = plan.summary()
+    if plan is not None:  # what training will do; "validation" is there when a share is held out
+        fp.update(split_decision=plan.summary(), train_images=len(plan.train), val_images=len(plan.val))
+        if plan.val_from is not None and "held out" in plan.val_from:
+            fp["validation"] = plan.val_from
     result = {"errors": errors, "warnings": warnings, "notes": notes, "fingerprint": fp, "problems": problems,
               "decisions": plan.decisions() if plan is not None else None}
     if not good:

@@ -38,8 +38,9 @@ def fingerprint_view(result: dict[str, Any], console: Console) -> None:
     head = Table(title=f"{fp['root']} ({fp['format']})", show_header=False)
     head.add_column(style="bold")
     head.add_column()
-    head.add_row("splits", ", ".join(f"{k}: {v}" for k, v in fp["splits"].items()) + (
-        f" ({fp['validation']})" if "validation" in fp else ""))
+    head.add_row("splits", ", ".join(f"{k}: {v}" for k, v in fp["splits"].items()))
+    if "split_decision" in fp:
+        head.add_row("training", fp["split_decision"])
     head.add_row("pairs readable", f"{fp['pairs_readable']} ({fp['pairs_with_problems']} with problems)")
     if "image_size" in fp:
         size = fp["image_size"]
