@@ -100,6 +100,20 @@ def test_devices_this_machine_cannot_run_on_are_refused(device, expected):
     assert resolve_runtime("cpu").device.type == "cpu"
 
 
+def test_plan_devices_are_checked_too():
+    import torch
+
+    from pixelwise.plan import detect_machine
+
+    with pytest.raises(ConfigError, match="--device meta: a plan is for cpu, cuda or auto"):
+        detect_machine("meta")
+    if torch.cuda.is_available():
+        assert detect_machine("cuda").device == "cuda"
+    else:  # it planned for the CPU without a word
+        with pytest.raises(ConfigError, match="--device cuda: this machine has no CUDA GPU"):
+            detect_machine("cuda")
+
+
 # --- a trained run and its files -------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -47,6 +47,11 @@ def detect_machine(device: str = "auto") -> Machine:
 
     from pixelwise.engine.runtime import cpu_has_fast_bf16
 
+    if device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"--device {device}: a plan is for cpu, cuda or auto (this machine's)")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: this machine has no CUDA GPU, and a plan measures training steps on the "
+                          "device it plans for; plan on the GPU machine, or for cpu")
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30 if hasattr(os, "sysconf") else 8.0
     if device in ("auto", "cuda") and torch.cuda.is_available():
