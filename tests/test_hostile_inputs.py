@@ -408,3 +408,16 @@ def test_scaled_tta_copies_are_tiled_as_their_own_size_requires(run, monkeypatch
     seg.backend = backend
     seg.predict(np.zeros((100, 120, 3), np.uint8), scales=(1.0, 4.0))  # the crop is 32: 400x480 is 187 crops
     assert (100, 120) in seen and max(h * w for h, w in seen) <= 512 * 512  # the 4x copy went in tiles
+
+
+def test_files_are_written_atomically_with_the_users_umask(tmp_path):
+    import os
+
+    from pixelwise.atomic import atomic_write_text
+
+    old = os.umask(0o027)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "x")  # mkstemp alone would leave it 0600, unreadable to the group
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o640
