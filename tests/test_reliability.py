@@ -501,7 +501,8 @@ def test_source_never_unpickles_or_evaluates():
     offenders = []
     for path in SRC.rglob("*.py"):
         text = path.read_text()
-        for pattern in (r"(?<![.\w])eval\(", r"(?<![.\w])exec\(", r"pickle\.loads?\(", r"yaml\.load\(",
+        for pattern in (r"(?<![.\w])eval\(", r"(?<![.\w])exec\(", r"pickle\.loads?\(",
+                        r"yaml\.load\((?![^)]*Loader=_BoundedLoader\))",  # safe_load's SafeLoader subclass only
                         r"yaml\.unsafe_load"):
             offenders += [f"{path.name}: {pattern}" for _ in re.finditer(pattern, text)]
         for call in re.finditer(r"torch\.load\(([^)]*)\)", text):

@@ -68,6 +68,23 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
+def check_new_file(path: Path, overwrite: bool = False, option: str = "--out") -> None:
+    """Refuse an output file that is a folder, or one that exists unless ``overwrite``: a command never writes
+    over a file it did not create unless told to (a mistyped --out may name a dataset image or a mask).
+    Checked before the work, so nothing is computed for a write that would be refused."""
+    if path.is_dir():
+        raise PixelwiseError(f"{option} {path}: is a folder; give the path of a file to write")
+    if (path.exists() or path.is_symlink()) and not overwrite:
+        raise PixelwiseError(f"{option} {path}: the file exists and would be replaced; choose another {option}, "
+                             "or pass --overwrite to replace it")
+
+
+def check_out_dir(path: Path, option: str = "--out") -> None:
+    """Refuse an output folder that exists as a file (it is created when missing)."""
+    if (path.exists() or path.is_symlink()) and not path.is_dir():
+        raise PixelwiseError(f"{option} {path}: is a file, not a folder; give a folder (created if missing)")
+
+
 def remove_stale_temp_files(folder: Path) -> None:
     """Delete temporary files a killed process left behind in ``folder`` (the finished files are intact)."""
     for tmp in folder.glob(".*.tmp"):

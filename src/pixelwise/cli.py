@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
-from pixelwise.atomic import atomic_write_text
-from pixelwise.errors import PixelwiseError
+from pixelwise.atomic import atomic_write_text, check_new_file
+from pixelwise.errors import PixelwiseError, list_offenders
+from pixelwise.progress import console as err
+from pixelwise.progress import notice, styled
+from pixelwise.progress import stdout as out
 
 app = typer.Typer(
     add_completion=False,
@@ -21,8 +22,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="pixelwise: train, evaluate and deploy semantic segmentation models on your own images.",
 )
-out = Console()
-err = Console(stderr=True)
 
 
 @app.command()
@@ -139,8 +138,8 @@ def plan(
     """Choose a config from the dataset's fingerprint and this machine, each choice with its reason."""
     from pixelwise.plan import plan_dataset
 
-    if out_file is not None and out_file.exists():
-        raise PixelwiseError(f"{out_file} exists; choose another --out (nothing the user had is overwritten)")
+    if out_file is not None:
+        check_new_file(out_file)
     result = plan_dataset(root, fmt, budget, device, measure)
     text = result.to_yaml()
     out.print(text, markup=False, highlight=False, soft_wrap=True)
@@ -154,9 +153,9 @@ def lr_find_(
     config: Path | None = typer.Argument(None, help="YAML config file (the run you are about to train)."),
     set_: list[str] = typer.Option([], "--set", help="Override a config key (repeatable)."),
     data: Path | None = typer.Option(None, help="Dataset folder (data.root)."),
-    start: float = typer.Option(1e-7, help="First learning rate."),
-    end: float = typer.Option(1.0, help="Last learning rate."),
-    steps: int = typer.Option(100, help="Batches over which the rate rises from start to end."),
+    start: float = typer.Option(1e-7, min=0.0, help="First learning rate (above 0)."),
+    end: float = typer.Option(1.0, min=0.0, help="Last learning rate (above --start)."),
+    steps: int = typer.Option(100, min=5, help="Batches over which the rate rises from start to end."),
     out_dir: Path | None = typer.Option(None, "--out", help="Folder for lr_find.png and lr_find.csv "
                                                             "(default: runs/lr-find-NAME)."),
 ) -> None:
@@ -170,8 +169,8 @@ def lr_find_(
     result = lr_find(cfg, out_dir or Path("runs") / f"lr-find-{cfg.name}", start, end, steps)
     err.print(f"{result['stopped']} after {result['steps']} steps; the loss was lowest at lr "
               f"{result['min_loss_lr']:.3g}")
-    err.print(f"suggested learning rate: [bold]{result['suggested_lr']:.3g}[/]  "
-              f"(train with --set optim.lr={result['suggested_lr']:.3g}); plot: {result['plot']}")
+    err.print(styled("suggested learning rate: ", (f"{result['suggested_lr']:.3g}", "bold"),
+                     f"  (train with --set optim.lr={result['suggested_lr']:.3g}); plot: {result['plot']}"))
     out.print_json(json.dumps(result))
 
 
@@ -182,14 +181,18 @@ def eval_(
     fmt: str | None = typer.Option(None, "--format", help="Dataset layout (default: the run's)."),
     split: str = typer.Option("val", help="Split to evaluate."),
     out_file: Path | None = typer.Option(None, "--out", help="Metrics JSON (default: RUN/eval_SPLIT.json)."),
-    batch_size: int | None = typer.Option(None, help="Images per forward pass."),
+    batch_size: int | None = typer.Option(None, min=1, help="Images per forward pass (train.eval_batch_size)."),
     device: str = typer.Option("auto", help="cpu, cuda, cuda:1, or auto."),
     report: bool = typer.Option(True, help="Also write RUN/report.html (report_SPLIT.html for other splits)."),
+    overwrite: bool = typer.Option(False, help="Replace the --out file if it exists."),
 ) -> None:
     """Evaluate a run on a split: per-class table, JSON with mIoU, accuracy, precision, recall, F1, and the report."""
     from pixelwise.inference.evaluation import evaluate_run
     from pixelwise.report.build import report_run
     from pixelwise.report.tables import metrics_table
+
+    if out_file is not None:
+        check_new_file(out_file, overwrite)
 
     if report:  # evaluates with per-image scores (for the gallery) and writes RUN/eval_SPLIT.json
         result, _ = report_run(run, split, data, fmt, batch_size, device)
@@ -227,15 +230,18 @@ def data_preview(
     augment: str | None = typer.Option(None, help="Augmentation preset: none, light, default, strong."),
     crop_size: int | None = typer.Option(None, help="data.crop_size (square)."),
     samples: int = typer.Option(8, min=1, max=64, help="Training samples on the sheet."),
-    seed: int = typer.Option(0, help="Which samples and augmentations."),
+    seed: int = typer.Option(0, min=0, help="Which samples and augmentations."),
     set_: list[str] = typer.Option([], "--set", help="Override a config key (repeatable)."),
     out_file: Path = typer.Option(Path("preview.png"), "--out", help="PNG to write."),
     bands: str | None = typer.Option(None, help="Channels shown as red, green, blue (1-based, e.g. 4,3,2; default: "
                                                 "the first three); non-8-bit data is contrast-stretched."),
+    overwrite: bool = typer.Option(False, help="Replace the --out file if it exists."),
 ) -> None:
     """Write a sheet of augmented training samples with their masks: what the model will see."""
     from pixelwise.config import load_config
     from pixelwise.report.preview import preview_sheet
+
+    check_new_file(out_file, overwrite)
 
     is_config = root.suffix.lower() in (".yaml", ".yml")
     values: dict[str, Any] = {"data.root": None if is_config else str(root), "data.format": fmt,
@@ -257,8 +263,8 @@ def predict(
     inputs: list[Path] = typer.Argument(..., help="Image files or folders of images."),
     out_dir: Path = typer.Option(..., "--out", help="Folder for NAME.png masks and NAME_overlay.jpg overlays."),
     overlay: bool = typer.Option(True, help="Also write overlays."),
-    tile: int | None = typer.Option(None, help="Sliding-window tile side in pixels (default: automatic for images "
-                                                "over 16 training crops of pixels; 0: never tile)."),
+    tile: int | None = typer.Option(None, min=0, help="Sliding-window tile side in pixels (default: automatic for "
+                                                       "images over 16 training crops of pixels; 0: never tile)."),
     overlap: float = typer.Option(0.25, min=0.0, max=0.9, help="Fraction of a tile shared with its neighbours."),
     tta: bool = typer.Option(False, help="Test-time augmentation: average over horizontal and vertical flips."),
     scales: str = typer.Option("1", help="Comma-separated scales for multi-scale TTA, e.g. 0.75,1,1.25."),
@@ -279,13 +285,14 @@ def predict(
     options = PredictOptions(tile, overlap, tta, scale_list, save_probs)
     seg = Segmenter.load(run, device=device)
     if tile and tile < min(seg.crop_size):
-        err.print(f"[yellow]warning:[/] --tile {tile} is smaller than the training crops "
-                  f"({seg.crop_size[0]}x{seg.crop_size[1]}): each tile gives the network less context than it "
-                  "learned with, so tiled masks differ more from whole-image ones; a tile of at least the crop size "
-                  "is advised")
+        notice("warning", f"--tile {tile} is smaller than the training crops ({seg.crop_size[0]}x"
+               f"{seg.crop_size[1]}): each tile gives the network less context than it learned with, so tiled "
+               "masks differ more from whole-image ones; a tile of at least the crop size is advised")
     report = predict_files(seg, inputs, out_dir, overlay, overwrite, options)
     for warning in report.warnings:
-        err.print(f"[yellow]warning:[/] {escape(warning)}")
+        notice("warning", warning)
+    if report.renamed:
+        notice("note", list_offenders("outputs named with _2, _3, ... so that no two share a name", report.renamed))
     err.print(f"wrote {len(report.written)} files to {out_dir}")
     if report.failed:
         raise PixelwiseError("some images could not be predicted:\n" + "\n".join(f"  - {f}" for f in report.failed))
@@ -299,11 +306,17 @@ def export(
     int8: bool = typer.Option(False, help="Also write a static int8 model (RUN/model.int8.onnx), calibrated on "
                                           "training images, and compare it with fp32 on the val split."),
     data: Path | None = typer.Option(None, help="Dataset folder for the checks (default: the run's)."),
+    overwrite: bool = typer.Option(False, help="Replace the --out file (and its .int8.onnx) if they exist."),
 ) -> None:
     """Export to ONNX (uint8 input, preprocessing in the graph), checked against PyTorch on real images."""
     if fmt != "onnx":
         raise PixelwiseError(f"--format {fmt}: only onnx is supported")
     from pixelwise.export.onnx import export_onnx
+    from pixelwise.export.quantize import int8_path
+
+    if out_file is not None:  # RUN/model.onnx, the default, is the run's own file
+        for target in (out_file, int8_path(out_file)) if int8 else (out_file,):
+            check_new_file(target, overwrite)
 
     result = export_onnx(run, out_file, data)
     err.print(f"wrote {result['path']} ({result['bytes'] / 2**20:.1f} MiB): argmax agreement with PyTorch "
@@ -352,8 +365,8 @@ def models(
     info: str | None = typer.Option(None, help="Show parameters and GFLOPs of this architecture."),
     encoder: str = typer.Option("resnet18", help="Encoder for --info."),
     size: str = typer.Option("320x320", help="Input HxW for --info."),
-    in_channels: int = typer.Option(3, help="Input channels for --info."),
-    classes: int = typer.Option(12, help="Output classes for --info."),
+    in_channels: int = typer.Option(3, min=1, help="Input channels for --info."),
+    classes: int = typer.Option(12, min=1, max=254, help="Output classes for --info."),
 ) -> None:
     """List the architectures, or show one's size and cost (--info NAME [--size HxW])."""
     from rich.table import Table
@@ -375,9 +388,11 @@ def models(
     except ValueError:
         raise PixelwiseError(f"--size expects HxW, e.g. 320x320, got '{size}'") from None
     result = model_info(info, encoder, in_channels, classes, (h, w))
+    rh, rw = result["input"][2:]
+    padded = f", padded to {rh}x{rw} as prediction pads it" if (rh, rw) != (h, w) else ""
     out.print(f"{info}" + (f" ({encoder})" if result["encoder"] else "") + f": {result['params_millions']:.2f} M "
               f"parameters, {result['gflops']:.2f} GFLOPs per {h}x{w} image ({in_channels} channel(s) in, "
-              f"{classes} classes out)")
+              f"{classes} classes out{padded})")
 
 
 def main() -> None:
@@ -386,7 +401,7 @@ def main() -> None:
         app()
     except PixelwiseError as e:
         if launched_rank() == 0:  # under torchrun every rank decides alike: one message, from rank 0
-            err.print(f"[bold red]error:[/] {escape(str(e))}")
+            notice("error", str(e), "bold red")
         raise SystemExit(1) from None
     finally:
         if "torch.distributed" in sys.modules:  # imported by a command that trained: leave the group cleanly

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from pixelwise.data.classes import ClassTable
 from pixelwise.errors import ConfigError, did_you_mean
+from pixelwise.safe_load import load_yaml, read_text
 
 
 class Strict(BaseModel):
@@ -282,6 +283,16 @@ class Config(Strict):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
 
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        # The default run directory is runs/NAME (and lr-find's runs/lr-find-NAME): a name holding a path
+        # ('../x', '/tmp/x') would write outside runs/. A different place is what --out is for.
+        if v.strip() in ("", ".", "..") or any(c in v for c in "/\\") or any(ord(c) < 32 for c in v):
+            raise ValueError("a run name is one folder name (no '/', '\\', '..' or control characters); to "
+                             "write the run elsewhere use --out DIR")
+        return v
+
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
@@ -353,20 +364,14 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set expects key.path=value, got '{text}'")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"--set {text}: value is not valid YAML ({e})") from None
+    value = load_yaml(raw, f"--set {text}") if raw.strip() else None
     return key.strip(), value
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    data = load_yaml(read_text(path, "config file"), str(path))  # bounded: duplicate keys, alias bombs, depth
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -6,18 +6,18 @@ import shutil
 import time
 from pathlib import Path
 
-from rich.console import Console
-
+from pixelwise.atomic import check_out_dir
 from pixelwise.config import load_config
 from pixelwise.data import synthetic
 from pixelwise.errors import PixelwiseError
-from pixelwise.progress import console
+from pixelwise.progress import console, stdout, styled
 
 MARKER = ".pixelwise-demo"
 
 
 def _claim(out: Path) -> None:
     """Use ``out`` for the demo; a previous demo's folder is replaced, anything else is left alone."""
+    check_out_dir(out)
     if out.exists() and any(out.iterdir()):
         if not (out / MARKER).exists():
             raise PixelwiseError(f"{out}: folder exists and is not a pixelwise demo; choose another with --out")
@@ -38,7 +38,7 @@ def run_demo(out: Path, time_budget: str = "75s") -> dict:
     start = time.perf_counter()
     _claim(out)
     data_dir = synthetic.write_dataset(out / "data")
-    console.print(f"[bold]1/4[/] synthetic dataset ({', '.join(synthetic.CLASSES)}) written to {data_dir}")
+    console.print(styled(("1/4", "bold"), f" synthetic dataset ({', '.join(synthetic.CLASSES)}) written to {data_dir}"))
     cfg = load_config(values={
         "name": "demo",
         "data.root": str(data_dir),
@@ -56,24 +56,25 @@ def run_demo(out: Path, time_budget: str = "75s") -> dict:
         "train.time_budget": time_budget,
         "train.report": False,  # step 3 writes it
     })
-    console.print(f"[bold]2/4[/] training for {time_budget}")
+    console.print(styled(("2/4", "bold"), f" training for {time_budget}"))
     run_dir = out / "run"
     Trainer(cfg, run_dir, callbacks=default_callbacks(cfg)).fit()
-    console.print("[bold]3/4[/] evaluating the best weights on the validation split, writing the report")
+    console.print(styled(("3/4", "bold"), " evaluating the best weights on the validation split, writing the report"))
     result, report = report_run(run_dir, "val")
-    Console().print(metrics_table(result, title="validation"))
-    console.print("[bold]4/4[/] predicting a few validation images")
+    stdout.print(metrics_table(result, title="validation"))
+    console.print(styled(("4/4", "bold"), " predicting a few validation images"))
     images = sorted((data_dir / "val" / "images").iterdir())[:4]
     predict_files(Segmenter.load(run_dir), images, out / "predictions", overwrite=True)
-    console.print(
-        f"\n[bold green]done[/] in {time.perf_counter() - start:.0f}s: validation mIoU [bold]{result['miou']:.3f}[/]\n"
-        f"  data:        {data_dir}\n"
+    console.print(styled(
+        "\n", ("done", "bold green"), f" in {time.perf_counter() - start:.0f}s: validation mIoU ",
+        (f"{result['miou']:.3f}", "bold"),
+        f"\n  data:        {data_dir}\n"
         f"  run:         {run_dir}  (config.yaml, best.safetensors, last.ckpt, metrics.csv, summary.json)\n"
         f"  metrics:     {run_dir / 'eval_val.json'}\n"
         f"  report:      {report}  (open it in a browser; plots in {run_dir / 'plots'})\n"
         f"  tensorboard: tensorboard --logdir {run_dir / 'tensorboard'}\n"
         f"  predictions: {out / 'predictions'}  (NAME.png masks, NAME_overlay.jpg)\n"
         f"next: pixelwise predict {run_dir} YOUR_IMAGES --out preds    |    "
-        f"pixelwise train --data YOUR_DATA --model unet --encoder resnet18"
-    )
+        "pixelwise train --data YOUR_DATA --model unet --encoder resnet18"
+    ))
     return result

@@ -50,6 +50,11 @@ def detect_machine(device: str = "auto") -> Machine:
 
     from pixelwise.engine.runtime import cpu_has_fast_bf16
 
+    if device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"--device {device}: a plan is for cpu, cuda or auto (this machine's)")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: this machine has no CUDA GPU, and a plan measures training steps on the "
+                          "device it plans for; plan on the GPU machine, or for cpu")
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30 if hasattr(os, "sysconf") else 8.0
     if device in ("auto", "cuda") and torch.cuda.is_available():
@@ -123,11 +128,15 @@ def _floor32(x: float) -> int:
 
 
 def train_images(fp: Fingerprint, train_split: str = "train", val_fraction: float = 0.2) -> int:
+    if fp.train_images is not None:  # the split decision `pixelwise check` shares with training
+        return max(1, fp.train_images)
     n = fp.splits.get(train_split, fp.pairs_readable)
     return max(1, round(n * (1 - val_fraction)) if fp.validation else n)
 
 
 def val_images(fp: Fingerprint, val_split: str = "val", val_fraction: float = 0.2) -> int:
+    if fp.val_images is not None:
+        return fp.val_images
     if fp.validation:
         return max(1, round(fp.splits.get("train", fp.pairs_readable) * val_fraction))
     return fp.splits.get(val_split, 0)

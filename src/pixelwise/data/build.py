@@ -12,12 +12,15 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from pixelwise.config import AugmentConfig, DataConfig
-from pixelwise.data.checks import DataSummary, check_pairs
+from pixelwise.data.checks import DataSummary, check_pairs, crop_warnings
 from pixelwise.data.classes import IGNORE, ClassTable
-from pixelwise.data.dataset import DecodedCache, Pair, SegmentationDataset, set_max_pixels, spec_of
+from pixelwise.data.dataset import DecodedCache, SegmentationDataset, set_max_pixels, spec_of
 from pixelwise.data.formats import check_orphans, discover, select_split
 from pixelwise.data.normalization import zscore
+from pixelwise.data.splits import plan_splits
 from pixelwise.data.transforms import train_transform
+from pixelwise.errors import PixelwiseError
+from pixelwise.memory import require_memory
 
 
 @dataclass
@@ -29,6 +32,7 @@ class DataBundle:
     summary: DataSummary
     val_sizes: list[tuple[int, int]]
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # trainable, but probably not what was meant
     custom: bool = False  # the user's own Dataset objects (``data.custom``): no files, no per-image class counts
     image_dtype: torch.dtype = torch.uint8  # with the user's own Dataset: the type its images come in
 
@@ -58,28 +62,43 @@ def build_datasets(data: DataConfig, augment: AugmentConfig, seed: int = 0) -> D
     """Discover, split and check the data; the train set gets the augmentation pipeline."""
     set_max_pixels(data.max_image_pixels)
     layout = discover(data)
-    train_pairs, train_note = select_split(layout, data, data.train_split)
-    notes = check_orphans(layout)
-    val_pairs: list[Pair] = []
-    if data.val_split is not None:
-        val_pairs, val_note = select_split(layout, data, data.val_split)
-        notes.append(f"training on {train_note} ({len(train_pairs)} images), validating on {val_note} "
-                     f"({len(val_pairs)} images)")
-    else:
-        notes.append(f"training on {train_note} ({len(train_pairs)} images), no validation (data.val_split is null)")
+    plan = plan_splits(layout.splits, data, layout.root)  # the same decision `pixelwise check` shows
+    train_pairs, val_pairs = plan.train, plan.val
+    notes = [*layout.notes, *check_orphans(layout), *plan.notes, plan.summary()]
     cache = _cache(data)
     summary = check_pairs(train_pairs + val_pairs, layout.classes, spec_of(data), cache)
     release_free_memory()
     notes += summary.notes
+    warnings = crop_warnings([summary.sizes[str(p.image)] for p in train_pairs], data.crop_size)
     train = SegmentationDataset(train_pairs, summary.table, summary.spec, None, cache, seed)
     val = SegmentationDataset(val_pairs, summary.table, summary.spec, None, cache) if val_pairs else None
-    bundle = DataBundle(train, val, summary, [summary.sizes[str(p.image)] for p in val_pairs], notes)
+    bundle = DataBundle(train, val, summary, [summary.sizes[str(p.image)] for p in val_pairs], notes, warnings)
     # 8-bit data: albumentations' 0-255 photometric transforms; any other type: intensity changes scaled to each
     # channel's robust range (0.5-99.5th percentile of the training pixels), never clipped to a type's range
     ranges = None if summary.dtype == "uint8" else zscore(bundle.pixel_samples()).clip
     train.transform = train_transform(data.crop_size, IGNORE, summary.channels, augment.preset, augment.transforms,
                                       seed, ranges)
     return bundle
+
+
+def require_crop_memory(data: DataConfig, channels: int, classes: int, batch_size: int, device: str = "cpu") -> None:
+    """Refuse a crop (x batch) whose own arrays cannot fit, before the first sample is padded to it.
+
+    Lower bound per crop pixel: the padded uint8 sample and mask twice (augmented, then batched), the float
+    input, and the logits with their gradient and the loss's softmax (4 bytes per class each); the network's
+    activations come on top. A crop side of 20000 at batch 8 needs more than 400 GiB this way.
+    """
+    pixels = batch_size * data.crop_size[0] * data.crop_size[1]
+    host = pixels * 2 * (channels + 1)
+    compute = pixels * (4 * channels + 3 * 4 * classes)
+    fix = (f"lower data.crop_size (now {data.crop_size[0]}x{data.crop_size[1]})"
+           + (f" or train.batch_size (now {batch_size})" if batch_size > 1 else ""))
+    what = f"a batch of {batch_size} crops of {data.crop_size[0]}x{data.crop_size[1]}"
+    if device.startswith("cuda"):
+        require_memory(host, what, fix)
+        require_memory(compute, what, fix, device)
+    else:
+        require_memory(host + compute, what, fix)
 
 
 def build_eval_dataset(
@@ -163,6 +182,9 @@ class SizeGroupedBatches(torch.utils.data.Sampler[list[int]]):
     """Batches of indices whose images share one size, so they stack without resizing (evaluation)."""
 
     def __init__(self, sizes: list[tuple[int, int]], batch_size: int, indices: list[int] | None = None) -> None:
+        if batch_size < 1:  # a range with a step below 1 would batch nothing: an evaluation of no image at all
+            raise PixelwiseError(f"the evaluation batch size must be at least 1 (got {batch_size}; "
+                                 "--batch-size, train.eval_batch_size)")
         groups: dict[tuple[int, int], list[int]] = {}
         for i in range(len(sizes)) if indices is None else indices:
             groups.setdefault(tuple(sizes[i]), []).append(i)

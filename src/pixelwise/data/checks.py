@@ -23,10 +23,20 @@ from pixelwise.progress import track
 MAX_INFERRED_CLASSES = 64
 
 
+# What is wrong with a pair, as the heading its files are listed under (check and train group alike).
+UNREADABLE = "files that cannot be read as images"
+NO_MASK = "images without a mask"
+SIZE = "masks whose size differs from their image's"
+VALUES = "masks with values that are not in the class table"
+TABLE = "the class table cannot be inferred"
+MIXED = "images unlike the rest of the dataset"
+
+
 @dataclass
 class PairInfo:
     pair: Pair
     error: str | None = None
+    problem: str | None = None  # the kind of ``error`` (one of the headings above)
     size: tuple[int, int] | None = None  # (height, width) of the image
     values: np.ndarray | None = None  # raw mask values present
     counts: np.ndarray | None = None  # pixels per raw value in ``values``
@@ -97,7 +107,7 @@ def _scan_one(pair: Pair, spec: ImageSpec, cache: DecodedCache | None, colors: C
               fingerprint: bool = False, index: int = 0, sample: int = 0) -> PairInfo:
     info = PairInfo(pair)
     if pair.mask is None:
-        info.error = f"{pair.image}: no mask found for this image"
+        info.error, info.problem = f"{pair.image}: no mask found for this image", NO_MASK
         return info
     try:
         image, decoded = read_image_decoded(pair.image, spec)
@@ -107,7 +117,7 @@ def _scan_one(pair: Pair, spec: ImageSpec, cache: DecodedCache | None, colors: C
         info.error, info.mismatch = str(e), ("channels" if isinstance(e, ChannelMismatch) else "dtype", e.found)
         return info
     except DataError as e:
-        info.error = str(e)
+        info.error, info.problem = str(e), UNREADABLE
         return info
     info.dtype, info.stored_dtype = str(image.dtype), str(decoded.pixels.dtype)
     info.float_mask = stored if np.dtype(stored).kind == "f" else None
@@ -124,6 +134,7 @@ def _scan_one(pair: Pair, spec: ImageSpec, cache: DecodedCache | None, colors: C
         h, w = image.shape[:2]
         mh, mw = mask.shape[:2]
         info.error = f"{pair.mask}: mask is {mw}x{mh} but its image is {w}x{h} ({pair.image.name})"
+        info.problem = SIZE
         if info.orientation in ROTATED and (mh, mw) == (w, h):
             info.error += (
                 f"; the image carries EXIF orientation {info.orientation} (shown rotated by 90 degrees), which "
@@ -189,6 +200,11 @@ class Scan:
     notes: list[str]
     spec: ImageSpec = field(default_factory=ImageSpec)  # how the images were read, with their pixel type
     dtype: str = "uint8"  # the images' pixel type as decoded (``DataSummary.dtype``)
+    groups: dict[str, list[str]] = field(default_factory=dict)  # problem heading -> its messages, file by file
+
+    def grouped(self) -> list[str]:
+        """One block per kind of problem: its heading, up to 10 files and the count (what check and train show)."""
+        return [list_offenders(heading, lines) for heading, lines in self.groups.items()]
 
 
 def scan_pairs(
@@ -210,7 +226,6 @@ def scan_pairs(
         infos = list(track(pool.map(lambda ip: _scan_one(ip[1], spec, cache, colors, fingerprint, ip[0], sample),
                                     enumerate(pairs)), total=len(pairs), label=label))
     mixed = [m for m in (_mixed(infos, spec, "dtype"), _mixed(infos, spec, "channels")) if m]
-    problems = [i.error for i in infos if i.error and not i.mismatch] + mixed
     notes: list[str] = []
     rotated = [i for i in infos if not i.error and i.orientation != 1]
     if rotated:
@@ -218,12 +233,13 @@ def scan_pairs(
                      "used as displayed, rotated/flipped as OpenCV and annotation tools show them, masks alike")
     good = [i for i in infos if not i.error]
     notes += _pixel_notes(good)
+    groups: dict[str, list[str]] = {}
     if table is None and good:
         try:
             table, note = infer_table(np.unique(np.concatenate([i.values for i in good])))
             notes.append(note)
         except DataError as e:
-            problems.append(str(e))
+            groups[TABLE] = [str(e)]
     if table is not None:
         lut = table.lut()
         for info in good:
@@ -231,9 +247,15 @@ def scan_pairs(
             if unknown.size:
                 info.error = (f"{info.pair.mask}: values {', '.join(map(str, unknown[:8].tolist()))} not in the class "
                               f"table (valid: {table.describe_values()})")
-                problems.append(info.error)
+                info.problem = VALUES
+    for info in infos:
+        if info.error and not info.mismatch:  # mismatched types or channels: one message for all, below
+            groups.setdefault(info.problem or UNREADABLE, []).append(info.error)
+    if mixed:
+        groups[MIXED] = mixed
+    problems = [line for lines in groups.values() for line in lines]
     dtype = next((i.dtype for i in infos if i.dtype), "uint8")
-    return Scan(infos, spec.channels, table, problems, notes, replace(spec, dtype=dtype), dtype)
+    return Scan(infos, spec.channels, table, problems, notes, replace(spec, dtype=dtype), dtype, groups)
 
 
 def _mixed(infos: list[PairInfo], spec: ImageSpec, kind: str) -> str | None:
@@ -314,7 +336,7 @@ def check_pairs(
         raise DataError("no image/mask pairs to check: the dataset is empty")
     scan = scan_pairs(pairs, table, channels, cache, label)
     if scan.problems:
-        raise DataError(list_offenders("the dataset has problems that must be fixed before training", scan.problems))
+        raise DataError("the dataset has problems that must be fixed before training:\n" + "\n".join(scan.grouped()))
     assert scan.table is not None
     per_image, void = class_pixels_per_image(scan)
     n = scan.table.num_classes
@@ -331,3 +353,17 @@ def check_pairs(
         spec=scan.spec,
         samples={str(i.pair.image): i.samples for i in scan.infos if i.samples is not None},
     )
+
+
+def crop_warnings(sizes: list[tuple[int, int]], crop: tuple[int, int]) -> list[str]:
+    """A warning when ``crop`` (height, width) is larger than every training image: then every crop is partly void
+    padding, and training sees less image per step than it pays for (train and check say the same)."""
+    ch, cw = crop
+    if not sizes or any(h >= ch and w >= cw for h, w in sizes):
+        return []
+    padding = float(np.mean([1 - min(h, ch) * min(w, cw) / (ch * cw) for h, w in sizes]))
+    largest = max(sizes, key=lambda s: s[0] * s[1])
+    smallest = (min(h for h, _ in sizes), min(w for _, w in sizes))
+    return [f"data.crop_size [{ch}, {cw}] is larger than every training image (the largest is {largest[0]}x"
+            f"{largest[1]}, height x width): on average {padding:.0%} of each crop is void padding; set "
+            f"data.crop_size to at most the images' size, e.g. [{smallest[0]}, {smallest[1]}]"]

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import colorsys
-import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-from pixelwise.errors import ConfigError
+from pixelwise.errors import ConfigError, DataError
+from pixelwise.safe_load import load_file
 
 IGNORE = 255  # class index of void pixels inside pixelwise (masks are uint8)
 UNKNOWN = -1  # LUT entry for a mask value the table does not know
@@ -50,6 +50,16 @@ class ClassTable(BaseModel):
         n = len(self.names)
         if not 1 <= n < IGNORE:
             raise ValueError(f"between 1 and {IGNORE - 1} class names are needed, got {n}")
+        # Two classes of one name cannot be told apart in a table, a report or eval's JSON (keyed by name).
+        first: dict[str, int] = {}
+        for i, name in enumerate(self.names):
+            key = name.strip().casefold()
+            if not key:
+                raise ValueError(f"class {i} has an empty name")
+            if key in first:
+                raise ValueError(f"classes {first[key]} and {i} are both named '{name}' (names are compared "
+                                 "ignoring case and surrounding spaces): rename one, or merge them into one class")
+            first[key] = i
         if self.colors is not None and len(self.colors) != n:
             raise ValueError(f"{len(self.colors)} colours for {n} class names")
         if self.mapping is not None:
@@ -111,15 +121,23 @@ class ClassTable(BaseModel):
     @classmethod
     def from_file(cls, path: Path) -> ClassTable:
         """Read a classes file (YAML or JSON): names, optional colors, ignore_index, mapping."""
-        try:
-            text = path.read_text()
-            raw = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-        except (OSError, ValueError, yaml.YAMLError) as e:
-            raise ConfigError(f"{path}: cannot read the classes file ({e})") from None
+        raw = load_file(path, "classes file")
         if isinstance(raw, list):  # a bare list of names
             raw = {"names": raw}
         try:
             return cls.model_validate(raw)
         except ValidationError as e:
-            problems = "; ".join(f"{'.'.join(map(str, x['loc'])) or 'file'}: {x['msg']}" for x in e.errors())
-            raise ConfigError(f"{path}: invalid classes file: {problems}") from None
+            raise ConfigError(f"{path}: invalid classes file: {_problems(e)}") from None
+
+    @classmethod
+    def checked(cls, source: str, **fields: Any) -> ClassTable:
+        """A table built from what a dataset says (COCO categories, a label map): invalid -> DataError naming it."""
+        try:
+            return cls(**fields)
+        except ValidationError as e:
+            raise DataError(f"{source}: not a usable class table: {_problems(e)}") from None
+
+
+def _problems(e: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(map(str, x['loc'])) or 'file'}: {x['msg'].removeprefix('Value error, ')}"
+                     for x in e.errors())

@@ -10,17 +10,19 @@ images, classes missing from a split and images smaller than the crop are warnin
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from pixelwise.config import DataConfig
-from pixelwise.data.checks import Scan, class_pixels_per_image, per_class, scan_pairs
+from pixelwise.data.checks import Scan, class_pixels_per_image, crop_warnings, per_class, scan_pairs
 from pixelwise.data.dataset import set_max_pixels, spec_of
-from pixelwise.data.formats import discover
+from pixelwise.data.formats import Layout, discover
 from pixelwise.data.normalization import channel_report, zscore
 from pixelwise.data.pixels import model_dtype
+from pixelwise.data.splits import SplitPlan, plan_splits
 from pixelwise.errors import DataError, list_offenders
 
 
@@ -101,7 +103,10 @@ class Fingerprint(_Typed):
     pairs_readable: int
     pairs_with_problems: int = 0
     channels: int
-    validation: str | None = None  # set when no val split exists: how validation images are held out
+    validation: str | None = None  # set when validation images are a held-out share of the training pool
+    split_decision: str | None = None  # what training will train and validate on (``splits.plan_splits``)
+    train_images: int | None = None  # None: no split decision (the splits are unusable)
+    val_images: int | None = None
     image_size: SizeStats | None = None  # None: no pair could be read
     files: FileKinds | None = None
     intensity: Intensity | None = None
@@ -123,10 +128,12 @@ class CheckResult(_Typed):
     warnings: list[str]
     notes: list[str]
     fingerprint: Fingerprint
+    problems: list[dict[str, str]] = Field(default_factory=list)  # every error file by file: {problem, message}
+    decisions: dict[str, list[str]] | None = None  # the image files trained and validated on
 
     def to_dict(self) -> dict[str, Any]:
         return {"errors": self.errors, "warnings": self.warnings, "notes": self.notes,
-                "fingerprint": self.fingerprint.to_dict()}
+                "fingerprint": self.fingerprint.to_dict(), "problems": self.problems, "decisions": self.decisions}
 
 
 def _size_stats(sizes: list[tuple[int, int]]) -> SizeStats:
@@ -162,18 +169,45 @@ def mean_rows(scan: Scan, class_pixels: np.ndarray) -> np.ndarray:
     return sums / np.maximum(class_pixels, 1)
 
 
-def fingerprint(cfg: DataConfig) -> CheckResult:
-    """Scan the dataset ``cfg`` describes: errors, warnings and notes naming files, and the fingerprint.
+def _scan_as_training_does(layout: Layout, cfg: DataConfig) -> tuple[Scan, SplitPlan | None, list[str], list[str]]:
+    """Scan what training would use exactly as training does (its pairs, its channel, type and class-table
+    decisions): problems there are errors. Pairs of splits training does not use are scanned too, read the same
+    way, and their problems are warnings, so `check` fails exactly when `train` would."""
+    errors: list[str] = []
+    try:
+        plan: SplitPlan | None = plan_splits(layout.splits, cfg, layout.root)
+    except DataError as e:
+        plan = None
+        errors.append(str(e))
+    pairs = [p for split in layout.splits.values() for p in split]
+    used = plan.train + plan.val if plan is not None else pairs
+    scan = scan_pairs(used, layout.classes, spec_of(cfg), label="Checking", fingerprint=True)
+    errors += scan.grouped()
+    taken = set(used)
+    unused = [p for p in pairs if p not in taken]
+    if not unused:
+        return scan, plan, errors, []
+    other = scan_pairs(unused, scan.table or layout.classes, scan.spec, label="Checking unused splits",
+                       fingerprint=True)
+    warnings = [list_offenders(f"{heading}, in splits training does not use", lines)
+                for heading, lines in other.groups.items()]
+    return replace(scan, infos=scan.infos + other.infos), plan, errors, warnings
 
-    With errors the fingerprint describes the pairs that could be read.
+
+def fingerprint(cfg: DataConfig) -> CheckResult:
+    """Scan the dataset ``cfg`` describes: errors, warnings, notes, the fingerprint, problems and decisions.
+
+    Errors and warnings are blocks naming files, one per kind of problem (as training reports them); notes say
+    what was assumed (an inferred class table, a pooled split); ``problems`` lists every error file by file and
+    ``decisions`` the images trained and validated on. With errors the fingerprint describes the pairs that
+    could be read.
     """
     set_max_pixels(cfg.max_image_pixels)
     layout = discover(cfg)
-    pairs = [p for split in layout.splits.values() for p in split]
     split_of = {str(p.image): name for name, split in layout.splits.items() for p in split}
-    scan = scan_pairs(pairs, layout.classes, spec_of(cfg), label="Checking", fingerprint=True)
-    errors = list(scan.problems)
-    warnings: list[str] = []
+    scan, plan, errors, warnings = _scan_as_training_does(layout, cfg)
+    notes = [*layout.notes, *(plan.notes if plan is not None else []), *scan.notes]
+    problems = [{"problem": heading, "message": line} for heading, lines in scan.groups.items() for line in lines]
     if layout.orphan_masks:
         warnings.append(list_offenders("masks without an image (ignored)", [str(m) for m in layout.orphan_masks]))
     dups = _duplicates(scan, split_of)
@@ -183,14 +217,23 @@ def fingerprint(cfg: DataConfig) -> CheckResult:
     fp = Fingerprint(root=str(layout.root), format=layout.format,
                      splits={name: len(split) for name, split in layout.splits.items()},
                      pairs_readable=len(good), pairs_with_problems=len(scan.infos) - len(good), channels=scan.channels)
-    has_val = cfg.val_split is not None and cfg.val_split in layout.splits
-    if not has_val and cfg.val_split is not None:
-        fp.validation = f"no '{cfg.val_split}' split: {cfg.val_fraction:.0%} of '{cfg.train_split}' held out"
+    if plan is not None:  # what training will do; "validation" is set when a share is held out
+        fp.split_decision, fp.train_images, fp.val_images = plan.summary(), len(plan.train), len(plan.val)
+        if plan.val_from is not None and "held out" in plan.val_from:
+            fp.validation = plan.val_from
+
+    def result() -> CheckResult:  # built at the end: pydantic copies the lists it is given
+        return CheckResult(errors=errors, warnings=warnings, notes=notes, fingerprint=fp, problems=problems,
+                           decisions=plan.decisions() if plan is not None else None)
+
     if not good:
         errors.append("no image/mask pair could be read")
-        return CheckResult(errors=errors, warnings=warnings, notes=scan.notes, fingerprint=fp)
+        return result()
     sizes = [i.size for i in good]
     fp.image_size = _size_stats(sizes)
+    if plan is not None and not scan.problems:
+        sizes_of = {str(i.pair.image): i.size for i in good}
+        warnings += crop_warnings([sizes_of[str(p.image)] for p in plan.train], cfg.crop_size)
     small = [str(i.pair.image) for i in good if i.size[0] < cfg.crop_size[0] or i.size[1] < cfg.crop_size[1]]
     if small:
         warnings.append(list_offenders(f"images smaller than the training crop {cfg.crop_size[0]}x{cfg.crop_size[1]} "
@@ -227,12 +270,12 @@ def fingerprint(cfg: DataConfig) -> CheckResult:
         missing = [name for k, name in enumerate(scan.table.names) if counts[k] == 0]
         if missing:
             warnings.append(f"classes with no pixel in any mask: {', '.join(missing)} (nothing to learn them from)")
-        train_imgs = {str(p.image) for p in layout.splits.get(cfg.train_split, [])}
+        train_imgs = {str(p.image) for p in (plan.train if plan is not None else [])}
         train_counts = sum((c for p, c in per_image.items() if p in train_imgs), np.zeros_like(counts))
         absent = [name for k, name in enumerate(scan.table.names) if counts[k] > 0 and train_counts[k] == 0]
         if absent and train_imgs:
-            warnings.append(f"classes in other splits but not in '{cfg.train_split}': {', '.join(absent)}")
-    return CheckResult(errors=errors, warnings=warnings, notes=scan.notes, fingerprint=fp)
+            warnings.append(f"classes in the data but not in what is trained on: {', '.join(absent)}")
+    return result()
 
 
 def pixel_stats(scan: Scan) -> PixelStats:
@@ -254,4 +297,4 @@ def pixel_stats(scan: Scan) -> PixelStats:
 def require_trainable(result: CheckResult) -> None:
     """Raise the errors of a ``fingerprint`` result as one DataError (for callers that go on to train)."""
     if result.errors:
-        raise DataError(list_offenders("the dataset has problems that must be fixed before training", result.errors))
+        raise DataError("the dataset has problems that must be fixed before training:\n" + "\n".join(result.errors))

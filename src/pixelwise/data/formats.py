@@ -17,13 +17,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from pixelwise.config import DataConfig
 from pixelwise.data import public_formats
 from pixelwise.data.classes import ClassTable
 from pixelwise.data.dataset import IMAGE_SUFFIXES, Pair
-from pixelwise.errors import ConfigError, DataError, list_offenders
+from pixelwise.data.splits import holdout  # noqa: F401  (re-exported)
+from pixelwise.data.splits import select_split as _select_split
+from pixelwise.errors import ConfigError, DataError, PixelwiseError, list_offenders
 from pixelwise.registry import Registry
 
 CAMVID_CLASSES = ClassTable(
@@ -48,6 +48,7 @@ class Layout:
     splits: dict[str, list[Pair]]
     classes: ClassTable | None  # None: to be inferred from the mask values
     orphan_masks: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what the reader recognised or assumed (printed by check, train)
 
 
 def _files(folder: Path) -> list[Path]:
@@ -116,8 +117,22 @@ def _folders(root: Path, cfg: DataConfig) -> Layout:
     classes = _class_file(root, cfg)
     if classes is None:
         found = next((root / n for n in CLASS_FILES if (root / n).is_file()), None)
-        classes = ClassTable.from_file(found) if found else None
+        classes = _found_class_file(found) if found else None
     return Layout("folders", root, splits, classes, orphans)
+
+
+def _found_class_file(path: Path) -> ClassTable:
+    """A class file found beside the data (not named in the config): a dataset may ship its own classes.json in
+    another tool's schema, so the error says how to give pixelwise's table instead."""
+    try:
+        return ClassTable.from_file(path)
+    except PixelwiseError as e:
+        raise DataError(
+            f"{e}. {path.name} was found beside the data and read as pixelwise's class table; if it is the dataset's "
+            "own file in another schema, give pixelwise's table instead: --set data.classes=FILE (a YAML or JSON "
+            "file with names: [...], optionally colors, ignore_index, mapping) or inline, e.g. "
+            "--set 'data.classes={names: [background, road]}'"
+        ) from None
 
 
 def _has_folders(root: Path) -> bool:
@@ -141,10 +156,10 @@ class DatasetFormat:
 
 def _public(name: str, reader: Callable) -> Callable[[Path, DataConfig], Layout]:
     def read(root: Path, cfg: DataConfig) -> Layout:
-        splits, table, orphans = reader(root)
+        splits, table, orphans, notes = reader(root)
         if not splits:
             raise DataError(f"{root}: no images found in the {name} layout")
-        return Layout(name, root, splits, table, orphans)
+        return Layout(name, root, splits, table, orphans, notes)
 
     return read
 
@@ -223,32 +238,9 @@ def discover(cfg: DataConfig, root: Path | None = None) -> Layout:
     return layout
 
 
-def holdout(pairs: list[Pair], fraction: float, seed: int) -> tuple[list[Pair], list[Pair]]:
-    """Seeded split into (train, held-out) keeping at least one example on each side."""
-    n_val = min(len(pairs) - 1, max(1, round(len(pairs) * fraction)))
-    order = np.random.default_rng(seed).permutation(len(pairs))
-    val_idx = set(order[:n_val].tolist())
-    return [p for i, p in enumerate(pairs) if i not in val_idx], [p for i, p in enumerate(pairs) if i in val_idx]
-
-
 def select_split(layout: Layout, cfg: DataConfig, split: str) -> tuple[list[Pair], str]:
-    """The pairs of ``split`` ('train', 'val' or any folder name) and a note on where they came from.
-
-    When the data has no validation split, 'val' (``cfg.val_split``) is a seeded ``val_fraction`` of train,
-    and 'train' is the rest, so the two never overlap.
-    """
-    has_val = cfg.val_split is not None and cfg.val_split in layout.splits
-    if split in layout.splits and not (split == cfg.train_split and not has_val and cfg.val_fraction > 0):
-        return layout.splits[split], f"'{split}'"
-    if split in (cfg.train_split, cfg.val_split) and cfg.train_split in layout.splits and cfg.val_fraction > 0:
-        train, val = holdout(layout.splits[cfg.train_split], cfg.val_fraction, cfg.split_seed)
-        if split == cfg.train_split:
-            return train, f"'{cfg.train_split}' less a held-out {cfg.val_fraction:.0%}"
-        return val, f"{cfg.val_fraction:.0%} held out from '{cfg.train_split}' (data.split_seed {cfg.split_seed})"
-    raise DataError(
-        f"{layout.root}: no split '{split}'; available: {', '.join(layout.splits)}"
-        + ("" if cfg.val_fraction > 0 else " (set data.val_fraction to hold out part of train)")
-    )
+    """The pairs of ``split`` as training decides them (``splits.plan_splits``) and where they came from."""
+    return _select_split(layout.splits, cfg, split, layout.root)
 
 
 def check_orphans(layout: Layout) -> list[str]:

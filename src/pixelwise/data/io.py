@@ -55,6 +55,11 @@ def set_max_pixels(limit: int) -> None:
     _max_pixels = int(limit)
 
 
+def max_pixels() -> int:
+    """The limit ``set_max_pixels`` set (also bounds masks pixelwise draws itself, e.g. from COCO polygons)."""
+    return _max_pixels
+
+
 @dataclass(frozen=True)
 class Pair:
     """One training example: an image and its mask (None where the mask is missing)."""

@@ -1,40 +1,23 @@
-"""Public dataset layouts: Pascal VOC, Cityscapes, COCO JSON, and lists of image,mask pairs (CSV/text).
+"""Public dataset layouts: Pascal VOC (and CVAT's Segmentation mask export), Cityscapes, and lists of
+image,mask pairs (CSV/TSV/text); COCO JSON is in ``coco``.
 
-Each reader returns (splits, class table or None, masks without images); ``formats.discover`` wraps them in a
-``Layout``. Class tables and label mappings are the datasets' published ones (VOC's 21 classes and colour map,
-Cityscapes' 19 train ids). COCO annotations are rasterised once into PNG masks in a cache folder outside the
-dataset (``$PIXELWISE_CACHE``, else ``$XDG_CACHE_HOME/pixelwise`` or ``~/.cache/pixelwise``); nothing is written
-into the user's data.
+Each reader returns (splits, class table or None, masks without images, notes); ``formats.discover`` wraps them
+in a ``Layout``. Class tables and label mappings are the datasets' published ones (VOC's 21 classes and colour
+map, Cityscapes' 19 train ids), or the export's own (CVAT's labelmap.txt).
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
-import json
-import os
-import re
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
-from pixelwise.atomic import atomic_write
 from pixelwise.data.classes import IGNORE, ClassTable
+from pixelwise.data.coco import coco_files, rasterize, read_coco, split_name  # noqa: F401  (re-exported)
 from pixelwise.data.io import IMAGE_SUFFIXES, Pair
+from pixelwise.data.paths import inside, outside_message
 from pixelwise.errors import DataError, list_offenders
-from pixelwise.progress import track
 
 Splits = dict[str, list[Pair]]
-
-
-def split_name(name: str) -> str:
-    """'train2017' -> 'train', 'valid'/'validation'/'val2017' -> 'val', 'test-dev' -> 'test'; others unchanged."""
-    low = name.lower()
-    for prefix, split in (("train", "train"), ("valid", "val"), ("val", "val"), ("test", "test")):
-        if low.startswith(prefix):
-            return split
-    return name
 
 
 # --- Pascal VOC ----------------------------------------------------------------------------------------------
@@ -70,7 +53,33 @@ def voc_root(root: Path) -> Path | None:
     return None
 
 
-def read_voc(root: Path) -> tuple[Splits, ClassTable, list[Path]]:
+def read_labelmap(path: Path) -> ClassTable:
+    """CVAT's (Datumaro's) labelmap.txt, ``name:r,g,b:parts:actions`` per line: the export's own classes, in file
+    order, with the colours its SegmentationClass masks are painted in (a label without one gets VOC's)."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read the label map ({e})") from None
+    names, colours, bad = [], [], []
+    for number, line in enumerate(lines, 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        name, _, rest = line.partition(":")
+        rgb = rest.split(":")[0].strip()
+        try:
+            colour = tuple(int(v) for v in rgb.split(",")) if rgb else voc_colormap(len(names) + 1)[-1]
+        except ValueError:
+            colour = ()
+        if not name.strip() or len(colour) != 3 or not all(0 <= v <= 255 for v in colour):
+            bad.append(f"{path}:{number}: expected 'name:r,g,b::', got {line[:80]}")
+        names.append(name.strip())
+        colours.append(colour)
+    if bad or not names:
+        raise DataError(list_offenders(f"{path}: lines that are not labels", bad or ["(no labels)"]))
+    return ClassTable.checked(str(path), names=names, colors=colours, color_masks=True)
+
+
+def read_voc(root: Path) -> tuple[Splits, ClassTable, list[Path], list[str]]:
     base = voc_root(root)
     if base is None:
         raise DataError(f"{root}: not a Pascal VOC layout (expected JPEGImages/ and SegmentationClass/, possibly "
@@ -93,7 +102,10 @@ def read_voc(root: Path) -> tuple[Splits, ClassTable, list[Path]]:
     if not splits:  # no split lists: every annotated image, validation held out
         splits["train"] = [Pair(images[s], masks[s]) for s in sorted(masks) if s in images]
     orphans = [m for s, m in sorted(masks.items()) if s not in images]
-    return splits, VOC_CLASSES, orphans
+    if (base / "labelmap.txt").is_file():  # CVAT's Segmentation mask export: its labels, masks in their colours
+        note = f"classes from {base / 'labelmap.txt'} (CVAT's label map), masks read by their colours"
+        return splits, read_labelmap(base / "labelmap.txt"), orphans, [note]
+    return splits, VOC_CLASSES, orphans, []
 
 
 # --- Cityscapes ----------------------------------------------------------------------------------------------
@@ -112,7 +124,7 @@ CITYSCAPES_CLASSES = ClassTable(
 )
 
 
-def read_cityscapes(root: Path) -> tuple[Splits, ClassTable, list[Path]]:
+def read_cityscapes(root: Path) -> tuple[Splits, ClassTable, list[Path], list[str]]:
     images_root, labels_root = root / "leftImg8bit", root / "gtFine"
     if not images_root.is_dir() or not labels_root.is_dir():
         raise DataError(f"{root}: not a Cityscapes layout (expected leftImg8bit/ and gtFine/)")
@@ -128,141 +140,7 @@ def read_cityscapes(root: Path) -> tuple[Splits, ClassTable, list[Path]]:
         orphans += sorted(masks.values())
         if pairs:
             splits[split_dir.name] = pairs
-    return splits, CITYSCAPES_CLASSES, orphans
-
-
-# --- COCO JSON -----------------------------------------------------------------------------------------------
-
-COCO_KEYS = {"images", "annotations", "categories"}
-
-
-def coco_files(root: Path) -> dict[str, Path]:
-    """Split name -> COCO annotation file: annotations/instances_SPLIT.json (or any annotations/*.json), or one
-    *.json per split folder (Roboflow: train/_annotations.coco.json beside the images)."""
-    found: dict[str, Path] = {}
-    for path in sorted((root / "annotations").glob("*.json")) if (root / "annotations").is_dir() else []:
-        stem = path.stem.removeprefix("instances_").removeprefix("annotations_")
-        found.setdefault(split_name(stem), path)
-    if not found:
-        for sub in sorted(p for p in root.iterdir() if p.is_dir()):
-            jsons = sorted(sub.glob("*.coco.json")) or sorted(sub.glob("*annotations*.json"))
-            if jsons:
-                found[split_name(sub.name)] = jsons[0]
-    if not found:
-        jsons = sorted(root.glob("*.coco.json")) + sorted(root.glob("instances*.json"))
-        if jsons:
-            found["train"] = jsons[0]
-    return found
-
-
-def cache_root() -> Path:
-    env = os.environ.get("PIXELWISE_CACHE")
-    if env:
-        return Path(env).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pixelwise"
-
-
-def _load_coco(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path}: cannot be read as COCO JSON ({e})") from None
-    if not isinstance(data, dict) or not COCO_KEYS <= set(data):
-        raise DataError(f"{path}: not a COCO annotation file (needs images, annotations and categories)")
-    return data
-
-
-def coco_table(categories: list[dict]) -> ClassTable:
-    """Class 0 is background; the categories follow in order of their id (mask value = class index)."""
-    cats = sorted(categories, key=lambda c: c["id"])
-    if len(cats) + 1 >= IGNORE:
-        raise DataError(f"{len(cats)} COCO categories: at most {IGNORE - 2} fit in a semantic mask")
-    return ClassTable(names=["background"] + [str(c["name"]) for c in cats])
-
-
-def rasterize(image: dict, annotations: list[dict], class_of: dict[int, int]) -> np.ndarray:
-    """One image's instances painted into a semantic mask (0 = background).
-
-    Overlaps are resolved deterministically: crowd regions first, then instances from the largest area to the
-    smallest (ties by annotation id), each painted over the ones before, so a small object on a large one stays.
-    """
-    from pycocotools import mask as mask_utils
-
-    h, w = int(image["height"]), int(image["width"])
-    out = np.zeros((h, w), dtype=np.uint8)
-    order = sorted(annotations, key=lambda a: (not a.get("iscrowd", 0), -float(a.get("area", 0)), a["id"]))
-    for ann in order:
-        seg = ann.get("segmentation")
-        if not seg:
-            continue
-        if isinstance(seg, list):  # polygons [[x, y, x, y, ...], ...]
-            polys = [p for p in seg if len(p) >= 6]
-            if not polys:
-                continue
-            rle = mask_utils.merge(mask_utils.frPyObjects(polys, h, w))
-        elif isinstance(seg.get("counts"), list):  # uncompressed RLE
-            rle = mask_utils.frPyObjects(seg, h, w)
-        else:  # compressed RLE
-            rle = dict(seg, counts=seg["counts"].encode() if isinstance(seg["counts"], str) else seg["counts"])
-        out[mask_utils.decode(rle).astype(bool)] = class_of[ann["category_id"]]
-    return out
-
-
-def _image_dirs(root: Path, ann_path: Path) -> list[Path]:
-    """Where the images of an annotation file may be, most likely first (the first is named when none is)."""
-    if ann_path.parent.name != "annotations":  # Roboflow: beside the JSON
-        return [ann_path.parent]
-    raw = ann_path.stem.removeprefix("instances_").removeprefix("annotations_")
-    names = [raw, split_name(raw)]
-    cands = [root / n for n in names] + [root / "images" / n for n in names] + [root / "images", root]
-    return [c for c in dict.fromkeys(cands) if c.is_dir()] or [root / raw]
-
-
-def read_coco(root: Path) -> tuple[Splits, ClassTable, list[Path]]:
-    files = coco_files(root)
-    if not files:
-        raise DataError(f"{root}: no COCO annotation files (expected annotations/instances_train.json, ...; or "
-                        "train/_annotations.coco.json beside the images)")
-    try:
-        import pycocotools  # noqa: F401
-    except ImportError:
-        raise DataError("COCO masks are rasterised with pycocotools: pip install pycocotools") from None
-    table: ClassTable | None = None
-    splits: Splits = {}
-    for split, path in files.items():
-        data = _load_coco(path)
-        this = coco_table(data["categories"])
-        if table is not None and this.names != table.names:
-            raise DataError(f"{path}: its categories differ from the other splits' ({', '.join(this.names[1:])})")
-        table = this
-        class_of = {c["id"]: i + 1 for i, c in enumerate(sorted(data["categories"], key=lambda c: c["id"]))}
-        stat = path.stat()
-        key = hashlib.sha1(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-        out_dir = cache_root() / "coco-masks" / key
-        try:
-            out_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise DataError(f"{out_dir}: cannot create the folder for rasterised COCO masks ({e}); set "
-                            "PIXELWISE_CACHE to a writable folder") from None
-        by_image: dict[int, list[dict]] = {}
-        for ann in data["annotations"]:
-            if ann.get("category_id") not in class_of:
-                raise DataError(f"{path}: annotation {ann.get('id')} has category_id {ann.get('category_id')}, "
-                                "which is not among the categories")
-            by_image.setdefault(ann["image_id"], []).append(ann)
-        dirs = _image_dirs(root, path)
-        pairs = []
-        for image in sorted(data["images"], key=lambda im: im["id"]):
-            name = str(image["file_name"])
-            found = next((d / name for d in dirs if (d / name).is_file()), dirs[0] / name)
-            pairs.append(Pair(found, out_dir / f"{image['id']}.png"))
-        todo = [im for im in data["images"] if not (out_dir / f"{im['id']}.png").is_file()]
-        for image in track(todo, total=len(todo), label=f"Rasterising COCO {split}") if todo else []:
-            mask = rasterize(image, by_image.get(image["id"], []), class_of)
-            atomic_write(out_dir / f"{image['id']}.png", lambda tmp, m=mask: Image.fromarray(m).save(tmp, format="PNG"))
-        splits[split] = pairs
-    assert table is not None
-    return splits, table, []
+    return splits, CITYSCAPES_CLASSES, orphans, []
 
 
 # --- lists of pairs ------------------------------------------------------------------------------------------
@@ -278,34 +156,64 @@ def list_files(root: Path) -> dict[str, Path]:
             if p.is_file() and p.suffix.lower() in LIST_SUFFIXES and split_name(p.stem) in ("train", "val", "test")}
 
 
-def read_list_file(path: Path) -> list[Pair]:
-    """``image,mask`` per line (comma, tab or whitespace separated; a header line and # comments are skipped);
-    relative paths are relative to the list's folder; an image without a mask column has no mask."""
+def _delimiter(path: Path, lines: list[str]) -> str | None:
+    """One separator per file: ',' for .csv, tab for .tsv; a .txt takes tabs when it has any, else commas when it
+    has any, else runs of spaces (None). Deciding per line split tab-separated paths at their spaces too."""
+    suffix = path.suffix.lower()
+    if suffix in (".csv", ".tsv"):
+        return "," if suffix == ".csv" else "\t"
+    return next((d for d in ("\t", ",") if any(d in line for line in lines)), None)
+
+
+def _is_header(fields: list[str], folder: Path) -> bool:
+    """A first line is a header when it has a pair's fields but names no existing file and not only image files
+    (image,mask; path,label)."""
+    if len(fields) not in (1, 2):
+        return False
+    exists = any((p := inside(folder, f)) is not None and p.exists() for f in fields)
+    return not exists and not all(Path(f).suffix.lower() in IMAGE_SUFFIXES for f in fields)
+
+
+def read_list_file(path: Path) -> tuple[list[Pair], list[str]]:
+    """``image,mask`` per line (one separator per file: comma, tab, or spaces in a .txt without either; a header
+    line and # comments are skipped, and a note says which header was); paths are relative to the list's folder
+    and must stay inside it; an image without a mask column has no mask. Returns the pairs and the notes."""
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8-sig")  # spreadsheets save CSV with a byte-order mark
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: cannot read the list of pairs ({e})") from None
-    pairs, bad = [], []
-    for number, line in enumerate(text.splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        fields = next(csv.reader([line])) if "," in line else re.split(r"\t|\s+", line)
-        fields = [f.strip() for f in fields if f.strip()]
-        if number == 1 and fields and not Path(fields[0]).suffix:  # a header: image,mask
+    numbered = [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1)
+                if line.strip() and not line.lstrip().startswith("#")]
+    delimiter = _delimiter(path, [line for _, line in numbered])
+    pairs, bad, notes = [], [], []
+    for i, (number, line) in enumerate(numbered):
+        fields = [f.strip() for f in (next(csv.reader([line], delimiter=delimiter)) if delimiter else line.split())]
+        fields = [f for f in fields if f]
+        if i == 0 and fields and _is_header(fields, path.parent):
+            notes.append(f"{path}: first line '{line[:80]}' taken as a header (it names no file)")
             continue
         if len(fields) not in (1, 2):
-            bad.append(f"{path}:{number}: expected 'image,mask', got {len(fields)} fields: {line[:80]}")
+            hint = "; separate paths that hold spaces with a comma or a tab" if delimiter is None else ""
+            bad.append(f"{path}:{number}: expected 'image,mask', got {len(fields)} fields: {line[:80]}{hint}")
             continue
-        image, *mask = [path.parent / f for f in fields]  # an absolute path stays as it is
-        pairs.append(Pair(image, mask[0] if mask else None))
+        resolved = [inside(path.parent, f) for f in fields]
+        outside = [f for f, p in zip(fields, resolved, strict=True) if p is None]
+        if outside:
+            bad += [outside_message(f"{path}:{number}", f, path.parent) for f in outside]
+            continue
+        pairs.append(Pair(resolved[0], resolved[1] if len(resolved) > 1 else None))
     if bad:
-        raise DataError(list_offenders(f"{path}: lines that are not image,mask pairs", bad))
-    return pairs
+        raise DataError(list_offenders(f"{path}: lines that are not image,mask pairs inside the list's folder (paths "
+                                       "are relative to it; move the list beside or above the images)", bad))
+    return pairs, notes
 
 
-def read_lists(root: Path) -> tuple[Splits, None, list[Path]]:
+def read_lists(root: Path) -> tuple[Splits, None, list[Path], list[str]]:
     files = list_files(root)
     if not files:
         raise DataError(f"{root}: no list of pairs (expected a .csv/.txt file, or train.csv and val.csv in it)")
-    return {split: read_list_file(path) for split, path in files.items()}, None, []
+    splits, notes = {}, []
+    for split, path in files.items():
+        splits[split], found = read_list_file(path)
+        notes += found
+    return splits, None, [], notes

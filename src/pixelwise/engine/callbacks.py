@@ -19,10 +19,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from rich.markup import escape
 from rich.progress import TextColumn
 
-from pixelwise.progress import console, make_progress
+from pixelwise.progress import console, make_progress, styled
 
 if TYPE_CHECKING:
     from pixelwise.config import Config
@@ -110,11 +109,12 @@ class ConsoleProgress(Callback):
 
     def on_train_start(self, state: RunState) -> None:
         t = state.trainer
-        console.print(f"training {escape(t.model_name)} on {len(t.data.train)} images "
+        console.print(f"training {t.model_name} on {len(t.data.train)} images "
                       f"({t.table.num_classes} classes, {t.cfg.model.in_channels} channel(s)) "
-                      f"on {t.runtime.describe()}, {t.workers} loader worker(s) -> {escape(str(t.run_dir))}")
-        self.progress = make_progress(TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[ips]} img/s"),
-                                      TextColumn("eta {task.fields[eta]}"), eta=False)
+                      f"on {t.runtime.describe()}, {t.workers} loader worker(s) -> {t.run_dir}")
+        self.progress = make_progress(TextColumn("loss {task.fields[loss]}", markup=False),
+                                      TextColumn("{task.fields[ips]} img/s", markup=False),
+                                      TextColumn("eta {task.fields[eta]}", markup=False), eta=False)
         self.progress.start()
         self.task = self.progress.add_task("train", total=t.planned_steps, completed=t.state.step, loss="-",
                                            ips="-", eta="-")
@@ -138,9 +138,9 @@ class ConsoleProgress(Callback):
     def on_epoch_end(self, state: RunState) -> None:
         row = state.metrics
         if row.get("val_miou") is not None:
-            mark = " [green](best)[/]" if state.improved else ""
-            console.print(f"epoch {state.epoch}: train loss {row['train_loss']:.4f}, val loss {row['val_loss']:.4f}, "
-                          f"val mIoU {row['val_miou']:.4f}{mark}")
+            console.print(styled(f"epoch {state.epoch}: train loss {row['train_loss']:.4f}, val loss "
+                                 f"{row['val_loss']:.4f}, val mIoU {row['val_miou']:.4f}",
+                                 (" (best)" if state.improved else "", "green")))
         else:
             console.print(f"epoch {state.epoch}: train loss {row['train_loss']:.4f}")
 

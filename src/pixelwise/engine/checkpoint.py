@@ -28,29 +28,69 @@ def save_weights(model: nn.Module, path: Path, metadata: dict[str, str] | None =
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
+def load_model_state(model: nn.Module, state: dict[str, Any], path: Path) -> None:
+    """Load ``state`` into ``model`` only when every name and shape fits; else one error, the model untouched.
+
+    torch's ``load_state_dict`` copies the tensors that fit before it raises about the rest, so a run whose
+    config.yaml was edited (another encoder, classes or channels) would leave a half-loaded model behind a
+    RuntimeError; the comparison comes first instead.
+    """
+    own = model.state_dict()
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise PixelwiseError(f"{path}: does not hold a model's tensors")
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} where the model has {tuple(v.shape)}" for k, v in own.items()
+              if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    if missing or unexpected or shapes:
+        found = "; ".join(f"{len(keys)} {label}, e.g. {', '.join(keys[:3])}" for label, keys in (
+            ("missing", missing), ("unexpected", unexpected), ("of another shape", shapes)) if keys)
+        raise PixelwiseError(
+            f"{path}: these weights do not fit the network the run's config.yaml describes ({found}). Was "
+            f"config.yaml edited after training (model.arch, model.encoder, model.options, classes or channels)? "
+            f"Restore it as training wrote it, or train a new run with the new settings"
+        )
+    model.load_state_dict(state)
+
+
 def load_weights(model: nn.Module, path: Path) -> None:
-    """Load safetensors weights into ``model`` (strict: every key must match)."""
+    """Load safetensors weights into ``model`` (every name and shape must match)."""
     try:
         state = load_file(str(path))
     except (OSError, SafetensorError) as e:
         raise PixelwiseError(f"{path}: cannot read the weights ({e})") from None
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
+    load_model_state(model, state, path)
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any], path: Path) -> None:
+    """Restore the optimizer of a resumed run, or say why the config no longer matches the checkpoint."""
+    groups, own = state.get("param_groups", []) if isinstance(state, dict) else [], optimizer.param_groups
+    same = len(groups) == len(own) and all(
+        len(g["params"]) == len(o["params"]) and set(g) == set(o) for g, o in zip(groups, own, strict=False))
+    if not same:
         raise PixelwiseError(
-            f"{path}: weights do not fit the model in its config.yaml "
-            f"(missing {len(missing)} keys, e.g. {missing[:3]}; unexpected {len(unexpected)}, e.g. {unexpected[:3]})"
+            f"{path}: saved with another optimizer or parameter groups than the run's config.yaml now describes "
+            f"({type(optimizer).__name__}); restore optim.name and optim.encoder_lr_mult as they were to resume, "
+            "or start a new run"
         )
+    optimizer.load_state_dict(state)
 
 
 def save_state(path: Path, state: dict[str, Any]) -> None:
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
+RESUME_KEYS = ("model", "optimizer", "state", "history")
+
+
 def load_state(path: Path) -> dict[str, Any]:
     """Resume state; ``weights_only=True`` refuses anything but tensors and plain containers."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        saved = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise PixelwiseError(f"{path}: no resume checkpoint in this run directory") from None
     except Exception as e:  # unpickling errors come in many types; none may run code with weights_only
         raise PixelwiseError(f"{path}: cannot load the checkpoint safely ({type(e).__name__}: {e})") from None
+    if not isinstance(saved, dict) or any(k not in saved for k in RESUME_KEYS):
+        raise PixelwiseError(f"{path}: not a pixelwise resume checkpoint (it needs {', '.join(RESUME_KEYS)})")
+    return saved

@@ -57,14 +57,13 @@ class NonFiniteGuard:
         """Skip the batch (``skip``, up to 10 in a row; ``skipped``: how many so far) or stop with a message
         saying where the last good checkpoint is. Nothing is saved on the way out, so good checkpoints stay.
         """
-        from pixelwise.progress import console
+        from pixelwise.progress import notice
 
         self.in_row += 1
         if isinstance(value, float) and math.isfinite(value):  # finite here, not on another process (torchrun)
             value = "not finite on another process"
         if self.policy == "skip" and self.in_row <= MAX_SKIPPED_IN_A_ROW:
-            console.print(f"[yellow]warning:[/] the loss is {value} at step {step}: batch skipped "
-                          f"({skipped + 1} so far)")
+            notice("warning", f"the loss is {value} at step {step}: batch skipped ({skipped + 1} so far)")
             return
         last = run_dir / "last.ckpt"
         where = (f"The last good checkpoint is {last} (epoch {epoch}); continue from it with "

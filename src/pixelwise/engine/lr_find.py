@@ -16,13 +16,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from pixelwise.atomic import check_out_dir
 from pixelwise.config import Config
-from pixelwise.engine.checkpoint import atomic_write_text
+from pixelwise.engine.checkpoint import atomic_write, atomic_write_text
 from pixelwise.engine.runtime import to_device
 from pixelwise.engine.setup import prepare
 from pixelwise.errors import PixelwiseError
 from pixelwise.optim import set_lr
-from pixelwise.progress import console, make_progress
+from pixelwise.progress import make_progress, notice
 
 SMOOTHING = 0.98
 
@@ -63,10 +64,8 @@ def plot_lr_find(lrs: np.ndarray, losses: np.ndarray, smoothed: np.ndarray, sugg
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
-    tmp.replace(path)
 
 
 def lr_find(cfg: Config, out_dir: Path, start: float = 1e-7, end: float = 1.0, steps: int = 100,
@@ -76,6 +75,7 @@ def lr_find(cfg: Config, out_dir: Path, start: float = 1e-7, end: float = 1.0, s
         raise PixelwiseError(f"lr-find needs 0 < start < end (got start {start}, end {end})")
     if steps < 5:
         raise PixelwiseError(f"lr-find needs at least 5 steps (got {steps})")
+    check_out_dir(out_dir)
     p = prepare(cfg)
     model, optimizer, criterion, rt = p.model, p.optimizer, p.criterion, p.runtime
     model.train()
@@ -119,7 +119,7 @@ def lr_find(cfg: Config, out_dir: Path, start: float = 1e-7, end: float = 1.0, s
     plot_lr_find(lr_arr, loss_arr, smooth_arr, suggestion, out_dir / "lr_find.png")
     minimum = float(lr_arr[int(np.argmin(smooth_arr))])
     if p.cfg.optim.name == "gd":
-        console.print("[yellow]note:[/] the range test steps once per batch; gd steps once per epoch")
+        notice("note", "the range test steps once per batch; gd steps once per epoch")
     return {"suggested_lr": suggestion, "min_loss_lr": minimum, "steps": len(lrs), "stopped": stopped,
             "plot": str(out_dir / "lr_find.png"), "csv": str(out_dir / "lr_find.csv")}
 

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pixelwise.atomic import check_out_dir
 from pixelwise.engine.checkpoint import atomic_write_text
 from pixelwise.errors import PixelwiseError
 
@@ -23,6 +24,7 @@ RUN_FILES = ("best.safetensors", "last.ckpt", "metrics.csv", "summary.json")  # 
 
 def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
     """Refuse to write over an earlier run unless told to resume it or overwrite it (checked before any work)."""
+    check_out_dir(run_dir)
     if resume:
         if not (run_dir / "last.ckpt").is_file():
             raise PixelwiseError(f"{run_dir}: nothing to resume (no last.ckpt)")

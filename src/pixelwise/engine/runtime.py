@@ -33,17 +33,40 @@ class Runtime:
         return f"{self.device.type}{'' if self.device.index is None else ':' + str(self.device.index)}, {amp}{layout}"
 
 
+DEVICE_HELP = "use cpu, cuda, cuda:N or auto (train.device, --device)"
+
+
+def usable_device(name: str) -> torch.device:
+    """``name`` as a torch device this machine can run a model on, else a ConfigError saying what to use.
+
+    torch accepts many device names that cannot run a pixelwise model here: 'meta' (tensors without data),
+    'mps' on a build or machine without Metal, 'cuda:3' on a machine with one GPU, 'xla', ... Each would fail
+    later inside torch; the name is checked once, where it enters.
+    """
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError) as e:
+        raise ConfigError(f"device '{name}' is not a device name ({e}); {DEVICE_HELP}") from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"device '{name}': no CUDA GPU is available; use cpu or auto")
+        if dev.index is not None and dev.index >= count:
+            raise ConfigError(f"device '{name}': this machine has {count} CUDA GPU(s), cuda:0..cuda:{count - 1}")
+        return dev
+    if dev.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise ConfigError(f"device '{name}': Apple's Metal (MPS) is not available in this PyTorch build or on "
+                              f"this machine; {DEVICE_HELP}")
+        return dev
+    raise ConfigError(f"device '{name}': pixelwise cannot run a model on '{dev.type}' devices; {DEVICE_HELP}")
+
+
 def resolve_runtime(device: str = "auto", amp: str = "auto", channels_last: bool = True) -> Runtime:
     """Pick the device and autocast dtype: bf16 on CPUs that compute it natively and on CUDA GPUs that have it."""
-    if device == "auto":
-        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        try:
-            dev = torch.device(device)
-        except RuntimeError as e:
-            raise ConfigError(f"train.device: {e}") from None
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError("train.device is 'cuda' but no CUDA GPU is available; use 'cpu' or 'auto'")
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else usable_device(device)
     if amp == "off":
         dtype = None
     elif amp == "fp16":
@@ -52,8 +75,10 @@ def resolve_runtime(device: str = "auto", amp: str = "auto", channels_last: bool
         dtype = torch.bfloat16
     elif dev.type == "cuda":
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    else:
+    elif dev.type == "cpu":
         dtype = torch.bfloat16 if cpu_has_fast_bf16() else None
+    else:  # mps: fp32 unless asked
+        dtype = None
     if dtype == torch.float16 and dev.type == "cpu":
         raise ConfigError("train.amp: fp16 autocast is for CUDA; on a CPU use bf16 or off")
     return Runtime(dev, dtype, channels_last)

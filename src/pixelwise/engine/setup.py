@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from pixelwise.config import Config
-from pixelwise.data.build import DataBundle, build_datasets, default_workers, train_loader
+from pixelwise.data.build import DataBundle, build_datasets, default_workers, require_crop_memory, train_loader
 from pixelwise.data.classes import ClassTable
 from pixelwise.engine.distributed import Dist, init_distributed
 from pixelwise.engine.rng import seed_everything
@@ -25,7 +25,7 @@ from pixelwise.errors import PixelwiseError
 from pixelwise.losses import create_loss, median_frequency_weights
 from pixelwise.models.factory import CUSTOM_ARCH, build_network, resolve_normalization, wrap_network
 from pixelwise.optim import create_optimizer
-from pixelwise.progress import console
+from pixelwise.progress import notice
 
 
 @dataclass
@@ -79,8 +79,8 @@ def _custom_normalization(cfg: Config, data: DataBundle, in_channels: int, custo
     normalised as the encoder was pretrained for a registered architecture."""
     if data.image_dtype.is_floating_point:
         if cfg.model.mean is None and cfg.model.std is None:
-            console.print("note: your dataset gives float images: the network sees them as they are (set "
-                          "model.mean and model.std, in the data's units, to normalise them)")
+            notice("note", "your dataset gives float images: the network sees them as they are (set "
+                   "model.mean and model.std, in the data's units, to normalise them)")
             return {"normalization": "none", "mean": None, "std": None}
         return {"normalization": "zscore"}
     if custom_network and cfg.model.mean is None and cfg.model.std is None:
@@ -128,7 +128,7 @@ def auto_class_weights(data: DataBundle) -> list[float]:
     shown = ", ".join(f"{n} {w:g}" for n, w in zip(names, weights, strict=True))
     absent = [n for n, c in zip(names, counts.sum(axis=0), strict=True) if c == 0]
     extra = f" ({', '.join(absent)} absent from the training masks: weight 1)" if absent else ""
-    console.print(f"[yellow]note:[/] loss.class_weights auto (median frequency): {shown}{extra}")
+    notice("note", f"loss.class_weights auto (median frequency): {shown}{extra}")
     return weights
 
 
@@ -166,12 +166,17 @@ def prepare(cfg: Config, parts: Parts | None = None) -> Prepared:
     else:
         data = build_datasets(cfg.data, cfg.augment, cfg.train.seed)
     for note in data.notes:
-        console.print(f"[yellow]note:[/] {note}")
+        notice("note", note)
+    for warning in data.warnings:
+        notice("warning", warning)
     cfg = resolve_config(cfg, data, custom_network=parts.network is not None)
     table = data.summary.table
     runtime = resolve_runtime(cfg.train.device, cfg.train.amp, cfg.train.channels_last)
     if dist.enabled and runtime.device.type == "cuda":
         runtime = replace(runtime, device=torch.device("cuda", dist.local_rank))
+    if not data.custom:
+        require_crop_memory(cfg.data, data.summary.channels, table.num_classes, cfg.train.batch_size,
+                            str(runtime.device))
     if parts.network is not None:
         model = wrap_network(parts.network, cfg.model, cfg.model.in_channels)
     else:
@@ -193,8 +198,8 @@ def prepare(cfg: Config, parts: Parts | None = None) -> Prepared:
         model = torch.compile(model)
     criterion = create_loss(cfg.loss, table.num_classes).to(runtime.device)
     if criterion.unweighted:
-        console.print(f"[yellow]note:[/] loss.class_weights do not apply to {', '.join(criterion.unweighted)} "
-                      "(they weight ce and bce, and focal/dice/jaccard/tversky in multiclass mode)")
+        notice("note", f"loss.class_weights do not apply to {', '.join(criterion.unweighted)} "
+               "(they weight ce and bce, and focal/dice/jaccard/tversky in multiclass mode)")
     optimizer = create_optimizer(net, cfg.optim)
     workers = default_workers(cfg.data.num_workers)
     loader, sampler = train_loader(data.train, cfg.train.batch_size, workers, cfg.train.seed,

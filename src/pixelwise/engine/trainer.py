@@ -18,6 +18,8 @@ from pixelwise.config import Config
 from pixelwise.engine.callbacks import Callback, CallbackList, RunState, core_callbacks
 from pixelwise.engine.checkpoint import (
     atomic_write_text,
+    load_model_state,
+    load_optimizer_state,
     load_state,
     remove_stale_temp_files,
     save_state,
@@ -33,7 +35,7 @@ from pixelwise.engine.runtime import to_device
 from pixelwise.engine.setup import Parts, dataset_stats, prepare
 from pixelwise.models.factory import ARCHITECTURES, CUSTOM_ARCH
 from pixelwise.optim import FULL_BATCH, lr_factor, set_lr
-from pixelwise.progress import console
+from pixelwise.progress import console, notice
 
 WARMUP_STEPS = 2  # throughput is measured after these (first steps pay for allocation and kernel selection)
 
@@ -116,8 +118,8 @@ class Trainer:
     # --- persistence -----------------------------------------------------------------------------
     def _load_resume_state(self) -> None:
         saved = load_state(self.run_dir / "last.ckpt")
-        self.net.load_state_dict(saved["model"])
-        self.optimizer.load_state_dict(saved["optimizer"])
+        load_model_state(self.net, saved["model"], self.run_dir / "last.ckpt")
+        load_optimizer_state(self.optimizer, saved["optimizer"], self.run_dir / "last.ckpt")
         if saved.get("scaler"):
             self.scaler.load_state_dict(saved["scaler"])
         if self.ema is not None:
@@ -197,7 +199,7 @@ class Trainer:
         """Train until a stopping rule holds (or a callback stops it); returns the summary (summary.json)."""
         reason = self._stop_reason()
         if reason:
-            console.print(f"[yellow]nothing to do:[/] the run already reached {reason}; raise it with --set")
+            notice("nothing to do", f"the run already reached {reason}; raise it with --set")
             return self._summary(reason)
         steps_per_epoch = len(self.loader)
         self.planned_steps = self._planned_steps(steps_per_epoch)

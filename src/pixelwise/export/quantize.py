@@ -39,6 +39,11 @@ def _reader(images: list[np.ndarray], name: str, multiple: int, min_size: int) -
     return Reader()
 
 
+def int8_path(fp32: Path) -> Path:
+    """Where the int8 model of ``fp32`` goes by default: beside it, NAME.int8.onnx."""
+    return fp32.with_name(fp32.stem + ".int8.onnx")
+
+
 def quantize(run_dir: Path, fp32: Path, out: Path | None = None, calibration_images: int = 32,
              data_root: Path | None = None) -> Path:
     """Write the int8 model (default: beside ``fp32`` as NAME.int8.onnx); metadata carried over."""
@@ -47,7 +52,7 @@ def quantize(run_dir: Path, fp32: Path, out: Path | None = None, calibration_ima
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     cfg = load_run_config(run_dir)
-    out = Path(out) if out is not None else fp32.with_name(fp32.stem + ".int8.onnx")
+    out = Path(out) if out is not None else int8_path(fp32)
     backend = OnnxBackend(fp32)
     images = sample_images(cfg, cfg.data.train_split, calibration_images, data_root)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:

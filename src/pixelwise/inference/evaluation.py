@@ -38,7 +38,8 @@ def evaluate_split(rs: RunSplit, batch_size: int | None = None, per_image: bool 
     """Metrics of the run's model on its split; per-image entries name their image file."""
     seg = rs.segmenter
     result = evaluate(seg.model, rs.dataset, rs.sizes, seg.table.names, seg.runtime,
-                      batch_size or rs.cfg.train.eval_batch_size, default_workers(rs.cfg.data.num_workers),
+                      rs.cfg.train.eval_batch_size if batch_size is None else batch_size,
+                      default_workers(rs.cfg.data.num_workers),
                       per_image=per_image)
     for entry in result.get("per_image", []):
         entry["image"] = str(rs.dataset.pairs[entry["index"]].image)

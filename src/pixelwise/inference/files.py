@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pixelwise.atomic import atomic_write
+from pixelwise.atomic import atomic_write, check_out_dir
 from pixelwise.data.io import IMAGE_SUFFIXES, read_image
 from pixelwise.errors import DataError, PixelwiseError, list_offenders
 from pixelwise.inference.geo import entropy_image, is_raster, predict_raster, raster_outputs
@@ -44,6 +44,7 @@ class PredictionReport:
     written: list[Path] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # e.g. a GeoTIFF without a CRS
+    renamed: list[str] = field(default_factory=list)  # inputs whose outputs got _2, _3 ... to keep names unique
 
 
 def collect_inputs(inputs: list[Path]) -> list[Path]:
@@ -62,16 +63,18 @@ def collect_inputs(inputs: list[Path]) -> list[Path]:
     return list(dict.fromkeys(files))
 
 
-def output_stems(files: list[Path]) -> list[str]:
-    """One output name per input; the same name from two folders gets _2, _3, ..."""
+def output_stems(files: list[Path], suffixes: Sequence[str] = (".png",)) -> list[str]:
+    """One output stem per input such that no two written files share a name (compared ignoring case, as macOS
+    and Windows file systems do): the same stem from two folders, or an input named like another's extra output
+    ('a_entropy.png' beside a.png's entropy map), gets _2, _3, ... Decided before anything is written."""
     stems: list[str] = []
     used: set[str] = set()
     for path in files:
         stem, n = path.stem, 1
-        while stem in used:
+        while any(f"{stem}{s}".casefold() in used for s in suffixes):
             n += 1
             stem = f"{path.stem}_{n}"
-        used.add(stem)
+        used.update(f"{stem}{s}".casefold() for s in suffixes)
         stems.append(stem)
     return stems
 
@@ -91,11 +94,13 @@ def predict_files(seg: Segmenter, inputs: list[Path], out_dir: Path, overlay: bo
     Existing files are replaced only with ``overwrite``, and an input image never is. Unreadable images are
     reported and skipped; the others are still predicted. Each file is written atomically.
     """
+    check_out_dir(out_dir)
     files = collect_inputs(inputs)
-    stems = output_stems(files)
     opts = options or PredictOptions()
     suffixes = [".png"] + (["_overlay.jpg"] if overlay else []) + (["_probs.npz", "_entropy.png"] if opts.save_probs
                                                                    else [])
+    # stems unique over every kind of output (a.tif's mask a.tif and a.png's a.png never clash, but a_probs.tif may)
+    stems = output_stems(files, [*suffixes, *raster_outputs("", opts.save_probs)])
     targets = [out_dir / name for f, s in zip(files, stems, strict=True)
                for name in (raster_outputs(s, opts.save_probs) if is_raster(f) else [f"{s}{x}" for x in suffixes])]
     resolved = {f.resolve() for f in files}
@@ -108,7 +113,8 @@ def predict_files(seg: Segmenter, inputs: list[Path], out_dir: Path, overlay: bo
         raise PixelwiseError(list_offenders(
             f"{out_dir}: predictions would replace existing files; choose another --out or pass --overwrite", existing))
     out_dir.mkdir(parents=True, exist_ok=True)
-    report = PredictionReport()
+    report = PredictionReport(renamed=[f"{p.name} -> {s}.png" for p, s in zip(files, stems, strict=True)
+                                       if s != p.stem])
     for path, stem in track(list(zip(files, stems, strict=True)), total=len(files), label="Predicting"):
         try:
             if is_raster(path):  # TIFF in, TIFF out: georeference kept, large rasters streamed from and to disk

@@ -11,8 +11,9 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+from pydantic import ValidationError
 
-from pixelwise.config import Config, read_yaml
+from pixelwise.config import Config, format_validation_error, read_yaml
 from pixelwise.data.classes import ClassTable
 from pixelwise.data.io import read_image
 from pixelwise.data.pixels import ImageSpec, check_pixels, dtype_class, model_dtype, model_input, spec_of
@@ -20,6 +21,7 @@ from pixelwise.display import display_rgb
 from pixelwise.errors import ConfigError, PixelwiseError
 from pixelwise.inference.sliding_window import sliding_window_mask, sliding_window_probs
 from pixelwise.inference.tta import FLIPS, tta_probs
+from pixelwise.memory import require_memory
 
 
 def load_run_config(run_dir: Path) -> Config:
@@ -27,7 +29,10 @@ def load_run_config(run_dir: Path) -> Config:
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise PixelwiseError(f"{run_dir}: not a run directory (no config.yaml); give the --out of a training run")
-    cfg = Config.model_validate(read_yaml(run_dir / "config.yaml"))
+    try:
+        cfg = Config.model_validate(read_yaml(run_dir / "config.yaml"))
+    except ValidationError as e:  # an edited config.yaml: say which key, as for any config
+        raise ConfigError(format_validation_error(e, str(run_dir / "config.yaml"))) from None
     if not isinstance(cfg.data.classes, ClassTable) or cfg.model.in_channels == "auto":
         raise ConfigError(f"{run_dir / 'config.yaml'}: not a resolved run config (classes or in_channels missing)")
     return cfg
@@ -119,13 +124,12 @@ class Segmenter:
             from pixelwise.inference.onnx_backend import OnnxBackend
 
             backend = OnnxBackend(path, threads)
-            meta = backend.meta
+            meta = backend.meta  # validated by read_metadata
             read = meta.get("read", {})
-            spec = ImageSpec(int(meta["channels"]), tuple(read["bands"]) if read.get("bands") else None,
+            spec = ImageSpec(meta["channels"], tuple(read["bands"]) if read.get("bands") else None,
                              bool(read.get("pages_as_channels", False)), read.get("channel_axis", "auto"),
                              read.get("nan_fill"), meta.get("dtype"))
-            return cls(backend, ClassTable.model_validate(meta["classes"]), int(meta["channels"]),
-                       tuple(meta.get("crop_size", (512, 512))), spec)
+            return cls(backend, meta["classes"], meta["channels"], meta["crop_size"], spec)
         from pixelwise.inference.torch_backend import load_torch_backend
 
         cfg = load_run_config(path)
@@ -166,10 +170,30 @@ class Segmenter:
         side = max(512, ch, cw)
         return (side + (-side) % 32, side + (-side) % 32)
 
-    def _probs_fn(self, tile: tuple[int, int] | None, overlap: float) -> Any:
-        if tile is None:
-            return lambda img: self.backend(img.transpose(2, 0, 1)[None])[0]
-        return lambda img: sliding_window_probs(self.backend, img, tile, overlap)
+    def _probs_fn(self, tile: int | tuple[int, int] | None, overlap: float) -> Any:
+        """(H, W, C) -> (K, H, W) probabilities; the tile size is decided per image it is called on, so a copy
+        scaled up for TTA is tiled as its own size requires (not whole, as the original would be)."""
+        def probs_of(img: np.ndarray) -> np.ndarray:
+            size = self._tile(img.shape, tile)
+            if size is None:
+                return self.backend(img.transpose(2, 0, 1)[None])[0]
+            return sliding_window_probs(self.backend, img, size, overlap)
+
+        return probs_of
+
+    def _require_memory(self, shape: tuple[int, ...], scales: Sequence[float]) -> None:
+        """Refuse before predicting when the probability maps alone cannot fit (a lower bound; tiles bound the
+        network's own share). Per pixel of the largest scaled copy: the image, its probabilities and their
+        stitched copy; per pixel of the image: the map resized back and the running mean. (Tiled masks without
+        TTA never hold a whole map: they stream band by band.)"""
+        (h, w), c, k = shape[:2], self.channels, self.table.num_classes
+        top = max(scales)
+        scaled = round(h * top) * round(w * top)
+        need = scaled * (c + 2 * 4 * k) + h * w * 2 * 4 * k
+        at = f" at scale {top:g}" if top != 1 else ""
+        require_memory(need, f"the class probabilities of a {w}x{h} image{at}",
+                       "lower the largest of --scales (scales), or predict masks without --save-probs and --tta "
+                       "(tiled masks need memory for a band of tiles only)")
 
     def probabilities(self, image: np.ndarray | str | Path, tile: int | tuple[int, int] | None = None,
                       overlap: float = DEFAULT_OVERLAP, tta: bool = False, scales: Sequence[float] = (1.0,),
@@ -187,7 +211,8 @@ class Segmenter:
     def _probabilities(self, img: np.ndarray, tile: int | tuple[int, int] | None, overlap: float, tta: bool,
                        scales: Sequence[float], flips: Sequence[str]) -> np.ndarray:
         """``probabilities`` of model input (``_image``'s output)."""
-        probs_of = self._probs_fn(self._tile(img.shape, tile), overlap)
+        self._require_memory(img.shape, scales)
+        probs_of = self._probs_fn(tile, overlap)
         if tta or tuple(scales) != (1.0,):
             return tta_probs(probs_of, img, flips if tta else (), scales)
         return probs_of(img)
@@ -208,7 +233,7 @@ class Segmenter:
         size = self._tile(img.shape, tile)
         if size is not None and not tta and tuple(scales) == (1.0,):
             return sliding_window_mask(self.backend, img, size, overlap)
-        probs = self._probabilities(img, size or 0, overlap, tta, scales, flips)
+        probs = self._probabilities(img, tile, overlap, tta, scales, flips)
         return probs.argmax(axis=0).astype(np.uint8)
 
     def colorize(self, mask: np.ndarray) -> Image.Image:

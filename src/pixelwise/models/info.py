@@ -8,6 +8,9 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from pixelwise.errors import PixelwiseError
+from pixelwise.geometry import pad_amounts
+from pixelwise.memory import require_memory
 from pixelwise.models.factory import ARCHITECTURES, create_model
 
 
@@ -23,7 +26,15 @@ def _rnn_flops(module: nn.RNNBase, inputs: tuple[torch.Tensor, ...]) -> int:
 
 def model_info(arch: str, encoder: str = "resnet18", in_channels: int = 3, classes: int = 12,
                size: tuple[int, int] = (320, 320), **options: Any) -> dict[str, Any]:
-    """Parameters (millions) and GFLOPs of one forward pass of a (1, in_channels, H, W) input."""
+    """Parameters (millions) and GFLOPs of one forward pass of a (1, in_channels, H, W) input, padded as
+    prediction pads it (to the stride, and to the architecture's smallest side); ``input`` is what was run."""
+    if min(size) < 1:
+        raise PixelwiseError(f"--size {size[0]}x{size[1]}: an image has at least 1x1 pixels")
+    ph, pw, _ = pad_amounts(*size, 32, ARCHITECTURES.get(arch).min_input)
+    size = (size[0] + ph, size[1] + pw)
+    # The input, the logits and one feature map as wide as the input (a lower bound of the forward pass).
+    require_memory(size[0] * size[1] * 4 * (in_channels + classes + 16), f"a {size[0]}x{size[1]} forward pass",
+                   "give a smaller --size")
     model = create_model(arch, encoder, in_channels, classes, **options).eval()
     rnn_flops = 0
 

@@ -6,9 +6,11 @@ prediction | error) are composed with numpy at the images' own resolution, not t
 
 from __future__ import annotations
 
+import functools
 import io
 import math
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -30,6 +32,22 @@ def _pyplot():
     return plt
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def plain_text(fn: F) -> F:
+    """Draw ``fn``'s text as it is: matplotlib reads text between two '$' as mathtext, so a class or file name
+    such as 'cost $5 to $10' would be typeset as maths, and one such as 'a$\\frac$' would fail to draw."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import matplotlib
+
+        with matplotlib.rc_context({"text.parse_math": False}):  # read when each Text is made, ticks at draw
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
 def _png(fig: Any) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
@@ -45,6 +63,7 @@ def _num(value: Any) -> float:
         return math.nan
 
 
+@plain_text
 def plot_curves(history: list[dict[str, Any]]) -> bytes:
     """Train/val loss, val mIoU and pixel accuracy, and learning rate per epoch (rows of metrics.csv)."""
     plt = _pyplot()
@@ -72,6 +91,7 @@ def plot_curves(history: list[dict[str, Any]]) -> bytes:
     return _png(fig)
 
 
+@plain_text
 def plot_confusion(cm: np.ndarray, names: list[str]) -> bytes:
     """Row-normalised confusion matrix (rows: truth, so the diagonal is each class's recall)."""
     plt = _pyplot()
@@ -97,6 +117,7 @@ def plot_confusion(cm: np.ndarray, names: list[str]) -> bytes:
     return _png(fig)
 
 
+@plain_text
 def plot_class_bars(values: dict[str, float | None], title: str, xlabel: str, mean: float | None = None,
                     colors: list[tuple[int, int, int]] | None = None) -> bytes:
     """Horizontal bars per class (None drawn as an empty bar marked n/a), optionally with a mean line."""
@@ -120,6 +141,7 @@ def plot_class_bars(values: dict[str, float | None], title: str, xlabel: str, me
     return _png(fig)
 
 
+@plain_text
 def plot_frequencies(shares: dict[str, list[float]], names: list[str]) -> bytes:
     """Share of labelled pixels per class, one bar group per source (e.g. train, val)."""
     plt = _pyplot()

@@ -37,6 +37,7 @@ def _fit(rgb: np.ndarray, height: int) -> np.ndarray:
     return np.asarray(Image.fromarray(rgb).resize((max(1, round(w * height / h)), height), Image.BILINEAR))
 
 
+@plots.plain_text
 def preview_sheet(cfg: Config, out: Path, samples: int = 8, seed: int = 0,
                   bands: tuple[int, ...] | None = None) -> Path:
     """Write a PNG of ``samples`` training images: original | augmented | augmented with its mask.
@@ -44,10 +45,11 @@ def preview_sheet(cfg: Config, out: Path, samples: int = 8, seed: int = 0,
     Samples are drawn as training draws them (same pipeline, seeded by (seed, epoch, index)), so what is
     shown is what the model sees. ``bands``: 1-based channels shown as red, green, blue (or one as gray).
     """
-    from pixelwise.data.build import build_datasets
+    from pixelwise.data.build import build_datasets, require_crop_memory
 
     plt = plots._pyplot()
     data = build_datasets(cfg.data, cfg.augment, seed)
+    require_crop_memory(cfg.data, data.summary.channels, data.summary.table.num_classes, batch_size=1)
     train, palette = data.train, data.summary.table.palette
     rng = np.random.default_rng(seed)
     picks = rng.choice(len(train), size=samples, replace=samples > len(train))

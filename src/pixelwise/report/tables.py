@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
+
+from pixelwise.progress import notice, styled
 
 if TYPE_CHECKING:
     from pixelwise.data.fingerprint import CheckResult, PixelStats
@@ -26,7 +28,7 @@ def metrics_table(result: dict[str, Any], title: str = "") -> Table:
         table.add_row(name, _fmt(m["iou"]), _fmt(m["precision"]), _fmt(m["recall"]), _fmt(m["f1"]),
                       f"{m['support']:,}")
     table.add_section()
-    table.add_row("[bold]mIoU", f"[bold]{_fmt(result['miou'])}", "", "", "", "")
+    table.add_row(Text("mIoU", style="bold"), Text(_fmt(result["miou"]), style="bold"), "", "", "", "")
     table.add_row("pixel accuracy", _fmt(result["pixel_accuracy"]), "", "", "", "")
     table.add_row("mean accuracy", _fmt(result["mean_accuracy"]), "", "", "", "")
     table.add_row("fw IoU", _fmt(result["fw_iou"]), "", "", "", "")
@@ -52,11 +54,12 @@ def channel_table(px: PixelStats) -> Table:
 def fingerprint_view(result: CheckResult, console: Console) -> None:
     """``pixelwise check``: the fingerprint as tables, then warnings and errors naming the files."""
     fp = result.fingerprint
-    head = Table(title=f"{escape(fp.root)} ({fp.format})", show_header=False)
+    head = Table(title=f"{fp.root} ({fp.format})", show_header=False)
     head.add_column(style="bold")
     head.add_column()
-    head.add_row("splits", escape(", ".join(f"{k}: {v}" for k, v in fp.splits.items()) + (
-        f" ({fp.validation})" if fp.validation else "")))
+    head.add_row("splits", ", ".join(f"{k}: {v}" for k, v in fp.splits.items()))
+    if fp.split_decision:
+        head.add_row("training", fp.split_decision)
     head.add_row("pairs readable", f"{fp.pairs_readable} ({fp.pairs_with_problems} with problems)")
     px = fp.pixels
     if fp.image_size is not None:
@@ -91,16 +94,17 @@ def fingerprint_view(result: CheckResult, console: Console) -> None:
             table.add_column(col, justify="left" if col == "class" else "right")
         for k, c in enumerate(fp.classes):
             row = "-" if c.mean_row is None else f"{c.mean_row:.2f}"
-            table.add_row(str(k), escape(c.name), f"{c.pixels:,}", f"{c.pixel_share:.2%}", f"{c.image_share:.0%}", row)
+            table.add_row(str(k), c.name, f"{c.pixels:,}", f"{c.pixel_share:.2%}", f"{c.image_share:.0%}", row)
         console.print(table)
     for n in result.notes:
-        console.print(f"[dim]note:[/] {escape(n)}")
+        notice("note", n, "dim", to=console)
     for w in result.warnings:
-        console.print(f"[yellow]warning:[/] {escape(w)}")
+        notice("warning", w, to=console)
     for e in result.errors:
-        console.print(f"[bold red]error:[/] {escape(e)}")
+        notice("error", e, "bold red", to=console)
     if result.errors:
-        console.print(f"[bold red]{len(result.errors)} problem(s): the data cannot be trained on as it is[/]")
+        console.print(Text(f"{len(result.errors)} problem(s): the data cannot be trained on as it is",
+                           style="bold red"))
     else:
-        console.print(f"[green]ok[/]: {fp.pairs_readable} pairs can be trained on"
-                      + (f" ({len(result.warnings)} warning(s))" if result.warnings else ""))
+        console.print(styled(("ok", "green"), f": {fp.pairs_readable} pairs can be trained on"
+                             + (f" ({len(result.warnings)} warning(s))" if result.warnings else "")))
