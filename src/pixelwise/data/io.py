@@ -171,3 +171,37 @@ def to_classes(raw: np.ndarray, lut: np.ndarray) -> np.ndarray:
     out = lut[raw]
     assert (out >= 0).all(), "unknown mask values reached training; checks must reject them first"
     return out.astype(np.uint8)
+
+
+def read_image_bytes(data: bytes, channels: int, name: str = "upload") -> np.ndarray:
+    """``read_image`` for an image held in memory (an upload); errors name ``name`` instead of a path.
+
+    The bytes go to ``read_image`` itself as an anonymous in-memory file (memfd, Linux), so an upload meets the
+    same header pixel limit, the same message for each kind of broken file and the same conversions as a file,
+    and nothing is written to disk; elsewhere a private temporary folder is used and removed.
+    """
+    try:
+        fd = os.memfd_create("pixelwise-upload", getattr(os, "MFD_CLOEXEC", 0))
+    except (AttributeError, OSError):  # no memfd (macOS, Windows, a sandbox that forbids it)
+        return _read_via_folder(data, channels, name)
+    path = Path(f"/proc/self/fd/{fd}")
+    try:
+        with open(fd, "wb", closefd=False) as f:
+            f.write(data)
+        return read_image(path, channels)
+    except DataError as e:
+        raise DataError(str(e).replace(str(path), name)) from None
+    finally:
+        os.close(fd)
+
+
+def _read_via_folder(data: bytes, channels: int, name: str) -> np.ndarray:
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="pixelwise-upload-") as folder:
+        path = Path(folder) / f"upload{Path(name).suffix.lower()}"
+        path.write_bytes(data)
+        try:
+            return read_image(path, channels)
+        except DataError as e:
+            raise DataError(str(e).replace(str(path), name)) from None
