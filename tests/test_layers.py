@@ -16,6 +16,7 @@ LAYERS = [
     {"engine"},
     {"inference"},
     {"export", "report", "plan"},
+    {"serve"},
     {"api"},
     {"demo", "cli", "__main__", "__init__"},
 ]

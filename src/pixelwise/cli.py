@@ -337,6 +337,29 @@ def bench(
 
 
 @app.command()
+def serve(
+    model: str = typer.Argument(..., help="Run directory (PyTorch) or exported .onnx (ONNX Runtime, no PyTorch)."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every interface)."),
+    port: int = typer.Option(8000, min=0, max=65535),
+    workers: int = typer.Option(1, min=1, max=64, help="Server processes, each with its own copy of the model."),
+    api_key: str | None = typer.Option(None, envvar="PIXELWISE_API_KEY", show_default=False, help="Key required in "
+                                       "the X-API-Key header of every API request (the variable hides it from ps)."),
+    cors_origin: list[str] = typer.Option([], help="Browser origin allowed to call the API (repeatable)."),
+    max_upload_mb: float = typer.Option(32.0, min=0.001, help="Largest request body, MiB."),
+    max_image_pixels: int | None = typer.Option(None, min=1, help="Default: the run's data.max_image_pixels."),
+    queue: int = typer.Option(32, min=0, help="Requests that may wait for the model; more get 503."),
+    timeout: float = typer.Option(60.0, min=0.001, help="Seconds for a request body to arrive, and for an answer."),
+    device: str = typer.Option("auto", help="PyTorch device: cpu, cuda, cuda:1, or auto."),
+) -> None:
+    """Serve a model over HTTP: POST /predict, /predict/batch, GET /model, /health, a page at /, docs at /docs."""
+    from pixelwise.serve.server import serve as run_server
+    from pixelwise.serve.settings import make_settings
+
+    run_server(make_settings(model=model, host=host, port=port, workers=workers, api_key=api_key, device=device,
+                             cors_origins=cors_origin, max_upload_mb=max_upload_mb, max_image_pixels=max_image_pixels,
+                             queue=queue, timeout=timeout))
+
+@app.command()
 def models(
     info: str | None = typer.Option(None, help="Show parameters and GFLOPs of this architecture."),
     encoder: str = typer.Option("resnet18", help="Encoder for --info."),

@@ -1,0 +1,46 @@
+"""Starting the server: uvicorn with one process, or ``--workers`` processes that each load the model."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from rich.console import Console
+
+from pixelwise.serve import require_extra
+from pixelwise.serve.settings import ServeSettings, check_model
+
+SETTINGS_ENV = "PIXELWISE_SERVE_SETTINGS"  # the settings as JSON, for worker processes (the key stays out of argv)
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+err = Console(stderr=True)
+
+
+def app_from_env() -> Any:
+    """The application of one worker process (uvicorn's factory)."""
+    from pixelwise.serve.app import create_app
+
+    return create_app(ServeSettings.model_validate_json(os.environ[SETTINGS_ENV]))
+
+
+def serve(settings: ServeSettings) -> None:
+    """Serve until interrupted. The model is checked before the port is bound, so a bad one is one message."""
+    require_extra()
+    path = check_model(settings)
+    import uvicorn
+
+    from pixelwise.serve.app import create_app
+
+    if settings.host not in LOOPBACK and not settings.api_key:
+        err.print(f"[yellow]warning:[/] serving on {settings.host} without an API key: anyone who can reach this "
+                  "machine can use the model (set PIXELWISE_API_KEY or --api-key)")
+    shown = f"[{settings.host}]" if ":" in settings.host else settings.host
+    err.print(f"serving {path} on http://{shown}:{settings.port} with {settings.workers} worker(s): the page at /, "
+              "the API described at /docs")
+    # Keep-alive connections idle for more than 5 s are closed (uvicorn's default), which bounds idle sockets.
+    options: dict[str, Any] = {"host": settings.host, "port": settings.port, "log_level": "info",
+                               "timeout_keep_alive": 5}
+    if settings.workers == 1:
+        uvicorn.run(create_app(settings), **options)
+        return
+    os.environ[SETTINGS_ENV] = settings.model_dump_json()
+    uvicorn.run("pixelwise.serve.server:app_from_env", factory=True, workers=settings.workers, **options)
