@@ -9,7 +9,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# torch first, pinned: on the project's machines pip takes this build from local disk.
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e '.[dev,serve]'
+	$(PY) -m pip install -q -e '.[dev,geo,serve]'
 	touch $@
 
 demo: $(VENV)/.installed

@@ -230,6 +230,8 @@ def data_preview(
     seed: int = typer.Option(0, help="Which samples and augmentations."),
     set_: list[str] = typer.Option([], "--set", help="Override a config key (repeatable)."),
     out_file: Path = typer.Option(Path("preview.png"), "--out", help="PNG to write."),
+    bands: str | None = typer.Option(None, help="Channels shown as red, green, blue (1-based, e.g. 4,3,2; default: "
+                                                "the first three); non-8-bit data is contrast-stretched."),
 ) -> None:
     """Write a sheet of augmented training samples with their masks: what the model will see."""
     from pixelwise.config import load_config
@@ -239,7 +241,14 @@ def data_preview(
     values: dict[str, Any] = {"data.root": None if is_config else str(root), "data.format": fmt,
                               "augment.preset": augment, "data.crop_size": crop_size}
     cfg = load_config(root if is_config else None, set_, {k: v for k, v in values.items() if v is not None})
-    err.print(f"preview written to {preview_sheet(cfg, out_file, samples, seed)}")
+    try:
+        shown = tuple(int(b) for b in bands.split(",")) if bands else None
+    except ValueError:
+        raise PixelwiseError(f"--bands expects 1 or 3 comma-separated channel numbers, e.g. 4,3,2; got '{bands}'") \
+            from None
+    if shown is not None and (len(shown) not in (1, 3) or min(shown) < 1):
+        raise PixelwiseError(f"--bands expects 1 or 3 channel numbers from 1 (e.g. 4,3,2), got '{bands}'")
+    err.print(f"preview written to {preview_sheet(cfg, out_file, samples, seed, shown)}")
 
 
 @app.command()
@@ -275,6 +284,8 @@ def predict(
                   "learned with, so tiled masks differ more from whole-image ones; a tile of at least the crop size "
                   "is advised")
     report = predict_files(seg, inputs, out_dir, overlay, overwrite, options)
+    for warning in report.warnings:
+        err.print(f"[yellow]warning:[/] {escape(warning)}")
     err.print(f"wrote {len(report.written)} files to {out_dir}")
     if report.failed:
         raise PixelwiseError("some images could not be predicted:\n" + "\n".join(f"  - {f}" for f in report.failed))

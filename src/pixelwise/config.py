@@ -6,12 +6,14 @@ merges a YAML file, ``--set a.b=value`` overrides and CLI shortcuts, then valida
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from pixelwise.data.classes import ClassTable
 from pixelwise.errors import ConfigError, did_you_mean
@@ -46,7 +48,13 @@ class DataConfig(Strict):
     val_fraction: float = Field(0.2, ge=0.0, lt=1.0)  # used when the data has no val split
     split_seed: int = 0
     crop_size: tuple[int, int] = (320, 320)
-    channels: Literal["auto", 1, 3] = "auto"
+    # Input channels: any count; auto: 8-bit images 1 (all gray) or 3 (any colour), other data as the files hold.
+    channels: int | Literal["auto"] = "auto"
+    bands: list[int] | None = None  # 1-based bands kept, in order, e.g. [4, 3, 2, 8]
+    pages_as_channels: bool = False  # a multi-page TIFF is one image with a channel per page (else refused)
+    channel_axis: Literal["auto", "last", "first"] = "auto"  # .npy images: HxWxC (last) or CxHxW (first)
+    nan_fill: float | None = None  # NaN/Inf pixels take this value; null: they are an error naming the file
+    dtype: str | None = None  # the images' pixel type (written by training; evaluation refuses other types)
     cache: bool = True
     cache_max_gb: float = Field(4.0, ge=0)
     num_workers: int = Field(-1, ge=-1)  # -1: chosen from the machine
@@ -69,6 +77,42 @@ class DataConfig(Strict):
             raise ValueError("crop sides must be at least 8 pixels")
         return v
 
+    @field_validator("nan_fill")
+    @classmethod
+    def _finite(cls, v: float | None) -> float | None:
+        if v is not None and not math.isfinite(v):
+            raise ValueError("the fill value for NaN/Inf pixels must be a finite number")
+        return v
+
+    @field_validator("dtype")
+    @classmethod
+    def _pixel_type(cls, v: str | None) -> str | None:
+        try:
+            ok = v is None or np.dtype(v).kind in "uif"
+        except TypeError:
+            ok = False
+        if not ok:
+            raise ValueError("a numeric pixel type such as uint8, uint16, int16 or float32")
+        return v
+
+    @field_validator("channels")
+    @classmethod
+    def _some_channels(cls, v: int | str) -> int | str:
+        if v != "auto" and not 1 <= v <= 4096:
+            raise ValueError("a channel count from 1 up, or auto")
+        return v
+
+    @field_validator("bands")
+    @classmethod
+    def _bands_are_channels(cls, v: list[int] | None, info: ValidationInfo) -> list[int] | None:
+        if v is not None and (not v or min(v) < 1):
+            raise ValueError("band numbers count from 1 (the first band is 1, as in GDAL and QGIS)")
+        channels = info.data.get("channels", "auto")
+        if v and channels != "auto" and channels != len(v):
+            raise ValueError(f"data.channels is {channels} but data.bands lists {len(v)} bands; leave data.channels "
+                             "at auto (it follows the bands)")
+        return v
+
 
 class AugmentConfig(Strict):
     preset: Literal["none", "light", "default", "strong"] = "default"
@@ -83,11 +127,30 @@ class ModelConfig(Strict):
     encoder: str = "resnet18"
     encoder_weights: str | None = None
     in_channels: int | Literal["auto"] = "auto"
-    # Input normalisation on the 0-1 scale, per channel; null: that of the encoder's pretraining (resolved
-    # and written into the run's config.yaml).
+    # auto: 'encoder' for 8-bit images (the encoder's pretraining statistics, on the 0-1 scale: pixel / 255),
+    # 'zscore' for any other type (per-channel mean/std of the training pixels, in the data's own units, after
+    # clipping to their 0.5-99.5th percentiles); 'none': the network sees the values as they are.
+    normalization: Literal["auto", "encoder", "zscore", "none"] = "auto"
+    # Per channel; null: resolved as above and written into the run's config.yaml.
     mean: list[float] | None = None
     std: list[float] | None = None
+    clip: list[tuple[float, float]] | None = None  # zscore: per-channel [low, high] in the data's units
     options: dict[str, Any] = Field(default_factory=dict)  # passed to the architecture
+
+    @model_validator(mode="after")
+    def _normalisation(self) -> ModelConfig:
+        if self.std is not None and min(self.std, default=1) <= 0:
+            raise ValueError("model.std values must be above 0")
+        if self.clip is not None and any(not low < high for low, high in self.clip):
+            raise ValueError("model.clip holds [low, high] per channel with low < high")
+        if self.clip is not None and self.normalization in ("encoder", "none"):
+            raise ValueError(f"model.clip applies to zscore normalisation, not '{self.normalization}'")
+        if self.normalization == "none" and (self.mean is not None or self.std is not None):
+            raise ValueError("normalization: none passes values as they are; leave model.mean and model.std null")
+        sizes = {len(v) for v in (self.mean, self.std, self.clip) if v is not None}
+        if len(sizes) > 1:
+            raise ValueError("model.mean, std and clip need one entry per input channel each")
+        return self
 
     @field_validator("arch")
     @classmethod

@@ -14,8 +14,9 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from pixelwise.config import AugmentConfig, DataConfig
 from pixelwise.data.checks import DataSummary, check_pairs
 from pixelwise.data.classes import IGNORE, ClassTable
-from pixelwise.data.dataset import DecodedCache, Pair, SegmentationDataset, set_max_pixels
+from pixelwise.data.dataset import DecodedCache, Pair, SegmentationDataset, set_max_pixels, spec_of
 from pixelwise.data.formats import check_orphans, discover, select_split
+from pixelwise.data.normalization import zscore
 from pixelwise.data.transforms import train_transform
 
 
@@ -29,7 +30,12 @@ class DataBundle:
     val_sizes: list[tuple[int, int]]
     notes: list[str] = field(default_factory=list)
     custom: bool = False  # the user's own Dataset objects (``data.custom``): no files, no per-image class counts
-    image_dtype: torch.dtype = torch.uint8  # what the loader yields
+    image_dtype: torch.dtype = torch.uint8  # with the user's own Dataset: the type its images come in
+
+    def pixel_samples(self) -> np.ndarray:
+        """(n, C) pixels sampled from the training images by the checks: the data's per-channel statistics."""
+        samples = self.summary.samples
+        return np.concatenate([samples[str(p.image)] for p in self.train.pairs if str(p.image) in samples])
 
 
 def release_free_memory() -> None:
@@ -62,27 +68,32 @@ def build_datasets(data: DataConfig, augment: AugmentConfig, seed: int = 0) -> D
     else:
         notes.append(f"training on {train_note} ({len(train_pairs)} images), no validation (data.val_split is null)")
     cache = _cache(data)
-    summary = check_pairs(train_pairs + val_pairs, layout.classes, data.channels, cache)
+    summary = check_pairs(train_pairs + val_pairs, layout.classes, spec_of(data), cache)
     release_free_memory()
     notes += summary.notes
-    transform = train_transform(data.crop_size, IGNORE, summary.channels, augment.preset, augment.transforms, seed)
-    train = SegmentationDataset(train_pairs, summary.table, summary.channels, transform, cache, seed)
-    val = SegmentationDataset(val_pairs, summary.table, summary.channels, None, cache) if val_pairs else None
-    val_sizes = [summary.sizes[str(p.image)] for p in val_pairs]
-    return DataBundle(train, val, summary, val_sizes, notes)
+    train = SegmentationDataset(train_pairs, summary.table, summary.spec, None, cache, seed)
+    val = SegmentationDataset(val_pairs, summary.table, summary.spec, None, cache) if val_pairs else None
+    bundle = DataBundle(train, val, summary, [summary.sizes[str(p.image)] for p in val_pairs], notes)
+    # 8-bit data: albumentations' 0-255 photometric transforms; any other type: intensity changes scaled to each
+    # channel's robust range (0.5-99.5th percentile of the training pixels), never clipped to a type's range
+    ranges = None if summary.dtype == "uint8" else zscore(bundle.pixel_samples()).clip
+    train.transform = train_transform(data.crop_size, IGNORE, summary.channels, augment.preset, augment.transforms,
+                                      seed, ranges)
+    return bundle
 
 
 def build_eval_dataset(
     data: DataConfig, split: str, table: ClassTable, channels: int, root: Path | None = None
 ) -> tuple[SegmentationDataset, list[tuple[int, int]]]:
-    """A checked, untransformed dataset of one split, read with the run's class table and channels."""
+    """A checked, untransformed dataset of one split, read with the run's class table, channels, bands and pixel
+    type (``data.dtype``: images of another type than the model was trained on are refused)."""
     set_max_pixels(data.max_image_pixels)
     layout = discover(data, root)
     pairs, _ = select_split(layout, data, split)
     cache = _cache(data)
-    summary = check_pairs(pairs, table, channels, cache, label=f"Checking {split}")
+    summary = check_pairs(pairs, table, spec_of(data, channels), cache, label=f"Checking {split}")
     release_free_memory()
-    return SegmentationDataset(pairs, table, channels, None, cache), [summary.sizes[str(p.image)] for p in pairs]
+    return SegmentationDataset(pairs, table, summary.spec, None, cache), [summary.sizes[str(p.image)] for p in pairs]
 
 
 def default_workers(requested: int) -> int:

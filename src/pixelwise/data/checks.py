@@ -6,14 +6,18 @@ import hashlib
 import os
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
+from pixelwise.data import raster
 from pixelwise.data.classes import IGNORE, UNKNOWN, ClassTable
-from pixelwise.data.dataset import DecodedCache, Pair, image_channels, read_image_oriented, read_mask
-from pixelwise.data.io import ColorCodes
-from pixelwise.errors import DataError, list_offenders
+from pixelwise.data.dataset import DecodedCache, Pair
+from pixelwise.data.io import ColorCodes, probe, read_image_decoded, read_mask_stored
+from pixelwise.data.normalization import sample_pixels, samples_per_image
+from pixelwise.data.pixels import ChannelMismatch, DtypeMismatch, ImageSpec, dtype_class
+from pixelwise.errors import DataError, PixelwiseError, list_offenders
 from pixelwise.progress import track
 
 MAX_INFERRED_CLASSES = 64
@@ -27,10 +31,18 @@ class PairInfo:
     values: np.ndarray | None = None  # raw mask values present
     counts: np.ndarray | None = None  # pixels per raw value in ``values``
     orientation: int = 1  # EXIF orientation of the image (applied when decoding)
-    file_channels: int = 0  # 1: the file is grayscale, 3: colour
-    moments: np.ndarray | None = None  # (2, C): per-channel mean and mean of squares of the decoded image (0-255)
+    file_channels: int = 0  # channels the file holds (after data.bands): 1 gray, 3 colour, N multichannel
+    moments: np.ndarray | None = None  # (2, C): per-channel mean and mean of squares of the decoded image
     digest: str | None = None  # hash of the image's pixels (with ``fingerprint``)
     row_sums: np.ndarray | None = None  # per value in ``values``: sum of its pixels' relative rows (0 top, 1 bottom)
+    dtype: str | None = None  # the image's pixel type as decoded (the file's; floating point as float32)
+    stored_dtype: str | None = None  # the type the file stores (float64 stays float64 here)
+    mismatch: tuple[str, Any] | None = None  # ("channels", found) or ("dtype", found): unlike the dataset's
+    low: np.ndarray | None = None  # (C,) per-channel minimum and maximum of the image
+    high: np.ndarray | None = None
+    samples: np.ndarray | None = None  # (n, C) pixels drawn for the dataset's statistics (normalisation)
+    float_mask: str | None = None  # the floating-point type the mask was stored in, if it was
+    grid_unchecked: bool = False  # georeferenced pair whose grids could not be compared (rasterio missing)
 
 
 @dataclass
@@ -44,38 +56,65 @@ class DataSummary:
     void_pixels: int
     image_class_pixels: dict[str, np.ndarray] = field(default_factory=dict)  # image path -> pixels per class
     notes: list[str] = field(default_factory=list)
+    dtype: str = "uint8"  # the images' pixel type as decoded: uint8 (the fast path), uint16, int16, float32, ...
+    spec: ImageSpec = field(default_factory=ImageSpec)  # how the files were read (channels, bands, ...)
+    samples: dict[str, np.ndarray] = field(default_factory=dict)  # image path -> (n, C) sampled pixels
 
 
-def decide_channels(pairs: list[Pair], requested: int | str) -> int:
-    """1 when every image is grayscale, else 3 (unless ``requested`` says which)."""
-    if requested in (1, 3):
-        return int(requested)
+def decide_spec(pairs: list[Pair], requested: int | str | ImageSpec) -> ImageSpec:
+    """The channels and pixel type to read every image with, decided from file headers where not given.
+
+    8-bit gray and colour images: 3 channels when any is colour, else 1 (they convert into each other). Any other
+    data: the first readable image's channels and type; images unlike it are reported by the scan.
+    """
+    spec = requested if isinstance(requested, ImageSpec) else ImageSpec(
+        channels=None if requested == "auto" else int(requested))
+    if spec.channels is not None and spec.dtype is not None:
+        return spec
+    first, colour = None, False
     for pair in pairs:
         try:
-            if image_channels(pair.image) == 3:
-                return 3
+            header = probe(pair.image, spec)
         except DataError:
             continue  # reported with the full scan
-    return 1
+        first = first or header
+        if not (first.dtype == header.dtype == "uint8" and header.channels in (1, 3) and first.channels in (1, 3)):
+            break  # only 8-bit gray/colour data looks further (for a colour image)
+        if header.channels == 3:
+            colour = True
+            break
+    if first is None:
+        return replace(spec, channels=spec.channels or 1)
+    eight_bit = first.dtype == "uint8" and first.channels in (1, 3)
+    channels = spec.channels or ((3 if colour else 1) if eight_bit else first.channels)
+    return replace(spec, channels=channels, dtype=spec.dtype or first.dtype)
 
 
 ROTATED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
 
 
-def _scan_one(pair: Pair, channels: int, cache: DecodedCache | None, colors: ColorCodes | None = None,
-              fingerprint: bool = False) -> PairInfo:
+def _scan_one(pair: Pair, spec: ImageSpec, cache: DecodedCache | None, colors: ColorCodes | None = None,
+              fingerprint: bool = False, index: int = 0, sample: int = 0) -> PairInfo:
     info = PairInfo(pair)
     if pair.mask is None:
         info.error = f"{pair.image}: no mask found for this image"
         return info
     try:
-        image, info.orientation = read_image_oriented(pair.image, channels)
-        mask = read_mask(pair.mask, colors)
-        if fingerprint:
-            info.file_channels = image_channels(pair.image)
+        image, decoded = read_image_decoded(pair.image, spec)
+        info.orientation, info.file_channels = decoded.orientation, decoded.pixels.shape[2]
+        mask, stored = read_mask_stored(pair.mask, colors)
+    except (ChannelMismatch, DtypeMismatch) as e:
+        info.error, info.mismatch = str(e), ("channels" if isinstance(e, ChannelMismatch) else "dtype", e.found)
+        return info
     except DataError as e:
         info.error = str(e)
         return info
+    info.dtype, info.stored_dtype = str(image.dtype), str(decoded.pixels.dtype)
+    info.float_mask = stored if np.dtype(stored).kind == "f" else None
+    flat = image.reshape(-1, image.shape[2])
+    info.low, info.high = flat.min(axis=0), flat.max(axis=0)
+    if sample:
+        info.samples = sample_pixels(image, sample, index)
     info.size = image.shape[:2]
     if fingerprint:
         flat = image.reshape(-1, image.shape[2]).astype(np.float64)
@@ -92,6 +131,15 @@ def _scan_one(pair: Pair, channels: int, cache: DecodedCache | None, colors: Col
                 "rotate the mask to the displayed image, or remove the orientation tag from the image"
             )
         return info
+    if decoded.georeferenced and pair.mask.suffix.lower() in raster.TIFF_SUFFIXES | raster.RASTERIO_SUFFIXES:
+        try:
+            info.error = raster.grid_mismatch(pair.image, pair.mask)
+        except DataError as e:
+            info.error = str(e)
+        except PixelwiseError:  # rasterio missing: the georeferencing cannot be read, only noted
+            info.grid_unchecked = True
+        if info.error:
+            return info
     if mask.dtype == np.uint8:
         counts = np.bincount(mask.ravel(), minlength=256)
         info.values = np.flatnonzero(counts)
@@ -139,31 +187,37 @@ class Scan:
     table: ClassTable | None
     problems: list[str]
     notes: list[str]
+    spec: ImageSpec = field(default_factory=ImageSpec)  # how the images were read, with their pixel type
+    dtype: str = "uint8"  # the images' pixel type as decoded (``DataSummary.dtype``)
 
 
 def scan_pairs(
     pairs: list[Pair],
     table: ClassTable | None,
-    channels: int | str = "auto",
+    channels: int | str | ImageSpec = "auto",
     cache: DecodedCache | None = None,
     label: str = "Checking data",
     fingerprint: bool = False,
 ) -> Scan:
     """Decode every pair and collect the problems without raising (``check_pairs`` raises; ``pixelwise check``
-    lists). ``fingerprint`` also keeps per-image intensity moments, file channels and a pixel hash."""
-    chans = decide_channels(pairs, channels)
+    lists). ``fingerprint`` also keeps per-image intensity moments and a pixel hash. Every image's value range
+    and a sample of its pixels are kept (the dataset's per-channel statistics and normalisation)."""
+    spec = decide_spec(pairs, channels)
     colors = table.color_codes() if table is not None and table.color_masks else None
+    sample = samples_per_image(len(pairs))
     workers = min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(workers) as pool:
-        infos = list(track(pool.map(lambda p: _scan_one(p, chans, cache, colors, fingerprint), pairs),
-                           total=len(pairs), label=label))
-    problems = [i.error for i in infos if i.error]
+        infos = list(track(pool.map(lambda ip: _scan_one(ip[1], spec, cache, colors, fingerprint, ip[0], sample),
+                                    enumerate(pairs)), total=len(pairs), label=label))
+    mixed = [m for m in (_mixed(infos, spec, "dtype"), _mixed(infos, spec, "channels")) if m]
+    problems = [i.error for i in infos if i.error and not i.mismatch] + mixed
     notes: list[str] = []
     rotated = [i for i in infos if not i.error and i.orientation != 1]
     if rotated:
         notes.append(f"{len(rotated)} image(s) carry an EXIF orientation (e.g. {rotated[0].pair.image.name}) and are "
                      "used as displayed, rotated/flipped as OpenCV and annotation tools show them, masks alike")
     good = [i for i in infos if not i.error]
+    notes += _pixel_notes(good)
     if table is None and good:
         try:
             table, note = infer_table(np.unique(np.concatenate([i.values for i in good])))
@@ -178,7 +232,47 @@ def scan_pairs(
                 info.error = (f"{info.pair.mask}: values {', '.join(map(str, unknown[:8].tolist()))} not in the class "
                               f"table (valid: {table.describe_values()})")
                 problems.append(info.error)
-    return Scan(infos, chans, table, problems, notes)
+    dtype = next((i.dtype for i in infos if i.dtype), "uint8")
+    return Scan(infos, spec.channels, table, problems, notes, replace(spec, dtype=dtype), dtype)
+
+
+def _mixed(infos: list[PairInfo], spec: ImageSpec, kind: str) -> str | None:
+    """One message for the images whose channels or type differ from the dataset's, every group named."""
+    if not any(i.mismatch and i.mismatch[0] == kind for i in infos):
+        return None
+    expected = str(spec.channels) if kind == "channels" else dtype_class(spec.dtype or "uint8")
+    groups: dict[str, list[str]] = {}
+    for info in infos:
+        if info.mismatch and info.mismatch[0] == kind:
+            groups.setdefault(str(info.mismatch[1]), []).append(info.pair.image.name)
+        elif info.dtype is not None:
+            groups.setdefault(expected, []).append(info.pair.image.name)
+    unit = " channel(s)" if kind == "channels" else ""
+    shown = "; ".join(f"{key}{unit}: {len(names)} image(s) ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
+                      for key, names in sorted(groups.items(), key=lambda kv: -len(kv[1])))
+    if expected not in groups:  # none is as expected: the run's (or data.*'s) type or channels differ
+        asked = "data.dtype, the type the model was trained on" if kind == "dtype" else "the model's input channels"
+        return (f"the images are not {expected}{unit} ({asked}): {shown}. pixelwise does not convert them; use "
+                f"images like the training images{', or choose bands with data.bands' if kind == 'channels' else ''}")
+    if kind == "dtype":
+        return (f"images of different pixel types in one dataset: {shown}. pixelwise does not rescale one type to "
+                "another (it would lose or invent precision): convert them to one type")
+    return (f"images with different channel counts in one dataset: {shown}. They are read as {expected} channel(s) "
+            "(data.channels, or the first image's count): choose the same bands of each with data.bands, or "
+            "convert them")
+
+
+def _pixel_notes(good: list[PairInfo]) -> list[str]:
+    notes = []
+    floats = [i for i in good if i.float_mask]
+    if floats:
+        notes.append(f"{len(floats)} mask(s) are stored as floating point (e.g. {floats[0].pair.mask.name}, "
+                     f"{floats[0].float_mask}); their values are whole numbers and are read as class indices")
+    unchecked = [i for i in good if i.grid_unchecked]
+    if unchecked:
+        notes.append(f"{len(unchecked)} georeferenced pair(s) (e.g. {unchecked[0].pair.image.name}): whether each "
+                     f"mask lies on its image's grid was not checked; install the geo extra ({raster.GEO_INSTALL})")
+    return notes
 
 
 def per_class(info: PairInfo, lut: np.ndarray, amounts: np.ndarray, num_classes: int) -> np.ndarray:
@@ -203,7 +297,7 @@ def class_pixels_per_image(scan: Scan) -> tuple[dict[str, np.ndarray], int]:
 def check_pairs(
     pairs: list[Pair],
     table: ClassTable | None,
-    channels: int | str = "auto",
+    channels: int | str | ImageSpec = "auto",
     cache: DecodedCache | None = None,
     label: str = "Checking data",
 ) -> DataSummary:
@@ -212,7 +306,8 @@ def check_pairs(
     Args:
         pairs: all pairs to be used (train and validation together).
         table: the class table, or None to infer one from the mask values.
-        channels: 1, 3 or 'auto' (1 when all images are grayscale).
+        channels: a count, 'auto' (1 when all 8-bit images are grayscale, 3 when any is colour, else the
+            images' own count), or the full reading rules (``data.io.ImageSpec``).
         cache: where decoded arrays are kept for training, if anywhere.
     """
     if not pairs:
@@ -232,4 +327,7 @@ def check_pairs(
         void_pixels=void,
         image_class_pixels=per_image,
         notes=scan.notes,
+        dtype=scan.dtype,
+        spec=scan.spec,
+        samples={str(i.pair.image): i.samples for i in scan.infos if i.samples is not None},
     )

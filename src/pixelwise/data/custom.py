@@ -80,6 +80,6 @@ def custom_bundle(train: Dataset, val: Dataset | None, table: ClassTable | None)
         val_sizes = [tuple(_AsTensors(val, "val")[i][1].shape) for i in range(len(val))]  # type: ignore[arg-type,misc]
         notes.append(f"validating on your dataset ({len(val_sizes)} items)")  # type: ignore[arg-type]
     summary = DataSummary(channels=channels, table=table, sizes={}, class_pixels=np.zeros(table.num_classes),
-                          void_pixels=0)
+                          void_pixels=0, dtype="uint8" if image.dtype == torch.uint8 else "float32")
     return DataBundle(_AsTensors(train, "train"), _AsTensors(val, "val") if val is not None else None,  # type: ignore[arg-type]
                       summary, val_sizes, notes, custom=True, image_dtype=image.dtype)

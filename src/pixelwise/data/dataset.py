@@ -1,4 +1,8 @@
-"""The torch Dataset of (image, mask) pairs, and the in-memory cache of decoded arrays (decoding: ``data.io``)."""
+"""The torch Dataset of (image, mask) pairs, and the in-memory cache of decoded arrays (decoding: ``data.io``).
+
+The cache keeps each image in its own type (uint8, uint16, int16, float32: half the memory of float32 for 16-bit
+data); a sample becomes float32 only on its way to the model, so 8-bit data stays uint8 end to end.
+"""
 
 from __future__ import annotations
 
@@ -13,20 +17,23 @@ from pixelwise.data.classes import ClassTable
 from pixelwise.data.io import (  # noqa: F401  (re-exported: the decoding API lived here)
     DEFAULT_MAX_PIXELS,
     IMAGE_SUFFIXES,
+    ImageSpec,
     Pair,
+    as_spec,
     exif_orientation,
     image_channels,
     read_image,
     read_image_oriented,
     read_mask,
     set_max_pixels,
+    spec_of,
     to_classes,
     upright,
 )
 
 
 class DecodedCache:
-    """Decoded uint8 images and raw masks kept in memory up to a byte limit (shared with forked workers)."""
+    """Decoded images (their own type) and raw masks kept in memory up to a byte limit (shared with forked workers)."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
@@ -48,23 +55,25 @@ class DecodedCache:
 
 
 class SegmentationDataset(torch.utils.data.Dataset):
-    """(image, mask) pairs -> (uint8 CxHxW image tensor, uint8 HxW class-index mask tensor).
+    """(image, mask) pairs -> (CxHxW image tensor, uint8 HxW class-index mask tensor).
 
-    Normalisation happens inside the model (see ``models.factory.Normalized``), so batches stay uint8.
+    Images are uint8 for 8-bit data and float32 (exact values, not rescaled) for any other type. Normalisation
+    happens inside the model (see ``models.factory.Normalized``), so 8-bit batches stay uint8.
     """
 
     def __init__(
         self,
         pairs: list[Pair],
         table: ClassTable,
-        channels: int,
+        channels: int | ImageSpec,
         transform: Callable[..., dict] | None = None,
         cache: DecodedCache | None = None,
         seed: int = 0,
     ) -> None:
         self.pairs = pairs
         self.seed = seed
-        self.channels = channels
+        self.spec = as_spec(channels)  # how files are read: channels, bands, pages, NaN fill, pixel type
+        self.channels = self.spec.channels
         self.transform = transform
         self.cache = cache
         self.lut = table.lut()
@@ -87,10 +96,10 @@ class SegmentationDataset(torch.utils.data.Dataset):
         return arr
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """The decoded pair: image uint8 HxWxC and class-index mask uint8 HxW."""
+        """The decoded pair: image HxWxC in its own type and class-index mask uint8 HxW."""
         pair = self.pairs[index]
         assert pair.mask is not None, "pairs without masks are rejected by the checks"
-        image = self._cached(pair.image, lambda p: read_image(p, self.channels))
+        image = self._cached(pair.image, lambda p: read_image(p, self.spec))
         mask = to_classes(self._cached(pair.mask, lambda p: read_mask(p, self.colors)), self.lut)
         return image, mask
 
@@ -98,6 +107,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
         """``key`` is an index, or (epoch, index) from ``EpochSampler`` to seed this sample's augmentation."""
         epoch, index = key if isinstance(key, tuple) else (None, key)
         image, mask = self.load(index)
+        if image.dtype != np.uint8:  # a float32 copy: transforms never touch the cached array, values stay exact
+            image = image.astype(np.float32)
         if self.transform is not None:
             if epoch is not None and hasattr(self.transform, "set_random_seed"):
                 state = np.random.SeedSequence([self.seed, epoch, index]).generate_state(1)[0]

@@ -17,8 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pixelwise.config import DataConfig
 from pixelwise.data.checks import Scan, class_pixels_per_image, per_class, scan_pairs
-from pixelwise.data.dataset import set_max_pixels
+from pixelwise.data.dataset import set_max_pixels, spec_of
 from pixelwise.data.formats import discover
+from pixelwise.data.normalization import channel_report, zscore
+from pixelwise.data.pixels import model_dtype
 from pixelwise.errors import DataError, list_offenders
 
 
@@ -61,6 +63,35 @@ class FileKinds(_Typed):
     colour: int = 0
 
 
+class ChannelStats(_Typed):
+    """One channel over every readable image: value range, the bits an integer channel uses, sampled percentiles."""
+
+    channel: int  # 1-based
+    min: float
+    max: float
+    bits_used: int | None = None  # integer types: 12 for 0..4095 stored in uint16
+    percentiles: dict[str, float]  # "0.5", "1", "50", "99", "99.5"
+    mean: float
+    std: float
+
+
+class ZScoreStats(_Typed):
+    mean: list[float]
+    std: list[float]
+    clip: list[list[float]]  # per channel [low, high]: the 0.5th and 99.5th percentiles
+
+
+class PixelStats(_Typed):
+    """The images' pixel type, per-channel statistics, and the z-score normalisation training would derive."""
+
+    dtype: str  # as the commonest files store it
+    model_input: str  # uint8, or float32 for any other type
+    files_by_dtype: dict[str, int]
+    files_by_channels: dict[str, int]
+    channels: list[ChannelStats]
+    zscore: ZScoreStats
+
+
 class Fingerprint(_Typed):
     """What ``pixelwise check`` learns of a dataset, and what ``plan`` decides from (typed; ``to_dict`` for JSON)."""
 
@@ -74,6 +105,7 @@ class Fingerprint(_Typed):
     image_size: SizeStats | None = None  # None: no pair could be read
     files: FileKinds | None = None
     intensity: Intensity | None = None
+    pixels: PixelStats | None = None  # pixel type and per-channel statistics
     classes: list[ClassStats] = Field(default_factory=list)
     vertical_layout: float = 0.0  # spread of the classes' mean heights: ~0 micrographs/aerial, large street scenes
     void_share: float | None = None
@@ -139,7 +171,7 @@ def fingerprint(cfg: DataConfig) -> CheckResult:
     layout = discover(cfg)
     pairs = [p for split in layout.splits.values() for p in split]
     split_of = {str(p.image): name for name, split in layout.splits.items() for p in split}
-    scan = scan_pairs(pairs, layout.classes, cfg.channels, label="Checking", fingerprint=True)
+    scan = scan_pairs(pairs, layout.classes, spec_of(cfg), label="Checking", fingerprint=True)
     errors = list(scan.problems)
     warnings: list[str] = []
     if layout.orphan_masks:
@@ -173,7 +205,9 @@ def fingerprint(cfg: DataConfig) -> CheckResult:
     mean = (moments[:, 0] * weights[:, None]).sum(0) / weights.sum()
     sq = (moments[:, 1] * weights[:, None]).sum(0) / weights.sum()
     fp.intensity = Intensity(mean=[round(float(m), 2) for m in mean],
-                             std=[round(float(s), 2) for s in np.sqrt(np.maximum(sq - mean**2, 0))])
+                             std=[round(float(s), 2) for s in np.sqrt(np.maximum(sq - mean**2, 0))],
+                             scale="0-255 per channel" if scan.dtype == "uint8" else "the data's own units")
+    fp.pixels = pixel_stats(scan)
     if scan.table is not None:
         per_image, void = class_pixels_per_image(scan)
         counts = np.sum(list(per_image.values()), axis=0)
@@ -199,6 +233,22 @@ def fingerprint(cfg: DataConfig) -> CheckResult:
         if absent and train_imgs:
             warnings.append(f"classes in other splits but not in '{cfg.train_split}': {', '.join(absent)}")
     return CheckResult(errors=errors, warnings=warnings, notes=scan.notes, fingerprint=fp)
+
+
+def pixel_stats(scan: Scan) -> PixelStats:
+    """Per channel: the stored type, the bits an integer channel actually uses, value range, percentiles; and the
+    z-score normalisation training would derive (used for any data but 8-bit, where the encoder's is used)."""
+    good = [i for i in scan.infos if not i.error and i.low is not None]
+    stored = Counter(str(i.stored_dtype) for i in good)
+    low = np.min([i.low for i in good], axis=0)
+    high = np.max([i.high for i in good], axis=0)
+    samples = np.concatenate([i.samples for i in good if i.samples is not None])
+    norm, dtype = zscore(samples), stored.most_common(1)[0][0]
+    by_channels = Counter(i.file_channels for i in good)
+    return PixelStats(dtype=dtype, model_input=model_dtype(scan.dtype), files_by_dtype=dict(stored),
+                      files_by_channels={str(k): v for k, v in sorted(by_channels.items())},
+                      channels=channel_report(dtype, low, high, samples),
+                      zscore=ZScoreStats(mean=norm.mean, std=norm.std, clip=[list(c) for c in norm.clip]))
 
 
 def require_trainable(result: CheckResult) -> None:

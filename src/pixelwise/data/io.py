@@ -1,22 +1,47 @@
-"""Decoding image and mask files to numpy arrays, with clear errors; no torch (the ONNX backend uses it too)."""
+"""Decoding image and mask files to numpy arrays, with clear errors; no torch (the ONNX backend uses it too).
+
+Every file goes through ``decode_image`` or ``read_mask_stored``, which refuse first what is not a regular file (a
+FIFO named in a list would block forever) and then decode by kind: TIFF (tifffile), ``.npy``, 16-bit colour PNG
+(OpenCV), JPEG 2000 and VRT (rasterio), everything else with PIL. Pixels keep their type and range: 8-bit images
+stay uint8 (the fast path: loaders and cache move uint8, the model normalises), 16-bit, signed and floating-point
+images keep every value and reach the model as float32. Nothing is rescaled, truncated or dropped without an
+error naming the file: not a bit depth, not a page, not a band, not a NaN.
+"""
 
 from __future__ import annotations
 
 import errno
 import os
+import stat
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
 
+from pixelwise.data import raster
+from pixelwise.data.pixels import (  # noqa: F401  (re-exported: the reading API)
+    ChannelMismatch,
+    Decoded,
+    DtypeMismatch,
+    ImageSpec,
+    as_spec,
+    check_pixels,
+    dtype_class,
+    fit_channels,
+    model_dtype,
+    model_input,
+    spec_of,
+)
+from pixelwise.data.raster import RASTERIO_SUFFIXES, TIFF_SUFFIXES, Header
 from pixelwise.errors import DataError
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".ppm", ".pgm"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".ppm", ".pgm", ".npy", ".jp2", ".vrt"}
 GRAYSCALE_MODES = {"1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
 EXIF_ORIENTATION = 0x0112
 DEFAULT_MAX_PIXELS = 200_000_000  # data.max_image_pixels: a 14000x14000 tile passes, a PNG bomb does not
+SINGLE_IMAGE_FORMATS = {"MPO"}  # extra frames are previews of the first (camera JPEGs), not images of their own
 
 # pixelwise checks the pixel count itself (configurable, a clear error naming the key), so PIL's own global
 # bomb check, which warns above 89 MP and fails above 179 MP whatever the user configured, is switched off.
@@ -38,8 +63,44 @@ class Pair:
     mask: Path | None
 
 
+_SPECIAL = ((stat.S_ISFIFO, "named pipe (FIFO)"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
+            (stat.S_ISBLK, "block device"))
+
+
+def _file_error(path: Path, what: str, e: OSError) -> DataError:
+    """The message for an OSError met opening ``path``: missing, broken link, permission, folder, link loop."""
+    if isinstance(e, FileNotFoundError):
+        if path.is_symlink():
+            return DataError(f"{path}: broken symbolic link (points to {os.readlink(path)})")
+        return DataError(f"{path}: {what} file not found")
+    if isinstance(e, PermissionError):
+        return DataError(f"{path}: {what} file cannot be read (permission denied); fix its permissions")
+    if isinstance(e, IsADirectoryError):
+        return DataError(f"{path}: is a folder, not an {what} file")
+    if e.errno == errno.ELOOP:
+        return DataError(f"{path}: symbolic link loop; point the link at a real file or remove it")
+    if path.is_file() and path.stat().st_size == 0:
+        return DataError(f"{path}: the {what} file is empty (0 bytes); re-export or remove it")
+    return DataError(f"{path}: cannot be read as an {what} ({e}); re-export or remove the file")
+
+
+def _regular_file(path: Path, what: str) -> None:
+    """Refuse, before opening it, anything but a regular file: reading a FIFO blocks until a writer comes."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as e:
+        raise _file_error(path, what, e) from None
+    if stat.S_ISDIR(mode):
+        raise DataError(f"{path}: is a folder, not an {what} file")
+    for test, kind in _SPECIAL:
+        if test(mode):
+            raise DataError(f"{path}: is a {kind}, not a regular file; pixelwise reads {what}s only from regular "
+                            "files (reading this one could block forever)")
+
+
 def _open(path: Path, what: str) -> Image.Image:
     """Open and decode one file; every failure becomes a DataError naming the file and what to do."""
+    _regular_file(path, what)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -47,29 +108,18 @@ def _open(path: Path, what: str) -> Image.Image:
             w, h = im.size
             if w * h > _max_pixels:
                 im.close()
-                raise DataError(
-                    f"{path}: the {what} would decode to {w}x{h} = {w * h:,} pixels, over the limit of "
-                    f"{_max_pixels:,} (data.max_image_pixels). If the file is genuine, raise the limit; "
-                    "a small file that decodes to gigapixels is a decompression bomb"
-                )
+                raise DataError(raster.bomb_message(path, what, w, h, _max_pixels))
+            frames = getattr(im, "n_frames", 1)
+            if frames > 1 and im.format not in SINGLE_IMAGE_FORMATS:
+                im.close()
+                raise DataError(f"{path}: the {im.format} file holds {frames} frames, and pixelwise would otherwise "
+                                f"use only the first; save the frame you mean as a file of its own")
             im.load()
         return im
-    except FileNotFoundError:
-        if path.is_symlink():
-            raise DataError(f"{path}: broken symbolic link (points to {os.readlink(path)})") from None
-        raise DataError(f"{path}: {what} file not found") from None
-    except PermissionError:
-        raise DataError(f"{path}: {what} file cannot be read (permission denied); fix its permissions") from None
-    except IsADirectoryError:
-        raise DataError(f"{path}: is a folder, not an {what} file") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise DataError(f"{path}: {what} is too large to decode safely ({e})") from None
     except OSError as e:
-        if path.is_file() and path.stat().st_size == 0:
-            raise DataError(f"{path}: the {what} file is empty (0 bytes); re-export or remove it") from None
-        if e.errno == errno.ELOOP:
-            raise DataError(f"{path}: symbolic link loop; point the link at a real file or remove it") from None
-        raise DataError(f"{path}: cannot be read as an {what} ({e}); re-export or remove the file") from None
+        raise _file_error(path, what, e) from None
     except (SyntaxError, ValueError, EOFError) as e:
         raise DataError(f"{path}: cannot be read as an {what} ({e}); re-export or remove the file") from None
 
@@ -87,34 +137,106 @@ def upright(im: Image.Image) -> Image.Image:
     return ImageOps.exif_transpose(im) if exif_orientation(im) != 1 else im
 
 
-def image_channels(path: Path) -> int:
-    """1 for grayscale files, 3 otherwise; reads only the header."""
-    try:
-        with Image.open(path) as im:
-            return 1 if im.mode in GRAYSCALE_MODES else 3
-    except (OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"{path}: cannot be read as an image ({e}); re-export or remove the file") from None
+def orient(arr: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF/TIFF orientation (2-8) to (H, W, ...) pixels, as PIL's ``exif_transpose`` does to images."""
+    if orientation in (5, 6, 7, 8):
+        arr = arr.swapaxes(0, 1)  # transpose; 6 and 8 then flip one axis, 7 both
+    flip = {2: (1,), 3: (0, 1), 4: (0,), 6: (1,), 7: (0, 1), 8: (0,)}.get(orientation, ())
+    return np.ascontiguousarray(np.flip(arr, axis=flip) if flip else arr)
 
 
-def read_image(path: Path, channels: int) -> np.ndarray:
-    """Decode an image to uint8 HxWxC with C = ``channels`` (1 or 3); 16-bit data is scaled to 8 bits."""
-    return read_image_oriented(path, channels)[0]
+_PIL_DTYPES = {"I;16": np.uint16, "I;16L": np.uint16, "I;16B": np.uint16, "I;16N": np.uint16, "I": np.int32,
+               "F": np.float32}
 
 
-def read_image_oriented(path: Path, channels: int) -> tuple[np.ndarray, int]:
-    """``read_image`` and the EXIF orientation it applied (1: none), from one decode."""
-    raw = _open(path, "image")
-    orientation = exif_orientation(raw)
-    im = ImageOps.exif_transpose(raw) if orientation != 1 else raw
-    if im.mode.startswith("I;16") or im.mode == "I":
-        arr = np.asarray(im).astype(np.float32)
-        arr = (arr / 257.0 if arr.max() <= 65535 else arr / arr.max() * 255).clip(0, 255).astype(np.uint8)
-        im = Image.fromarray(arr, mode="L")
-    if channels == 1:
-        arr = np.asarray(im.convert("L"))[:, :, None]
+def _pil_pixels(im: Image.Image) -> np.ndarray:
+    """(H, W, C) of a PIL image: 16-bit, 32-bit and float gray as they are; 8-bit as gray (1) or RGB (3, alpha,
+    palette and CMYK converted as PIL converts them)."""
+    if im.mode in _PIL_DTYPES:
+        return np.asarray(im).astype(_PIL_DTYPES[im.mode], copy=False)[:, :, None]
+    if im.mode in GRAYSCALE_MODES:
+        return np.asarray(im.convert("L"))[:, :, None]
+    return np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
+
+
+def select_bands(arr: np.ndarray, bands: tuple[int, ...] | None, path: Path) -> np.ndarray:
+    if bands is None:
+        return arr
+    raster.check_bands(path, bands, arr.shape[2])
+    return np.ascontiguousarray(arr[:, :, [b - 1 for b in bands]])
+
+
+def decode_image(path: Path, spec: ImageSpec) -> Decoded:
+    """The one place image files are decoded: pixels as stored, (H, W, C), with ``spec``'s bands and pages."""
+    _regular_file(path, "image")
+    suffix = path.suffix.lower()
+    orientation, geo = 1, False
+    if suffix in TIFF_SUFFIXES:
+        arr, orientation, geo = raster.read_tiff(path, "image", _max_pixels, spec.pages_as_channels)
+        arr = orient(arr, orientation)
+    elif suffix == ".npy":
+        arr = raster.read_npy(path, "image", _max_pixels, spec.channel_axis)
+    elif suffix in RASTERIO_SUFFIXES:
+        return Decoded(raster.read_raster(path, "image", _max_pixels, spec.bands), 1, True)
     else:
-        arr = np.asarray(im.convert("RGB"))
-    return np.ascontiguousarray(arr), orientation
+        raw = _open(path, "image")
+        orientation = exif_orientation(raw)
+        if raw.format == "PNG" and raster.is_deep_colour_png(path):  # PIL would keep each channel's high byte
+            arr = orient(raster.read_deep_png(path, "image"), orientation)
+        else:
+            arr = _pil_pixels(ImageOps.exif_transpose(raw) if orientation != 1 else raw)
+    return Decoded(select_bands(arr, spec.bands, path), orientation, geo)
+
+
+def probe(path: Path, spec: ImageSpec | None = None) -> Header:
+    """An image file's size, channels (after bands) and dtype from its header, without decoding the pixels."""
+    spec = spec or ImageSpec()
+    _regular_file(path, "image")
+    suffix = path.suffix.lower()
+    if suffix in TIFF_SUFFIXES:
+        header = raster.tiff_header(path, "image", spec.pages_as_channels)
+    elif suffix == ".npy":
+        header = raster.npy_header(path, "image", spec.channel_axis)
+    elif suffix in RASTERIO_SUFFIXES:
+        return raster.raster_header(path, "image", spec.bands)
+    else:
+        try:
+            with Image.open(path) as im:
+                w, h = im.size
+                if im.format == "PNG" and raster.is_deep_colour_png(path):
+                    channels, dtype = (1 if im.mode in ("LA", "I;16", "I") else 3), "uint16"
+                elif im.mode in _PIL_DTYPES:
+                    channels, dtype = 1, np.dtype(_PIL_DTYPES[im.mode]).name
+                else:
+                    channels, dtype = (1 if im.mode in GRAYSCALE_MODES else 3), "uint8"
+        except (OSError, SyntaxError, ValueError) as e:
+            raise DataError(f"{path}: cannot be read as an image ({e}); re-export or remove the file") from None
+        header = Header(h, w, channels, dtype)
+    return header if spec.bands is None else replace(header, channels=len(spec.bands))
+
+
+def image_channels(path: Path) -> int:
+    """The channels of an image file (1 for grayscale, 3 for colour, N for multichannel); reads only the header."""
+    return probe(path).channels
+
+
+def read_image(path: Path, spec: int | ImageSpec | None) -> np.ndarray:
+    """Decode an image to HxWxC in its own type (uint8, uint16, int16, float32, ...) with the channels ``spec``
+    asks for (an int: that many; 8-bit gray/colour are converted into each other, nothing else is)."""
+    return read_image_oriented(path, spec)[0]
+
+
+def read_image_oriented(path: Path, spec: int | ImageSpec | None) -> tuple[np.ndarray, int]:
+    """``read_image`` and the EXIF/TIFF orientation it applied (1: none), from one decode."""
+    arr, decoded = read_image_decoded(path, spec)
+    return arr, decoded.orientation
+
+
+def read_image_decoded(path: Path, spec: int | ImageSpec | None) -> tuple[np.ndarray, Decoded]:
+    """``read_image`` and what the file held before its channels were fitted (for the checks)."""
+    spec = as_spec(spec)
+    decoded = decode_image(path, spec)
+    return check_pixels(fit_channels(decoded, spec.channels, path), spec, path), decoded
 
 
 ColorCodes = tuple[np.ndarray, np.ndarray]  # sorted packed RGB colours, and the raw value of each
@@ -140,30 +262,77 @@ def read_mask(path: Path, colors: ColorCodes | None = None) -> np.ndarray:
 
     ``colors``: the class table's colour codes when the masks are painted in class colours (RGB).
     """
-    im = upright(_open(path, "mask"))
-    if colors is not None:
-        if im.mode not in ("RGB", "RGBA", "P"):
-            raise DataError(f"{path}: mask has mode {im.mode}; with color_masks the masks must be RGB images "
-                            "painted in the class colours")
-        return decode_colors(np.asarray(im.convert("RGB")), colors, path)
+    return read_mask_stored(path, colors)[0]
+
+
+def _mask_pixels(path: Path) -> tuple[np.ndarray, Image.Image | None]:
+    """(H, W[, C]) mask pixels as stored, and the PIL image when PIL decoded them (its mode matters)."""
+    _regular_file(path, "mask")
+    suffix = path.suffix.lower()
+    if suffix in TIFF_SUFFIXES:
+        arr, orientation, _ = raster.read_tiff(path, "mask", _max_pixels)
+        return orient(arr, orientation), None
+    if suffix == ".npy":
+        return raster.read_npy(path, "mask", _max_pixels, "last"), None
+    if suffix in RASTERIO_SUFFIXES:
+        return raster.read_raster(path, "mask", _max_pixels), None
+    raw = _open(path, "mask")
+    # 48-bit RGB: PIL would keep the high byte of each channel, and class indices are in the low one
+    if raw.format == "PNG" and raster.is_deep_colour_png(path):
+        return orient(raster.read_deep_png(path, "mask"), exif_orientation(raw)), None
+    im = upright(raw)
     if im.mode in ("P", "L", "1"):
-        return np.asarray(im.convert("L") if im.mode == "1" else im).astype(np.uint8, copy=False)
-    if im.mode in ("RGB", "RGBA"):
-        arr = np.asarray(im)[:, :, :3]
-        if (arr[:, :, 0] == arr[:, :, 1]).all() and (arr[:, :, 0] == arr[:, :, 2]).all():
-            return np.ascontiguousarray(arr[:, :, 0])
-        raise DataError(
-            f"{path}: mask is an RGB colour image; pixelwise expects one channel of class indices. "
-            "If the colours stand for classes, give their table: data.classes with names, colors and "
-            "color_masks: true (see README, Data). Otherwise convert the colours to indices or save palette PNGs."
-        )
-    arr = np.asarray(im)
+        return np.asarray(im.convert("L") if im.mode == "1" else im), im
+    if im.mode in ("RGB", "RGBA", "I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        return np.asarray(im), im
+    return np.asarray(im.convert("RGB")), im
+
+
+def _colour_values(arr: np.ndarray, im: Image.Image | None, codes: ColorCodes, path: Path) -> np.ndarray:
+    if im is not None and im.mode not in ("RGB", "RGBA", "P"):
+        raise DataError(f"{path}: mask has mode {im.mode}; with color_masks the masks must be RGB images "
+                        "painted in the class colours")
+    if im is not None:
+        return decode_colors(np.asarray(im.convert("RGB")), codes, path)
+    if arr.ndim != 3 or arr.shape[2] < 3:
+        raise DataError(f"{path}: mask has {1 if arr.ndim == 2 else arr.shape[2]} channel(s); with color_masks the "
+                        "masks must be RGB images painted in the class colours")
+    rgb = arr[:, :, :3]
+    if rgb.dtype == np.uint16 and not (rgb % 257).any():  # 8-bit colours stored in 16 bits (v * 257)
+        rgb = rgb // 257
+    if rgb.dtype.kind not in "ui" or rgb.min() < 0 or rgb.max() > 255:
+        raise DataError(f"{path}: colour mask of type {arr.dtype} whose colours are not 8-bit; save it as an 8-bit "
+                        "RGB image painted in the class colours")
+    return decode_colors(rgb.astype(np.uint8), codes, path)
+
+
+def read_mask_stored(path: Path, colors: ColorCodes | None = None) -> tuple[np.ndarray, str]:
+    """``read_mask`` and the pixel type the file stored them in (a float mask is worth a note)."""
+    arr, im = _mask_pixels(path)
+    stored = str(arr.dtype)
+    if colors is not None:
+        return _colour_values(arr, im, colors, path), stored
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    elif arr.ndim == 3 and arr.shape[2] in (3, 4):  # RGB(A): a gray picture of indices, or colours (alpha ignored)
+        rgb = arr[:, :, :3]
+        if not ((rgb[:, :, 0] == rgb[:, :, 1]).all() and (rgb[:, :, 0] == rgb[:, :, 2]).all()):
+            raise DataError(
+                f"{path}: mask is an RGB colour image; pixelwise expects one channel of class indices. "
+                "If the colours stand for classes, give their table: data.classes with names, colors and "
+                "color_masks: true (see README, Data). Otherwise convert the colours to indices or save palette PNGs."
+            )
+        arr = rgb[:, :, 0]
+    elif arr.ndim == 3:
+        raise DataError(f"{path}: mask has {arr.shape[2]} channels; a mask is one channel of class indices")
+    if arr.dtype == np.uint8:
+        return np.ascontiguousarray(arr), stored
     if arr.dtype.kind == "f":
         if not np.isfinite(arr).all() or (arr != np.round(arr)).any():
             raise DataError(f"{path}: mask holds non-integer or NaN values; masks must hold class indices")
-    if arr.min() < 0 or arr.max() > 65535:
+    if arr.size and (arr.min() < 0 or arr.max() > 65535):
         raise DataError(f"{path}: mask values {arr.min()}..{arr.max()} are outside 0..65535")
-    return arr.astype(np.uint16)
+    return np.ascontiguousarray(arr.astype(np.uint16)), stored
 
 
 def to_classes(raw: np.ndarray, lut: np.ndarray) -> np.ndarray:

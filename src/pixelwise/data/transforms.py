@@ -3,6 +3,11 @@
 Training: the preset's (or the explicit list's) transforms, then pad-if-needed (void in the mask) and a
 random crop to ``data.crop_size``. Evaluation and prediction are deterministic and need no pipeline:
 images are padded to the network stride inside ``inference``.
+
+Geometric transforms work on any channel count and type (OpenCV warps more than 4 channels in chunks). For
+8-bit images the presets use albumentations' photometric transforms; for any other type (16-bit, signed,
+float) those would clip to 0-255 or 0-1, so the presets use ``RangeIntensity`` and ``RangeNoise`` instead:
+brightness, contrast, gamma and noise scaled to each channel's range in the training data, nothing clipped.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import albumentations as A  # noqa: E402
 import cv2  # noqa: E402
+import numpy as np  # noqa: E402
 
 from pixelwise.errors import ConfigError
 from pixelwise.registry import unknown_name_message
@@ -24,8 +30,58 @@ from pixelwise.registry import unknown_name_message
 NEAREST = cv2.INTER_NEAREST
 
 
-def preset(name: str, ignore_index: int, channels: int) -> list[A.BasicTransform]:
-    """The preset pipelines: none, light, default, strong (what segmentation recipes commonly use)."""
+class RangeIntensity(A.ImageOnlyTransform):
+    """Brightness, contrast and gamma for float images of any channel count, relative to each channel's range.
+
+    Args:
+        ranges: per channel (low, high): where the data lies (the 0.5-99.5th percentiles of the training pixels).
+        brightness: shift by up to this fraction of the range; contrast: scale about mid-range by 1 +- this;
+        gamma: exponent exp(+-gamma) of the position within the range. One draw per image, all channels alike.
+    """
+
+    def __init__(self, ranges: list[tuple[float, float]], brightness: float = 0.15, contrast: float = 0.15,
+                 gamma: float = 0.2, p: float = 0.5) -> None:
+        super().__init__(p=p)
+        bounds = np.asarray(ranges, dtype=np.float32)
+        self.low, self.span = bounds[:, 0], np.maximum(bounds[:, 1] - bounds[:, 0], 1e-12)
+        self.brightness, self.contrast, self.gamma = brightness, contrast, gamma
+
+    def get_params(self) -> dict[str, float]:
+        r = self.random_generator
+        return {"shift": float(r.uniform(-self.brightness, self.brightness)),
+                "factor": float(r.uniform(1 - self.contrast, 1 + self.contrast)),
+                "exponent": float(np.exp(r.uniform(-self.gamma, self.gamma)))}
+
+    def apply(self, img: np.ndarray, shift: float, factor: float, exponent: float, **params: Any) -> np.ndarray:
+        t = (img - self.low) / self.span  # 0..1 within the range; values outside it are kept, not clipped
+        t = np.sign(t) * np.abs(t) ** exponent
+        return (((t - 0.5) * factor + 0.5 + shift) * self.span + self.low).astype(np.float32)
+
+
+class RangeNoise(A.ImageOnlyTransform):
+    """Gaussian noise with a standard deviation of ``sigma`` (drawn from the range given) x each channel's range."""
+
+    def __init__(self, ranges: list[tuple[float, float]], sigma: tuple[float, float] = (0.01, 0.05),
+                 p: float = 0.5) -> None:
+        super().__init__(p=p)
+        bounds = np.asarray(ranges, dtype=np.float32)
+        self.span, self.sigma = bounds[:, 1] - bounds[:, 0], sigma
+
+    def get_params(self) -> dict[str, Any]:
+        return {"sigma": float(self.random_generator.uniform(*self.sigma)),
+                "seed": int(self.random_generator.integers(2**31))}
+
+    def apply(self, img: np.ndarray, sigma: float, seed: int, **params: Any) -> np.ndarray:
+        noise = np.random.default_rng(seed).standard_normal(img.shape, dtype=np.float32)
+        return (img + noise * (sigma * self.span)).astype(np.float32)
+
+
+def preset(name: str, ignore_index: int, channels: int,
+           ranges: list[tuple[float, float]] | None = None) -> list[A.BasicTransform]:
+    """The preset pipelines: none, light, default, strong (what segmentation recipes commonly use).
+
+    ``ranges``: per-channel (low, high) of non-8-bit data, whose intensity transforms are scaled to them.
+    """
     if name == "none":
         return []
     flips: list[A.BasicTransform] = [A.HorizontalFlip(p=0.5)]
@@ -42,12 +98,15 @@ def preset(name: str, ignore_index: int, channels: int) -> list[A.BasicTransform
         mask_interpolation=NEAREST,
     )
     jitter = 0.25 if strong else 0.15
-    photometric: list[A.BasicTransform] = [A.RandomBrightnessContrast(jitter, jitter, p=0.5)]
-    if channels == 3:
-        photometric.append(A.HueSaturationValue(10, 20, 10, p=0.3 if strong else 0.2))
-    noise: list[A.BasicTransform] = [
-        A.OneOf([A.GaussianBlur(blur_limit=(3, 5)), A.GaussNoise(std_range=(0.02, 0.08))], p=0.3 if strong else 0.15)
-    ]
+    if ranges is not None:
+        photometric: list[A.BasicTransform] = [RangeIntensity(ranges, jitter, jitter, p=0.5)]
+        grain: A.BasicTransform = RangeNoise(ranges, (0.01, 0.04))
+    else:
+        photometric = [A.RandomBrightnessContrast(jitter, jitter, p=0.5)]
+        if channels == 3:
+            photometric.append(A.HueSaturationValue(10, 20, 10, p=0.3 if strong else 0.2))
+        grain = A.GaussNoise(std_range=(0.02, 0.08))
+    noise: list[A.BasicTransform] = [A.OneOf([A.GaussianBlur(blur_limit=(3, 5)), grain], p=0.3 if strong else 0.15)]
     extra = [A.VerticalFlip(p=0.5), A.RandomRotate90(p=0.5)] if strong else []
     return [affine, *flips, *extra, *photometric, *noise]
 
@@ -90,13 +149,17 @@ def train_transform(
     preset_name: str = "default",
     specs: list[dict[str, Any]] | None = None,
     seed: int | None = None,
+    ranges: list[tuple[float, float]] | None = None,
 ) -> A.Compose:
-    """The training pipeline: augmentations, then pad (void in the mask) and random crop to ``crop_size``."""
+    """The training pipeline: augmentations, then pad (void in the mask) and random crop to ``crop_size``.
+
+    ``ranges``: per-channel (low, high) of non-8-bit data (float32 images); None for 8-bit images.
+    """
     h, w = crop_size
     if specs is not None:
         augment = build_transform_list(specs, ignore_index)
     else:
-        augment = preset(preset_name, ignore_index, channels)
+        augment = preset(preset_name, ignore_index, channels, ranges)
     crop = [
         A.PadIfNeeded(min_height=h, min_width=w, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=ignore_index),
         A.RandomCrop(height=h, width=w),

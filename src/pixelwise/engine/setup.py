@@ -23,7 +23,7 @@ from pixelwise.engine.rng import seed_everything
 from pixelwise.engine.runtime import Runtime, resolve_runtime
 from pixelwise.errors import PixelwiseError
 from pixelwise.losses import create_loss, median_frequency_weights
-from pixelwise.models.factory import CUSTOM_ARCH, Normalized, build_network, encoder_normalization
+from pixelwise.models.factory import CUSTOM_ARCH, build_network, resolve_normalization, wrap_network
 from pixelwise.optim import create_optimizer
 from pixelwise.progress import console
 
@@ -73,21 +73,23 @@ def set_cuda_determinism(deterministic: bool, benchmark: bool) -> None:
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
 
 
-def _normalization(cfg: Config, data: DataBundle, in_channels: int, custom_network: bool) -> tuple[list, list]:
-    """Input mean/std (0-1 scale): the config's, else the encoder's pretraining; identity for what is not pixels."""
+def _custom_normalization(cfg: Config, data: DataBundle, in_channels: int, custom_network: bool) -> dict[str, Any]:
+    """Normalisation for the user's own Dataset: float images are what the network should see (unless model.mean
+    and model.std are given, in their units); uint8 pixels are scaled to 0-1 for the user's own network and
+    normalised as the encoder was pretrained for a registered architecture."""
     if data.image_dtype.is_floating_point:
-        # A user Dataset's float images are what the network should see: no scaling (Normalized divides by std*255).
         if cfg.model.mean is None and cfg.model.std is None:
-            console.print("[yellow]note:[/] your dataset gives float images: the network sees them as they are "
-                          "(set model.mean and model.std to normalise them)")
-        return [0.0] * in_channels, [1 / 255] * in_channels
-    if custom_network:  # pixels scaled to 0-1 (no pretraining statistics to follow)
-        return [0.0] * in_channels, [1.0] * in_channels
-    return encoder_normalization(cfg.model.encoder, in_channels, cfg.model.arch)
+            console.print("note: your dataset gives float images: the network sees them as they are (set "
+                          "model.mean and model.std, in the data's units, to normalise them)")
+            return {"normalization": "none", "mean": None, "std": None}
+        return {"normalization": "zscore"}
+    if custom_network and cfg.model.mean is None and cfg.model.std is None:
+        return {"normalization": "zscore", "mean": [0.0] * in_channels, "std": [255.0] * in_channels}
+    return resolve_normalization(cfg.model, "uint8", None, in_channels)
 
 
 def resolve_config(cfg: Config, data: DataBundle, custom_network: bool = False) -> Config:
-    """The config as run: the class table and channels the data checks settled are written in."""
+    """The config as run: the class table, channels, pixel type and normalisation the data settled are written in."""
     channels = data.summary.channels
     in_channels = channels if cfg.model.in_channels == "auto" else cfg.model.in_channels
     if in_channels != channels:
@@ -95,15 +97,20 @@ def resolve_config(cfg: Config, data: DataBundle, custom_network: bool = False) 
             f"model.in_channels is {in_channels} but the images have {channels} channel(s); leave model.in_channels "
             f"at auto, or set data.channels: {in_channels} to convert the images"
         )
-    mean, std = _normalization(cfg, data, in_channels, custom_network)
+    dtype = data.summary.dtype
+    if data.custom:
+        norm = _custom_normalization(cfg, data, in_channels, custom_network)
+    else:
+        norm = resolve_normalization(cfg.model, dtype, data.pixel_samples() if dtype != "uint8" or
+                                     cfg.model.normalization == "zscore" else None, in_channels)
     loss = cfg.loss
     if loss.class_weights == "auto":
         loss = loss.model_copy(update={"class_weights": auto_class_weights(data)})
-    model = {"in_channels": in_channels, "mean": cfg.model.mean or mean, "std": cfg.model.std or std}
+    model = {"in_channels": in_channels, **norm}
     if custom_network:
         model["arch"] = CUSTOM_ARCH
     return cfg.model_copy(update={
-        "data": cfg.data.model_copy(update={"classes": data.summary.table, "channels": channels,
+        "data": cfg.data.model_copy(update={"classes": data.summary.table, "channels": channels, "dtype": dtype,
                                             "root": cfg.data.root.resolve() if cfg.data.root else None}),
         "model": cfg.model.model_copy(update=model),
         "loss": loss,
@@ -166,7 +173,7 @@ def prepare(cfg: Config, parts: Parts | None = None) -> Prepared:
     if dist.enabled and runtime.device.type == "cuda":
         runtime = replace(runtime, device=torch.device("cuda", dist.local_rank))
     if parts.network is not None:
-        model = Normalized(parts.network, cfg.model.mean, cfg.model.std)
+        model = wrap_network(parts.network, cfg.model, cfg.model.in_channels)
     else:
         model = build_network(cfg.model, cfg.model.in_channels, table.num_classes)
     if not data.custom and min(cfg.data.crop_size) < model.min_size:

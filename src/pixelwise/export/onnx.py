@@ -1,9 +1,11 @@
-"""ONNX export of a run: uint8 input, preprocessing inside the graph, metadata, and a parity check against PyTorch.
+"""ONNX export of a run: image input, preprocessing inside the graph, metadata, and a parity check against PyTorch.
 
-The graph takes uint8 (N, C, H, W) images (any N, H, W; H and W padded to the stride by the caller, as
-``OnnxBackend`` does) and returns float32 logits (N, K, H, W). Scaling and normalisation are the first nodes
-(the ``Normalized`` wrapper is exported with the network), so a deployment feeds decoded pixels as they are.
-The class table, channels, normalisation, stride and training crop travel in the metadata (``pixelwise`` key).
+The graph takes (N, C, H, W) images (any N, H, W; H and W padded to the stride by the caller, as ``OnnxBackend``
+does) and returns float32 logits (N, K, H, W). The input is uint8 for 8-bit data and float32 in the data's own
+units for any other type (16-bit, signed, float: the values as decoded, not rescaled). Clipping, scaling and
+normalisation are the first nodes (the ``Normalized`` wrapper is exported with the network), so a deployment
+feeds decoded pixels as they are. The class table, channels, pixel type, reading rules (bands, pages, NaN fill),
+normalisation, stride and training crop travel in the metadata (``pixelwise`` key).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch
 from pixelwise.atomic import file_mode
 from pixelwise.config import Config
 from pixelwise.data.build import build_eval_dataset
+from pixelwise.data.pixels import model_dtype, model_input
 from pixelwise.engine.padding import pad_to_multiple
 from pixelwise.errors import PixelwiseError
 from pixelwise.inference.onnx_backend import METADATA_KEY, OnnxBackend
@@ -32,18 +35,25 @@ OPSET = 18
 
 def metadata(cfg: Config, backend: TorchBackend) -> dict[str, Any]:
     model = backend.model
+    input_dtype = model_dtype(cfg.data.dtype or "uint8")
     return {
         "format_version": 1,
         "classes": cfg.data.classes.model_dump(mode="json"),
         "channels": int(cfg.model.in_channels),
-        "mean": (model.mean.flatten() / 255.0).tolist(),
-        "std": (model.std.flatten() / 255.0).tolist(),
+        "dtype": cfg.data.dtype or "uint8",  # the training images' pixel type
+        "input_dtype": input_dtype,
+        "read": {"bands": cfg.data.bands, "pages_as_channels": cfg.data.pages_as_channels,
+                 "channel_axis": cfg.data.channel_axis, "nan_fill": cfg.data.nan_fill},
+        "normalization": cfg.model.normalization,
+        "mean": (model.mean.flatten() / model.scale).tolist(),  # on the scale of model.mean (0-1 for 'encoder')
+        "std": (model.std.flatten() / model.scale).tolist(),
+        "clip": cfg.model.clip,
         "pad_multiple": int(model.pad_multiple),
         "min_size": int(model.min_size),
         "crop_size": list(cfg.data.crop_size),
         "arch": cfg.model.arch,
         "encoder": cfg.model.encoder,
-        "input": "uint8 (N, C, H, W), H and W multiples of pad_multiple; output: float32 logits (N, K, H, W)",
+        "input": f"{input_dtype} (N, C, H, W), H and W multiples of pad_multiple; output: float32 logits (N, K, H, W)",
     }
 
 
@@ -51,7 +61,7 @@ def _export_graph(model: torch.nn.Module, channels: int, side: int, path: Path, 
     import onnx
 
     model = model.to(memory_format=torch.contiguous_format).float().eval()
-    example = torch.zeros(1, channels, side, side, dtype=torch.uint8)
+    example = torch.zeros(1, channels, side, side, dtype=getattr(torch, info["input_dtype"]))
     axes = {0: "batch", 2: "height", 3: "width"}
     with torch.inference_mode(False), torch.no_grad():
         torch.onnx.export(model, (example,), str(path), input_names=["image"], output_names=["logits"],
@@ -64,10 +74,10 @@ def _export_graph(model: torch.nn.Module, channels: int, side: int, path: Path, 
 
 
 def sample_images(cfg: Config, split: str, count: int, data_root: Path | None = None) -> list[np.ndarray]:
-    """Up to ``count`` images (H, W, C uint8) of a split of the run's data, evenly spread over it."""
+    """Up to ``count`` images (H, W, C model input: uint8, or float32) of a split of the run's data, evenly spread."""
     dataset, _ = build_eval_dataset(cfg.data, split, cfg.data.classes, int(cfg.model.in_channels), root=data_root)
     picks = np.linspace(0, len(dataset) - 1, num=min(count, len(dataset))).round().astype(int)
-    return [dataset.load(int(i))[0] for i in dict.fromkeys(picks.tolist())]
+    return [model_input(dataset.load(int(i))[0]) for i in dict.fromkeys(picks.tolist())]
 
 
 @torch.inference_mode()

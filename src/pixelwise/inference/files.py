@@ -1,4 +1,8 @@
-"""Predicting folders of image files: masks (palette PNG of class indices), overlays, probabilities, uncertainty."""
+"""Predicting folders of image files: masks (palette PNG of class indices), overlays, probabilities, uncertainty.
+
+TIFF, GeoTIFF, JPEG 2000 and VRT inputs give TIFF outputs instead, read and written window by window with their
+georeference (``inference.geo``).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from PIL import Image
 from pixelwise.atomic import atomic_write
 from pixelwise.data.io import IMAGE_SUFFIXES, read_image
 from pixelwise.errors import DataError, PixelwiseError, list_offenders
+from pixelwise.inference.geo import entropy_image, is_raster, predict_raster, raster_outputs
 from pixelwise.inference.predictor import Segmenter
 from pixelwise.progress import track
 
@@ -28,13 +33,6 @@ class PredictOptions:
     save_probs: bool = False  # NAME_probs.npz (float16 per-class probabilities) and NAME_entropy.png
 
 
-def entropy_image(probs: np.ndarray) -> np.ndarray:
-    """Pixel entropy of (K, H, W) probabilities, scaled so 255 = uniform over the K classes: (H, W) uint8."""
-    p = np.clip(probs, 1e-8, 1.0)
-    entropy = -(p * np.log(p)).sum(axis=0) / np.log(max(probs.shape[0], 2))
-    return (np.clip(entropy, 0.0, 1.0) * 255).round().astype(np.uint8)
-
-
 def _npz_bytes(probs: np.ndarray, names: list[str]) -> bytes:
     buf = io.BytesIO()
     np.savez_compressed(buf, probabilities=probs.astype(np.float16), classes=np.asarray(names))
@@ -45,6 +43,7 @@ def _npz_bytes(probs: np.ndarray, names: list[str]) -> bytes:
 class PredictionReport:
     written: list[Path] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # e.g. a GeoTIFF without a CRS
 
 
 def collect_inputs(inputs: list[Path]) -> list[Path]:
@@ -83,7 +82,8 @@ def _save(image: Image.Image, path: Path, fmt: str, **options) -> None:
 
 def predict_files(seg: Segmenter, inputs: list[Path], out_dir: Path, overlay: bool = True,
                   overwrite: bool = False, options: PredictOptions | None = None) -> PredictionReport:
-    """Write ``NAME.png`` (class indices with the class palette) and ``NAME_overlay.jpg`` per input image.
+    """Write ``NAME.png`` (class indices with the class palette) and ``NAME_overlay.jpg`` per input image (TIFF
+    and other raster inputs: ``NAME.tif``, see ``inference.geo``).
 
     With ``options.save_probs`` also ``NAME_probs.npz`` (``probabilities``: float16 (K, H, W); ``classes``) and
     ``NAME_entropy.png`` (pixel entropy, 0 = certain, 255 = uniform over the classes).
@@ -96,7 +96,8 @@ def predict_files(seg: Segmenter, inputs: list[Path], out_dir: Path, overlay: bo
     opts = options or PredictOptions()
     suffixes = [".png"] + (["_overlay.jpg"] if overlay else []) + (["_probs.npz", "_entropy.png"] if opts.save_probs
                                                                    else [])
-    targets = [out_dir / f"{s}{suffix}" for suffix in suffixes for s in stems]
+    targets = [out_dir / name for f, s in zip(files, stems, strict=True)
+               for name in (raster_outputs(s, opts.save_probs) if is_raster(f) else [f"{s}{x}" for x in suffixes])]
     resolved = {f.resolve() for f in files}
     inputs_hit = sorted({str(t) for t in targets if t.exists() and t.resolve() in resolved})
     if inputs_hit:
@@ -110,7 +111,12 @@ def predict_files(seg: Segmenter, inputs: list[Path], out_dir: Path, overlay: bo
     report = PredictionReport()
     for path, stem in track(list(zip(files, stems, strict=True)), total=len(files), label="Predicting"):
         try:
-            image = read_image(path, seg.channels)
+            if is_raster(path):  # TIFF in, TIFF out: georeference kept, large rasters streamed from and to disk
+                written, warnings = predict_raster(seg, path, out_dir, stem, opts)
+                report.written += written
+                report.warnings += warnings
+                continue
+            image = read_image(path, seg.spec)
         except DataError as e:
             report.failed.append(str(e))
             continue

@@ -38,7 +38,7 @@ def read_metadata(path: Path, session: Any) -> dict[str, Any]:
 
 
 class OnnxBackend:
-    """An exported pixelwise model (uint8 NCHW input, preprocessing inside the graph) in ONNX Runtime."""
+    """An exported pixelwise model (uint8 or float32 NCHW input, preprocessing inside the graph) in ONNX Runtime."""
 
     name = "onnxruntime"
 
@@ -63,11 +63,14 @@ class OnnxBackend:
         self.input = self.session.get_inputs()[0].name
         self.multiple = int(self.meta.get("pad_multiple", 32))
         self.min_size = int(self.meta.get("min_size", 0))
+        self.input_dtype = np.dtype(self.meta.get("input_dtype", "uint8"))  # float32 for non-8-bit data
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
-        """uint8 (N, C, H, W) of any H, W -> float32 logits (N, K, H, W)."""
+        """uint8 (or float32, see ``input_dtype``) (N, C, H, W) of any H, W -> float32 logits (N, K, H, W)."""
         h, w = batch.shape[-2:]
-        x = pad_to_multiple(np.ascontiguousarray(batch, dtype=np.uint8), self.multiple, self.min_size)
+        if self.input_dtype == np.uint8 and batch.dtype != np.uint8:
+            raise PixelwiseError(f"{self.path}: this model takes uint8 images, got {batch.dtype}")
+        x = pad_to_multiple(np.ascontiguousarray(batch, dtype=self.input_dtype), self.multiple, self.min_size)
         return self.session.run(None, {self.input: x})[0][..., :h, :w]
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:

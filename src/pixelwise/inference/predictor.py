@@ -15,6 +15,8 @@ from PIL import Image
 from pixelwise.config import Config, read_yaml
 from pixelwise.data.classes import ClassTable
 from pixelwise.data.io import read_image
+from pixelwise.data.pixels import ImageSpec, check_pixels, dtype_class, model_dtype, model_input, spec_of
+from pixelwise.display import display_rgb
 from pixelwise.errors import ConfigError, PixelwiseError
 from pixelwise.inference.sliding_window import sliding_window_mask, sliding_window_probs
 from pixelwise.inference.tta import FLIPS, tta_probs
@@ -54,6 +56,26 @@ def _is_many(x: Any) -> bool:
     return not isinstance(x, (np.ndarray, str, Path, Image.Image)) and isinstance(x, Iterable)
 
 
+def as_model_input(image: np.ndarray, spec: ImageSpec) -> np.ndarray:
+    """An array given by the caller, checked against what the model was trained on and made its input.
+
+    8-bit models take uint8 HxW(xC) images (gray and colour converted as for files). Other models take HxW(xC)
+    arrays of the training images' type with their channel count; the type is checked, not converted, since a
+    value in another type means something else (a 12-bit model given 8-bit pixels would see near-black images).
+    """
+    dtype = spec.dtype or "uint8"
+    if model_dtype(dtype) == "uint8":
+        return to_channels(image, spec.channels or 3)
+    arr = image[:, :, None] if image.ndim == 2 else image
+    if arr.ndim != 3 or arr.shape[2] != spec.channels:
+        raise ValueError(f"expected an HxWx{spec.channels} array (the model's {spec.channels} channel(s)), got shape "
+                         f"{image.shape}")
+    if dtype_class(arr.dtype) != dtype_class(dtype):
+        raise ValueError(f"the model was trained on {dtype} images, got {arr.dtype}; pass the pixels in the "
+                         f"training type (e.g. x.astype('{dtype}') when the values are {dtype} values)")
+    return model_input(check_pixels(arr, spec, Path("<array>")))
+
+
 AUTO_TILE_AREA = 16  # tile automatically when an image has more than this many training crops' worth of pixels
 DEFAULT_OVERLAP = 0.25
 
@@ -66,12 +88,20 @@ class Segmenter:
     >>> mask = seg.predict(big_image, tile=512, tta=True)
     """
 
-    def __init__(self, backend: Any, table: ClassTable, channels: int, crop_size: tuple[int, int] = (512, 512)) -> None:
-        """``backend``: uint8 (N, C, H, W) -> float32 probabilities (N, K, H, W) (``TorchBackend``, ``OnnxBackend``)."""
+    def __init__(self, backend: Any, table: ClassTable, channels: int, crop_size: tuple[int, int] = (512, 512),
+                 spec: ImageSpec | None = None) -> None:
+        """``backend``: uint8 or float32 (N, C, H, W) -> float32 probabilities (N, K, H, W) (``TorchBackend``,
+        ``OnnxBackend``). ``spec``: how image files are read (bands, pages, NaN fill, the training pixel type)."""
         self.backend = backend
         self.table = table
         self.channels = channels
         self.crop_size = crop_size
+        self.spec = (spec or ImageSpec()).with_channels(channels)
+
+    @property
+    def input_dtype(self) -> str:
+        """The network's input type: uint8 for 8-bit models, float32 for any other pixel type."""
+        return model_dtype(self.spec.dtype or "uint8")
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto", weights: str = "best.safetensors",
@@ -90,13 +120,18 @@ class Segmenter:
 
             backend = OnnxBackend(path, threads)
             meta = backend.meta
+            read = meta.get("read", {})
+            spec = ImageSpec(int(meta["channels"]), tuple(read["bands"]) if read.get("bands") else None,
+                             bool(read.get("pages_as_channels", False)), read.get("channel_axis", "auto"),
+                             read.get("nan_fill"), meta.get("dtype"))
             return cls(backend, ClassTable.model_validate(meta["classes"]), int(meta["channels"]),
-                       tuple(meta.get("crop_size", (512, 512))))
+                       tuple(meta.get("crop_size", (512, 512))), spec)
         from pixelwise.inference.torch_backend import load_torch_backend
 
         cfg = load_run_config(path)
         backend = load_torch_backend(path, cfg, device, weights, amp, network=model)
-        return cls(backend, cfg.data.classes, int(cfg.model.in_channels), tuple(cfg.data.crop_size))
+        channels = int(cfg.model.in_channels)
+        return cls(backend, cfg.data.classes, channels, tuple(cfg.data.crop_size), spec_of(cfg.data, channels))
 
     @property
     def model(self) -> Any:
@@ -114,9 +149,10 @@ class Segmenter:
         return self.table.names
 
     def _image(self, image: np.ndarray | str | Path) -> np.ndarray:
+        """(H, W, C) model input: uint8, or float32 in the data's units."""
         if isinstance(image, (str, Path)):
-            return read_image(Path(image), self.channels)
-        return to_channels(np.asarray(image), self.channels)
+            return model_input(read_image(Path(image), self.spec))
+        return as_model_input(np.asarray(image), self.spec)
 
     def _tile(self, shape: tuple[int, ...], tile: int | tuple[int, int] | None) -> tuple[int, int] | None:
         """The tile size to use: given, none (0), or automatic for images much larger than the training crops."""
@@ -146,7 +182,11 @@ class Segmenter:
             overlap: fraction of a tile shared with its neighbours (Gaussian-weighted blending).
             tta: average over flips (``flips``: "h", "v") and ``scales``, each mapped back.
         """
-        img = self._image(image)
+        return self._probabilities(self._image(image), tile, overlap, tta, scales, flips)
+
+    def _probabilities(self, img: np.ndarray, tile: int | tuple[int, int] | None, overlap: float, tta: bool,
+                       scales: Sequence[float], flips: Sequence[str]) -> np.ndarray:
+        """``probabilities`` of model input (``_image``'s output)."""
         probs_of = self._probs_fn(self._tile(img.shape, tile), overlap)
         if tta or tuple(scales) != (1.0,):
             return tta_probs(probs_of, img, flips if tta else (), scales)
@@ -155,7 +195,7 @@ class Segmenter:
     def predict(self, image: Any, tile: int | tuple[int, int] | None = None, overlap: float = DEFAULT_OVERLAP,
                 tta: bool = False, scales: Sequence[float] = (1.0,), flips: Sequence[str] = FLIPS,
                 batch_size: int = 4) -> Any:
-        """Class index per pixel, (H, W) uint8, for an HxW(xC) uint8 array or an image file of any size.
+        """Class index per pixel, (H, W) uint8, for an image array (uint8, or the training type) or file of any size.
 
         Tiled prediction without TTA keeps only a band of rows in memory, so gigapixel images fit.
         Many images: a list (or tuple) gives a list of masks, any other iterable (a generator, say) an iterator
@@ -168,7 +208,7 @@ class Segmenter:
         size = self._tile(img.shape, tile)
         if size is not None and not tta and tuple(scales) == (1.0,):
             return sliding_window_mask(self.backend, img, size, overlap)
-        probs = self.probabilities(img, size or 0, overlap, tta, scales, flips)
+        probs = self._probabilities(img, size or 0, overlap, tta, scales, flips)
         return probs.argmax(axis=0).astype(np.uint8)
 
     def colorize(self, mask: np.ndarray) -> Image.Image:
@@ -204,13 +244,13 @@ class Segmenter:
         return list(probs.argmax(axis=1).astype(np.uint8))
 
     def overlay(self, image: Any, mask: np.ndarray | None = None, alpha: float = 0.5) -> np.ndarray:
-        """The image with the class colours blended in, HxWx3 uint8.
+        """The image (8-bit, or any type shown contrast-stretched) with the class colours blended in, HxWx3 uint8.
 
         ``image``: what ``predict`` takes (an array or an image file); ``mask``: its classes (default: predicted).
         """
         image = self._image(image)
         if mask is None:
             mask = self.predict(image)
-        rgb = to_channels(np.asarray(image), 3).astype(np.float32)
+        rgb = display_rgb(np.asarray(image)).astype(np.float32)
         colours = np.asarray(self.table.palette, dtype=np.float32)[mask]
         return (rgb * (1 - alpha) + colours * alpha).clip(0, 255).astype(np.uint8)

@@ -4,15 +4,26 @@ Tiles overlap by ``overlap`` of their side; each tile's probabilities are weight
 tile (as in nnU-Net: a network sees less context at a tile's border, so its centre is trusted more), summed and
 divided by the summed weights. Rows are finished band by band and handed out as soon as no later tile can touch
 them, so memory is bounded by (classes x 2 tile heights x image width) and the tile batch, not by the image.
+Tiles are sliced from the image one at a time, so the image may be a window reader over a file on disk
+(``inference.geo.WindowReader``): then the image is never in memory either.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Protocol
 
 import numpy as np
 
-ProbsFn = Callable[[np.ndarray], np.ndarray]  # uint8 (N, C, h, w) -> float32 probabilities (N, K, h, w)
+ProbsFn = Callable[[np.ndarray], np.ndarray]  # uint8 or float32 (N, C, h, w) -> float32 probabilities (N, K, h, w)
+
+
+class TileSource(Protocol):
+    """An (H, W, C) image, or anything that slices like one (``image[y0:y1, x0:x1]`` -> (h, w, C) array)."""
+
+    shape: tuple[int, ...]
+
+    def __getitem__(self, key: tuple[slice, slice]) -> np.ndarray: ...
 
 
 def tile_starts(length: int, tile: int, overlap: float) -> list[int]:
@@ -44,7 +55,7 @@ def gaussian_window(height: int, width: int, sigma_scale: float = 0.125, floor: 
 
 def sliding_window(
     probs_fn: ProbsFn,
-    image: np.ndarray,
+    image: TileSource,
     tile: tuple[int, int],
     overlap: float = 0.25,
     batch_size: int = 4,
@@ -52,8 +63,8 @@ def sliding_window(
     """Yield finished row blocks ``(y0, y1, probs)`` with probs (K, y1 - y0, W) float32, top to bottom.
 
     Args:
-        probs_fn: the backend: a uint8 (N, C, h, w) batch of tiles -> (N, K, h, w) probabilities.
-        image: (H, W, C) uint8.
+        probs_fn: the backend: a (N, C, h, w) batch of tiles -> (N, K, h, w) probabilities.
+        image: (H, W, C) model input (uint8 or float32), or a ``TileSource`` reading tiles from disk.
         tile: (tile height, tile width); a side longer than the image's is cut to it.
         overlap: fraction of a tile shared with its neighbour, in [0, 1).
     """
@@ -63,7 +74,6 @@ def sliding_window(
     th, tw = min(tile[0], h), min(tile[1], w)
     ys, xs = tile_starts(h, th, overlap), tile_starts(w, tw, overlap)
     weight = gaussian_window(th, tw)
-    chw = np.ascontiguousarray(image.transpose(2, 0, 1))
     acc: np.ndarray | None = None  # sums for rows [base, base + acc height)
     wsum = np.zeros((0, w), dtype=np.float32)
     base = 0
@@ -71,7 +81,7 @@ def sliding_window(
         needed = y + th - base
         for start in range(0, len(xs), batch_size):
             row_xs = xs[start : start + batch_size]
-            batch = np.stack([chw[:, y : y + th, x : x + tw] for x in row_xs])
+            batch = np.stack([image[y : y + th, x : x + tw].transpose(2, 0, 1) for x in row_xs])
             probs = probs_fn(batch)
             if acc is None:
                 acc = np.zeros((probs.shape[1], 0, w), dtype=np.float32)

@@ -13,7 +13,7 @@ from pixelwise.engine.checkpoint import load_weights
 from pixelwise.engine.padding import forward_padded
 from pixelwise.engine.runtime import Runtime, resolve_runtime
 from pixelwise.errors import PixelwiseError
-from pixelwise.models.factory import Normalized, build_network
+from pixelwise.models.factory import Normalized, build_network, wrap_network
 
 
 class TorchBackend:
@@ -43,7 +43,7 @@ def load_torch_backend(run_dir: Path, cfg: Config, device: str = "auto", weights
     """
     table, channels = cfg.data.classes, int(cfg.model.in_channels)
     if network is not None:
-        model = Normalized(network, cfg.model.mean, cfg.model.std)
+        model = wrap_network(network, cfg.model, channels)
     else:
         model = build_network(cfg.model, channels, table.num_classes, pretrained=False)
     path = run_dir / weights

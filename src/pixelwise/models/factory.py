@@ -1,9 +1,11 @@
 """One factory for every model: smp architectures on any smp/timm encoder, plus pixelwise's own
 (``seed_cnn``, ``reseg``). Everything is built through ``create_model``.
 
-The network a run trains is ``Normalized(create_model(...))``: it takes uint8 (or 0-255 float) images, so
-the data path moves uint8 and the saved model carries its own normalisation (that of the encoder's
-pretraining, written into the run's config).
+The network a run trains is ``Normalized(create_model(...))``: it takes the images as decoded, uint8 for 8-bit
+data (so the data path moves uint8) and float32 in the data's own units for any other type, and carries its own
+normalisation: the encoder's pretraining statistics for 8-bit images, a robust per-channel z-score from the
+training pixels for other data (``model.normalization``). Either is written into the run's config, so evaluation,
+prediction and the ONNX graph apply the same numbers.
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import segmentation_models_pytorch as smp
 import torch
 from torch import nn
 
 from pixelwise.config import ModelConfig
+from pixelwise.data.normalization import zscore
 from pixelwise.errors import ConfigError, PixelwiseError, did_you_mean
 from pixelwise.models import weights as W
 from pixelwise.models.encoders import prune_unused_stages
@@ -164,22 +168,70 @@ def encoder_normalization(encoder: str, in_channels: int, arch: str = "unet") ->
 
 
 class Normalized(nn.Module):
-    """Scales 0-255 input and normalises per channel, then runs ``net``. Input: (N, C, H, W) uint8 or float."""
+    """Clips (optionally), normalises per channel, then runs ``net``. Input: (N, C, H, W) uint8 or float.
 
-    def __init__(self, net: nn.Module, mean: Sequence[float], std: Sequence[float], min_size: int = 32) -> None:
+    ``mean`` and ``std`` are given on the scale of ``scale`` (255: the 0-1 scale of 8-bit images, as pretrained
+    encoders publish them; 1: the data's own units). The arithmetic is float32 even under autocast (subtraction and
+    division are not autocast ops): a 16-bit image's fine steps survive until they are z-scored, and only the
+    network's convolutions run in bf16.
+    """
+
+    def __init__(self, net: nn.Module, mean: Sequence[float], std: Sequence[float], min_size: int = 32,
+                 scale: float = 255.0, clip: Sequence[tuple[float, float]] | None = None) -> None:
         super().__init__()
         self.net = net
         self.min_size = min_size  # inputs are padded to at least this side
-        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1) * 255.0)
-        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1) * 255.0)
+        self.scale = float(scale)
+        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1) * self.scale)
+        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1) * self.scale)
+        # Not saved with the weights (older runs' files have no such tensors): built from the run's config.
+        bounds = torch.tensor(list(clip), dtype=torch.float32).T.reshape(2, 1, -1, 1, 1) if clip else None
+        self.register_buffer("low", None if bounds is None else bounds[0].clone(), persistent=False)
+        self.register_buffer("high", None if bounds is None else bounds[1].clone(), persistent=False)
         self.pad_multiple = 32  # inputs are padded to a multiple of the network stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net((x.float() - self.mean) / self.std)
+        x = x.float()
+        if self.low is not None:  # min/max rather than clamp: per-channel bounds export to ONNX as Min/Max
+            x = torch.maximum(torch.minimum(x, self.high), self.low)
+        return self.net((x - self.mean) / self.std)
+
+
+def resolve_normalization(cfg: ModelConfig, dtype: str, samples: np.ndarray | None,
+                          in_channels: int) -> dict[str, Any]:
+    """``model.normalization``, ``mean``, ``std`` and ``clip`` as a run uses them (written into its config.yaml).
+
+    Args:
+        dtype: the images' type as the model gets them ('uint8', or 'float32' for any other type).
+        samples: (n, C) pixels sampled from the training images (for 'zscore').
+    """
+    mode = cfg.normalization if cfg.normalization != "auto" else ("encoder" if dtype == "uint8" else "zscore")
+    if mode == "encoder" and dtype != "uint8":
+        raise ConfigError(f"model.normalization: encoder divides pixels by 255, which fits 8-bit images only; these "
+                          f"are {dtype}: use zscore (the default for them), or give model.mean and model.std in the "
+                          "data's units with normalization: zscore")
+    update: dict[str, Any] = {"normalization": mode}
+    if mode == "encoder":
+        mean, std = encoder_normalization(cfg.encoder, in_channels, cfg.arch)
+        update.update(mean=cfg.mean or mean, std=cfg.std or std)
+    elif mode == "zscore" and (cfg.mean is None or cfg.std is None):
+        if samples is None or not len(samples):
+            raise ConfigError("model.normalization: zscore needs model.mean and model.std, or training images to "
+                              "compute them from")
+        z = zscore(samples, cfg.clip)  # the given bounds, or the 0.5-99.5th percentiles
+        update.update(mean=cfg.mean or z.mean, std=cfg.std or z.std, clip=z.clip)
+    for key in ("mean", "std", "clip"):
+        values = update.get(key, getattr(cfg, key))
+        if values is not None and len(values) != in_channels:
+            raise ConfigError(f"model.{key} needs {in_channels} values (one per input channel), got {len(values)}")
+    return update
 
 
 def build_network(cfg: ModelConfig, in_channels: int, classes: int, pretrained: bool = True) -> Normalized:
-    """The run's network from its config; ``pretrained=False`` skips loading encoder weights (loaded after)."""
+    """The run's network from its config; ``pretrained=False`` skips loading encoder weights (loaded after).
+
+    ``model.normalization`` 'auto' here means 'encoder' (a run's resolved config names its mode).
+    """
     if cfg.arch == CUSTOM_ARCH:
         raise PixelwiseError("this run trained your own nn.Module, which its config cannot rebuild: build it and "
                              "pass it, e.g. Segmenter.load(run, model=MyNet()) or pixelwise.Run(run, model=MyNet())")
@@ -191,8 +243,21 @@ def build_network(cfg: ModelConfig, in_channels: int, classes: int, pretrained: 
         encoder_weights=cfg.encoder_weights if pretrained else None,
         **cfg.options,
     )
-    default_mean, default_std = encoder_normalization(cfg.encoder, in_channels, cfg.arch)
-    mean, std = cfg.mean or default_mean, cfg.std or default_std
-    if len(mean) != in_channels or len(std) != in_channels:
-        raise ConfigError(f"model.mean/model.std need {in_channels} values (one per input channel)")
-    return Normalized(net, mean, std, ARCHITECTURES.get(cfg.arch).min_input)
+    return wrap_network(net, cfg, in_channels, ARCHITECTURES.get(cfg.arch).min_input)
+
+
+def wrap_network(net: nn.Module, cfg: ModelConfig, in_channels: int, min_size: int = 32) -> Normalized:
+    """``net`` inside ``Normalized`` with the config's normalisation (also for a user's own network)."""
+    if cfg.normalization in ("zscore", "none"):
+        if cfg.normalization == "zscore" and (cfg.mean is None or cfg.std is None):
+            raise ConfigError("model.normalization: zscore needs model.mean and model.std (training computes them "
+                              "from the data and writes them into the run's config.yaml)")
+        mean = cfg.mean or [0.0] * in_channels
+        std = cfg.std or [1.0] * in_channels
+        scale, clip = 1.0, cfg.clip
+    else:
+        default_mean, default_std = encoder_normalization(cfg.encoder, in_channels, cfg.arch)
+        mean, std, scale, clip = cfg.mean or default_mean, cfg.std or default_std, 255.0, None
+    if len(mean) != in_channels or len(std) != in_channels or (clip is not None and len(clip) != in_channels):
+        raise ConfigError(f"model.mean/model.std/model.clip need {in_channels} values (one per input channel)")
+    return Normalized(net, mean, std, min_size, scale, clip)

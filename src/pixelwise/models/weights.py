@@ -86,7 +86,14 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def adapt_first_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
-    """RGB filters (O, 3, k, k) for ``in_channels`` inputs: summed for one channel, else cycled and rescaled."""
+    """RGB filters (O, 3, k, k) for ``in_channels`` inputs: summed for one channel, else cycled and rescaled.
+
+    One channel gets R + G + B: a gray image responds as the RGB image with R = G = B = gray did. N channels
+    get R, G, B, R, G, ... (channel i the filter of colour (i - 1) mod 3), all times 3/N, so inputs of the same
+    scale give outputs of the scale the pretrained layer had on RGB. Multispectral bands in natural order (red,
+    green, blue first, as data.bands [4, 3, 2, ...] puts Sentinel-2's) meet the filters of their colours; the
+    others start from a colour's filter and are adapted by training.
+    """
     if in_channels == 1:
         return weight.sum(dim=1, keepdim=True)
     reps = -(-in_channels // weight.shape[1])

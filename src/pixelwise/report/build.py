@@ -38,10 +38,10 @@ def report_path(run_dir: Path, split: str) -> Path:
 
 
 class _Items:
-    """What the report reads of a split: each item's name, its image (HxWxC) and its truth (HxW)."""
+    """What the report reads of a split: each item's name, its image (HxWxC) and truth (HxW), and the predictor."""
 
-    def __init__(self, names: list[str], load: Any) -> None:
-        self.names, self.load = names, load
+    def __init__(self, names: list[str], load: Any, predict: Any) -> None:
+        self.names, self.load, self.predict = names, load, predict
 
 
 def _file_split(run_dir: Path, split: str, data_root: Path | None, data_format: str | None, batch_size: int | None,
@@ -57,7 +57,7 @@ def _file_split(run_dir: Path, split: str, data_root: Path | None, data_format: 
         result = evaluate_split(rs, batch_size, per_image=True)
         result["run"] = str(run_dir)
         atomic_write_text(eval_json, json.dumps(result, indent=2))
-    return rs.segmenter, rs.cfg, _Items(paths, rs.dataset.load), result
+    return rs.segmenter, rs.cfg, _Items(paths, rs.dataset.load, rs.segmenter.predict), result
 
 
 def _dataset_split(run_dir: Path, dataset: Any, model: Any, batch_size: int | None, device: str
@@ -82,7 +82,7 @@ def _dataset_split(run_dir: Path, dataset: Any, model: Any, batch_size: int | No
         image, truth = bundle.val[i]
         return image.permute(1, 2, 0).numpy(), truth.numpy()
 
-    return seg, cfg, _Items(names, load), result
+    return seg, cfg, _Items(names, load, lambda image: _predict(seg, image)), result
 
 
 def _predict(seg: Any, image: np.ndarray) -> np.ndarray:
@@ -147,8 +147,7 @@ def report_run(
     for group, entries in (("worst", worst), ("best", best)):
         for rank, entry in enumerate(entries):
             image, truth = data.load(entry["index"])
-            pred = seg.predict(image) if image.dtype == np.uint8 else _predict(seg, image)  # predict: uint8 pixels
-            png = plots.png_bytes(plots.panel(plots.displayable(image), truth, pred, palette))
+            png = plots.png_bytes(plots.panel(image, truth, data.predict(image), palette))
             name = Path(entry["image"]).name
             atomic_write_bytes(plot_dir / "gallery" / f"{split}_{group}_{rank + 1}_{Path(name).stem}.png", png)
             items[group].append(html.GalleryItem(name, entry["miou"], entry["pixel_accuracy"], png))

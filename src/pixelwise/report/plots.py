@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from pixelwise.data.classes import IGNORE
+from pixelwise.display import display_rgb
 
 VOID_RGB = (255, 255, 255)  # void in a truth panel
 WRONG_RGB = (230, 40, 40)
@@ -152,18 +153,12 @@ def error_map(image: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> np.ndar
     return out
 
 
-def displayable(image: np.ndarray) -> np.ndarray:
-    """An HxWxC image as uint8 for display: pixels as they are; other values (a user's float data) stretched."""
-    if image.dtype == np.uint8:
-        return image
-    lo, hi = float(np.nanmin(image)), float(np.nanmax(image))
-    return ((image.astype(np.float64) - lo) / max(hi - lo, 1e-12) * 255).clip(0, 255).astype(np.uint8)
-
-
 def panel(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, palette: list[tuple[int, int, int]],
           max_side: int = 320) -> np.ndarray:
-    """image | truth | prediction | error, side by side with 4-pixel gaps, each scaled to ``max_side`` a side."""
-    rgb = np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image[:, :, :3]
+    """image | truth | prediction | error, side by side with 4-pixel gaps, each scaled to ``max_side`` a side.
+
+    The image may have any type and channel count (shown as ``display.display_rgb`` does)."""
+    rgb = display_rgb(image)
     parts = [rgb, colorize(truth, palette), colorize(pred, palette), error_map(rgb, truth, pred)]
     h, w = truth.shape
     scale = min(4.0, max_side / max(h, w))  # small images are enlarged (nearest), large ones shrunk

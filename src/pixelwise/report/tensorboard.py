@@ -7,9 +7,10 @@ from typing import Any
 
 import torch
 
+from pixelwise.data.pixels import model_input
 from pixelwise.engine.callbacks import Callback, RunState
 from pixelwise.engine.padding import forward_padded
-from pixelwise.report.plots import displayable, panel
+from pixelwise.report.plots import panel
 
 IMAGES_PER_EPOCH = 2  # validation images whose predictions are logged after each evaluation
 
@@ -48,11 +49,15 @@ class TensorBoard(Callback):
         was_training = model.training
         model.eval()
         for index in range(min(IMAGES_PER_EPOCH, len(val))):
-            image, truth = val[index]  # (C, H, W) and (H, W) tensors, whatever the dataset
-            pred = forward_padded(model, image[None].to(runtime.device), runtime).argmax(dim=1)[0]
-            shown = displayable(image.permute(1, 2, 0).numpy())
-            name = val.pairs[index].image.name if hasattr(val, "pairs") else f"{index}"
-            self.writer.add_image(f"val/{name}", panel(shown, truth.numpy(), pred.to(torch.uint8).cpu().numpy(),
+            if hasattr(val, "load"):  # files: the decoded image in its own type, and what the model takes of it
+                shown, truth = val.load(index)
+                x = torch.from_numpy(model_input(shown).transpose(2, 0, 1).copy())
+                name = val.pairs[index].image.name
+            else:  # the user's own Dataset: (C, H, W) and (H, W) tensors
+                x, truth = val[index]
+                shown, truth, name = x.permute(1, 2, 0).numpy(), truth.numpy(), f"item {index}"
+            pred = forward_padded(model, x[None].to(runtime.device), runtime).argmax(dim=1)[0]
+            self.writer.add_image(f"val/{name}", panel(shown, truth, pred.to(torch.uint8).cpu().numpy(),
                                                        t.table.palette), step, dataformats="HWC")
         model.train(was_training)
 

@@ -1,0 +1,227 @@
+"""Where a training step and an evaluation pass spend their time, on this machine, with the machine described.
+
+Splits each training step into loading (decode is done once by the checks when images are cached; what remains is
+augmentation and collation), host-to-device copy, forward (with the loss), backward and the optimizer step, and
+each evaluation batch into loading, host-to-device, forward and the metric; plus the I/O of an epoch's end
+(checkpoint, metrics). Every phase is timed with the device synchronised around it, so the figures add up to
+the step (a real step overlaps phases on a GPU and is a little faster). Prints the CPU's capabilities (AVX2,
+AVX-512, AVX512-BF16, AMX; what ATen dispatches to; cores, threads) and the precision and memory format chosen.
+
+    python benchmarks/profile_step.py --data ../shared/data/camvid [--steps 20] [--set train.amp=off]
+    python benchmarks/profile_step.py --data ../shared/data/camvid --compare        # layouts x precisions x threads
+
+``--compare`` times the compute alone (fixed batch: forward, backward, step) for channels_last on/off, bf16
+autocast/fp32 and 1 thread/all threads, to check by measurement which formats are fastest here. To see what a
+CPU without AVX-512 would pick, run it under ``ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2``: the same
+kernels an AVX2-only CPU runs (bf16 then has no native instructions), on this machine's cores and caches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "configs" / "camvid-unet-resnet18.yaml"
+
+
+def machine() -> dict:
+    """What this CPU can do and what torch will use of it."""
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    flags = sorted(set(re.findall(r"\b(avx2|avx512f|avx512_bf16|amx_bf16|amx_tile)\b", text)))
+    model = next(iter(re.findall(r"model name\s*:\s*(.+)", text)), "unknown CPU")
+    from pixelwise.engine.runtime import cpu_has_fast_bf16
+
+    return {"cpu": model.strip(), "flags": flags, "cores": len(os.sched_getaffinity(0)),
+            "torch_threads": torch.get_num_threads(), "aten_capability": torch.backends.cpu.get_cpu_capability(),
+            "onednn_max_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "(all)"), "native_bf16": cpu_has_fast_bf16(),
+            "torch": torch.__version__, "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+class Clock:
+    """Sums seconds per phase; ``lap(name)`` closes the phase since the previous lap (device synchronised)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.seconds, self.t = device, {}, time.perf_counter()
+
+    def start(self) -> None:
+        _sync(self.device)
+        self.t = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        _sync(self.device)
+        now = time.perf_counter()
+        self.seconds[name] = self.seconds.get(name, 0.0) + now - self.t
+        self.t = now
+
+
+def profile_training(p, steps: int, warmup: int) -> dict:
+    from pixelwise.engine.runtime import to_device
+
+    rt, clock = p.runtime, Clock(p.runtime.device)
+    p.model.train()
+    it, images = iter(p.loader), 0
+    for i in range(steps + warmup):
+        if i == warmup:
+            clock.seconds, images = {}, 0
+        clock.start()
+        try:
+            batch = next(it)
+        except StopIteration:
+            it = iter(p.loader)
+            batch = next(it)
+        clock.lap("load (augment, collate)")
+        x, y = to_device(batch, rt)
+        clock.lap("host to device")
+        with rt.autocast():
+            loss = p.criterion(p.model(x), y)
+        clock.lap("forward + loss")
+        loss.backward()
+        clock.lap("backward")
+        p.optimizer.step()
+        p.optimizer.zero_grad(set_to_none=True)
+        clock.lap("optimizer")
+        images += x.shape[0]
+    return {"images": images, "seconds": clock.seconds}
+
+
+def profile_epoch_end(p, run_dir: Path) -> dict:
+    """The I/O of an epoch's end: best weights (safetensors), resume state, metrics.csv."""
+    from pixelwise.engine.checkpoint import atomic_write_text, save_state, save_weights
+    from pixelwise.engine.rng import rng_state
+
+    clock = Clock(p.runtime.device)
+    clock.start()
+    save_weights(p.net, run_dir / "best.safetensors", {"epoch": "1"})
+    clock.lap("write best.safetensors")
+    save_state(run_dir / "last.ckpt", {"model": p.net.state_dict(), "optimizer": p.optimizer.state_dict(),
+                                       "rng": rng_state()})
+    clock.lap("write last.ckpt")
+    atomic_write_text(run_dir / "metrics.csv", "epoch,step\n1,1\n")
+    clock.lap("write metrics.csv")
+    return {"seconds": clock.seconds, "bytes": sum(f.stat().st_size for f in run_dir.iterdir())}
+
+
+@torch.inference_mode()
+def profile_evaluation(p, batches: int) -> dict:
+    from pixelwise.data.build import eval_loader
+    from pixelwise.engine.metrics import confusion_matrix
+    from pixelwise.engine.padding import forward_padded
+
+    rt, clock = p.runtime, Clock(p.runtime.device)
+    model, k = p.net, p.data.summary.table.num_classes
+    model.eval()
+    loader = eval_loader(p.data.val, p.data.val_sizes, p.cfg.train.eval_batch_size, 0)
+    cm, images = torch.zeros(k, k, dtype=torch.int64, device=rt.device), 0
+    clock.start()
+    for i, (x, y) in enumerate(loader):
+        if i == batches:
+            break
+        clock.lap("load")
+        x, y = x.to(rt.device), y.to(rt.device)
+        clock.lap("host to device")
+        pred = forward_padded(model, x, rt).argmax(dim=1)
+        clock.lap("forward")
+        cm += confusion_matrix(pred, y, k)
+        clock.lap("metric")
+        images += x.shape[0]
+    return {"images": images, "seconds": clock.seconds}
+
+
+def _compute_step(p, rt, net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+    with rt.autocast():
+        loss = p.criterion(net(x), y)
+    loss.backward()
+    p.optimizer.step()
+    p.optimizer.zero_grad(set_to_none=True)
+
+
+def compare(p, reps: int) -> list[dict]:
+    """Compute alone on one fixed batch: layouts x precisions x threads (images/s of forward+backward+step)."""
+    from pixelwise.engine.runtime import Runtime
+
+    batch = next(iter(p.loader))
+    rows, threads_all = [], torch.get_num_threads()
+    for threads in sorted({1, threads_all}):
+        torch.set_num_threads(threads)
+        for channels_last in (True, False):
+            for dtype in (torch.bfloat16, None):
+                rt = Runtime(p.runtime.device, dtype, channels_last)
+                fmt = torch.channels_last if channels_last else torch.contiguous_format
+                net = p.net.to(memory_format=fmt)
+                x = batch[0].to(rt.device).contiguous(memory_format=fmt)
+                y = batch[1].to(rt.device)
+
+                _compute_step(p, rt, net, x, y)
+                _sync(rt.device)
+                start = time.perf_counter()
+                for _ in range(reps):
+                    _compute_step(p, rt, net, x, y)
+                _sync(rt.device)
+                ips = reps * x.shape[0] / (time.perf_counter() - start)
+                rows.append({"threads": threads, "layout": "channels_last" if channels_last else "NCHW",
+                             "precision": "bf16 autocast" if dtype else "fp32", "images_per_second": ips})
+                print(f"  {threads} thread(s), {rows[-1]['layout']:13s} {rows[-1]['precision']:13s} {ips:6.2f} img/s",
+                      flush=True)
+    torch.set_num_threads(threads_all)
+    return rows
+
+
+def _table(title: str, seconds: dict, images: int) -> None:
+    total = sum(seconds.values())
+    print(f"\n{title}: {images} images, {images / total:.2f} images/s")
+    for name, s in seconds.items():
+        print(f"  {name:26s} {1e3 * s / max(images, 1):8.2f} ms/image  {100 * s / total:5.1f}%")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "camvid")
+    p.add_argument("--steps", type=int, default=20, help="training steps timed (after --warmup)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--eval-batches", type=int, default=10)
+    p.add_argument("--compare", action="store_true", help="also layouts x precisions x threads, compute alone")
+    p.add_argument("--reps", type=int, default=5, help="--compare: steps per combination")
+    p.add_argument("--set", dest="overrides", action="append", default=[], help="config override (repeatable)")
+    args = p.parse_args()
+
+    from pixelwise.config import load_config
+    from pixelwise.engine.setup import prepare
+
+    info = machine()
+    print("machine:", json.dumps(info))
+    cfg = load_config(CONFIG, [f"data.root={args.data}", "data.num_workers=0", *args.overrides])
+    prepared = prepare(cfg)
+    info.update(runtime=prepared.runtime.describe(), loader_workers=prepared.workers,
+                batch=cfg.train.batch_size, crop=list(cfg.data.crop_size))
+    print(f"chosen: {info['runtime']}, batch {info['batch']}, crops {info['crop']}, {info['loader_workers']} workers")
+    train = profile_training(prepared, args.steps, args.warmup)
+    _table("training step", train["seconds"], train["images"])
+    with tempfile.TemporaryDirectory() as tmp:
+        io = profile_epoch_end(prepared, Path(tmp))
+    print("\nepoch end: " + ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in io["seconds"].items())
+          + f" ({io['bytes'] / 2**20:.0f} MiB)")
+    evaluation = profile_evaluation(prepared, args.eval_batches) if prepared.data.val is not None else None
+    if evaluation:
+        _table("evaluation (whole images)", evaluation["seconds"], evaluation["images"])
+    result = {"machine": info, "training": train, "epoch_end": io, "evaluation": evaluation}
+    if args.compare:
+        print("\ncompute alone (fixed batch, forward + backward + step):")
+        result["compare"] = compare(prepared, args.reps)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,322 @@
+"""Decoders for array images that PIL cannot hold: TIFF (tifffile), ``.npy``, 16-bit colour PNG (OpenCV) and
+GeoTIFF/other rasters (rasterio, the optional ``geo`` extra). No torch.
+
+Each returns the pixels as stored, (H, W, C) in the file's own dtype: nothing is rescaled, truncated or dropped.
+What cannot be read exactly (several images in one file, an unknown channel axis, a missing codec) is a
+``DataError`` naming the file and what to do. ``data.io`` chooses the decoder and applies the channel rules.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pixelwise.errors import DataError, PixelwiseError
+
+TIFF_SUFFIXES = {".tif", ".tiff"}
+RASTERIO_SUFFIXES = {".jp2", ".vrt"}  # read through GDAL only (JPEG 2000 Sentinel-2 bands, virtual band stacks)
+NUMERIC_KINDS = "biuf"
+PAGE_AXES = "YXS"  # tifffile's axes of one image: rows, columns, samples (channels) per pixel
+GEO_TAGS = ("ModelPixelScaleTag", "ModelTiepointTag", "ModelTransformationTag", "GeoKeyDirectoryTag")
+GEO_INSTALL = "pip install 'pixelwise[geo]'"
+GDAL_CACHE_MB = 64  # GDAL's block cache (default: 5% of RAM); window-by-window reading needs little
+
+
+@dataclass(frozen=True)
+class Header:
+    """What a file holds, from its header: size, channels (after ``pages_as_channels``), dtype, pages."""
+
+    height: int
+    width: int
+    channels: int
+    dtype: str
+    pages: int = 1  # images stacked in the file (pages, frames), 1 for an ordinary image
+    page_axes: str = ""  # tifffile's name of the stacking axes (C: channels, Z: depth, T: time, I/Q: unknown)
+
+
+def bomb_message(path: Path, what: str, width: int, height: int, limit: int) -> str:
+    return (f"{path}: the {what} would decode to {width}x{height} = {width * height:,} pixels, over the limit of "
+            f"{limit:,} (data.max_image_pixels). If the file is genuine, raise the limit; a small file that decodes "
+            "to gigapixels is a decompression bomb")
+
+
+def _check_size(path: Path, what: str, height: int, width: int, limit: int) -> None:
+    if width * height > limit:
+        raise DataError(bomb_message(path, what, width, height, limit))
+
+
+def _unreadable(path: Path, what: str, kind: str, e: Exception) -> DataError:
+    if path.stat().st_size == 0:
+        return DataError(f"{path}: the {what} file is empty (0 bytes); re-export or remove it")
+    if isinstance(e, (KeyError, ValueError)) and "imagecodecs" in str(e):
+        return DataError(f"{path}: the {what} is compressed with a codec that needs the imagecodecs package "
+                         f"({e}); pip install imagecodecs")
+    return DataError(f"{path}: cannot be read as a {kind} {what} ({type(e).__name__}: {e}); re-export or remove "
+                     "the file")
+
+
+def pages_message(path: Path, what: str, header: Header) -> str:
+    axes = f" (axes {header.page_axes!r})" if header.page_axes else ""
+    if what != "image":
+        return (f"{path}: the mask file holds {header.pages} images{axes}; a mask is one image of class indices: "
+                "save each page as its own file")
+    return (f"{path}: the file holds {header.pages} images (pages or frames){axes}, and pixelwise would otherwise "
+            "use only the first. If the pages are the channels of one image (one band per page), set "
+            "data.pages_as_channels: true; otherwise save each page as its own file")
+
+
+# --- TIFF ------------------------------------------------------------------------------------------------
+
+
+def _tiff_main_series(tif: Any, path: Path, what: str) -> Any:
+    """The file's one image series; reduced-resolution copies (overviews, thumbnails) are not images of their own."""
+    series = [s for s in tif.series if not all(getattr(p, "is_reduced", False) for p in s.pages if p is not None)]
+    if len(series) != 1:
+        shapes = ", ".join("x".join(map(str, s.shape)) for s in tif.series)
+        raise DataError(f"{path}: the {what} file holds {len(tif.series)} images of different shapes ({shapes}); "
+                        "save each as its own file")
+    return series[0]
+
+
+def _tiff_layout(series: Any) -> tuple[tuple[int, ...], str]:
+    return tuple(series.shape), str(series.axes)
+
+
+def tiff_header(path: Path, what: str, pages_as_channels: bool = False) -> Header:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            main = _tiff_main_series(tif, path, what)
+            shape, axes = _tiff_layout(main)
+            dtype = str(main.dtype)
+    except DataError:
+        raise
+    except Exception as e:  # tifffile raises TiffFileError, ValueError, KeyError, struct.error ...
+        raise _unreadable(path, what, "TIFF", e) from None
+    if "Y" not in axes or "X" not in axes:
+        raise DataError(f"{path}: the TIFF's axes {axes!r} have no rows and columns (YX); not an image")
+    sizes = dict(zip(axes, shape, strict=True))
+    stack = "".join(a for a in axes if a not in PAGE_AXES)
+    pages = int(np.prod([sizes[a] for a in stack])) if stack else 1
+    samples = sizes.get("S", 1)
+    return Header(sizes["Y"], sizes["X"], samples * (pages if pages_as_channels else 1), dtype, pages, stack)
+
+
+def read_tiff(path: Path, what: str, max_pixels: int, pages_as_channels: bool = False
+              ) -> tuple[np.ndarray, int, bool]:
+    """(H, W, C) pixels as stored, the TIFF orientation tag (1 when absent) and whether GeoTIFF tags are present.
+
+    Pages become channels only with ``pages_as_channels``; else a file of several pages is refused (it is not one
+    image), where reading it as an image would have used the first page only.
+    """
+    import tifffile
+
+    header = tiff_header(path, what, pages_as_channels)
+    _check_size(path, what, header.height, header.width, max_pixels)
+    if header.pages > 1 and not pages_as_channels:
+        raise DataError(pages_message(path, what, header))
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = _tiff_main_series(tif, path, what)
+            shape, axes = _tiff_layout(series)
+            arr = series.asarray()
+            tags = tif.pages[0].tags
+            orientation = int(tags["Orientation"].value) if "Orientation" in tags else 1
+            geo = any(name in tags for name in GEO_TAGS)
+    except DataError:
+        raise
+    except Exception as e:
+        raise _unreadable(path, what, "TIFF", e) from None
+    arr = arr.reshape(shape)
+    # rows, columns, then every other axis (pages, samples) flattened into channels, page-major
+    order = [axes.index("Y"), axes.index("X")] + [i for i, a in enumerate(axes) if a not in "YX"]
+    arr = arr.transpose(order).reshape(header.height, header.width, -1)
+    return _numeric(np.ascontiguousarray(arr), path, what), orientation if 1 <= orientation <= 8 else 1, geo
+
+
+def has_geotags(path: Path) -> bool:
+    """Whether a TIFF carries GeoTIFF georeferencing tags (tifffile reads them without GDAL)."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return any(name in tif.pages[0].tags for name in GEO_TAGS)
+    except Exception:  # an unreadable file is reported by the decoder
+        return False
+
+
+# --- .npy ------------------------------------------------------------------------------------------------
+
+
+def _npy_layout(shape: tuple[int, ...], path: Path, what: str, channel_axis: str) -> tuple[int, int, int, bool]:
+    """(height, width, channels, channels_first) of an array file, or a DataError when its layout is unclear."""
+    if len(shape) == 2:
+        return shape[0], shape[1], 1, False
+    if len(shape) != 3:
+        raise DataError(f"{path}: array of shape {shape}; an {what} is HxW or HxWxC (or CxHxW with "
+                        "data.channel_axis: first)")
+    if channel_axis == "first":
+        return shape[1], shape[2], shape[0], True
+    if channel_axis == "auto" and shape[0] < shape[2] and shape[0] <= shape[1]:  # the first axis is the shortest
+        raise DataError(f"{path}: array of shape {shape} looks channels-first ({shape[0]} channels of "
+                        f"{shape[1]}x{shape[2]}); say which axis holds the channels: data.channel_axis: first "
+                        "(CxHxW) or last (HxWxC)")
+    return shape[0], shape[1], shape[2], False
+
+
+def _load_npy(path: Path, what: str, mmap: bool) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except Exception as e:  # ValueError (pickled objects refused), OSError, EOFError ...
+        raise _unreadable(path, what, ".npy array", e) from None
+
+
+def npy_header(path: Path, what: str, channel_axis: str = "auto") -> Header:
+    arr = _load_npy(path, what, mmap=True)
+    h, w, c, _ = _npy_layout(arr.shape, path, what, channel_axis)
+    return Header(h, w, c, str(arr.dtype))
+
+
+def read_npy(path: Path, what: str, max_pixels: int, channel_axis: str = "auto") -> np.ndarray:
+    """(H, W, C) from a ``.npy`` file (no pickled objects are loaded)."""
+    header = npy_header(path, what, channel_axis)
+    _check_size(path, what, header.height, header.width, max_pixels)
+    arr = np.asarray(_load_npy(path, what, mmap=False))
+    _, _, _, first = _npy_layout(arr.shape, path, what, channel_axis)
+    arr = arr[:, :, None] if arr.ndim == 2 else (arr.transpose(1, 2, 0) if first else arr)
+    return _numeric(np.ascontiguousarray(arr), path, what)
+
+
+def _numeric(arr: np.ndarray, path: Path, what: str) -> np.ndarray:
+    if arr.dtype.kind not in NUMERIC_KINDS:
+        raise DataError(f"{path}: {what} pixels of type {arr.dtype}; pixelwise reads integer and floating-point data")
+    return arr.astype(np.uint8) if arr.dtype == bool else arr
+
+
+# --- 16-bit colour PNG -----------------------------------------------------------------------------------
+
+
+def png_bit_depth(path: Path) -> tuple[int, int] | None:
+    """(bit depth, colour type) from a PNG's IHDR, None for other files."""
+    with open(path, "rb") as f:
+        head = f.read(26)
+    if len(head) < 26 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        return None
+    return head[24], head[25]
+
+
+def is_deep_colour_png(path: Path) -> bool:
+    """16 bits per channel with colour (48-bit RGB, 64-bit RGBA, 32-bit gray+alpha): PIL keeps only 8 of them."""
+    depth = png_bit_depth(path)
+    return depth is not None and depth[0] == 16 and depth[1] in (2, 4, 6)
+
+
+def read_deep_png(path: Path, what: str) -> np.ndarray:
+    """A 16-bit colour PNG as (H, W, C) uint16 RGB (alpha dropped, as for 8-bit PNGs); gray+alpha gives C = 1."""
+    import cv2
+
+    arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if arr is None or arr.dtype != np.uint16:
+        raise DataError(f"{path}: cannot be read as a 16-bit PNG {what}; re-export or remove the file")
+    if arr.ndim == 2:
+        return arr[:, :, None]
+    rgb = arr[:, :, 2::-1] if arr.shape[2] >= 3 else arr[:, :, :1]
+    if png_bit_depth(path)[1] == 4:  # gray + alpha: OpenCV expands the gray to three equal channels
+        rgb = rgb[:, :, :1]
+    return np.ascontiguousarray(rgb)
+
+
+# --- rasterio (optional) ---------------------------------------------------------------------------------
+
+
+def rasterio_module(path: Path | None = None, why: str = "to read it") -> Any:
+    """rasterio, or a PixelwiseError saying how to install it."""
+    try:
+        import rasterio
+    except ImportError:
+        where = f"{path}: " if path is not None else ""
+        raise PixelwiseError(f"{where}rasterio is needed {why}; install the geo extra: {GEO_INSTALL}") from None
+    return rasterio
+
+
+@contextlib.contextmanager
+def open_raster(path: Path, what: str = "image") -> Iterator[Any]:
+    """A rasterio dataset with a small GDAL block cache; plain (not georeferenced) files open without a warning."""
+    rasterio = rasterio_module(path)
+    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        try:
+            ds = rasterio.open(path)
+        except RasterioIOError as e:
+            raise _unreadable(path, what, "raster", e) from None
+        with ds:
+            yield ds
+
+
+def check_bands(path: Path, bands: tuple[int, ...] | None, count: int) -> list[int]:
+    """1-based band numbers to read (all without ``bands``); a band the file lacks is a DataError."""
+    if bands is None:
+        return list(range(1, count + 1))
+    beyond = [b for b in bands if b > count]
+    if beyond:
+        raise DataError(f"{path}: data.bands asks for band {', '.join(map(str, beyond))} but the file has {count} "
+                        f"band(s) (bands count from 1)")
+    return list(bands)
+
+
+def raster_header(path: Path, what: str, bands: tuple[int, ...] | None = None) -> Header:
+    with open_raster(path, what) as ds:
+        dtypes = set(ds.dtypes)
+        if len(dtypes) > 1:
+            raise DataError(f"{path}: bands of different types ({', '.join(sorted(dtypes))}); pixelwise reads bands "
+                            "of one type (choose them with data.bands)")
+        return Header(ds.height, ds.width, len(check_bands(path, bands, ds.count)), ds.dtypes[0])
+
+
+def read_raster(path: Path, what: str, max_pixels: int, bands: tuple[int, ...] | None = None) -> np.ndarray:
+    """(H, W, C) of a raster through GDAL, reading only the bands asked for."""
+    header = raster_header(path, what, bands)
+    _check_size(path, what, header.height, header.width, max_pixels)
+    with open_raster(path, what) as ds:
+        try:
+            arr = ds.read(check_bands(path, bands, ds.count))
+        except Exception as e:  # RasterioIOError and GDAL's CPLE_* errors for truncated or corrupt blocks
+            raise _unreadable(path, what, "raster", e) from None
+    return _numeric(np.ascontiguousarray(arr.transpose(1, 2, 0)), path, what)
+
+
+def grid_of(path: Path) -> tuple[Any, Any] | None:
+    """(CRS, affine transform) of a georeferenced raster, None for a plain one (identity transform, no CRS)."""
+    with open_raster(path) as ds:
+        if ds.crs is None and ds.transform.is_identity:
+            return None
+        return ds.crs, ds.transform
+
+
+def grid_mismatch(image: Path, mask: Path) -> str | None:
+    """Why ``mask`` does not lie on ``image``'s pixel grid (other CRS, origin or pixel size), or None.
+
+    Only georeferenced files are compared (sizes are compared for every pair by the checks). Without rasterio the
+    georeferencing cannot be interpreted: the caller notes that instead of guessing from raw tags.
+    """
+    a, b = grid_of(image), grid_of(mask)
+    if a is None or b is None:
+        return None
+    (crs_a, t_a), (crs_b, t_b) = a, b
+    if crs_a != crs_b:
+        return f"{mask}: the mask's CRS ({crs_b}) is not its image's ({crs_a}, {image.name})"
+    pixel = max(abs(t_a.a), abs(t_a.e), 1e-12)
+    if not t_a.almost_equals(t_b, precision=pixel * 1e-3):
+        return (f"{mask}: the mask lies on another grid than its image ({image.name}): transform "
+                f"{tuple(round(v, 6) for v in t_b[:6])} against {tuple(round(v, 6) for v in t_a[:6])}; resample "
+                "the mask onto the image's grid (e.g. gdalwarp with the image's extent and resolution)")
+    return None
