@@ -22,6 +22,7 @@ pytest.importorskip("fastapi", reason="the 'serve' extra is not installed: pip i
 from fastapi.testclient import TestClient  # noqa: E402
 
 from pixelwise.data.classes import ClassTable  # noqa: E402
+from pixelwise.data.pixels import ImageSpec  # noqa: E402
 from pixelwise.inference.predictor import Segmenter  # noqa: E402
 from pixelwise.serve.app import create_app  # noqa: E402
 from pixelwise.serve.guard import BodyLimit, InferenceQueue, ServeError  # noqa: E402
@@ -36,6 +37,15 @@ def encoded(array: np.ndarray, fmt: str = "PNG", mode: str | None = None, **opti
 
 
 GOOD = encoded(np.random.default_rng(0).integers(0, 255, (24, 40, 3), dtype=np.uint8))
+GREY16 = encoded(np.arange(30 * 20, dtype=np.uint16).reshape(20, 30) * 100)
+
+
+def tiff(array: np.ndarray, **options) -> bytes:
+    import tifffile
+
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, array, **options)
+    return buf.getvalue()
 
 
 def png_header_only(width: int, height: int) -> bytes:
@@ -82,6 +92,19 @@ BAD = {  # name: (request keyword arguments, status, fragments of the message)
     "wrong field": ({"files": {"image": ("a.png", GOOD)}}, 400, ["no file in the multipart field 'file'",
                                                                  "fields sent: 'image'"]),
     "url-encoded form": ({"data": {"file": "abc"}}, 415, ["a url-encoded form cannot carry an image"]),
+    "16-bit grey PNG": ({"files": {"file": ("deep.png", GREY16)}}, 422,
+                        ["deep.png: the pixels are uint16 (16-bit), but this model was trained on uint8 (8-bit) "
+                         "images", "does not rescale", "send the image as 8-bit"]),
+    "float TIFF": ({"content": tiff(np.ones((20, 30), np.float32))}, 422,
+                   ["upload: the pixels are float32 (floating-point), but this model was trained on uint8"]),
+    "2-channel TIFF": ({"files": {"file": ("two.tif", tiff(np.ones((20, 30, 2), np.uint8), photometric="minisblack",
+                                                          planarconfig="contig"))}}, 422,
+                       ["two.tif: the image has 2 channel(s), but this model takes 3"]),
+    "3-page TIFF": ({"files": {"file": ("stack.tif", tiff(np.ones((3, 20, 30), np.uint8), photometric="minisblack"))}},
+                    400,
+                    ["stack.tif: the file holds 3 images"]),
+    "truncated TIFF": ({"files": {"file": ("cut.tif", tiff(np.ones((64, 64, 3), np.uint8))[:200])}}, 400,
+                       ["cut.tif: cannot be read as a TIFF image"]),
     "two files": ({"files": [("file", ("a.png", GOOD)), ("file", ("b.png", GOOD))]}, 400, ["Too many files"]),
     "declared too large": ({"content": b"\0" * (2 * 2**20)}, 413,
                            ["over the server's limit of 1 MiB", "--max-upload-mb"]),
@@ -110,7 +133,6 @@ def _exif_rotated() -> bytes:
 
 
 CONVERTED = {  # name: (file bytes, (height, width) of the mask)
-    "16-bit grey": (encoded(np.arange(30 * 20, dtype=np.uint16).reshape(20, 30) * 100), (20, 30)),
     "grey": (encoded(np.full((20, 30), 128, np.uint8)), (20, 30)),
     "RGBA": (encoded(np.full((20, 30, 4), 200, np.uint8)), (20, 30)),
     "grey with alpha": (encoded(np.full((20, 30, 2), 100, np.uint8)), (20, 30)),
@@ -118,7 +140,10 @@ CONVERTED = {  # name: (file bytes, (height, width) of the mask)
     "1-bit": (encoded(np.zeros((20, 30), bool)), (20, 30)),
     "CMYK JPEG": (encoded(np.full((20, 30, 3), 60, np.uint8), "JPEG", mode="CMYK"), (20, 30)),
     "EXIF-rotated JPEG": (_exif_rotated(), (30, 20)),
-    "TIFF": (encoded(np.full((20, 30, 3), 70, np.uint8), "TIFF"), (20, 30)),
+    "TIFF (PIL)": (encoded(np.full((20, 30, 3), 70, np.uint8), "TIFF"), (20, 30)),
+    "grey TIFF": (tiff(np.full((20, 30), 70, np.uint8)), (20, 30)),
+    "rotated TIFF": (tiff(np.full((20, 30, 3), 70, np.uint8), photometric="rgb", extratags=[(274, 3, 1, 6, True)]),
+                     (30, 20)),
 }
 
 
@@ -146,6 +171,37 @@ def test_no_temporary_files_or_descriptors_are_left(served_run, tmp_path, monkey
     assert list(tmp_path.iterdir()) == []
     if fds is not None:
         assert len(os.listdir("/proc/self/fd")) <= fds + 2  # no descriptor kept per upload (memfd, spooled parts)
+
+
+class Recording:
+    """A backend that remembers what it was given: what reached the model, exactly."""
+
+    def __init__(self) -> None:
+        self.inputs: list[np.ndarray] = []
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        self.inputs.append(batch)
+        return np.full((batch.shape[0], 2, *batch.shape[2:]), 0.5, np.float32)
+
+
+def test_a_16_bit_model_takes_16_bit_uploads_as_they_are_and_refuses_8_bit():
+    backend = Recording()
+    seg = Segmenter(backend, ClassTable(names=["a", "b"]), 1, spec=ImageSpec(dtype="uint16"))
+    served = ServedModel(seg, Path("deep.onnx"), "onnxruntime", 10**8)
+    values = np.arange(30 * 20, dtype=np.uint16).reshape(20, 30) * 100
+    with TestClient(create_app(make_settings(model="deep.onnx"), served)) as client:
+        assert client.get("/model").json()["input"]["dtype"] == "uint16"
+        for data in (GREY16, tiff(values)):
+            r = client.post("/predict", content=data)
+            assert r.status_code == 200 and Image.open(io.BytesIO(r.content)).size == (30, 20)
+            seen = backend.inputs[-1]
+            assert seen.dtype == np.float32 and (seen[0, 0] == values).all()  # every 16-bit value, unscaled
+        r = client.post("/predict?output=overlay", content=GREY16)
+        assert r.status_code == 200 and Image.open(io.BytesIO(r.content)).mode == "RGB"
+        r = client.post("/predict", files={"file": ("photo.png", GOOD)})
+        assert r.status_code == 422
+        assert ("photo.png: the pixels are uint8 (8-bit), but this model was trained on uint16 (16-bit) images"
+                in r.json()["detail"])
 
 
 class Blocking:

@@ -115,9 +115,9 @@ def model_facts(served: ServedModel, settings: ServeSettings) -> dict[str, Any]:
         "source": served.source.name, "backend": served.backend, "version": __version__,
         "classes": [{"index": i, "name": n, "color": list(c)}
                     for i, (n, c) in enumerate(zip(table.names, table.palette, strict=True))],
-        "input": {"channels": seg.channels, "dtype": "uint8", "any_size": True,
-                  "converted": "16-bit scaled to 8; grey, RGBA, palette, CMYK to the model's channels; EXIF "
-                               "orientation applied",
+        "input": {"channels": seg.channels, "dtype": seg.spec.dtype or "uint8", "any_size": True,
+                  "converted": "8-bit grey, RGBA, palette and CMYK to the model's channels; EXIF/TIFF orientation "
+                               "applied; other pixel types than dtype are refused (422), never rescaled",
                   "max_image_pixels": served.max_pixels, "max_upload_bytes": settings.max_upload_bytes,
                   "crop_size": [ch, cw], "tiled_above_pixels": AUTO_TILE_AREA * ch * cw},
         "output": {"mask": "PNG, pixel value = class index (palette: the class colours)"},
@@ -157,7 +157,7 @@ def _routes(served: ServedModel, settings: ServeSettings, queue: InferenceQueue)
         images, results = [], []
         for data, name in files:
             try:
-                images.append(decode(data, name, seg.channels, served.max_pixels))
+                images.append(decode(data, name, seg.spec, served.max_pixels))
                 results.append({"file": name})
             except ServeError as e:
                 results.append({"file": name, "status": e.status, "detail": e.message})

@@ -57,12 +57,14 @@ class PredictOptions(BatchOptions):
         "mask", description="mask: palette PNG of class indices; overlay: PNG; json: class areas and shapes; "
                             "probs: .npz of float16 probabilities")
     alpha: float = Field(0.5, ge=0, le=1, description="overlay: weight of the class colours")
+    image: bool = Field(False, description="json: include the image as the model saw it (EXIF orientation applied; "
+                                           "other pixel types than 8-bit contrast-stretched) as a base64 RGB PNG")
 
 
 def predict_one(served: ServedModel, data: bytes, name: str, options: PredictOptions) -> tuple[bytes, str, str]:
     """Decode, predict and encode one upload (on the model's thread): the body, its media type, a file name."""
     seg = served.segmenter
-    image = decode(data, name, seg.channels, served.max_pixels)
+    image = decode(data, name, seg.spec, served.max_pixels)
     stem = re.sub(r"[^A-Za-z0-9._-]", "_", Path(name).stem) or "upload"  # it goes into a header: ASCII only
     tiling = {"tile": options.tile, "overlap": options.overlap, "tta": options.tta, "scales": options.scale_list}
     if options.output == "probs":
@@ -79,5 +81,7 @@ def predict_one(served: ServedModel, data: bytes, name: str, options: PredictOpt
         return encode.overlay_png(seg, image, mask, options.alpha), "image/png", f"{stem}_overlay.png"
     if options.output == "json":
         answer = encode.mask_json(seg, mask, options.shapes, options.tolerance, options.mask, name)
+        if options.image:  # for a page whose browser cannot show the file (TIFF, 16-bit, many bands)
+            answer["image_png"] = encode.picture_png(image)
         return json.dumps(answer).encode(), "application/json", f"{stem}.json"
     return encode.mask_png(seg, mask), "image/png", f"{stem}.png"

@@ -1,19 +1,23 @@
 """Uploads: the image bytes of a request (multipart field or raw body) and their decoding, with an HTTP status.
 
-Decoding is pixelwise's own (``data.io.read_image_bytes``), so an upload meets the rules a file meets: the
-pixel limit read from the header, one message per kind of broken file, 16-bit/grey/RGBA/palette/CMYK converted
-to the model's channels, EXIF orientation applied.
+Decoding is pixelwise's own (``data.io.read_image_bytes``), so an upload meets the rules a file meets in
+``pixelwise predict``: the pixel limit read from the header, one message per kind of broken file, EXIF orientation
+applied, 8-bit grey/RGBA/palette/CMYK converted to the model's channels, and any other pixel type (16-bit, float)
+taken only by a model trained on it: refused with a message, never rescaled.
 """
 
 from __future__ import annotations
 
 import io
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from pixelwise.data.io import read_image_bytes, set_max_pixels
+from pixelwise.data.io import read_image_bytes, set_max_pixels, sniff_suffix
+from pixelwise.data.pixels import ChannelMismatch, Decoded, ImageSpec, dtype_class, fit_channels
 from pixelwise.errors import DataError
 from pixelwise.serve.guard import ServeError
 
@@ -57,24 +61,52 @@ async def read_uploads(request: Any, max_files: int) -> list[tuple[bytes, str]]:
     return await _form_files(request, BATCH_FIELD, max_files)  # more files than max_files: Starlette's 400
 
 
-def _status(data: bytes, limit: int) -> int:
-    """The status for bytes that failed to decode, read from their header: too many pixels, not an image, broken."""
+def _status(data: bytes, message: str) -> int:
+    """The status of bytes that failed to decode: too many pixels (413), not an image (415), a broken one (400)."""
+    if "(data.max_image_pixels)" in message:  # the header check's message (io and raster share it)
+        return 413
+    if sniff_suffix(data):  # a TIFF or .npy: recognised, so broken
+        return 400
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            width, height = im.size
+        with Image.open(io.BytesIO(data)):
+            return 400  # an image whose pixels are cut short or broken
     except UnidentifiedImageError:  # not an image, or not of a kind pixelwise reads
         return 415
     except Exception:  # an image whose header itself is cut short or broken
         return 400
-    return 413 if width * height > limit else 400
 
 
-def decode(data: bytes, name: str, channels: int, max_pixels: int) -> np.ndarray:
-    """HxWxC uint8 for the model, or a ``ServeError`` with the decoder's message (400, 413 or 415)."""
+def _bits(dtype: str) -> str:
+    d = np.dtype(dtype)
+    return "floating-point" if d.kind == "f" else f"{d.itemsize * 8}-bit"
+
+
+def fit_to_model(pixels: np.ndarray, spec: ImageSpec, name: str) -> np.ndarray:
+    """Decoded pixels (the file's own type and channels) with the model's channels, or a 422 saying what it takes.
+
+    The rules of ``pixelwise predict``: 8-bit grey and colour convert into each other; another pixel type is refused,
+    not rescaled (a 16-bit image squeezed into 8 bits, or 8-bit pixels given to a 16-bit model, would be misread).
+    """
+    expected = spec.dtype or "uint8"
+    if dtype_class(pixels.dtype) != dtype_class(expected):
+        raise ServeError(422, f"{name}: the pixels are {pixels.dtype} ({_bits(pixels.dtype)}), but this model was "
+                              f"trained on {expected} ({_bits(expected)}) images; pixelwise does not rescale one pixel "
+                              f"type to another: send the image as {_bits(expected)} "
+                              f"{'(e.g. a PNG or JPEG photo)' if expected == 'uint8' else 'pixels'}")
+    try:
+        return fit_channels(Decoded(pixels, 1), spec.channels, Path(name))
+    except ChannelMismatch as e:
+        raise ServeError(422, f"{name}: the image has {e.found} channel(s), but this model takes {e.expected}; "
+                              "send an image with that many channels") from None
+
+
+def decode(data: bytes, name: str, spec: ImageSpec, max_pixels: int) -> np.ndarray:
+    """(H, W, C) pixels of the model's type and channels (what ``Segmenter.predict`` takes), or a ``ServeError``."""
     if not data:
         raise ServeError(400, f"{name}: the upload is empty (0 bytes); {HOW_TO_SEND}")
     set_max_pixels(max_pixels)  # the one limit of this server process (data.max_image_pixels or --max-image-pixels)
-    try:
-        return read_image_bytes(data, channels, name)
+    try:  # as stored first (bands, pages, NaN rules applied), so a wrong type is named before a channel count
+        pixels = read_image_bytes(data, replace(spec, channels=None, dtype=None), name)
     except DataError as e:
-        raise ServeError(_status(data, max_pixels), str(e)) from None
+        raise ServeError(_status(data, str(e)), str(e)) from None
+    return fit_to_model(pixels, spec, name)
