@@ -73,8 +73,10 @@ def test_json_has_class_areas_polygons_and_rle(onnx_client, seg):
         rle = {"size": entry["rle"]["size"], "counts": entry["rle"]["counts"].encode()}
         assert (mask_utils.decode(rle) == (mask == k)).all()
     assert (np.asarray(Image.open(io.BytesIO(base64.b64decode(answer["mask_png"])))) == mask).all()
-    answer = onnx_client.post("/predict?output=json&tolerance=0", content=image).json()
+    answer = onnx_client.post("/predict?output=json&tolerance=0&image=true", content=image).json()
     assert "mask_png" not in answer
+    shown = Image.open(io.BytesIO(base64.b64decode(answer["image_png"])))
+    assert shown.mode == "RGB" and (np.asarray(shown) == np.asarray(Image.open(io.BytesIO(image)))).all()
     for k, entry in enumerate(answer["classes"]):
         assert bool(entry["polygons"]) == bool(entry["pixels"])
         for region in entry["polygons"]:

@@ -11,6 +11,7 @@ import shutil
 
 import numpy as np
 import pytest
+import tifffile
 from PIL import Image
 from serve_helpers import live_server
 
@@ -65,7 +66,18 @@ def test_the_page_segments_an_uploaded_image(browser, served_run, synthetic_data
         page.click("#none")  # every class hidden: the image itself
         plain = np.asarray(page.eval_on_selector("#view", pixels_js()), dtype=np.uint8).reshape(original.shape)
         assert np.abs(plain.astype(int) - original).max() <= 2
-        assert page.get_attribute("#download-mask", "download").endswith("_mask.png")
+        with page.expect_download() as download:
+            page.click("#download-mask")
+        assert download.value.suggested_filename == f"{image.stem}_mask.png"
+        mask = Image.open(download.value.path())  # the API's mask: palette PNG of class indices
+        assert mask.mode == "P" and mask.size == (width, height)
+        tif = tmp_path / "scan.tif"  # a file Chromium cannot show: drawn as the server renders it
+        tifffile.imwrite(tif, original, photometric="rgb")
+        page.set_input_files("#file", str(tif))
+        page.wait_for_function("document.querySelector('#status').textContent.startsWith('scan.tif')")
+        assert "as the server rendered it" in page.inner_text("#note")
+        shown = np.asarray(page.eval_on_selector("#view", pixels_js()), dtype=np.uint8)
+        assert shown.size == original.size
         page.set_input_files("#file", str(tmp_path / "notes.png"))
         page.wait_for_selector("#error:not([hidden])")
         assert "415: notes.png: cannot be read as an image" in page.inner_text("#error")

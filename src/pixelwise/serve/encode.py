@@ -13,6 +13,7 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 
+from pixelwise.display import display_rgb
 from pixelwise.inference.predictor import Segmenter
 
 Shapes = Literal["none", "polygons", "rle"]
@@ -32,6 +33,11 @@ def mask_png(seg: Segmenter, mask: np.ndarray) -> bytes:
 def index_png(mask: np.ndarray) -> bytes:
     """One grey channel whose values are the class indices: what a browser can read back exactly (the page)."""
     return png_bytes(Image.fromarray(mask.astype(np.uint8), mode="L"))
+
+
+def picture_png(image: np.ndarray) -> str:
+    """An image of any pixel type and channel count as a base64 8-bit RGB PNG (``display_rgb``: what a person sees)."""
+    return base64.b64encode(png_bytes(Image.fromarray(display_rgb(image)))).decode("ascii")
 
 
 def overlay_png(seg: Segmenter, image: np.ndarray, mask: np.ndarray, alpha: float) -> bytes:

@@ -4,7 +4,8 @@
 
 const $ = (id) => document.getElementById(id);
 const KEY_STORE = "pixelwise-api-key";
-const state = { model: null, classes: [], enabled: [], image: null, index: null, width: 0, height: 0, stem: "image" };
+const state = { model: null, classes: [], enabled: [], image: null, index: null, width: 0, height: 0, stem: "image",
+  file: null, tta: false };
 
 function headers() {
   const key = sessionStorage.getItem(KEY_STORE);
@@ -93,13 +94,25 @@ function pixelsOf(bitmap, w, h) {
   return ctx.getImageData(0, 0, w, h);
 }
 
+async function browserPicture(file) {
+  // 8-bit models: the browser shows the file itself (EXIF orientation applied, as the server does). Other pixel
+  // types, and files the browser cannot decode (TIFF, many bands), are shown as the server renders them.
+  if (state.model.input && state.model.input.dtype !== "uint8") return null;
+  try {
+    return await createImageBitmap(file);
+  } catch (e) {
+    return null;
+  }
+}
+
 async function segment(file) {
   if (!state.model) { await loadModel(); if (!state.model) return; }
   showError("");
   $("status").textContent = `segmenting ${file.name}...`;
+  const bitmap = await browserPicture(file);
   const form = new FormData();
   form.append("file", file, file.name);
-  const query = `output=json&shapes=none&mask=true&tta=${$("tta").checked}`;
+  const query = `output=json&shapes=none&mask=true&image=${bitmap === null}&tta=${$("tta").checked}`;
   let response;
   try {
     response = await fetch(`predict?${query}`, { method: "POST", body: form, headers: headers() });
@@ -124,20 +137,21 @@ async function segment(file) {
   state.index = new Uint8Array(state.width * state.height);
   for (let p = 0; p < state.index.length; p++) state.index[p] = maskData[4 * p];
   $("note").textContent = "";
-  try {
-    const bitmap = await createImageBitmap(file);  // EXIF orientation applied, as the server does
-    if (bitmap.width !== state.width || bitmap.height !== state.height) {
-      $("note").textContent = "the image is shown scaled to the mask's size";
-    }
-    state.image = pixelsOf(bitmap, state.width, state.height);
-  } catch (e) {  // a file the browser cannot show (TIFF, 16-bit): the classes are drawn on grey
-    state.image = new ImageData(state.width, state.height);
-    state.image.data.fill(128);
-    $("note").textContent = "this browser cannot show this image type: the classes are drawn on grey";
+  let picture = bitmap;
+  if (picture === null) {
+    picture = await createImageBitmap(new Blob([base64Bytes(answer.image_png)], { type: "image/png" }));
+    $("note").textContent = "the image is shown as the server rendered it (contrast-stretched unless 8-bit)";
+  } else if (picture.width !== state.width || picture.height !== state.height) {
+    $("note").textContent = "the image is shown scaled to the mask's size";
   }
+  state.image = pixelsOf(picture, state.width, state.height);
   fillLegend(answer.classes);
-  $("download-mask").href = `data:image/png;base64,${answer.mask_png}`;
-  $("download-mask").download = `${state.stem}_mask.png`;
+  state.file = file;
+  state.tta = $("tta").checked;
+  const link = $("download-mask");
+  if (link.href.startsWith("blob:")) URL.revokeObjectURL(link.href);
+  link.href = "#";
+  link.download = `${state.stem}_mask.png`;
   $("result").hidden = false;
   $("status").textContent = `${file.name}: ${state.width}x${state.height} pixels`;
   render();
@@ -171,6 +185,23 @@ function render() {
   }, "image/png");
 }
 
+// The mask file is the API's default answer, the palette PNG `pixelwise predict` writes (class indices shown in
+// the class colours); it is asked for when first wanted, not with every prediction.
+async function downloadMask(e) {
+  const link = $("download-mask");
+  if (link.href.startsWith("blob:") || !state.file) return;  // ready: the browser downloads it
+  e.preventDefault();
+  const form = new FormData();
+  form.append("file", state.file, state.file.name);
+  const response = await fetch(`predict?tta=${state.tta}`, { method: "POST", body: form, headers: headers() });
+  if (!response.ok) {
+    showError(`${response.status}: ${await detail(response)}`);
+    return;
+  }
+  link.href = URL.createObjectURL(await response.blob());
+  link.click();
+}
+
 function setAll(on) {
   state.enabled = state.classes.map(() => on);
   document.querySelectorAll("#legend tbody input").forEach((box) => { box.checked = on; });
@@ -194,6 +225,7 @@ function init() {
   });
   $("all").addEventListener("click", () => setAll(true));
   $("none").addEventListener("click", () => setAll(false));
+  $("download-mask").addEventListener("click", downloadMask);
   $("key-form").addEventListener("submit", (e) => {
     e.preventDefault();
     sessionStorage.setItem(KEY_STORE, $("key").value);
