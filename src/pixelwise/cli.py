@@ -353,9 +353,8 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every interface)."),
     port: int = typer.Option(8000, min=0, max=65535),
     workers: int = typer.Option(1, min=1, max=64, help="Server processes, each with its own copy of the model."),
-    api_key: str | None = typer.Option(None, envvar="PIXELWISE_API_KEY", show_default=False, help="Key required in "
-                                       "the X-API-Key header of every API request (the variable hides it from ps)."),
-    cors_origin: list[str] = typer.Option([], help="Browser origin allowed to call the API (repeatable)."),
+    api_key: str | None = typer.Option(None, envvar="PIXELWISE_API_KEY", help="Key every API request must send."),
+    cors_origins: list[str] = typer.Option([], "--cors-origin", help="Browser origin allowed (repeatable; none: off)."),
     max_upload_mb: float = typer.Option(32.0, min=0.001, help="Largest request body, MiB."),
     max_image_pixels: int | None = typer.Option(None, min=1, help="Default: the run's data.max_image_pixels."),
     queue: int = typer.Option(32, min=0, help="Requests that may wait for the model; more get 503."),
@@ -363,12 +362,10 @@ def serve(
     device: str = typer.Option("auto", help="PyTorch device: cpu, cuda, cuda:1, or auto."),
 ) -> None:
     """Serve a model over HTTP: POST /predict, /predict/batch, GET /model, /health, a page at /, docs at /docs."""
-    from pixelwise.serve.server import serve as run_server
-    from pixelwise.serve.settings import make_settings
+    options = dict(locals())  # each option is the ServeSettings field of the same name
+    from pixelwise.serve.server import serve_options
+    serve_options(options)
 
-    run_server(make_settings(model=model, host=host, port=port, workers=workers, api_key=api_key, device=device,
-                             cors_origins=cors_origin, max_upload_mb=max_upload_mb, max_image_pixels=max_image_pixels,
-                             queue=queue, timeout=timeout))
 
 @app.command()
 def models(

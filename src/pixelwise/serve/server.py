@@ -6,9 +6,10 @@ import os
 from typing import Any
 
 from rich.console import Console
+from rich.text import Text
 
 from pixelwise.serve import require_extra
-from pixelwise.serve.settings import ServeSettings, check_model
+from pixelwise.serve.settings import ServeSettings, check_model, make_settings
 
 SETTINGS_ENV = "PIXELWISE_SERVE_SETTINGS"  # the settings as JSON, for worker processes (the key stays out of argv)
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -30,12 +31,13 @@ def serve(settings: ServeSettings) -> None:
 
     from pixelwise.serve.app import create_app
 
+    # Names are printed as plain text: a path or an IPv6 address in [brackets] is not rich markup.
     if settings.host not in LOOPBACK and not settings.api_key:
-        err.print(f"[yellow]warning:[/] serving on {settings.host} without an API key: anyone who can reach this "
-                  "machine can use the model (set PIXELWISE_API_KEY or --api-key)")
+        err.print(Text.assemble(("warning:", "yellow"), f" serving on {settings.host} without an API key: anyone who "
+                                "can reach this machine can use the model (set PIXELWISE_API_KEY or --api-key)"))
     shown = f"[{settings.host}]" if ":" in settings.host else settings.host
-    err.print(f"serving {path} on http://{shown}:{settings.port} with {settings.workers} worker(s): the page at /, "
-              "the API described at /docs")
+    err.print(Text(f"serving {path} on http://{shown}:{settings.port} with {settings.workers} worker(s): the page "
+                   "at /, the API described at /docs"))
     # Keep-alive connections idle for more than 5 s are closed (uvicorn's default), which bounds idle sockets.
     options: dict[str, Any] = {"host": settings.host, "port": settings.port, "log_level": "info",
                                "timeout_keep_alive": 5}
@@ -44,3 +46,8 @@ def serve(settings: ServeSettings) -> None:
         return
     os.environ[SETTINGS_ENV] = settings.model_dump_json()
     uvicorn.run("pixelwise.serve.server:app_from_env", factory=True, workers=settings.workers, **options)
+
+
+def serve_options(options: dict[str, Any]) -> None:
+    """``serve`` for the command line's options (validated into ``ServeSettings``; an error names its option)."""
+    serve(make_settings(**options))
