@@ -5,6 +5,9 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
+import re
+import shutil
 import subprocess
 import sys
 
@@ -206,9 +209,10 @@ def test_a_missing_extra_names_it(monkeypatch):
 def test_the_command_line_serves_and_refuses_what_it_cannot(served_run, tmp_path):
     def run(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "pixelwise", "serve", *args], capture_output=True, text=True,
-                              timeout=120)
+                              timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
-    for args, expected in [(("hf://org/model",), "hf:// models (models on the Hugging Face Hub) are not supported yet"),
+    for args, expected in [(("s3://bucket/model.onnx",), "s3:// models are not supported"),
+                           (("hf://org/model",), "hf://org/model: could not be downloaded from the Hugging Face Hub"),
                            ((str(tmp_path / "nope"),), "no such run directory or .onnx file"),
                            ((str(tmp_path),), "not a run directory"),
                            ((str(served_run), "--port", "70000"), "65535")]:
@@ -218,3 +222,48 @@ def test_the_command_line_serves_and_refuses_what_it_cannot(served_run, tmp_path
     with live_server(served_run / "model.onnx") as url:
         r = httpx.post(f"{url}/predict?output=json&shapes=none", files={"file": ("a.png", png((24, 32, 3)))})
         assert r.status_code == 200 and (r.json()["height"], r.json()["width"]) == (24, 32)
+
+
+def test_hf_models_are_downloaded_files_only_then_served_as_local_ones(served_run, tmp_path, monkeypatch):
+    import fnmatch
+
+    import huggingface_hub
+
+    from pixelwise.errors import PixelwiseError
+    from pixelwise.serve.settings import model_path
+
+    hub = tmp_path / "hub" / "org" / "camvid"  # the repository: a run with its export, and an export in a folder
+    shutil.copytree(served_run, hub, ignore=shutil.ignore_patterns("probe.png"))
+    (hub / "exports").mkdir()
+    shutil.copy(served_run / "model.onnx", hub / "exports" / "model.onnx")
+    calls = []
+
+    def snapshot_download(repo_id, revision=None, allow_patterns=None):
+        calls.append((repo_id, revision, allow_patterns))
+        if repo_id != "org/camvid":
+            raise ConnectionError("404 Client Error: Repository Not Found")
+        local = tmp_path / "cache" / (revision or "main")
+        for file in (tmp_path / "hub" / repo_id).rglob("*"):
+            name = file.relative_to(tmp_path / "hub" / repo_id).as_posix()
+            if file.is_file() and any(fnmatch.fnmatch(name, p) for p in allow_patterns):
+                (local / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(file, local / name)
+        return str(local)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    run = model_path("hf://org/camvid@v1")
+    assert (run / "config.yaml").is_file() and (run / "best.safetensors").is_file()
+    assert calls[-1] == ("org/camvid", "v1", ["config.yaml", "best.safetensors", "summary.json", "model.onnx"])
+    assert not (run / "metrics.csv").exists()  # only what serving needs
+    assert model_path("hf://org/camvid/exports") == tmp_path / "cache" / "main" / "exports" / "model.onnx"
+    onnx = model_path("hf://org/camvid/model.onnx")
+    assert onnx.name == "model.onnx" and calls[-1][2] == ["model.onnx", "summary.json"]
+    with TestClient(create_app(make_settings(model="hf://org/camvid/model.onnx"))) as client:
+        assert client.post("/predict", content=png((16, 16, 3))).status_code == 200
+        assert client.get("/model").json()["metrics"]["steps"] == 2
+    for source, message in [("hf://org", "expected hf://OWNER/NAME[/PATH][@REVISION]"),
+                            ("hf://org/missing", "could not be downloaded from the Hugging Face Hub "
+                                                 "(ConnectionError: 404 Client Error"),
+                            ("hf://org/camvid/nothing.onnx", "holds no nothing.onnx to serve")]:
+        with pytest.raises(PixelwiseError, match=re.escape(message)):
+            model_path(source)

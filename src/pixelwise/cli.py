@@ -349,7 +349,7 @@ def bench(
 
 @app.command()
 def serve(
-    model: str = typer.Argument(..., help="Run directory (PyTorch) or exported .onnx (ONNX Runtime, no PyTorch)."),
+    model: str = typer.Argument(..., help="Run directory (PyTorch), exported .onnx (ONNX Runtime), or hf://OWNER/NAME."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every interface)."),
     port: int = typer.Option(8000, min=0, max=65535),
     workers: int = typer.Option(1, min=1, max=64, help="Server processes, each with its own copy of the model."),

@@ -27,6 +27,7 @@ def serve(settings: ServeSettings) -> None:
     """Serve until interrupted. The model is checked before the port is bound, so a bad one is one message."""
     require_extra()
     path = check_model(settings)
+    settings = settings.model_copy(update={"model": str(path)})  # an hf:// model: downloaded once, for every worker
     import uvicorn
 
     from pixelwise.serve.app import create_app

@@ -29,7 +29,7 @@ class ServeSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str  # a run directory or an exported .onnx
+    model: str  # a run directory, an exported .onnx, or hf://OWNER/NAME[/PATH][@REVISION]
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     workers: int = Field(1, ge=1, le=64)
@@ -59,12 +59,15 @@ def make_settings(**values: Any) -> ServeSettings:
 
 
 def model_path(source: str) -> Path:
-    """The local model ``source`` names; remote forms are refused with what to do instead."""
+    """The local model ``source`` names (an hf:// model is downloaded first, or found in the cache)."""
     if _SCHEME.match(source):
         scheme = source.split("://", 1)[0].lower()
-        hint = " (models on the Hugging Face Hub)" if scheme == "hf" else ""
-        raise PixelwiseError(f"{source}: {scheme}:// models{hint} are not supported yet; download the model and give "
-                             "its run directory or exported .onnx file")
+        if scheme != "hf":
+            raise PixelwiseError(f"{source}: {scheme}:// models are not supported; give a run directory, an exported "
+                                 ".onnx file or a Hugging Face Hub model (hf://OWNER/NAME)")
+        from pixelwise.serve.hub import hub_model
+
+        return hub_model(source)
     path = Path(source)
     if not path.exists():
         raise PixelwiseError(f"{path}: no such run directory or .onnx file")
