@@ -4,11 +4,12 @@ For each backend a real server process is started (``pixelwise serve MODEL``), w
 then ``--clients`` clients each send the run's val images (whole frames, multipart, ``POST /predict``: the PNG
 mask) one after another for ``--duration`` seconds. Reported per backend: requests, failed requests (any
 answer but 200, or no answer), requests/s, latency p50/p95/p99 (ms, seen by the client: queueing included),
-and the server's resident memory (all its processes) after loading, after warm-up, after 1000 requests and at
-the end, so growth under load shows.
+and the server's resident memory (all its processes) at the start, after warm-up, after 1000 requests (sent on,
+untimed, when the timed load answered fewer) and at the end, so growth under load shows.
 
     pixelwise export RUN --int8          # model.int8.onnx (made by this script when missing)
     python benchmarks/serve_load.py RUN [--clients 16] [--duration 60] [--backends int8,pytorch]
+    python benchmarks/serve_load.py RUN --duration 5 --memory-at 50     # a smoke run: proves the script only
 
 The clients run on the same machine and take some of its CPU (httpx, asyncio: little next to a model); run it
 on a quiet machine. The server gets ``--queue`` larger than the number of clients, so no request is refused
@@ -90,19 +91,21 @@ def start_server(model: Path, clients: int, workers: int, log: object) -> tuple[
     raise SystemExit(f"the server for {model} did not answer within 300 s")
 
 
-async def load(url: str, images: list[tuple[str, bytes]], clients: int, duration: float, query: str,
-               on_count: dict[int, object]) -> dict[str, object]:
-    """``clients`` concurrent clients for ``duration`` seconds; ``on_count[n]()`` runs once n requests are done."""
+async def load(url: str, images: list[tuple[str, bytes]], clients: int, query: str, duration: float | None = None,
+               requests: int | None = None, on_count: dict[int, object] | None = None) -> dict[str, object]:
+    """``clients`` concurrent clients for ``duration`` seconds, or until ``requests`` are answered; ``on_count[n]()``
+    runs once n requests are answered."""
     latencies: list[float] = []
     failures: dict[str, int] = {}
-    done = 0
-    stop = time.monotonic() + duration
+    done = issued = 0
+    stop = time.monotonic() + duration if duration is not None else float("inf")
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
 
     async def client(index: int, session: httpx.AsyncClient) -> None:
-        nonlocal done
+        nonlocal done, issued
         i = index
-        while time.monotonic() < stop:
+        while time.monotonic() < stop and (requests is None or issued < requests):
+            issued += 1
             name, data = images[i % len(images)]
             i += clients
             tick = time.perf_counter()
@@ -116,7 +119,7 @@ async def load(url: str, images: list[tuple[str, bytes]], clients: int, duration
             else:
                 failures[key] = failures.get(key, 0) + 1
             done += 1
-            if done in on_count:
+            if on_count and done in on_count:
                 on_count[done]()
 
     started = time.perf_counter()
@@ -130,15 +133,21 @@ async def load(url: str, images: list[tuple[str, bytes]], clients: int, duration
 
 
 def bench_backend(name: str, model: Path, images: list[tuple[str, bytes]], args: argparse.Namespace) -> dict:
+    mark = f"after_{args.memory_at}"
     with tempfile.TemporaryFile(mode="w+") as log:
         proc, url = start_server(model, args.clients, args.workers, log)
         try:
-            memory = {"loaded": rss_mib(proc.pid)}
+            memory = {"start": rss_mib(proc.pid)}
             for i in range(args.warmup):
                 httpx.post(f"{url}/predict?{args.query}", files={"file": images[i % len(images)]}, timeout=600)
             memory["warm"] = rss_mib(proc.pid)
-            marks = {MEMORY_AT: lambda: memory.__setitem__(f"after_{MEMORY_AT}", rss_mib(proc.pid))}
-            result = asyncio.run(load(url, images, args.clients, args.duration, args.query, marks))
+            marks = {args.memory_at: lambda: memory.__setitem__(mark, rss_mib(proc.pid))}
+            result = asyncio.run(load(url, images, args.clients, args.query, duration=args.duration, on_count=marks))
+            if result["requests"] < args.memory_at:  # the timed load was too short: go on, untimed, to the mark
+                more = asyncio.run(load(url, images, args.clients, args.query,
+                                        requests=args.memory_at - result["requests"]))
+                memory[mark] = rss_mib(proc.pid)
+                result["untimed"] = {k: more[k] for k in ("requests", "failed", "failures", "seconds")}
             memory["end"] = rss_mib(proc.pid)
         finally:
             proc.terminate()
@@ -172,7 +181,10 @@ def main() -> None:
     parser.add_argument("run", type=Path, help="run directory (its val images are sent)")
     parser.add_argument("--backends", default="int8,pytorch", help="comma-separated: int8, fp32, pytorch")
     parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--duration", type=float, default=60.0, help="seconds of load per backend")
+    parser.add_argument("--duration", "--seconds", type=float, default=60.0, help="seconds of timed load per backend")
+    parser.add_argument("--memory-at", type=int, default=MEMORY_AT, help="requests after which the server's memory "
+                                                                         "is read (sent untimed when the load was "
+                                                                         "shorter)")
     parser.add_argument("--workers", type=int, default=1, help="server processes (pixelwise serve --workers)")
     parser.add_argument("--warmup", type=int, default=4, help="requests before the clients start (not counted)")
     parser.add_argument("--images", type=Path, default=None, help="folder of images (default: the run's val split)")
@@ -185,11 +197,12 @@ def main() -> None:
             for name, path in models(args.run, args.backends.split(",")).items()]
     print(f"{len(images)} images, {args.clients} clients, {args.duration:g} s per backend, {os.cpu_count()} CPUs")
     print(f"{'backend':<9} {'requests':>8} {'failed':>6} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8} "
-          f"{'RSS MiB: loaded / warm / after 1000 / end':>44}")
+          f"{f'RSS MiB: start / warm / after {args.memory_at} / end':>44}")
     for r in rows:
         m = r["rss_mib"]
-        rss = f"{m['loaded']} / {m['warm']} / {m.get(f'after_{MEMORY_AT}', '-')} / {m['end']}"
-        print(f"{r['backend']:<9} {r['requests']:>8} {r['failed']:>6} {r['requests_per_second']:>7} "
+        rss = f"{m['start']} / {m['warm']} / {m.get(f'after_{args.memory_at}', '-')} / {m['end']}"
+        failed = r["failed"] + r.get("untimed", {}).get("failed", 0)
+        print(f"{r['backend']:<9} {r['requests']:>8} {failed:>6} {r['requests_per_second']:>7} "
               f"{r['p50_ms']:>8} {r['p95_ms']:>8} {rss:>44}")
     line = json.dumps(rows)
     print(line)
