@@ -169,6 +169,14 @@ def _routes(served: ServedModel, settings: ServeSettings, queue: InferenceQueue)
     return router
 
 
+def _description(served: ServedModel, settings: ServeSettings) -> str:
+    """The docs' introduction; with a key it names no model, since /docs and /openapi.json are open to all."""
+    if settings.api_key:
+        return f"Semantic segmentation; send the key in the {KEY_HEADER} header (Authorize). The page is at /."
+    return (f"Semantic segmentation with {served.source.name} ({served.backend}, "
+            f"{served.segmenter.table.num_classes} classes). The page is at /.")
+
+
 def create_app(settings: ServeSettings, served: ServedModel | None = None) -> FastAPI:
     """The application for ``settings`` (the model is loaded here unless given)."""
     served = served or load_model(settings)
@@ -180,8 +188,7 @@ def create_app(settings: ServeSettings, served: ServedModel | None = None) -> Fa
         queue.close()
 
     app = FastAPI(title="pixelwise", version=__version__, lifespan=lifespan,
-                  description=f"Semantic segmentation with {served.source.name} ({served.backend}, "
-                              f"{served.segmenter.table.num_classes} classes). The page is at /.")
+                  description=_description(served, settings))
     app.state.queue, app.state.served = queue, served
     _add_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes, timeout=settings.timeout)
