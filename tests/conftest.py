@@ -40,3 +40,16 @@ def tiny_overrides(data: Path) -> list[str]:
     return [f"data.root={data}", "data.crop_size=32", "train.batch_size=4", "train.eval_batch_size=4",
             "model.encoder=resnet18", "model.options={decoder_channels: [16, 16, 16, 16, 16]}",
             "data.num_workers=0", "augment.preset=light"]
+
+
+@pytest.fixture(scope="session")
+def served_run(synthetic_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run trained for 2 steps on the synthetic set, exported beside itself (RUN/model.onnx): for the server."""
+    from pixelwise.config import load_config
+    from pixelwise.engine.trainer import Trainer
+    from pixelwise.export.onnx import export_onnx
+
+    run = tmp_path_factory.mktemp("served") / "run"
+    Trainer(load_config(overrides=[*tiny_overrides(synthetic_data), "train.max_steps=2"]), run).fit()
+    export_onnx(run, None, None)
+    return run

@@ -16,8 +16,9 @@ LAYERS = [
     {"engine"},
     {"inference"},
     {"export", "report", "plan"},
+    {"serve"},
     {"api"},
-    {"demo", "cli", "__main__", "__init__"},
+    {"demo", "cli", "cli_deploy", "__main__", "__init__"},
 ]
 
 

@@ -171,10 +171,13 @@ def select_bands(arr: np.ndarray, bands: tuple[int, ...] | None, path: Path) -> 
     return np.ascontiguousarray(arr[:, :, [b - 1 for b in bands]])
 
 
-def decode_image(path: Path, spec: ImageSpec) -> Decoded:
-    """The one place image files are decoded: pixels as stored, (H, W, C), with ``spec``'s bands and pages."""
+def decode_image(path: Path, spec: ImageSpec, suffix: str | None = None) -> Decoded:
+    """The one place image files are decoded: pixels as stored, (H, W, C), with ``spec``'s bands and pages.
+
+    ``suffix``: the kind of file, where the path has no telling suffix (an upload's in-memory file).
+    """
     _regular_file(path, "image")
-    suffix = path.suffix.lower()
+    suffix = (path.suffix if suffix is None else suffix).lower()
     orientation, geo = 1, False
     if suffix in TIFF_SUFFIXES:
         arr, orientation, geo = raster.read_tiff(path, "image", _max_pixels, spec.pages_as_channels)
@@ -237,10 +240,11 @@ def read_image_oriented(path: Path, spec: int | ImageSpec | None) -> tuple[np.nd
     return arr, decoded.orientation
 
 
-def read_image_decoded(path: Path, spec: int | ImageSpec | None) -> tuple[np.ndarray, Decoded]:
+def read_image_decoded(path: Path, spec: int | ImageSpec | None, suffix: str | None = None
+                       ) -> tuple[np.ndarray, Decoded]:
     """``read_image`` and what the file held before its channels were fitted (for the checks)."""
     spec = as_spec(spec)
-    decoded = decode_image(path, spec)
+    decoded = decode_image(path, spec, suffix)
     return check_pixels(fit_channels(decoded, spec.channels, path), spec, path), decoded
 
 
@@ -345,3 +349,58 @@ def to_classes(raw: np.ndarray, lut: np.ndarray) -> np.ndarray:
     out = lut[raw]
     assert (out >= 0).all(), "unknown mask values reached training; checks must reject them first"
     return out.astype(np.uint8)
+
+
+# Uploads have no file name to trust: their kind is read from their first bytes. Whatever is not one of these goes
+# to PIL, which recognises its formats by their bytes too (and says "cannot identify" for anything else).
+_MAGIC = ((b"II*\x00", ".tif"), (b"MM\x00*", ".tif"), (b"II+\x00", ".tif"), (b"MM\x00+", ".tif"),
+          (b"\x93NUMPY", ".npy"))
+
+
+def sniff_suffix(data: bytes) -> str:
+    """The suffix that routes ``data`` to its decoder: .tif (tifffile), .npy, or "" (PIL)."""
+    return next((suffix for magic, suffix in _MAGIC if data.startswith(magic)), "")
+
+
+def read_image_bytes(data: bytes, spec: int | ImageSpec | None, name: str = "upload") -> np.ndarray:
+    """``read_image`` for an image held in memory (an upload); errors name ``name`` instead of a path.
+
+    The bytes go to ``read_image``'s own decoders as an anonymous in-memory file (memfd, Linux), so an upload meets
+    the same header pixel limit, the same message for each kind of broken file and the same rules (every pixel type,
+    TIFF pages and bands, EXIF/TIFF orientation) as a file, and nothing is written to disk; elsewhere a private
+    temporary folder is used and removed. The kind of file is read from the bytes, not from ``name``.
+    """
+    suffix = sniff_suffix(data)
+    try:
+        fd = os.memfd_create("pixelwise-upload", getattr(os, "MFD_CLOEXEC", 0))
+    except (AttributeError, OSError):  # no memfd (macOS, Windows, a sandbox that forbids it)
+        return _read_via_folder(data, spec, name, suffix)
+    path = Path(f"/proc/self/fd/{fd}")
+    try:
+        with open(fd, "wb", closefd=False) as f:
+            f.write(data)
+        return read_image_decoded(path, spec, suffix)[0]
+    except DataError as e:
+        raise _renamed(e, path, name) from None
+    finally:
+        os.close(fd)
+
+
+def _renamed(e: DataError, path: Path, name: str) -> DataError:
+    """The error with the upload's name for the temporary path; the same class, so callers can tell kinds apart."""
+    out = DataError.__new__(type(e))
+    out.__dict__.update(e.__dict__)
+    out.args = (str(e).replace(str(path), name),)
+    return out
+
+
+def _read_via_folder(data: bytes, spec: int | ImageSpec | None, name: str, suffix: str) -> np.ndarray:
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="pixelwise-upload-") as folder:
+        path = Path(folder) / f"upload{suffix}"
+        path.write_bytes(data)
+        try:
+            return read_image_decoded(path, spec)[0]
+        except DataError as e:
+            raise _renamed(e, path, name) from None

@@ -84,15 +84,23 @@ def _tiff_main_series(tif: Any, path: Path, what: str) -> Any:
     return series[0]
 
 
+@contextlib.contextmanager
+def open_tiff(path: Path) -> Iterator[Any]:
+    """``tifffile.TiffFile`` on a file opened here: given a name, tifffile resolves it with realpath, which turns an
+    upload's in-memory file (/proc/self/fd/N, see ``io.read_image_bytes``) into a name that does not exist."""
+    import tifffile
+
+    with open(path, "rb") as fh, tifffile.TiffFile(fh) as tif:
+        yield tif
+
+
 def _tiff_layout(series: Any) -> tuple[tuple[int, ...], str]:
     return tuple(series.shape), str(series.axes)
 
 
 def tiff_header(path: Path, what: str, pages_as_channels: bool = False) -> Header:
-    import tifffile
-
     try:
-        with tifffile.TiffFile(path) as tif:
+        with open_tiff(path) as tif:
             main = _tiff_main_series(tif, path, what)
             shape, axes = _tiff_layout(main)
             dtype = str(main.dtype)
@@ -116,14 +124,13 @@ def read_tiff(path: Path, what: str, max_pixels: int, pages_as_channels: bool = 
     Pages become channels only with ``pages_as_channels``; else a file of several pages is refused (it is not one
     image), where reading it as an image would have used the first page only.
     """
-    import tifffile
 
     header = tiff_header(path, what, pages_as_channels)
     _check_size(path, what, header.height, header.width, max_pixels)
     if header.pages > 1 and not pages_as_channels:
         raise DataError(pages_message(path, what, header))
     try:
-        with tifffile.TiffFile(path) as tif:
+        with open_tiff(path) as tif:
             series = _tiff_main_series(tif, path, what)
             shape, axes = _tiff_layout(series)
             arr = series.asarray()
@@ -143,10 +150,8 @@ def read_tiff(path: Path, what: str, max_pixels: int, pages_as_channels: bool = 
 
 def has_geotags(path: Path) -> bool:
     """Whether a TIFF carries GeoTIFF georeferencing tags (tifffile reads them without GDAL)."""
-    import tifffile
-
     try:
-        with tifffile.TiffFile(path) as tif:
+        with open_tiff(path) as tif:
             return any(name in tif.pages[0].tags for name in GEO_TAGS)
     except Exception:  # an unreadable file is reported by the decoder
         return False
