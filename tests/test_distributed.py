@@ -10,6 +10,7 @@ import pytest
 from conftest import tiny_overrides
 
 from pixelwise.config import load_config
+from pixelwise.engine.rundir import LOCK_NAME
 from pixelwise.engine.trainer import Trainer
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
@@ -57,7 +58,7 @@ def test_only_rank_zero_writes_files(ddp_run):
     assert r1["written"] == []
     names = {Path(p).name for p in r0["written"]}
     assert {"config.yaml", "last.ckpt", "metrics.csv", "summary.json", "best.safetensors"} <= names
-    assert {p.name for p in run.iterdir()} == {"config.yaml", "last.ckpt", "metrics.csv", "summary.json",
+    assert {p.name for p in run.iterdir()} - {LOCK_NAME} == {"config.yaml", "last.ckpt", "metrics.csv", "summary.json",
                                                "best.safetensors", "dataset.json", "tensorboard", "report.html",
                                                "eval_val.json", "plots"}
 

@@ -201,7 +201,7 @@ class OptimConfig(Strict):
     # sgd, gd (full-batch gradient descent), adam, adamw, nadam, radam, adamax, rmsprop, adagrad, adadelta,
     # asgd, adafactor: see `pixelwise.optim.OPTIMIZERS`.
     name: str = "adamw"
-    lr: float = Field(1e-3, gt=0)
+    lr: float = Field(1e-3, gt=0, allow_inf_nan=False)
     weight_decay: float = Field(1e-4, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)  # sgd
     nesterov: bool = False  # sgd

@@ -1,4 +1,5 @@
-"""What a non-finite (NaN/Inf) loss does: stop training (default) or skip the batch (``train.nonfinite_loss``).
+"""What a non-finite (NaN/Inf) loss does: stop training (default) or skip the batch (``train.nonfinite_loss``);
+and weights that are no longer finite always stop training before the epoch's end evaluates or saves them.
 
 On a GPU a per-step ``bool(isfinite(loss))`` makes the host wait for every forward pass. With one CUDA process
 and ``stop``, the first non-finite step is kept on the device instead (``torch.where``, no sync) and read where
@@ -65,12 +66,34 @@ class NonFiniteGuard:
         if self.policy == "skip" and self.in_row <= MAX_SKIPPED_IN_A_ROW:
             notice("warning", f"the loss is {value} at step {step}: batch skipped ({skipped + 1} so far)")
             return
-        last = run_dir / "last.ckpt"
-        where = (f"The last good checkpoint is {last} (epoch {epoch}); continue from it with "
-                 f"pixelwise train --resume {run_dir} --set optim.lr=<lower>"
-                 if last.is_file() else "No checkpoint had been written yet.")
         in_row = f" ({self.in_row} batches in a row)" if self.policy == "skip" else ""
         raise PixelwiseError(
             f"the loss became {value} at step {step}{in_row}; training stopped. Lower optim.lr, set "
-            f"train.grad_clip, or check the data (train.nonfinite_loss: skip drops such batches). {where}"
+            f"train.grad_clip, or check the data (train.nonfinite_loss: skip drops such batches). "
+            f"{_last_good(run_dir, epoch)}"
         )
+
+    @staticmethod
+    def check_weights(net: torch.nn.Module, run_dir: Path, epoch: int) -> None:
+        """Stop if any weight or buffer is NaN/Inf (one host sync, at the epoch's end).
+
+        A finite loss does not prove finite weights: the optimizer step after it can overflow them (a huge
+        learning rate, say ``optim.lr: 1e30``), and the next evaluation would score and save NaN weights as best.
+        """
+        state = {name: t for name, t in net.state_dict().items() if t.is_floating_point()}
+        if not state or bool(torch.stack([torch.isfinite(t).all() for t in state.values()]).all()):
+            return
+        bad = [name for name, t in state.items() if not bool(torch.isfinite(t).all())]
+        raise PixelwiseError(
+            f"the network's weights became NaN/Inf during epoch {epoch + 1} ({len(bad)} tensor(s), e.g. "
+            f"{', '.join(bad[:3])}) although the loss was finite; training stopped before evaluating or saving them. "
+            f"Lower optim.lr or set train.grad_clip. {_last_good(run_dir, epoch)}"
+        )
+
+
+def _last_good(run_dir: Path, epoch: int) -> str:
+    last = run_dir / "last.ckpt"
+    if not last.is_file():
+        return "No checkpoint had been written yet."
+    return (f"The last good checkpoint is {last} (epoch {epoch}); continue from it with "
+            f"pixelwise train --resume {run_dir} --set optim.lr=<lower>")

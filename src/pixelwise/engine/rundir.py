@@ -7,9 +7,12 @@ Only rank 0 writes (the trainer decides).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
+import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,62 @@ METRIC_COLUMNS = ["epoch", "step", "train_loss", "val_loss", "val_miou", "val_pi
 RUN_FILES = ("best.safetensors", "last.ckpt", "metrics.csv", "summary.json")  # cleared by --overwrite
 
 
+LOCK_NAME = ".pixelwise.lock"
+
+
+class RunLock:
+    """Holds ``RUN/.pixelwise.lock`` exclusively while one process trains into ``run_dir`` (rank 0 under torchrun).
+
+    A second writer, from another shell, a notebook or this process, is refused at once instead of interleaving
+    checkpoints and metrics with the first. The lock is the kernel's (``flock``): it goes with the process, even a
+    killed one, so a crashed run never leaves a stale lock to delete by hand. The file itself stays (removing it
+    would race with a waiting writer); it says which process holds it. Where ``fcntl`` is missing (Windows) there
+    is no lock.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.file = None
+        self.run_dir = run_dir
+        self.created = []  # folders this lock creates (run_dir and missing parents such as runs/), deepest first
+        folder = run_dir
+        while not folder.exists() and folder != folder.parent:
+            self.created.append(folder)
+            folder = folder.parent
+        try:
+            import fcntl
+        except ImportError:
+            return
+        run_dir.mkdir(parents=True, exist_ok=True)
+        path = run_dir / LOCK_NAME
+        f = path.open("a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise PixelwiseError(f"{run_dir}: {holder} is training into this run directory now; wait for it to "
+                                 "finish (then --resume it), or write elsewhere with --out DIR") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pixelwise process {os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
+        self.file = f
+
+    def release(self, tidy: bool = False) -> None:
+        """Let the next writer in; ``tidy``: also remove the lock and the folder when this lock created it and
+        nothing else was written (a run refused before it started leaves nothing behind)."""
+        if self.file is None:
+            return
+        self.file.close()
+        self.file = None
+        if tidy and self.created:
+            (self.run_dir / LOCK_NAME).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # not empty: something was written after all, keep it
+                for folder in self.created:
+                    folder.rmdir()
+
+
 def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
     """Refuse to write over an earlier run unless told to resume it or overwrite it (checked before any work)."""
     check_out_dir(run_dir)
@@ -29,7 +88,7 @@ def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
         if not (run_dir / "last.ckpt").is_file():
             raise PixelwiseError(f"{run_dir}: nothing to resume (no last.ckpt)")
         return
-    if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
+    if run_dir.exists() and any(p.name != LOCK_NAME for p in run_dir.iterdir()) and not overwrite:
         raise PixelwiseError(
             f"{run_dir}: the run directory already holds a run. Continue it with --resume {run_dir}, "
             "write elsewhere with --out DIR, or replace it with --overwrite."

@@ -25,12 +25,12 @@ from pixelwise.engine.checkpoint import (
     save_state,
     save_weights,
 )
-from pixelwise.engine.distributed import all_reduce_max, all_reduce_sum
+from pixelwise.engine.distributed import all_reduce_max, all_reduce_sum, launched_rank
 from pixelwise.engine.ema import WeightEma
 from pixelwise.engine.evaluate import evaluate
 from pixelwise.engine.finite import NonFiniteGuard
 from pixelwise.engine.rng import rng_state, set_rng_state
-from pixelwise.engine.rundir import check_run_dir, metrics_csv, start_run_dir, write_json
+from pixelwise.engine.rundir import RunLock, check_run_dir, metrics_csv, start_run_dir, write_json
 from pixelwise.engine.runtime import to_device
 from pixelwise.engine.setup import Parts, dataset_stats, prepare
 from pixelwise.models.factory import ARCHITECTURES, CUSTOM_ARCH
@@ -51,6 +51,7 @@ class State:
     best_epoch: int = 0
     measured_images: int = 0  # images and seconds after the warm-up steps, for throughput
     measured_seconds: float = 0.0
+    images_seen: int = 0  # every training image, warm-up included (throughput of runs shorter than the warm-up)
     skipped_steps: int = 0  # batches skipped for a non-finite loss (train.nonfinite_loss: skip)
 
 
@@ -68,6 +69,20 @@ class Trainer:
         run_dir = Path(run_dir)
         check_run_dir(run_dir, resume, overwrite)  # every rank, before any rank can write
         self.run_dir = run_dir
+        self.lock = RunLock(run_dir) if launched_rank() == 0 else None  # the one writer, until fit() ends
+        try:
+            self._build(cfg, run_dir, resume, callbacks, parts)
+        except BaseException:
+            self.release(tidy=True)
+            raise
+
+    def release(self, tidy: bool = False) -> None:
+        """Give up the run directory's lock (``fit`` does when it ends; see ``rundir.RunLock``)."""
+        if self.lock is not None:
+            self.lock.release(tidy)
+
+    def _build(self, cfg: Config, run_dir: Path, resume: bool, callbacks: list[Callback] | None,
+               parts: Parts | None) -> None:
         p = prepare(cfg, parts)
         self.cfg, self.data, self.runtime, self.model, self.net = p.cfg, p.data, p.runtime, p.model, p.net
         self.criterion, self.optimizer, self.workers, self.loader, self.sampler = (
@@ -200,6 +215,7 @@ class Trainer:
         reason = self._stop_reason()
         if reason:
             notice("nothing to do", f"the run already reached {reason}; raise it with --set")
+            self.release()
             return self._summary(reason)
         steps_per_epoch = len(self.loader)
         self.planned_steps = self._planned_steps(steps_per_epoch)
@@ -219,9 +235,11 @@ class Trainer:
             self.callbacks.fire("on_train_end", rs)
         finally:
             self.callbacks.close()
+            self.release()
         best = "no validation data" if summary["best_miou"] is None else (
             f"best val mIoU {summary['best_miou']:.4f} (epoch {summary['best_epoch']})")
-        console.print(f"stopped by {reason}: {best}, {summary['train_images_per_second']:.2f} train images/s")
+        ips = summary["train_images_per_second"]
+        console.print(f"stopped by {reason}: {best}" + (f", {ips:.2f} train images/s" if ips is not None else ""))
         return summary
 
     def _train_epoch(self) -> dict[str, Any]:
@@ -252,6 +270,7 @@ class Trainer:
                 torch._foreach_div_(grads, self.dist.world)
             self._optimizer_step(self._pending)
         self.guard.check_deferred(self.run_dir, s.epoch)  # before the epoch's end saves anything
+        self.guard.check_weights(self.net, self.run_dir, s.epoch)
         s.elapsed += time.perf_counter() - self._last_tick
         self._sync_elapsed()
         s.epoch += 1
@@ -274,6 +293,7 @@ class Trainer:
         loss = self.criterion(logits, masks)
         now = time.perf_counter()
         s.elapsed += now - self._last_tick
+        s.images_seen += images.shape[0]
         if s.step >= WARMUP_STEPS:
             s.measured_images += images.shape[0]
             s.measured_seconds += now - self._last_tick
@@ -351,6 +371,14 @@ class Trainer:
         rs.metrics = row
         self.callbacks.fire("on_epoch_end", rs)
 
+    def _images_per_second(self) -> float | None:
+        """Training throughput after the warm-up steps; a run shorter than that is timed whole (its first steps
+        pay for allocation and kernel selection, so it reads low); None when no step was taken."""
+        s = self.state
+        if s.measured_seconds > 0:
+            return s.measured_images / s.measured_seconds
+        return s.images_seen / s.elapsed if s.images_seen and s.elapsed > 0 else None
+
     def _summary(self, reason: str) -> dict[str, Any]:
         s = self.state
         summary = {
@@ -360,7 +388,7 @@ class Trainer:
             "epochs": s.epoch,
             "steps": s.step,
             "wall_seconds": round(s.elapsed, 2),
-            "train_images_per_second": s.measured_images / s.measured_seconds if s.measured_seconds else 0.0,
+            "train_images_per_second": self._images_per_second(),
             "stopped_by": reason,
             "skipped_steps": s.skipped_steps,
             "processes": self.dist.world,  # under torchrun: images/s above is per process
