@@ -33,15 +33,15 @@ class RunLock:
 
     A second writer, from another shell, a notebook or this process, is refused at once instead of interleaving
     checkpoints and metrics with the first. The lock is the kernel's (``flock``): it goes with the process, even a
-    killed one, so a crashed run never leaves a stale lock to delete by hand. The file itself stays (removing it
-    would race with a waiting writer); it says which process holds it. Where ``fcntl`` is missing (Windows) there
-    is no lock.
+    killed one, so a crashed run never leaves a stale lock to delete by hand. The file itself stays (were it removed,
+    a newcomer could lock a fresh file while the holder still holds the old one); it names the process holding it.
+    Where ``fcntl`` is missing (Windows) there is no lock.
     """
 
     def __init__(self, run_dir: Path) -> None:
         self.file = None
         self.run_dir = run_dir
-        self.created = []  # folders this lock creates (run_dir and missing parents such as runs/), deepest first
+        self.created: list[Path] = []  # folders it creates (run_dir, missing parents like runs/), deepest first
         folder = run_dir
         while not folder.exists() and folder != folder.parent:
             self.created.append(folder)
