@@ -194,7 +194,7 @@ def onnx_model(run, tmp_path_factory):
 
 
 def _readme_client(path: Path, image: np.ndarray) -> np.ndarray:
-    """A client written from the README's four steps, with numpy and ONNX Runtime only."""
+    """A client written from the four steps in docs/guide.md, with numpy and ONNX Runtime only."""
     import json as json_
 
     import onnxruntime as ort
