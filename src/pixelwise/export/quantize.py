@@ -17,6 +17,7 @@ import numpy as np
 from pixelwise.data.build import build_eval_dataset
 from pixelwise.data.classes import IGNORE
 from pixelwise.engine.metrics import metrics_from_confusion
+from pixelwise.errors import PixelwiseError
 from pixelwise.export.onnx import sample_images
 from pixelwise.inference.onnx_backend import METADATA_KEY, OnnxBackend, pad_to_multiple
 from pixelwise.inference.predictor import load_run_config
@@ -57,11 +58,19 @@ def quantize(run_dir: Path, fp32: Path, out: Path | None = None, calibration_ima
     images = sample_images(cfg, cfg.data.train_split, calibration_images, data_root)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         prepared, quantized = Path(tmp) / "prepared.onnx", Path(tmp) / "int8.onnx"
-        quant_pre_process(str(fp32), str(prepared))
-        quantize_static(str(prepared), str(quantized), _reader(images, backend.input, backend.multiple,
-                                                                backend.min_size),
-                        quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
+        try:
+            try:
+                quant_pre_process(str(fp32), str(prepared))
+            except Exception:  # onnxruntime's symbolic shape inference gives up on some graphs (timm's
+                # EfficientNet-Lite encoders: "Incomplete symbolic shape inference"); ONNX's own is enough for QDQ
+                quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+            quantize_static(str(prepared), str(quantized), _reader(images, backend.input, backend.multiple,
+                                                                    backend.min_size),
+                            quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
+                            weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
+        except Exception as e:  # onnxruntime's tools raise bare exceptions of many kinds
+            raise PixelwiseError(f"{fp32}: onnxruntime could not quantize this model to int8 ({type(e).__name__}: "
+                                 f"{e}); the fp32 model is written and unaffected: use it as it is") from None
         proto = onnx.load(str(quantized))
         del proto.metadata_props[:]
         for prop in onnx.load(str(fp32)).metadata_props:  # the class table etc. travel with the int8 model too
