@@ -272,9 +272,14 @@ def predict(
     save_probs: bool = typer.Option(False, help="Also write NAME_probs.npz (float16) and NAME_entropy.png."),
     device: str = typer.Option("auto", help="cpu, cuda, cuda:1, or auto."),
     overwrite: bool = typer.Option(False, help="Replace predictions already in --out."),
+    tool: str | None = typer.Option(None, "--as", help="Also write pre-annotations: coco, cvat or labelstudio."),
+    polygons: float | None = typer.Option(None, min=0.0, help="Pre-annotations as polygons simplified by this "
+                                                              "many pixels (default: exact RLE masks)."),
+    image_url: str = typer.Option("/data/local-files/?d=", help="Label Studio: data.image = this + file name."),
 ) -> None:
     """Predict masks for images of any size (tiled when large), optionally with TTA and probabilities."""
     from pixelwise.inference.files import PredictOptions, predict_files
+    from pixelwise.inference.preannotate import Preannotations
     from pixelwise.inference.predictor import Segmenter
 
     try:
@@ -289,7 +294,8 @@ def predict(
         notice("warning", f"--tile {tile} is smaller than the training crops ({seg.crop_size[0]}x"
                f"{seg.crop_size[1]}): each tile gives the network less context than it learned with, so tiled "
                "masks differ more from whole-image ones; a tile of at least the crop size is advised")
-    report = predict_files(seg, inputs, out_dir, overlay, overwrite, options)
+    pre = Preannotations(tool, seg.table, polygons, image_url, run.name) if tool else None
+    report = predict_files(seg, inputs, out_dir, overlay, overwrite, options, pre)
     for warning in report.warnings:
         notice("warning", warning)
     if report.renamed:
