@@ -12,6 +12,7 @@ import typer
 
 from pixelwise.atomic import atomic_write_text, check_new_file
 from pixelwise.cli_deploy import bench, export, serve
+from pixelwise.cli_label import suggest
 from pixelwise.errors import PixelwiseError, list_offenders
 from pixelwise.progress import console as err
 from pixelwise.progress import notice, styled
@@ -308,6 +309,7 @@ def predict(
 # Deployment: export, bench, serve (cli_deploy.py keeps this module short)
 for _command in (export, bench, serve):
     app.command()(_command)
+app.command()(suggest)  # the labelling loop (cli_label.py)
 
 
 @app.command()
