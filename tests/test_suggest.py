@@ -143,3 +143,19 @@ def test_suggest_and_predict_as_from_the_command_line(tiny_run, synthetic_data, 
     back = read_back(out, "labelstudio", sorted(unlabelled.glob("*.png")), seg.table)
     for name, mask in back.items():  # the files written read back to exactly the masks predict wrote
         assert np.array_equal(mask, np.array(Image.open(out / name))), name
+
+
+def test_active_learning_benchmark_builds_round_datasets_pixelwise_reads(synthetic_data, tmp_path, capsys):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import active_learning as al
+
+    from pixelwise.config import DataConfig
+    from pixelwise.data.formats import discover
+
+    source = discover(DataConfig(root=synthetic_data))
+    root = al.build_round(tmp_path / "r", source.splits["train"][:3], source.splits["val"], source.classes)
+    layout = discover(DataConfig(root=root))
+    assert layout.classes == source.classes and [len(layout.splits[s]) for s in ("train", "val")] == [3, 4]
+    al.summarise([{"strategy": s, "seed": 0, "round": 0, "val_miou": v} for s, v in (("entropy", 0.5), ("random",
+                                                                                                         0.4))])
+    assert "entropy 0.5000±0.0000 (+10.0 points vs random)" in capsys.readouterr().err
