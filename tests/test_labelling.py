@@ -75,6 +75,7 @@ def _edit_xml(root: Path, old: str, new: str) -> None:
     ('left="4" top="12"', 'left="10" top="12"', r"frame_000000.png.*<mask>.*not inside the 32x24 image"),
     ('rle="', 'rle="5, ', r"frame_000000.png.*<mask>.*RLE covers 293 pixels, its 24x12 box has 288"),
     ('<?xml version="1.0" encoding="utf-8"?>', '<?xml version="1.0"?><!DOCTYPE a [<!ENTITY x "y">]>', "DOCTYPE"),
+    ("</meta>", '</meta><track id="0" label="car"></track>', "CVAT for video"),
 ])
 def test_cvat_xml_problems_name_the_file_and_the_item(tmp_path, old, new, message):
     root, _ = cvat_images_xml(tmp_path / "cvat")
@@ -110,3 +111,22 @@ def test_labelstudio_problems_name_the_file_and_the_task(tmp_path):
     _edit_tasks(root, wrong_size)
     with pytest.raises(DataError, match=r"task 1 \(id 2\) result 1: brush RLE cannot be decoded.*32x30"):
         discover(DataConfig(root=root))
+
+    def rotated(tasks):
+        tasks[1]["annotations"][0]["result"][1]["original_height"] = 24
+        tasks[3]["annotations"][0]["result"][0]["image_rotation"] = 90
+
+    _edit_tasks(root, rotated)
+    with pytest.raises(DataError, match=r"task 3 \(id 4\) result 0: drawn on the image rotated by 90 degrees"):
+        discover(DataConfig(root=root))
+
+
+def test_cvat_images_without_shapes_are_background_with_a_note(tmp_path):
+    root, _ = cvat_images_xml(tmp_path / "cvat")
+    path = root / "annotations.xml"
+    text = path.read_text()
+    start = text.index('<image id="3"')
+    path.write_text(text[: text.index(">", start) + 1] + text[text.index("</image>", start):])
+    layout = discover(DataConfig(root=root))
+    assert any("1 images have no polygon or mask" in n for n in layout.notes)
+    assert not _masks(root)["frame_000003.png"].any()

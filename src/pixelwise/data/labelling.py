@@ -200,9 +200,12 @@ def read_cvat_xml(root: Path, cfg: DataConfig) -> tuple[Splits, ClassTable, list
     if path is None:
         raise DataError(f"{root}: no CVAT for images export (expected annotations.xml with <annotations>)")
     tree = _parse_xml(path)
+    if tree.find("track") is not None:
+        raise DataError(f"{path}: holds <track>s, a 'CVAT for video 1.1' export; export the task as 'CVAT for images "
+                        "1.1' (shapes per image) instead")
     labels = [(lab.findtext("name", "").strip(), _hex_colour(lab.findtext("color")))
               for lab in tree.iterfind("meta//labels/label")]
-    items, used, bad, skipped, limit = [], [], [], 0, max_pixels()
+    items, used, bad, skipped, empty, limit = [], [], [], 0, 0, max_pixels()
     subsets: dict[Any, str] = {}
     for i, image in enumerate(tree.iterfind("image")):
         name, where = image.get("name", ""), f"{path}: <image> {i} '{image.get('name', '')}'"
@@ -220,6 +223,7 @@ def read_cvat_xml(root: Path, cfg: DataConfig) -> tuple[Splits, ClassTable, list
             continue
         shapes, n = _cvat_shapes(image, h, w, where)
         skipped += n
+        empty += not shapes
         used += [(s[0], s[2]) for s in shapes]
         items.append((str(file), h, w, shapes))
         subsets[str(file)] = split_name(image.get("subset") or "train")
@@ -236,6 +240,9 @@ def read_cvat_xml(root: Path, cfg: DataConfig) -> tuple[Splits, ClassTable, list
     if skipped:
         notes.append(f"{path}: {skipped} boxes, polylines, points or other shapes without an area drawn as such "
                      "left out (only polygons and masks label pixels)")
+    if empty:
+        notes.append(f"{path}: {empty} images have no polygon or mask: read as all background, as CVAT's own mask "
+                     "exports do (remove them from the task if they are not labelled yet)")
     return splits, table, [], notes
 
 
@@ -289,6 +296,9 @@ def _ls_shapes(result: list, where: str) -> tuple[list[Shape], int, set[tuple[in
         except (KeyError, TypeError, ValueError):
             raise DataError(f"{at}: no original_width and original_height") from None
         sizes.add((h, w))
+        if r.get("image_rotation") not in (None, 0):
+            raise DataError(f"{at}: drawn on the image rotated by {r['image_rotation']} degrees; not supported: "
+                            "annotate the image unrotated")
         if kind == "brushlabels":
             rle = value.get("rle")
             brush_rle.decode_checked(rle, h, w, at)  # checked now: errors name the task, not the cache
