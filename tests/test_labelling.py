@@ -76,6 +76,7 @@ def _edit_xml(root: Path, old: str, new: str) -> None:
     ('rle="', 'rle="5, ', r"frame_000000.png.*<mask>.*RLE covers 293 pixels, its 24x12 box has 288"),
     ('<?xml version="1.0" encoding="utf-8"?>', '<?xml version="1.0"?><!DOCTYPE a [<!ENTITY x "y">]>', "DOCTYPE"),
     ("</meta>", '</meta><track id="0" label="car"></track>', "CVAT for video"),
+    ('name="frame_000001.png"', 'name="../../outside.png"', r"<image> 1 '../../outside.png': .* not a path inside"),
 ])
 def test_cvat_xml_problems_name_the_file_and_the_item(tmp_path, old, new, message):
     root, _ = cvat_images_xml(tmp_path / "cvat")
