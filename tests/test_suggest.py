@@ -129,6 +129,8 @@ def test_suggest_and_predict_as_from_the_command_line(tiny_run, synthetic_data, 
     assert (tmp_path / "s" / "cvat" / "annotations.xml").read_text().count("<image ") == 3
     again = _cli("suggest", tiny_run, unlabelled, "--count", 3, "--out", tmp_path / "s", cwd=tmp_path)
     assert again.returncode == 1 and "--overwrite" in again.stderr  # nothing replaced unasked
+    wrong = _cli("predict", tiny_run, unlabelled, "--out", tmp_path / "w", "--as", "labelbox", cwd=tmp_path)
+    assert wrong.returncode == 1 and "choose one of coco, cvat, labelstudio" in wrong.stderr
 
     out = tmp_path / "p"
     result = _cli("predict", tiny_run, unlabelled, "--out", out, "--as", "labelstudio", "--no-overlay", cwd=tmp_path)

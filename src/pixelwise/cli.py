@@ -280,7 +280,10 @@ def predict(
 ) -> None:
     """Predict masks for images of any size (tiled when large), optionally with TTA and probabilities."""
     from pixelwise.inference.files import PredictOptions, predict_files
-    from pixelwise.inference.preannotate import Preannotations
+    from pixelwise.inference.preannotate import TOOLS, Preannotations
+
+    if tool is not None and tool not in TOOLS:
+        raise PixelwiseError(f"--as {tool}: choose one of {', '.join(TOOLS)}")
     from pixelwise.inference.predictor import Segmenter
 
     try:

@@ -36,7 +36,7 @@ def suggest(
     """Rank unlabelled images by how much labelling them should help; write the list, a page, pre-annotations."""
     from pixelwise.data.io import read_image
     from pixelwise.inference.files import collect_inputs
-    from pixelwise.inference.preannotate import Preannotations
+    from pixelwise.inference.preannotate import TOOLS, Preannotations
     from pixelwise.inference.predictor import Segmenter
     from pixelwise.inference.suggest import STRATEGIES
     from pixelwise.inference.suggest import suggest as rank_images
@@ -44,6 +44,8 @@ def suggest(
 
     if strategy not in STRATEGIES:
         raise PixelwiseError(f"--strategy {strategy}: choose one of {', '.join(STRATEGIES)}")
+    if tool is not None and tool not in TOOLS:
+        raise PixelwiseError(f"--as {tool}: choose one of {', '.join(TOOLS)}")
     check_out_dir(out_dir)
     seg = Segmenter.load(run, device=device)
     pre = Preannotations(tool, seg.table, polygons, image_url, run.name) if tool else None
