@@ -7,6 +7,11 @@ third-party exports follow their tools' documented formats:
 - CVAT "Segmentation mask 1.1": VOC layout with one subset, ImageSets/Segmentation/default.txt, labelmap.txt
   (``name:r,g,b::``), SegmentationClass/ painted in the label map's colours (RGB PNGs, as Datumaro writes them).
 - CVAT "COCO 1.0": annotations/instances_default.json and images/default/; ids from 1, supercategory "".
+- CVAT "CVAT for images 1.1": annotations.xml (<meta><job><labels>, <image subset> with <polygon points="x,y;...">
+  and <mask rle left top width height>, CVAT's RLE: runs of 0 and 1 alternating from 0, row-major in the box) and
+  images/ holding the frames.
+- Label Studio "JSON" export: a list of tasks (data.image = /data/upload/PROJECT/HASH-NAME, annotations[].result[]
+  with brushlabels in Label Studio's RLE over the RGBA image and polygonlabels in percent), images given beside it.
 - Cityscapes as downloaded for validation only: leftImg8bit/val/CITY/*_leftImg8bit.png, gtFine/val/CITY/
   *_gtFine_labelIds.png.
 - The Kaggle aerial set (Dubai): folders 'Tile 1' .. 'Tile 8', each with images/ and masks/ (RGB colour masks),
@@ -146,6 +151,96 @@ def cvat_coco(root: Path) -> Built:
     return root, []
 
 
+def labelling_truth(h: int = 24, w: int = 32) -> np.ndarray:
+    """What the CVAT XML and Label Studio builders draw: class 1 (car) over the top half, class 2 (road) on the
+    bottom half's columns 4-27, background elsewhere."""
+    truth = np.zeros((h, w), np.uint8)
+    truth[: h // 2] = 1
+    truth[h // 2 :, 4 : w - 4] = 2
+    return truth
+
+
+def cvat_runs(box: np.ndarray) -> str:
+    """CVAT's mask RLE written by hand: run lengths alternating 0, 1, 0, ... (first may be 0), row-major."""
+    flat, runs, value, n = box.reshape(-1).astype(int).tolist(), [], 0, 0
+    for v in flat:
+        if v != value:
+            runs.append(n)
+            value, n = v, 0
+        n += 1
+    return ", ".join(map(str, [*runs, n]))
+
+
+def cvat_images_xml(root: Path, subsets: tuple[str, ...] = ("Train", "Train", "Train", "Validation")) -> Built:
+    labels = "".join(f"<label><name>{n}</name><color>#{r:02x}{g:02x}{b:02x}</color><type>any</type>"
+                     "<attributes></attributes></label>" for n, (r, g, b) in CVAT_LABELS[1:])
+    images = []
+    for i, subset in enumerate(subsets):
+        name = f"frame_{i:06d}.png"
+        _save(root / "images" / name, _image())
+        box = np.ones((12, 24), np.uint8)
+        images.append(
+            f'  <image id="{i}" name="{name}" subset="{subset}" task_id="1" width="32" height="24">\n'
+            f'    <mask label="road" source="manual" occluded="0" rle="{cvat_runs(box)}" left="4" top="12" '
+            'width="24" height="12" z_order="0">\n    </mask>\n'
+            '    <polygon label="car" source="manual" occluded="0" points="0.00,0.00;32.00,0.00;32.00,12.00;0.00,12.00"'
+            ' z_order="0">\n    </polygon>\n'
+            '    <box label="car" source="manual" occluded="0" xtl="1" ytl="1" xbr="5" ybr="5" z_order="0"></box>\n'
+            "  </image>")
+    xml = ('<?xml version="1.0" encoding="utf-8"?>\n<annotations>\n  <version>1.1</version>\n  <meta>\n    <job>'
+           f"<id>1</id><size>{len(subsets)}</size><mode>annotation</mode><overlap>0</overlap><labels>{labels}</labels>"
+           "</job>\n    <dumped>2024-05-01 10:00:00.000000+00:00</dumped>\n  </meta>\n" + "\n".join(images)
+           + "\n</annotations>\n")
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "annotations.xml").write_text(xml)
+    return root, []
+
+
+def brush_rle_literal(mask: np.ndarray) -> list[int]:
+    """Label Studio's brush RLE written independently of pixelwise's encoder: header, then one literal block (kind
+    0) per 8 values, each value an 8-bit word, over the RGBA image whose alpha (and colour) is 255 where painted."""
+    flat = np.repeat(mask.reshape(-1).astype(np.uint8) * 255, 4)
+    bits = [format(flat.size, "032b"), format(7, "05b"), *(format(s - 1, "04b") for s in (3, 4, 8, 16))]
+    for start in range(0, flat.size, 8):
+        chunk = flat[start : start + 8]
+        bits.append("0" + "00" + format(len(chunk) - 1, "03b") + "".join(format(int(v), "08b") for v in chunk))
+    text = "".join(bits)
+    text += "0" * (-len(text) % 8)
+    return [int(text[i : i + 8], 2) for i in range(0, len(text), 8)]
+
+
+def labelstudio_task(i: int, name: str, results: list[dict], h: int = 24, w: int = 32) -> dict:
+    return {"id": i + 1, "annotations": [{
+        "id": 100 + i, "completed_by": 1, "result": [{"original_width": w, "original_height": h, "image_rotation": 0,
+                                                      "id": f"r{i}{n}", "from_name": "tag", "to_name": "image",
+                                                      "origin": "manual", **r} for n, r in enumerate(results)],
+        "was_cancelled": False, "ground_truth": False, "created_at": "2024-05-01T10:00:00.000000Z",
+        "updated_at": "2024-05-01T10:00:00.000000Z", "lead_time": 12.5, "prediction": {}, "result_count": 0,
+        "task": i + 1, "project": 1, "parent_prediction": None, "parent_annotation": None}],
+        "file_upload": f"1a2b3c{i:02d}-{name}", "drafts": [], "predictions": [],
+        "data": {"image": f"/data/upload/1/1a2b3c{i:02d}-{name}"}, "meta": {}, "created_at": "2024-05-01T09:00:00Z",
+        "updated_at": "2024-05-01T10:00:00Z", "inner_id": i + 1, "total_annotations": 1, "cancelled_annotations": 0,
+        "total_predictions": 0, "comment_count": 0, "unresolved_comment_count": 0, "last_comment_updated_at": None,
+        "project": 1, "updated_by": 1, "comment_authors": []}
+
+
+def labelstudio_json(root: Path) -> Built:
+    tasks = []
+    for i in range(5):
+        name = f"shot_{i}.png"
+        _save(root / "images" / name, _image())
+        road = np.zeros((24, 32), bool)
+        road[12:, 4:28] = True
+        tasks.append(labelstudio_task(i, name, [
+            {"type": "polygonlabels", "value": {"points": [[0, 0], [100, 0], [100, 50], [0, 50]], "closed": True,
+                                                "polygonlabels": ["car"]}},
+            {"type": "brushlabels", "value": {"format": "rle", "rle": brush_rle_literal(road),
+                                              "brushlabels": ["road"]}}]))
+    tasks.append({**labelstudio_task(5, "shot_5.png", []), "annotations": []})  # not labelled yet
+    (root / "project-1-at-2024-05-01-10-00-0a1b2c3d.json").write_text(json.dumps(tasks, indent=2))
+    return root, []
+
+
 def cityscapes_val_only(root: Path) -> Built:
     for i in range(5):
         stem = f"frankfurt_000000_{i:06d}"
@@ -219,7 +314,8 @@ def crop_larger_than_every_image(root: Path) -> Built:
 
 
 DATASETS: dict[str, Callable[[Path], Built]] = {f.__name__: f for f in (
-    folders_pool, folders_splits, camvid, voc, cvat_segmentation_mask, roboflow_coco, cvat_coco,
+    folders_pool, folders_splits, camvid, voc, cvat_segmentation_mask, roboflow_coco, cvat_coco, cvat_images_xml,
+    labelstudio_json,
     cityscapes_val_only, aerial_tiles, lists, demo_synthetic, broken_image_in_training, broken_image_in_test_split,
     no_validation_possible, crop_larger_than_every_image,
 )}

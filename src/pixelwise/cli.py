@@ -12,6 +12,7 @@ import typer
 
 from pixelwise.atomic import atomic_write_text, check_new_file
 from pixelwise.cli_deploy import bench, export, serve
+from pixelwise.cli_label import suggest
 from pixelwise.errors import PixelwiseError, list_offenders
 from pixelwise.progress import console as err
 from pixelwise.progress import notice, styled
@@ -272,9 +273,17 @@ def predict(
     save_probs: bool = typer.Option(False, help="Also write NAME_probs.npz (float16) and NAME_entropy.png."),
     device: str = typer.Option("auto", help="cpu, cuda, cuda:1, or auto."),
     overwrite: bool = typer.Option(False, help="Replace predictions already in --out."),
+    tool: str | None = typer.Option(None, "--as", help="Also write pre-annotations: coco, cvat or labelstudio."),
+    polygons: float | None = typer.Option(None, min=0.0, help="Pre-annotations as polygons simplified by this "
+                                                              "many pixels (default: exact RLE masks)."),
+    image_url: str = typer.Option("/data/local-files/?d=", help="Label Studio: data.image = this + file name."),
 ) -> None:
     """Predict masks for images of any size (tiled when large), optionally with TTA and probabilities."""
     from pixelwise.inference.files import PredictOptions, predict_files
+    from pixelwise.inference.preannotate import TOOLS, Preannotations
+
+    if tool is not None and tool not in TOOLS:
+        raise PixelwiseError(f"--as {tool}: choose one of {', '.join(TOOLS)}")
     from pixelwise.inference.predictor import Segmenter
 
     try:
@@ -289,7 +298,8 @@ def predict(
         notice("warning", f"--tile {tile} is smaller than the training crops ({seg.crop_size[0]}x"
                f"{seg.crop_size[1]}): each tile gives the network less context than it learned with, so tiled "
                "masks differ more from whole-image ones; a tile of at least the crop size is advised")
-    report = predict_files(seg, inputs, out_dir, overlay, overwrite, options)
+    pre = Preannotations(tool, seg.table, polygons, image_url, run.name) if tool else None
+    report = predict_files(seg, inputs, out_dir, overlay, overwrite, options, pre)
     for warning in report.warnings:
         notice("warning", warning)
     if report.renamed:
@@ -302,6 +312,7 @@ def predict(
 # Deployment: export, bench, serve (cli_deploy.py keeps this module short)
 for _command in (export, bench, serve):
     app.command()(_command)
+app.command()(suggest)  # the labelling loop (cli_label.py)
 
 
 @app.command()

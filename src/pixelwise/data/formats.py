@@ -7,7 +7,8 @@ Every layout is a ``DatasetFormat`` in the ``FORMATS`` registry (name, how to re
   split by ``data.val_fraction``) or under each split folder (``train/images``, ``train/masks``, ...),
   with an optional ``classes.yaml`` (or .yml/.json) at the root; colour-coded RGB masks with a table whose
   ``color_masks`` is true.
-In ``public_formats``: ``voc``, ``cityscapes``, ``coco`` and ``list`` (CSV/text lists of image,mask pairs).
+In ``public_formats``: ``voc``, ``cityscapes``, ``coco`` and ``list`` (CSV/text lists of image,mask pairs); in
+``labelling``: ``cvat_xml`` (CVAT for images 1.1) and ``labelstudio`` (Label Studio JSON).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pixelwise.config import DataConfig
-from pixelwise.data import public_formats
+from pixelwise.data import labelling, public_formats
 from pixelwise.data.classes import ClassTable
 from pixelwise.data.dataset import IMAGE_SUFFIXES, Pair
 from pixelwise.data.splits import holdout  # noqa: F401  (re-exported)
@@ -164,6 +165,13 @@ def _public(name: str, reader: Callable) -> Callable[[Path, DataConfig], Layout]
     return read
 
 
+def _checked(reader: Callable, name: str, root: Path, cfg: DataConfig) -> Layout:
+    splits, table, orphans, notes = reader(root, cfg)
+    if not splits:
+        raise DataError(f"{root}: no labelled images found in the {name} export")
+    return Layout(name, root, splits, table, orphans, notes)
+
+
 def _dirs(root: Path) -> set[str]:
     return {p.name for p in root.iterdir() if p.is_dir()}
 
@@ -181,6 +189,14 @@ FORMATS.register("cityscapes", DatasetFormat(
 FORMATS.register("coco", DatasetFormat(
     "COCO JSON: polygons and RLE rasterised once into a cache outside the data",
     lambda root: bool(public_formats.coco_files(root)), _public("coco", public_formats.read_coco)))
+FORMATS.register("cvat_xml", DatasetFormat(
+    "CVAT for images 1.1: annotations.xml (polygons, masks in CVAT's RLE) and images/, rasterised into a cache",
+    lambda root: labelling.cvat_xml_file(root) is not None, lambda root, cfg: _checked(labelling.read_cvat_xml,
+                                                                                      "cvat_xml", root, cfg)))
+FORMATS.register("labelstudio", DatasetFormat(
+    "Label Studio JSON export: brush RLE and polygon labels, images in images/ or beside it, rasterised into a cache",
+    lambda root: bool(labelling.labelstudio_files(root)),
+    lambda root, cfg: _checked(labelling.read_labelstudio, "labelstudio", root, cfg)))
 FORMATS.register("folders", DatasetFormat(
     "an images folder and a masks folder matched by file stem, at the root or under split folders",
     _has_folders, lambda root, cfg: _folders(root, cfg), priority=1))

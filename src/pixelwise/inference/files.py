@@ -18,6 +18,7 @@ from pixelwise.atomic import atomic_write, check_out_dir
 from pixelwise.data.io import IMAGE_SUFFIXES, read_image
 from pixelwise.errors import DataError, PixelwiseError, list_offenders
 from pixelwise.inference.geo import entropy_image, is_raster, predict_raster, raster_outputs
+from pixelwise.inference.preannotate import Preannotations
 from pixelwise.inference.predictor import Segmenter
 from pixelwise.progress import track
 
@@ -84,12 +85,16 @@ def _save(image: Image.Image, path: Path, fmt: str, **options) -> None:
 
 
 def predict_files(seg: Segmenter, inputs: list[Path], out_dir: Path, overlay: bool = True,
-                  overwrite: bool = False, options: PredictOptions | None = None) -> PredictionReport:
+                  overwrite: bool = False, options: PredictOptions | None = None,
+                  preannotate: Preannotations | None = None) -> PredictionReport:
     """Write ``NAME.png`` (class indices with the class palette) and ``NAME_overlay.jpg`` per input image (TIFF
     and other raster inputs: ``NAME.tif``, see ``inference.geo``).
 
     With ``options.save_probs`` also ``NAME_probs.npz`` (``probabilities``: float16 (K, H, W); ``classes``) and
     ``NAME_entropy.png`` (pixel entropy, 0 = certain, 255 = uniform over the classes).
+
+    With ``preannotate``, every mask is also added to it and its tool's files are written at the end
+    (``inference.preannotate``); raster inputs are left out of them with a warning.
 
     Existing files are replaced only with ``overwrite``, and an input image never is. Unreadable images are
     reported and skipped; the others are still predicted. Each file is written atomically.
@@ -103,6 +108,7 @@ def predict_files(seg: Segmenter, inputs: list[Path], out_dir: Path, overlay: bo
     stems = output_stems(files, [*suffixes, *raster_outputs("", opts.save_probs)])
     targets = [out_dir / name for f, s in zip(files, stems, strict=True)
                for name in (raster_outputs(s, opts.save_probs) if is_raster(f) else [f"{s}{x}" for x in suffixes])]
+    targets += preannotate.targets(out_dir) if preannotate else []
     resolved = {f.resolve() for f in files}
     inputs_hit = sorted({str(t) for t in targets if t.exists() and t.resolve() in resolved})
     if inputs_hit:
@@ -119,6 +125,8 @@ def predict_files(seg: Segmenter, inputs: list[Path], out_dir: Path, overlay: bo
         try:
             if is_raster(path):  # TIFF in, TIFF out: georeference kept, large rasters streamed from and to disk
                 written, warnings = predict_raster(seg, path, out_dir, stem, opts)
+                if preannotate:
+                    warnings.append(f"{path}: rasters are not written as pre-annotations")
                 report.written += written
                 report.warnings += warnings
                 continue
@@ -127,18 +135,23 @@ def predict_files(seg: Segmenter, inputs: list[Path], out_dir: Path, overlay: bo
             report.failed.append(str(e))
             continue
         kwargs = {"tile": opts.tile, "overlap": opts.overlap, "tta": opts.tta, "scales": opts.scales}
-        if opts.save_probs:
+        if opts.save_probs or preannotate:
             probs = seg.probabilities(image, **kwargs)
             mask = probs.argmax(axis=0).astype(np.uint8)
+            if preannotate:
+                preannotate.add(path.name, mask, float(probs.max(axis=0).mean()))
+        if opts.save_probs:
             npz = _npz_bytes(probs, seg.table.names)
             atomic_write(out_dir / f"{stem}_probs.npz", lambda tmp, data=npz: tmp.write_bytes(data))
             _save(Image.fromarray(entropy_image(probs)), out_dir / f"{stem}_entropy.png", "PNG")
             report.written += [out_dir / f"{stem}_probs.npz", out_dir / f"{stem}_entropy.png"]
-        else:
+        elif not preannotate:
             mask = seg.predict(image, **kwargs)
         _save(seg.colorize(mask), out_dir / f"{stem}.png", "PNG")
         report.written.append(out_dir / f"{stem}.png")
         if overlay:
             _save(Image.fromarray(seg.overlay(image, mask)), out_dir / f"{stem}_overlay.jpg", "JPEG", quality=90)
             report.written.append(out_dir / f"{stem}_overlay.jpg")
+    if preannotate:
+        report.written += preannotate.write(out_dir)
     return report

@@ -1,0 +1,172 @@
+"""Predicted masks as pre-annotations a labelling tool imports (``pixelwise predict --as coco|cvat|labelstudio``).
+
+One folder per tool under the prediction folder, so a user corrects instead of drawing:
+- ``coco/annotations/instances_default.json``: one annotation per class and image, compressed RLE (as COCO-Stuff
+  writes regions) or polygons; CVAT, Roboflow and most tools import it.
+- ``cvat/annotations.xml``: CVAT for images 1.1 (``<mask>`` in CVAT's RLE, or ``<polygon>``), uploaded to a task
+  holding the same image names ("Upload annotations", format CVAT 1.1).
+- ``labelstudio/tasks.json`` with ``predictions`` (brush RLE or polygons in percent) and ``label_config.xml``,
+  the labelling interface the results name (``from_name``/``to_name``); ``data.image`` is ``--image-url`` + name.
+Masks are exact (RLE) unless a polygon tolerance is given: then each region's outer contour (OpenCV), simplified
+with ``cv2.approxPolyDP`` by that many pixels, largest first so that smaller regions inside are drawn over it.
+A class 0 named 'background' is not written (it is what no shape covers). No torch.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from xml.sax.saxutils import quoteattr
+
+import numpy as np
+
+from pixelwise.atomic import atomic_write_text
+from pixelwise.data.classes import ClassTable
+from pixelwise.errors import PixelwiseError
+
+TOOLS = ("coco", "cvat", "labelstudio")
+OUTPUTS = {"coco": ("coco/annotations/instances_default.json",), "cvat": ("cvat/annotations.xml",),
+           "labelstudio": ("labelstudio/tasks.json", "labelstudio/label_config.xml")}
+
+
+def polygons(region: np.ndarray, tolerance: float) -> list[np.ndarray]:
+    """Outer contours of a boolean mask as N x 2 float arrays of corner coordinates, largest first."""
+    import cv2
+
+    contours, _ = cv2.findContours(region.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    out = []
+    for c in sorted(contours, key=cv2.contourArea, reverse=True):
+        simple = cv2.approxPolyDP(c, tolerance, True) if tolerance > 0 else c
+        if len(simple) >= 3:
+            out.append(simple.reshape(-1, 2).astype(float) + 0.5)  # pixel centres -> coordinates over the pixel
+    return out
+
+
+def cvat_rle(region: np.ndarray) -> tuple[list[int], tuple[int, int, int, int]]:
+    """CVAT's mask RLE over the region's bounding box (runs alternating from 0, row-major) and (left, top, w, h)."""
+    rows, cols = np.flatnonzero(region.any(axis=1)), np.flatnonzero(region.any(axis=0))
+    top, left = int(rows[0]), int(cols[0])
+    box = region[top : rows[-1] + 1, left : cols[-1] + 1].reshape(-1)
+    edges = np.flatnonzero(np.diff(box.astype(np.int8))) + 1
+    runs = np.diff(np.r_[0, edges, box.size]).tolist()
+    if box[0]:
+        runs = [0, *runs]
+    return runs, (left, top, int(cols[-1] - left + 1), int(rows[-1] - top + 1))
+
+
+@dataclass
+class Preannotations:
+    """Collects predicted masks (``add``) and writes them in one tool's import format (``write``)."""
+
+    tool: str
+    table: ClassTable
+    tolerance: float | None = None  # None: exact RLE; else polygons simplified by this many pixels
+    image_url: str = "/data/local-files/?d="  # Label Studio: data.image = image_url + file name
+    model_version: str = "pixelwise"
+    images: list[tuple[str, int, int, list[tuple[int, np.ndarray]], float]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.tool not in TOOLS:
+            raise PixelwiseError(f"--as {self.tool}: choose one of {', '.join(TOOLS)}")
+
+    def classes(self) -> list[int]:
+        first = 1 if self.table.names[0].strip().casefold() == "background" else 0
+        return list(range(first, len(self.table.names)))
+
+    def add(self, name: str, mask: np.ndarray, score: float = 1.0) -> None:
+        """One image's predicted mask (class indices); ``score`` its mean confidence (Label Studio shows it)."""
+        regions = [(k, mask == k) for k in self.classes()]
+        regions = sorted(((k, r) for k, r in regions if r.any()), key=lambda kr: -int(kr[1].sum()))
+        self.images.append((name, mask.shape[0], mask.shape[1], regions, score))
+
+    def targets(self, out_dir: Path) -> list[Path]:
+        return [out_dir / p for p in OUTPUTS[self.tool]]
+
+    def write(self, out_dir: Path) -> list[Path]:
+        files = self.targets(out_dir)
+        texts = {"coco": self._coco, "cvat": self._cvat, "labelstudio": self._labelstudio}[self.tool]()
+        for path, text in zip(files, texts, strict=True):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(path, text)
+        return files
+
+    def _colour(self, k: int) -> str:
+        return "#{:02x}{:02x}{:02x}".format(*self.table.palette[k])
+
+    def _coco(self) -> list[str]:
+        from pycocotools import mask as mask_utils
+
+        cats = [{"id": i + 1, "name": self.table.names[k], "supercategory": ""} for i, k in enumerate(self.classes())]
+        cat_of = {k: i + 1 for i, k in enumerate(self.classes())}
+        images, anns = [], []
+        for n, (name, h, w, regions, _) in enumerate(self.images, 1):
+            images.append({"id": n, "file_name": name, "height": h, "width": w})
+            for k, region in regions:
+                rle = mask_utils.encode(np.asfortranarray(region.astype(np.uint8)))
+                if self.tolerance is None:
+                    seg = {"size": [h, w], "counts": rle["counts"].decode()}
+                else:
+                    seg = [p.reshape(-1).round(2).tolist() for p in polygons(region, self.tolerance)]
+                anns.append({"id": len(anns) + 1, "image_id": n, "category_id": cat_of[k], "segmentation": seg,
+                             "area": int(region.sum()), "bbox": mask_utils.toBbox(rle).tolist(), "iscrowd": 0})
+        doc = {"info": {"description": f"pixelwise predictions ({self.model_version})"}, "licenses": [],
+               "categories": cats, "images": images, "annotations": anns}
+        return [json.dumps(doc)]
+
+    def _cvat(self) -> list[str]:
+        labels = "".join(f"<label><name>{_text(self.table.names[k])}</name><color>{self._colour(k)}</color>"
+                         "<type>any</type><attributes></attributes></label>" for k in self.classes())
+        lines = ['<?xml version="1.0" encoding="utf-8"?>', "<annotations>", "  <version>1.1</version>",
+                 f"  <meta><task><labels>{labels}</labels></task></meta>"]
+        for n, (name, h, w, regions, _) in enumerate(self.images):
+            lines.append(f'  <image id="{n}" name={quoteattr(name)} width="{w}" height="{h}">')
+            z = 0
+            for k, region in regions:
+                label = quoteattr(self.table.names[k])
+                if self.tolerance is None:
+                    runs, (left, top, bw, bh) = cvat_rle(region)
+                    lines.append(f'    <mask label={label} source="auto" occluded="0" rle="{", ".join(map(str, runs))}"'
+                                 f' left="{left}" top="{top}" width="{bw}" height="{bh}" z_order="{z}"></mask>')
+                    z += 1
+                    continue
+                for p in polygons(region, self.tolerance):
+                    points = ";".join(f"{x:.2f},{y:.2f}" for x, y in p)
+                    lines.append(f'    <polygon label={label} source="auto" occluded="0" points="{points}" '
+                                 f'z_order="{z}"></polygon>')
+                    z += 1
+            lines.append("  </image>")
+        return ["\n".join([*lines, "</annotations>", ""])]
+
+    def _labelstudio(self) -> list[str]:
+        from pixelwise.data import brush_rle
+
+        brush = self.tolerance is None
+        kind, from_name = ("brushlabels", "tag") if brush else ("polygonlabels", "label")
+        tasks = []
+        for name, h, w, regions, score in self.images:
+            result = []
+            for k, region in regions:
+                common = {"from_name": from_name, "to_name": "image", "type": kind, "original_width": w,
+                          "original_height": h, "image_rotation": 0}
+                if brush:
+                    value = {"format": "rle", "rle": brush_rle.encode(region), kind: [self.table.names[k]]}
+                    result.append({"id": f"pw{len(tasks)}-{len(result)}", **common, "value": value})
+                    continue
+                for p in polygons(region, self.tolerance):
+                    points = (p * [100 / w, 100 / h]).round(4).tolist()
+                    value = {"points": points, "closed": True, kind: [self.table.names[k]]}
+                    result.append({"id": f"pw{len(tasks)}-{len(result)}", **common, "value": value})
+            tasks.append({"data": {"image": self.image_url + name},
+                          "predictions": [{"model_version": self.model_version, "score": round(score, 4),
+                                           "result": result}]})
+        tag = "BrushLabels" if brush else "PolygonLabels"
+        labels = "\n".join(f"    <Label value={quoteattr(self.table.names[k])} background=\"{self._colour(k)}\"/>"
+                           for k in self.classes())
+        config = (f'<View>\n  <Image name="image" value="$image" zoom="true"/>\n  <{tag} name="{from_name}" '
+                  f'toName="image">\n{labels}\n  </{tag}>\n</View>\n')
+        return [json.dumps(tasks), config]
+
+
+def _text(value: str) -> str:
+    return quoteattr(value)[1:-1]
