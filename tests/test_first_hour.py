@@ -1,0 +1,31 @@
+"""Issue 23, the newcomer's first hour: CLI manners, `pixelwise config`, run names, config-relative paths, errors
+answered before torch loads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pixelwise.config import load_config
+
+
+def test_config_paths_are_relative_to_the_config_file(tmp_path, monkeypatch):
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    (folder / "classes.yaml").write_text("names: [bg, cell]\n")
+    (folder / "cfg.yaml").write_text("data: {root: ../data/cells, classes: classes.yaml}\n"
+                                     "model: {encoder_weights: weights/enc.safetensors}\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    cfg = load_config(Path("../configs/cfg.yaml"))
+    assert cfg.data.root == (tmp_path / "data" / "cells").resolve()
+    assert cfg.data.classes == (folder / "classes.yaml").resolve()
+    assert Path(cfg.model.encoder_weights) == (folder / "weights" / "enc.safetensors").resolve()
+    # on the command line, paths stay the shell's; absolute paths, 'imagenet' and a classes file that is not
+    # beside the config (looked up in the dataset folder) are left alone
+    assert load_config(Path("../configs/cfg.yaml"), ["data.root=cells"]).data.root == Path("cells")
+    (folder / "cfg.yaml").write_text(f"data: {{root: {tmp_path}, classes: labels.yaml}}\n"
+                                     "model: {encoder_weights: imagenet}\n")
+    cfg = load_config(folder / "cfg.yaml")
+    assert (cfg.data.root, cfg.data.classes, cfg.model.encoder_weights) == (tmp_path, Path("labels.yaml"),
+                                                                            "imagenet")
