@@ -274,7 +274,7 @@ class TrainConfig(Strict):
 
 
 class Config(Strict):
-    name: str = "run"
+    name: str | None = None  # the run directory is runs/NAME; null: DATASET-ARCH-ENCODER (api.run_directory)
     data: DataConfig = Field(default_factory=DataConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -284,10 +284,10 @@ class Config(Strict):
 
     @field_validator("name")
     @classmethod
-    def _plain_name(cls, v: str) -> str:
+    def _plain_name(cls, v: str | None) -> str | None:
         # The default run directory is runs/NAME (and lr-find's runs/lr-find-NAME): a name holding a path
         # ('../x', '/tmp/x') would write outside runs/. A different place is what --out is for.
-        if v.strip() in ("", ".", "..") or any(c in v for c in "/\\") or any(ord(c) < 32 for c in v):
+        if v is not None and (v.strip() in ("", ".", "..") or any(c in "/\\" or ord(c) < 32 for c in v)):
             raise ValueError("a run name is one folder name (no '/', '\\', '..' or control characters); to "
                              "write the run elsewhere use --out DIR")
         return v
