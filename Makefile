@@ -7,9 +7,11 @@ PYTHON ?= python3
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	# torch first, pinned: on the project's machines pip takes this build from local disk.
+	# torch first, pinned (torchvision with it, for smp and timm): on the project's machines pip takes these builds
+	# from local disk. pyproject.toml states the supported range; the pin lives here, not in the package.
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e '.[dev,geo,serve]'
+	# every extra the tests use: dev, geo, serve, tensorboard, coco
+	$(PY) -m pip install -q -e '.[dev,geo,serve,tensorboard,coco]'
 	touch $@
 
 demo: $(VENV)/.installed
@@ -19,7 +21,7 @@ test: $(VENV)/.installed
 	$(PY) -m pytest
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks examples
 
 # Chromium for the page test (tests/test_serve_page.py, skipped without it); Debian's package, run as root.
 browser:

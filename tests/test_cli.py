@@ -16,7 +16,8 @@ def test_user_errors_are_one_message_without_traceback(tmp_path):
     for args, expected in [
         (("train", "--data", tmp_path / "missing"), "dataset folder not found"),
         (("train", "--set", "train.batchsize=2"), "train.batchsize: unknown key (did you mean 'batch_size'?)"),
-        (("train", "--model", "unett"), "Did you mean 'unet'"),
+        (("train", "--data", tmp_path, "--model", "unett"), "Did you mean 'unet'"),
+        (("train",), "no dataset given"),
         (("eval", tmp_path), "not a run directory"),
         (("train", tmp_path / "nope.yaml"), "config file not found"),
     ]:

@@ -260,7 +260,7 @@ def test_export_command_with_int8(tiny_run, tmp_path):
     payload = json.loads(result.stdout[result.stdout.index("{"):])
     assert payload["argmax_agreement"] >= 0.999 and out.is_file()
     assert Path(payload["int8"]["path"]) == tmp_path / "m.int8.onnx" and "miou_change_points" in payload["int8"]
-    result = CliRunner().invoke(app, ["export", str(tiny_run), "--format", "tflite"])
+    result = CliRunner().invoke(app, ["export", str(tiny_run), "--to", "tflite"])
     assert result.exit_code != 0
 
 

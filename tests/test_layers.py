@@ -10,7 +10,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "pixelwise"
 # lowest first; a module may import its own layer and those below
 LAYERS = [
     {"errors", "registry", "atomic", "geometry", "display", "progress", "safe_load", "memory"},
-    {"config", "data.classes"},  # the schema; the class table is part of it
+    {"config", "config_keys", "data.classes"},  # the schema; the class table is part of it
     {"data", "models", "losses", "optim"},
     {"validate"},
     {"engine"},
@@ -18,7 +18,7 @@ LAYERS = [
     {"export", "report", "plan"},
     {"serve"},
     {"api"},
-    {"demo", "cli", "cli_deploy", "cli_label", "__main__", "__init__"},
+    {"demo", "cli", "cli_deploy", "cli_info", "cli_label", "__main__", "__init__"},
 ]
 
 

@@ -91,7 +91,7 @@ def test_plan_command_measures_and_train_auto_runs_it(synthetic_data, tmp_path):
     again = CliRunner().invoke(app, ["plan", str(synthetic_data), "--out", str(out), "--no-measure"])
     assert again.exit_code != 0 and "exists" in str(again.exception)  # never overwrites
     run = tmp_path / "run"
-    trained = CliRunner().invoke(app, ["train", "--data", str(synthetic_data), "--auto", "--budget", "20s",
+    trained = CliRunner().invoke(app, ["train", "--data", str(synthetic_data), "--auto", "--time-budget", "20s",
                                        "--out", str(run), "--no-report", "--no-tensorboard",
                                        "--set", "train.max_steps=3", "--set", "data.num_workers=0"])
     assert trained.exit_code == 0, trained.output
@@ -125,7 +125,7 @@ def test_train_auto_shows_the_plan_as_written(tmp_path):
         mask = np.full((64, 64), 255, np.uint8)
         mask[rng.integers(0, 64, 300), rng.integers(0, 64, 300)] = 0
         write_pair(tmp_path / "data", f"s{i}", rng.integers(0, 255, (64, 64), dtype=np.uint8), mask)
-    result = CliRunner().invoke(app, ["train", "--data", str(tmp_path / "data"), "--auto", "--budget", "20s",
+    result = CliRunner().invoke(app, ["train", "--data", str(tmp_path / "data"), "--auto", "--time-budget", "20s",
                                       "--out", str(tmp_path / "run"), "--no-report", "--no-tensorboard",
                                       "--set", "train.max_steps=1", "--set", "data.num_workers=0"])
     assert result.exit_code == 0, result.output

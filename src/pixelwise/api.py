@@ -12,12 +12,15 @@ dict (``optim={"lr": 3e-4}``); both are validated like a config file, with the s
 from __future__ import annotations
 
 import os
+import re
+from itertools import count
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pixelwise.config import SECTIONS, Config, suggest_key
 from pixelwise.config import load_config as _load_config
-from pixelwise.errors import ConfigError, PixelwiseError
+from pixelwise.errors import ConfigError, DataError, PixelwiseError
+from pixelwise.progress import notice
 
 if TYPE_CHECKING:
     from torch import nn
@@ -81,14 +84,65 @@ def _flatten(overrides: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
+def check_paths(cfg: Config, need_data: bool = True) -> None:
+    """The dataset folder (when ``need_data``) and a weights file the config names exist: answered before torch is
+    imported, so a typo costs no start-up (the scan checks everything else)."""
+    root = cfg.data.root
+    if root is None and need_data:
+        raise ConfigError("no dataset given: pass --data DIR or set data.root in the config")
+    if root is not None and not root.expanduser().exists():
+        raise DataError(f"{root}: dataset folder not found")
+    weights = cfg.model.encoder_weights
+    if weights not in (None, "imagenet") and not Path(weights).expanduser().is_file():
+        raise PixelwiseError(f"model.encoder_weights: file not found: {weights}")
+
+
+def default_run_name(cfg: Config, custom_network: bool = False) -> str:
+    """DATASET-ARCH-ENCODER (e.g. camvid-unet-resnet18): the dataset folder's name and the model; one folder name."""
+    root = Path(os.path.abspath(cfg.data.root.expanduser())) if cfg.data.root is not None else None
+    parts = [("custom-data" if root is None else root.stem if root.is_file() else root.name)]
+    if custom_network:
+        parts.append("custom-model")
+    else:  # seed_cnn is the one architecture without an encoder (models.factory imports torch)
+        parts += [cfg.model.arch] if cfg.model.arch == "seed_cnn" else [cfg.model.arch, cfg.model.encoder]
+    return re.sub(r"[^\w.+-]+", "_", "-".join(p for p in parts if p)).strip("._") or "run"
+
+
+def run_directory(cfg: Config, out: PathLike | None = None, overwrite: bool = False,
+                  custom_network: bool = False) -> tuple[Config, Path]:
+    """Where a new run goes, and its config with its name settled.
+
+    ``out`` is used as given: a run already there is refused unless ``overwrite``. Otherwise ``runs/NAME`` (NAME:
+    ``name``, or ``default_run_name``); when that folder holds a run, the first free of NAME-2, NAME-3, ... and a
+    note saying so (``--resume``/``--overwrite`` stay explicit). Under torchrun the ranks could count differently,
+    so there a taken folder is refused as with ``out``.
+    """
+    derived = cfg.name is None
+    name = default_run_name(cfg, custom_network) if derived else cfg.name
+    if out is not None:
+        return (cfg.model_copy(update={"name": name}) if derived else cfg), Path(out)
+    from pixelwise.engine.rundir import holds_run
+
+    run_dir = Path("runs") / name
+    if holds_run(run_dir) and not overwrite and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        taken = run_dir
+        run_dir = next(d for n in count(2) if not holds_run(d := taken.with_name(f"{name}-{n}")))
+        notice("note", f"{taken} holds a run already: this one is written to {run_dir} (--resume {taken} continues "
+               f"that run, --overwrite replaces it)")
+    return (cfg.model_copy(update={"name": run_dir.name}) if derived else cfg), run_dir
+
+
 def default_callbacks(cfg: Config) -> list[Callback]:
     """What ``pixelwise train`` runs with: progress, checkpoints, early stopping (if set), TensorBoard, the report."""
     from pixelwise.engine.callbacks import core_callbacks
     from pixelwise.report.callback import Report
-    from pixelwise.report.tensorboard import TensorBoard
+    from pixelwise.report.tensorboard import TensorBoard, tensorboard_installed
 
     callbacks = core_callbacks(cfg)
-    if cfg.train.tensorboard:
+    if cfg.train.tensorboard and not tensorboard_installed():  # on by default: a lean install still trains
+        notice("note", "no TensorBoard event files: the tensorboard package is not installed (pip install "
+               "'pixelwise[tensorboard]'; train.tensorboard: false or --no-tensorboard turns this note off)")
+    elif cfg.train.tensorboard:
         callbacks.append(TensorBoard())
     if cfg.train.report:
         callbacks.append(Report())
@@ -120,7 +174,8 @@ def train(
         encoder: model.encoder.
         classes: class names (data.classes), needed with your own Dataset; or a classes file.
         callbacks: added after the default ones (progress, checkpoints, early stopping, TensorBoard, report).
-        out: the run directory (default ``runs/NAME``); ``resume``: a run directory to continue.
+        out: the run directory (default ``runs/NAME``, NAME being ``name`` or DATASET-ARCH-ENCODER, numbered NAME-2,
+            ... when it holds a run; see ``run_directory``); ``resume``: a run directory to continue.
         overrides: config keys, dotted (``**{"optim.lr": 3e-4}``) or as section dicts (``optim={"lr": 3e-4}``).
     """
     from torch import nn
@@ -155,7 +210,7 @@ def train(
         cfg = _load(run_dir / "config.yaml", overrides, values)
     else:
         cfg = _load(config, overrides, values)
-        run_dir = Path(out) if out is not None else Path("runs") / cfg.name
+        cfg, run_dir = run_directory(cfg, out, overwrite, custom_network=parts.network is not None)
     trainer = Trainer(cfg, run_dir, resume=resume is not None, overwrite=overwrite,
                       callbacks=default_callbacks(cfg) + list(callbacks or []), parts=parts)
     trainer.fit()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,8 @@ from typing import Any
 import typer
 
 from pixelwise.atomic import atomic_write_text, check_new_file
-from pixelwise.cli_deploy import bench, export, serve
+from pixelwise.cli_deploy import CONTEXT, DEVICE_HELP, bench, export, serve
+from pixelwise.cli_info import config, models
 from pixelwise.cli_label import suggest
 from pixelwise.errors import PixelwiseError, list_offenders
 from pixelwise.progress import console as err
@@ -19,11 +21,27 @@ from pixelwise.progress import notice, styled
 from pixelwise.progress import stdout as out
 
 app = typer.Typer(
-    add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    context_settings=CONTEXT,
     help="pixelwise: train, evaluate and deploy semantic segmentation models on your own images.",
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from pixelwise import __version__
+
+        out.print(f"pixelwise {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(False, "--version", "-V", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """pixelwise: train, evaluate and deploy semantic segmentation models on your own images."""
 
 
 @app.command()
@@ -39,35 +57,51 @@ def demo(
 
 @app.command()
 def train(
-    config: Path | None = typer.Argument(None, help="YAML config file (optional: flags alone also work)."),
+    config: Path | None = typer.Argument(None, help="YAML config file (optional: flags alone also work); relative "
+                                                    "paths in it are read from its folder."),
     set_: list[str] = typer.Option([], "--set", help="Override a config key, e.g. --set optim.lr=3e-4 (repeatable)."),
     data: Path | None = typer.Option(None, help="Dataset folder (data.root)."),
-    fmt: str | None = typer.Option(None, "--format", help="Dataset layout (data.format; default: detected)."),
-    model: str | None = typer.Option(None, help="Architecture, e.g. unet, fpn, deeplabv3plus (model.arch)."),
-    encoder: str | None = typer.Option(None, help="Encoder, e.g. resnet18 or tu-convnext_tiny (model.encoder)."),
-    epochs: int | None = typer.Option(None, help="train.epochs"),
-    max_steps: int | None = typer.Option(None, help="train.max_steps"),
-    time_budget: str | None = typer.Option(None, help="train.time_budget, e.g. 15m"),
-    batch_size: int | None = typer.Option(None, help="train.batch_size"),
-    crop_size: int | None = typer.Option(None, help="data.crop_size (square)"),
-    lr: float | None = typer.Option(None, help="optim.lr"),
-    name: str | None = typer.Option(None, help="Run name (default run directory: runs/NAME)."),
-    out_dir: Path | None = typer.Option(None, "--out", help="Run directory."),
+    fmt: str | None = typer.Option(None, "--format", help="Dataset layout (data.format).", show_default="detected"),
+    model: str | None = typer.Option(None, help="Architecture, e.g. unet, fpn, deeplabv3plus (model.arch).",
+                                     show_default="unet"),
+    encoder: str | None = typer.Option(None, help="Encoder, e.g. resnet18 or tu-convnext_tiny (model.encoder; "
+                                                  "list: pixelwise models --encoders).", show_default="resnet18"),
+    # The shown defaults are the schema's (tests/test_first_hour.py compares them); None leaves a config file's.
+    epochs: int | None = typer.Option(None, help="train.epochs", show_default="50"),
+    max_steps: int | None = typer.Option(None, help="train.max_steps", show_default="none"),
+    time_budget: str | None = typer.Option(None, help="train.time_budget, e.g. 15m; with --auto the plan fits it.",
+                                           show_default="none; 30m with --auto"),
+    batch_size: int | None = typer.Option(None, help="train.batch_size", show_default="8"),
+    crop_size: int | None = typer.Option(None, help="data.crop_size (square)", show_default="320"),
+    lr: float | None = typer.Option(None, help="optim.lr", show_default="0.001"),
+    device: str | None = typer.Option(None, help=f"train.device: {DEVICE_HELP}", show_default="auto"),
+    name: str | None = typer.Option(None, help="Run name: the run directory is runs/NAME (NAME-2, NAME-3, ... when "
+                                               "that holds a run).", show_default="DATASET-ARCH-ENCODER"),
+    out_dir: Path | None = typer.Option(None, "--out", help="Run directory, exactly (a run there is refused unless "
+                                                            "--resume or --overwrite)."),
     resume: Path | None = typer.Option(None, help="Continue the run in this directory from its last.ckpt."),
     overwrite: bool = typer.Option(False, help="Replace an existing run directory."),
     tensorboard: bool = typer.Option(True, help="Write TensorBoard event files (train.tensorboard)."),
     report: bool = typer.Option(True, help="Write report.html after training (train.report)."),
     auto: bool = typer.Option(False, help="Configure from the data and this machine (`pixelwise plan`); the "
                                           "plan, with a reason per choice, is saved as RUN/plan.yaml."),
-    budget: str | None = typer.Option(None, help="Time budget for --auto (default 30m); same as --time-budget."),
+    budget: str | None = typer.Option(None, hidden=True, help="Deprecated: --time-budget."),
 ) -> None:
     """Train a model; writes config.yaml, best.safetensors, last.ckpt, metrics.csv, summary.json, report.html."""
-    from pixelwise.api import default_callbacks
+    # Torch loads in seconds: a missing folder or a bad key is answered before it is imported.
+    from pixelwise.api import check_paths, default_callbacks, run_directory
     from pixelwise.config import load_config
-    from pixelwise.engine.trainer import Trainer
 
     if budget is not None:
+        notice("warning", "--budget is deprecated: use --time-budget (the same setting, train.time_budget)")
         time_budget = time_budget or budget
+    shortcuts: dict[str, Any] = {
+        "data.root": data, "data.format": fmt, "model.arch": model, "model.encoder": encoder,
+        "train.epochs": epochs, "train.max_steps": max_steps, "train.time_budget": time_budget,
+        "train.batch_size": batch_size, "data.crop_size": crop_size, "optim.lr": lr, "train.device": device,
+        "name": name, "train.tensorboard": None if tensorboard else False, "train.report": None if report else False,
+    }
+    values = {k: (str(v) if isinstance(v, Path) else v) for k, v in shortcuts.items() if v is not None}
     auto_plan = None
     if auto:
         if config is not None or resume is not None:
@@ -76,26 +110,27 @@ def train(
         if data is None:
             raise PixelwiseError("--auto needs the dataset: --data DIR")
         from pixelwise.plan import plan_dataset
+        from pixelwise.validate import check_names
 
-        auto_plan = plan_dataset(data, fmt, time_budget or "30m", "auto", name=name)
+        draft = load_config(None, set_, values)
+        check_paths(draft)
+        check_names(draft)  # a misspelt encoder fails before the plan scans the data
+        plan_device = (device or "auto").split(":")[0]
+        auto_plan = plan_dataset(data, fmt, time_budget or "30m", plan_device, name=name)
         err.print(auto_plan.to_yaml(), markup=False, highlight=False, soft_wrap=True)  # [lists] are not markup
-
-    shortcuts: dict[str, Any] = {
-        "data.root": data, "data.format": fmt, "model.arch": model, "model.encoder": encoder,
-        "train.epochs": epochs, "train.max_steps": max_steps, "train.time_budget": time_budget,
-        "train.batch_size": batch_size, "data.crop_size": crop_size, "optim.lr": lr, "name": name,
-        "train.tensorboard": None if tensorboard else False, "train.report": None if report else False,
-    }
-    values = {k: (str(v) if isinstance(v, Path) else v) for k, v in shortcuts.items() if v is not None}
     if resume is not None:
         if config is not None or (out_dir is not None and out_dir != resume):
             raise PixelwiseError("--resume continues a run in its own directory with its own config.yaml; "
                                  "give --set overrides, not a config file or --out")
         cfg = load_config(resume / "config.yaml", set_, values)
+        check_paths(cfg)
         run_dir = resume
     else:
         cfg = load_config(config, set_, values, base=auto_plan.tree() if auto_plan else None)
-        run_dir = out_dir or Path("runs") / cfg.name
+        check_paths(cfg)
+        cfg, run_dir = run_directory(cfg, out_dir, overwrite)
+    from pixelwise.engine.trainer import Trainer
+
     trainer = Trainer(cfg, run_dir, resume=resume is not None, overwrite=overwrite, callbacks=default_callbacks(cfg))
     if auto_plan is not None and launched_rank() == 0:
         atomic_write_text(run_dir / "plan.yaml", auto_plan.to_yaml())
@@ -124,6 +159,13 @@ def check(
         out.print_json(json.dumps(result.to_dict()))
     else:
         fingerprint_view(result, out)
+        again = " ".join(shlex.quote(str(a)) for a in (root, *(("--format", fmt) if fmt else ()),
+                                                          *(a for s in set_ for a in ("--set", s))))
+        if result.errors:
+            verb = f"fix the errors above, then check again: pixelwise check {again}"
+        else:
+            verb = f"pixelwise train {again}" if is_config else f"pixelwise train --data {again} --auto"
+        err.print(styled(("next:", "bold"), f" {verb}"), soft_wrap=True)  # a command to copy: never wrapped
     if result.errors:
         raise SystemExit(1)
 
@@ -132,7 +174,7 @@ def check(
 def plan(
     root: Path = typer.Argument(..., help="Dataset folder (or list file)."),
     fmt: str | None = typer.Option(None, "--format", help="Dataset layout (data.format; default: detected)."),
-    budget: str = typer.Option("30m", help="Training time to plan for (e.g. 10m, 2h)."),
+    budget: str = typer.Option("30m", "--time-budget", "--budget", help="Training time to plan for (e.g. 10m, 2h)."),
     out_file: Path | None = typer.Option(None, "--out", help="Write the config here (YAML, a reason per choice)."),
     device: str = typer.Option("auto", help="Plan for cpu, cuda or auto (this machine's)."),
     measure: bool = typer.Option(True, help="Time a few training steps to fit crops and epochs to the budget."),
@@ -167,8 +209,10 @@ def lr_find_(
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise PixelwiseError("lr-find runs as one process; start it without torchrun")
+    from pixelwise.api import default_run_name
+
     cfg = load_config(config, set_, {"data.root": str(data)} if data is not None else None)
-    result = lr_find(cfg, out_dir or Path("runs") / f"lr-find-{cfg.name}", start, end, steps)
+    result = lr_find(cfg, out_dir or Path("runs") / f"lr-find-{cfg.name or default_run_name(cfg)}", start, end, steps)
     err.print(f"{result['stopped']} after {result['steps']} steps; the loss was lowest at lr "
               f"{result['min_loss_lr']:.3g}")
     err.print(styled("suggested learning rate: ", (f"{result['suggested_lr']:.3g}", "bold"),
@@ -184,7 +228,7 @@ def eval_(
     split: str = typer.Option("val", help="Split to evaluate."),
     out_file: Path | None = typer.Option(None, "--out", help="Metrics JSON (default: RUN/eval_SPLIT.json)."),
     batch_size: int | None = typer.Option(None, min=1, help="Images per forward pass (train.eval_batch_size)."),
-    device: str = typer.Option("auto", help="cpu, cuda, cuda:1, or auto."),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
     report: bool = typer.Option(True, help="Also write RUN/report.html (report_SPLIT.html for other splits)."),
     overwrite: bool = typer.Option(False, help="Replace the --out file if it exists."),
 ) -> None:
@@ -213,7 +257,7 @@ def report(
     split: str = typer.Option("val", help="Split the report describes."),
     data: Path | None = typer.Option(None, help="Dataset folder (default: the run's)."),
     fmt: str | None = typer.Option(None, "--format", help="Dataset layout (default: the run's)."),
-    device: str = typer.Option("auto", help="cpu, cuda, cuda:1, or auto."),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
 ) -> None:
     """Rebuild RUN/report.html (reuses RUN/eval_SPLIT.json when it scores the same images; else evaluates)."""
     from pixelwise.report.build import report_run
@@ -221,7 +265,7 @@ def report(
     report_run(run, split, data, fmt, device=device, reuse=True)
 
 
-data_app = typer.Typer(no_args_is_help=True, help="Look at a dataset.")
+data_app = typer.Typer(no_args_is_help=True, context_settings=CONTEXT, help="Look at a dataset.")
 app.add_typer(data_app, name="data")
 
 
@@ -263,7 +307,8 @@ def data_preview(
 def predict(
     run: Path = typer.Argument(..., help="Run directory, or an exported .onnx model (runs without PyTorch)."),
     inputs: list[Path] = typer.Argument(..., help="Image files or folders of images."),
-    out_dir: Path = typer.Option(..., "--out", help="Folder for NAME.png masks and NAME_overlay.jpg overlays."),
+    out_dir: Path | None = typer.Option(None, "--out", help="Folder for NAME.png masks and NAME_overlay.jpg overlays.",
+                                        show_default="RUN/predictions, or MODEL_predictions beside an .onnx model"),
     overlay: bool = typer.Option(True, help="Also write overlays."),
     tile: int | None = typer.Option(None, min=0, help="Sliding-window tile side in pixels (default: automatic for "
                                                        "images over 16 training crops of pixels; 0: never tile)."),
@@ -271,7 +316,7 @@ def predict(
     tta: bool = typer.Option(False, help="Test-time augmentation: average over horizontal and vertical flips."),
     scales: str = typer.Option("1", help="Comma-separated scales for multi-scale TTA, e.g. 0.75,1,1.25."),
     save_probs: bool = typer.Option(False, help="Also write NAME_probs.npz (float16) and NAME_entropy.png."),
-    device: str = typer.Option("auto", help="cpu, cuda, cuda:1, or auto."),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
     overwrite: bool = typer.Option(False, help="Replace predictions already in --out."),
     tool: str | None = typer.Option(None, "--as", help="Also write pre-annotations: coco, cvat or labelstudio."),
     polygons: float | None = typer.Option(None, min=0.0, help="Pre-annotations as polygons simplified by this "
@@ -294,6 +339,8 @@ def predict(
         raise PixelwiseError(f"--scales must be positive numbers, got '{scales}'")
     options = PredictOptions(tile, overlap, tta, scale_list, save_probs)
     seg = Segmenter.load(run, device=device)
+    if out_dir is None:
+        out_dir = run.with_name(f"{run.stem}_predictions") if run.is_file() else run / "predictions"
     if tile and tile < min(seg.crop_size):
         notice("warning", f"--tile {tile} is smaller than the training crops ({seg.crop_size[0]}x"
                f"{seg.crop_size[1]}): each tile gives the network less context than it learned with, so tiled "
@@ -309,45 +356,10 @@ def predict(
         raise PixelwiseError("some images could not be predicted:\n" + "\n".join(f"  - {f}" for f in report.failed))
 
 
-# Deployment: export, bench, serve (cli_deploy.py keeps this module short)
-for _command in (export, bench, serve):
+# Deployment (export, bench, serve) and reference (models, config): in cli_deploy.py and cli_info.py
+for _command in (export, bench, serve, models, config):
     app.command()(_command)
 app.command()(suggest)  # the labelling loop (cli_label.py)
-
-
-@app.command()
-def models(
-    info: str | None = typer.Option(None, help="Show parameters and GFLOPs of this architecture."),
-    encoder: str = typer.Option("resnet18", help="Encoder for --info."),
-    size: str = typer.Option("320x320", help="Input HxW for --info."),
-    in_channels: int = typer.Option(3, min=1, help="Input channels for --info."),
-    classes: int = typer.Option(12, min=1, max=254, help="Output classes for --info."),
-) -> None:
-    """List the architectures, or show one's size and cost (--info NAME [--size HxW])."""
-    from rich.table import Table
-
-    from pixelwise.models.factory import ARCHITECTURES
-
-    if info is None:
-        table = Table(title="architectures (use any smp encoder or tu-<timm model> as model.encoder)")
-        table.add_column("name")
-        table.add_column("what")
-        for name in ARCHITECTURES.names():
-            table.add_row(name, ARCHITECTURES.get(name).summary)
-        out.print(table)
-        return
-    from pixelwise.models.info import model_info
-
-    try:
-        h, w = (int(v) for v in size.lower().split("x"))
-    except ValueError:
-        raise PixelwiseError(f"--size expects HxW, e.g. 320x320, got '{size}'") from None
-    result = model_info(info, encoder, in_channels, classes, (h, w))
-    rh, rw = result["input"][2:]
-    padded = f", padded to {rh}x{rw} as prediction pads it" if (rh, rw) != (h, w) else ""
-    out.print(f"{info}" + (f" ({encoder})" if result["encoder"] else "") + f": {result['params_millions']:.2f} M "
-              f"parameters, {result['gflops']:.2f} GFLOPs per {h}x{w} image ({in_channels} channel(s) in, "
-              f"{classes} classes out{padded})")
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """The deployment commands: ``export`` (ONNX, int8), ``bench`` (latency and throughput) and ``serve`` (HTTP).
 
-Registered on ``cli.app`` by ``cli.py``, in this order, after ``predict``.
+Registered on ``cli.app`` by ``cli.py``, in this order, after ``predict``; the options every command shares.
 """
 
 from __future__ import annotations
@@ -17,11 +17,15 @@ from pixelwise.progress import notice
 from pixelwise.progress import stdout as out
 
 INT8_TOLERANCE_POINTS = 1.0  # an int8 model losing more val mIoU than this is worth a warning
+CONTEXT = {"help_option_names": ["-h", "--help"]}  # every command's context settings
+DEVICE_HELP = "cpu, cuda, cuda:1, mps, or auto (a CUDA GPU, else Apple's MPS, else the CPU)."
 
 
 def export(
     run: Path = typer.Argument(..., help="Run directory."),
-    fmt: str = typer.Option("onnx", "--format", help="Export format (onnx)."),
+    to: str = typer.Option("onnx", "--to", help="Model format (onnx)."),
+    # --format names the dataset layout in every other command; here it was the model format
+    old_format: str | None = typer.Option(None, "--format", hidden=True, help="Deprecated: --to."),
     out_file: Path | None = typer.Option(None, "--out", help="Model file (default: RUN/model.onnx)."),
     int8: bool = typer.Option(False, help="Also write a static int8 model (RUN/model.int8.onnx), calibrated on "
                                           "training images, and compare it with fp32 on the val split."),
@@ -29,8 +33,12 @@ def export(
     overwrite: bool = typer.Option(False, help="Replace the --out file (and its .int8.onnx) if they exist."),
 ) -> None:
     """Export to ONNX (uint8 input, preprocessing in the graph), checked against PyTorch on real images."""
-    if fmt != "onnx":
-        raise PixelwiseError(f"--format {fmt}: only onnx is supported")
+    if old_format is not None:
+        notice("warning", f"export --format is deprecated (elsewhere --format is the dataset layout): use --to "
+               f"{old_format}")
+        to = old_format
+    if to != "onnx":
+        raise PixelwiseError(f"--to {to}: only onnx is supported")
     from pixelwise.export.onnx import export_onnx
     from pixelwise.export.quantize import int8_path
 
@@ -62,7 +70,7 @@ def bench(
     run: Path = typer.Argument(..., help="Run directory (exports model.onnx and model.int8.onnx when missing)."),
     images: int = typer.Option(16, min=1, help="Val images to time."),
     batch_size: int = typer.Option(4, min=1, help="Batch for the throughput column."),
-    device: str = typer.Option("cpu", help="Device of the PyTorch rows."),
+    device: str = typer.Option("auto", help=f"Device of the PyTorch rows: {DEVICE_HELP}"),
 ) -> None:
     """Latency (batch 1) and throughput of PyTorch fp32/bf16 and ONNX Runtime fp32/int8 on the run's val images."""
     from rich.table import Table
@@ -94,7 +102,7 @@ def serve(
     max_image_pixels: int | None = typer.Option(None, min=1, help="Default: the run's data.max_image_pixels."),
     queue: int = typer.Option(32, min=0, help="Requests that may wait for the model; more get 503."),
     timeout: float = typer.Option(60.0, min=0.001, help="Seconds for a request body to arrive, and for an answer."),
-    device: str = typer.Option("auto", help="PyTorch device: cpu, cuda, cuda:1, or auto."),
+    device: str = typer.Option("auto", help=f"PyTorch device: {DEVICE_HELP}"),
 ) -> None:
     """Serve a model over HTTP: POST /predict, /predict/batch, GET /model, /health, a page at /, docs at /docs."""
     options = dict(locals())  # each option is the ServeSettings field of the same name

@@ -122,7 +122,6 @@ class AugmentConfig(Strict):
     transforms: list[dict[str, Any]] | None = None
 
 
-
 class ModelConfig(Strict):
     arch: str = "unet"
     encoder: str = "resnet18"
@@ -275,7 +274,7 @@ class TrainConfig(Strict):
 
 
 class Config(Strict):
-    name: str = "run"
+    name: str | None = None  # the run directory is runs/NAME; null: DATASET-ARCH-ENCODER (api.run_directory)
     data: DataConfig = Field(default_factory=DataConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -285,10 +284,10 @@ class Config(Strict):
 
     @field_validator("name")
     @classmethod
-    def _plain_name(cls, v: str) -> str:
+    def _plain_name(cls, v: str | None) -> str | None:
         # The default run directory is runs/NAME (and lr-find's runs/lr-find-NAME): a name holding a path
         # ('../x', '/tmp/x') would write outside runs/. A different place is what --out is for.
-        if v.strip() in ("", ".", "..") or any(c in v for c in "/\\") or any(ord(c) < 32 for c in v):
+        if v is not None and (v.strip() in ("", ".", "..") or any(c in "/\\" or ord(c) < 32 for c in v)):
             raise ValueError("a run name is one folder name (no '/', '\\', '..' or control characters); to "
                              "write the run elsewhere use --out DIR")
         return v
@@ -368,6 +367,23 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+# Keys that hold file paths: relative ones in a config file are read from the file's folder, as Ultralytics reads
+# its data YAML, so a config works from any working folder (paths given on the command line stay the shell's).
+PATH_KEYS = (("data", "root"), ("data", "classes"), ("model", "encoder_weights"))
+
+
+def paths_from(tree: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """``tree`` with its relative paths joined to ``folder``; data.classes only when the file is there (otherwise
+    it is looked up in the dataset folder, as before)."""
+    for section, key in PATH_KEYS:
+        node = tree.get(section)
+        value = node.get(key) if isinstance(node, dict) else None
+        if isinstance(value, str) and value != "imagenet" and not Path(value).expanduser().is_absolute():
+            if key != "classes" or (folder / value).is_file():
+                node[key] = str((folder / value).resolve())
+    return tree
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
@@ -387,12 +403,12 @@ def load_config(
     """Build a validated Config.
 
     Args:
-        path: optional YAML file.
+        path: optional YAML file; relative paths in it are relative to its folder (``PATH_KEYS``).
         overrides: ``key.path=value`` strings (``--set``), applied last.
         values: dotted key -> value (CLI shortcuts such as ``--data``), applied after the file.
         base: the starting tree when there is no file (an automatic plan's).
     """
-    tree: dict[str, Any] = read_yaml(path) if path is not None else dict(base or {})
+    tree: dict[str, Any] = paths_from(read_yaml(path), path.parent) if path is not None else dict(base or {})
     for key, value in (values or {}).items():
         set_dotted(tree, key, value)
     for text in overrides or []:

@@ -230,7 +230,8 @@ def read_coco(root: Path) -> tuple[dict[str, list[Pair]], ClassTable, list[Path]
     try:
         import pycocotools  # noqa: F401
     except ImportError:
-        raise DataError("COCO masks are rasterised with pycocotools: pip install pycocotools") from None
+        raise DataError("COCO masks are rasterised with pycocotools, which is not installed: pip install "
+                        "'pixelwise[coco]'") from None
     loaded = {split: _load_coco(path) for split, path in files.items()}
     table, class_of, notes = _category_plan(files, loaded)
     splits: dict[str, list[Pair]] = {}

@@ -1,4 +1,4 @@
-"""The run directory: refusing to overwrite a run, starting one, and the files describing its progress.
+"""The run directory: refusing to overwrite a run, starting one, and the files describing its progress (no torch).
 
 Files: config.yaml (resolved), dataset.json, metrics.csv (one row per epoch), summary.json; the checkpoints
 (best.safetensors, last.ckpt) are written by ``engine.checkpoint``; tensorboard/ and report.html by callbacks.
@@ -16,8 +16,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from pixelwise.atomic import check_out_dir
-from pixelwise.engine.checkpoint import atomic_write_text
+from pixelwise.atomic import atomic_write_text, check_out_dir
 from pixelwise.errors import PixelwiseError
 
 METRIC_COLUMNS = ["epoch", "step", "train_loss", "val_loss", "val_miou", "val_pixel_accuracy", "lr",
@@ -81,6 +80,13 @@ class RunLock:
                     folder.rmdir()
 
 
+def holds_run(run_dir: Path) -> bool:
+    """Whether ``run_dir`` exists with something in it besides a lock (a run, or whatever else it is)."""
+    if not run_dir.is_dir():
+        return run_dir.exists()
+    return any(p.name != LOCK_NAME for p in run_dir.iterdir())
+
+
 def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
     """Refuse to write over an earlier run unless told to resume it or overwrite it (checked before any work)."""
     check_out_dir(run_dir)
@@ -88,7 +94,7 @@ def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
         if not (run_dir / "last.ckpt").is_file():
             raise PixelwiseError(f"{run_dir}: nothing to resume (no last.ckpt)")
         return
-    if run_dir.exists() and any(p.name != LOCK_NAME for p in run_dir.iterdir()) and not overwrite:
+    if holds_run(run_dir) and not overwrite:
         raise PixelwiseError(
             f"{run_dir}: the run directory already holds a run. Continue it with --resume {run_dir}, "
             "write elsewhere with --out DIR, or replace it with --overwrite."

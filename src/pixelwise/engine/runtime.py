@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass
 
 import torch
@@ -33,7 +34,7 @@ class Runtime:
         return f"{self.device.type}{'' if self.device.index is None else ':' + str(self.device.index)}, {amp}{layout}"
 
 
-DEVICE_HELP = "use cpu, cuda, cuda:N or auto (train.device, --device)"
+DEVICE_HELP = "use cpu, cuda, cuda:N, mps or auto (train.device, --device)"
 
 
 def usable_device(name: str) -> torch.device:
@@ -57,16 +58,31 @@ def usable_device(name: str) -> torch.device:
             raise ConfigError(f"device '{name}': this machine has {count} CUDA GPU(s), cuda:0..cuda:{count - 1}")
         return dev
     if dev.type == "mps":
-        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        if not mps_available():
             raise ConfigError(f"device '{name}': Apple's Metal (MPS) is not available in this PyTorch build or on "
                               f"this machine; {DEVICE_HELP}")
         return dev
     raise ConfigError(f"device '{name}': pixelwise cannot run a model on '{dev.type}' devices; {DEVICE_HELP}")
 
 
+def mps_available() -> bool:
+    """Whether Apple's Metal (MPS) can run models here (torch built with it, on a Mac that has it)."""
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+
+
+def auto_device() -> torch.device:
+    """``auto``: a CUDA GPU, else Apple's MPS, else the CPU. Under torchrun, CUDA or the CPU: DDP's backends
+    (NCCL, gloo) take no MPS tensors."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if mps_available() and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
 def resolve_runtime(device: str = "auto", amp: str = "auto", channels_last: bool = True) -> Runtime:
     """Pick the device and autocast dtype: bf16 on CPUs that compute it natively and on CUDA GPUs that have it."""
-    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else usable_device(device)
+    dev = auto_device() if device == "auto" else usable_device(device)
     if amp == "off":
         dtype = None
     elif amp == "fp16":

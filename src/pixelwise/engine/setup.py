@@ -107,6 +107,8 @@ def resolve_config(cfg: Config, data: DataBundle, custom_network: bool = False) 
     if loss.class_weights == "auto":
         loss = loss.model_copy(update={"class_weights": auto_class_weights(data)})
     model = {"in_channels": in_channels, **norm}
+    if cfg.model.encoder_weights not in (None, "imagenet"):  # a file: the run's config.yaml is read from its folder
+        model["encoder_weights"] = str(Path(cfg.model.encoder_weights).expanduser().resolve())
     if custom_network:
         model["arch"] = CUSTOM_ARCH
     return cfg.model_copy(update={

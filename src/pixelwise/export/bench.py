@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from pixelwise.engine.runtime import cpu_has_fast_bf16
+from pixelwise.engine.runtime import cpu_has_fast_bf16, resolve_runtime
 from pixelwise.export.onnx import export_onnx, sample_images
 from pixelwise.export.quantize import quantize
 from pixelwise.inference.onnx_backend import OnnxBackend
@@ -44,7 +44,7 @@ def _time(fn: Any, batch: np.ndarray) -> float:
 
 
 def bench_run(run_dir: Path, images: int = 16, batch_size: int = 4, backends: tuple[str, ...] = BACKENDS,
-              device: str = "cpu") -> list[dict[str, Any]]:
+              device: str = "auto") -> list[dict[str, Any]]:
     """One row per backend: median batch-1 latency (ms) and throughput (images/s) at ``batch_size``.
 
     Each backend does the whole prediction (padding, forward, softmax, argmax) on the same whole val images
@@ -56,8 +56,9 @@ def bench_run(run_dir: Path, images: int = 16, batch_size: int = 4, backends: tu
     shape = Counter(p.shape for p in pictures).most_common(1)[0][0]
     pictures = [p.transpose(2, 0, 1) for p in pictures if p.shape == shape]
     rows = []
+    on_cpu = resolve_runtime(device).device.type == "cpu"
     for name in backends:
-        if name == "pytorch-bf16" and device == "cpu" and not cpu_has_fast_bf16():
+        if name == "pytorch-bf16" and on_cpu and not cpu_has_fast_bf16():
             rows.append({"backend": name, "skipped": "this CPU has no native bf16"})
             continue
         fn = _backend(name, run_dir, cfg, device)

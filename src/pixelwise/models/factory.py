@@ -104,6 +104,40 @@ def check_encoder(encoder: str) -> None:
     )
 
 
+def list_encoders(pattern: str | None = None) -> list[dict[str, str]]:
+    """The encoder names ``check_encoder`` accepts and their weights: smp's, the offline-pretrained ones, and with
+    a ``pattern`` (shell wildcards, else a substring; tested with and without 'tu-') every timm model as tu-<name>.
+
+    Each row: name, pretrained (what ``encoder_weights: imagenet`` downloads), offline (weights installed as a
+    package, or the pip command that installs them).
+    """
+    import fnmatch
+
+    import timm
+
+    def match(name: str) -> bool:
+        if pattern is None:
+            return True
+        wild = any(c in pattern for c in "*?[")
+        return any(fnmatch.fnmatch(n, pattern) if wild else pattern.lower() in n.lower()
+                   for n in (name, name.removeprefix("tu-")))
+
+    rows = []
+    for name in smp.encoders.get_encoder_names():
+        if match(name):
+            settings = smp.encoders.encoders.get(name, {}).get("pretrained_settings") or {}
+            rows.append({"name": name, "pretrained": ", ".join(settings) or "-", "offline": "-"})
+    hub = {n.split(".")[0] for n in timm.list_models(pretrained=True)}
+    timm_names = [f"tu-{n}" for n in timm.list_models()] if pattern is not None else list(W.OFFLINE_PACKAGES)
+    for name in filter(match, timm_names):
+        offline = "-"
+        if name in W.OFFLINE_PACKAGES:
+            package = W.OFFLINE_PACKAGES[name][0].replace("_", "-")
+            offline = "installed" if W.offline_package_file(name) else f"pip install {package}"
+        rows.append({"name": name, "pretrained": "timm hub" if name[3:] in hub else "-", "offline": offline})
+    return rows
+
+
 def create_model(
     arch: str,
     encoder: str = "resnet18",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from typing import Any
 
@@ -10,15 +11,24 @@ import torch
 from pixelwise.data.pixels import model_input
 from pixelwise.engine.callbacks import Callback, RunState
 from pixelwise.engine.padding import forward_padded
+from pixelwise.errors import PixelwiseError
 from pixelwise.report.plots import panel
 
 IMAGES_PER_EPOCH = 2  # validation images whose predictions are logged after each evaluation
+
+
+def tensorboard_installed() -> bool:
+    """Whether the tensorboard package (the ``tensorboard`` extra) is there; torch writes event files through it."""
+    return importlib.util.find_spec("tensorboard") is not None
 
 
 class TensorBoard(Callback):
     """Writes ``RUN/tensorboard/events.*``: ``train/*`` and ``val/*`` scalars per epoch, prediction panels."""
 
     def __init__(self) -> None:
+        if not tensorboard_installed():
+            raise PixelwiseError("TensorBoard event files need the tensorboard package: pip install "
+                                 "'pixelwise[tensorboard]' (or train without them: train.tensorboard: false)")
         self.writer: Any = None
 
     def on_train_start(self, state: RunState) -> None:

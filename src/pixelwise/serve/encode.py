@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from pixelwise.display import display_rgb
+from pixelwise.errors import PixelwiseError
 from pixelwise.inference.predictor import Segmenter
 
 Shapes = Literal["none", "polygons", "rle"]
@@ -75,7 +76,10 @@ def polygons(binary: np.ndarray, tolerance: float) -> list[dict[str, Any]]:
 
 def rle(binary: np.ndarray) -> dict[str, Any]:
     """COCO run-length encoding (column-major, compressed counts as text)."""
-    from pycocotools import mask as mask_utils
+    try:
+        from pycocotools import mask as mask_utils
+    except ImportError:
+        raise PixelwiseError("shapes=rle needs pycocotools on the server: pip install 'pixelwise[serve]'") from None
 
     encoded = mask_utils.encode(np.asfortranarray(binary.astype(np.uint8)))
     return {"size": [int(s) for s in encoded["size"]], "counts": encoded["counts"].decode("ascii")}
