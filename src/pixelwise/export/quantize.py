@@ -7,8 +7,10 @@ validation split: pixel agreement with the fp32 model and the mIoU of each.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,19 @@ def _reader(images: list[np.ndarray], name: str, multiple: int, min_size: int) -
     return Reader()
 
 
+@contextlib.contextmanager
+def _working_dir(path: Path) -> Iterator[None]:
+    """Run in ``path``: onnxruntime's symbolic shape inference, when it fails, saves the half-inferred model as
+    ``sym_shape_infer_temp.onnx`` plus a ``<uuid>.data`` file into the working directory (the user's) before it
+    raises; in a temporary folder they go with it. Paths handed over must be absolute."""
+    before = Path.cwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
 def int8_path(fp32: Path) -> Path:
     """Where the int8 model of ``fp32`` goes by default: beside it, NAME.int8.onnx."""
     return fp32.with_name(fp32.stem + ".int8.onnx")
@@ -57,13 +72,14 @@ def quantize(run_dir: Path, fp32: Path, out: Path | None = None, calibration_ima
     backend = OnnxBackend(fp32)
     images = sample_images(cfg, cfg.data.train_split, calibration_images, data_root)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-        prepared, quantized = Path(tmp) / "prepared.onnx", Path(tmp) / "int8.onnx"
+        prepared, quantized = Path(tmp).resolve() / "prepared.onnx", Path(tmp).resolve() / "int8.onnx"
         try:
             try:
-                quant_pre_process(str(fp32), str(prepared))
+                with _working_dir(Path(tmp)):  # where a failing symbolic pass dumps its model (see _working_dir)
+                    quant_pre_process(str(fp32.resolve()), str(prepared))
             except Exception:  # onnxruntime's symbolic shape inference gives up on some graphs (timm's
                 # EfficientNet-Lite encoders: "Incomplete symbolic shape inference"); ONNX's own is enough for QDQ
-                quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+                quant_pre_process(str(fp32.resolve()), str(prepared), skip_symbolic_shape=True)
             quantize_static(str(prepared), str(quantized), _reader(images, backend.input, backend.multiple,
                                                                     backend.min_size),
                             quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
