@@ -340,20 +340,21 @@ def test_disk_full_while_writing_keeps_the_previous_file(tmp_path):
 
 
 def test_disk_full_during_training_is_one_clear_error(synthetic_data, tmp_path, monkeypatch):
-    from pixelwise.engine import checkpoint
     from pixelwise.engine.trainer import Trainer
 
     run = tmp_path / "run"
     trainer = Trainer(_cfg(synthetic_data, "train.epochs=2"), run)
-    real_save, calls = checkpoint.torch.save, {"n": 0}
+    real_write, calls = Path.write_bytes, {"n": 0}
 
-    def save(obj, f, *args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real_save(obj, f, *args, **kwargs)
+    def write_bytes(self, data):  # what a full disk does to a Python write: part of the file, then ENOSPC
+        if self.name.startswith(".last.ckpt."):
+            calls["n"] += 1
+            if calls["n"] == 2:
+                real_write(self, bytes(data)[:100])
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(self, data)
 
-    monkeypatch.setattr(checkpoint.torch, "save", save)
+    monkeypatch.setattr(Path, "write_bytes", write_bytes)
     with pytest.raises(PixelwiseError, match="last.ckpt: no space left on the device .the previous last.ckpt is"):
         trainer.fit()
     from pixelwise.engine.checkpoint import load_state
@@ -558,3 +559,22 @@ def test_evaluation_of_a_cached_split_runs_in_process(tmp_path, monkeypatch):
     for data in (cached, uncached):
         ev.evaluate(model, data.val, data.val_sizes, ["background", "thing"], resolve_runtime("cpu", "off"), workers=2)
     assert seen == [0, 2]
+
+
+def test_a_full_disk_while_saving_weights_is_one_clear_error(tmp_path, monkeypatch):
+    """safetensors' own writer reported a full disk as a SafetensorError (a traceback); pixelwise writes the bytes."""
+    from torch import nn
+
+    from pixelwise.engine.checkpoint import save_weights
+
+    target = tmp_path / "best.safetensors"
+    save_weights(nn.Linear(3, 2), target)
+    before = target.read_bytes()
+
+    def full(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    with pytest.raises(PixelwiseError, match="best.safetensors: no space left on the device .the previous"):
+        save_weights(nn.Linear(3, 2), target)
+    assert target.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["best.safetensors"]

@@ -1,17 +1,23 @@
 """Checkpoints written atomically (temp file, fsync, rename) and loaded without running pickled code.
 
 ``best.safetensors`` holds weights only; ``last.ckpt`` holds the resume state (weights, optimizer, counters),
-saved with torch.save and loaded with ``weights_only=True``.
+saved with torch.save and loaded with ``weights_only=True``. Both are serialised in memory and written by Python:
+safetensors' and torch's own file writers report a full disk as ``SafetensorError`` or ``RuntimeError:
+basic_ios::clear`` (seen when /tmp filled up), which the atomic writer could not tell from a bug; a Python write
+raises ``OSError(ENOSPC)``, which becomes one message saying the previous file is intact. It costs one copy of the
+checkpoint in memory while it is written.
 """
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from pixelwise.atomic import (  # noqa: F401  (re-exported: checkpoints and run files share them)
@@ -25,7 +31,8 @@ from pixelwise.errors import PixelwiseError
 
 def save_weights(model: nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    data = safetensors_bytes(tensors, metadata=metadata)
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
 def load_model_state(model: nn.Module, state: dict[str, Any], path: Path) -> None:
@@ -77,7 +84,9 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]
 
 
 def save_state(path: Path, state: dict[str, Any]) -> None:
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write(path, lambda tmp: tmp.write_bytes(buf.getbuffer()))
 
 
 RESUME_KEYS = ("model", "optimizer", "state", "history")
