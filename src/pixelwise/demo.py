@@ -74,7 +74,7 @@ def run_demo(out: Path, time_budget: str = "75s") -> dict:
         f"  report:      {report}  (open it in a browser; plots in {run_dir / 'plots'})\n"
         f"  tensorboard: tensorboard --logdir {run_dir / 'tensorboard'}\n"
         f"  predictions: {out / 'predictions'}  (NAME.png masks, NAME_overlay.jpg)\n"
-        f"next: pixelwise predict {run_dir} YOUR_IMAGES --out preds    |    "
-        "pixelwise train --data YOUR_DATA --model unet --encoder resnet18"
+        f"next: pixelwise predict {run_dir} YOUR_IMAGES    |    your data: pixelwise check YOUR_DATA, then "
+        "pixelwise train --data YOUR_DATA --auto --time-budget 10m (README: your data in five commands)"
     ))
     return result
