@@ -13,6 +13,7 @@ from conftest import tiny_overrides
 from PIL import Image
 
 from pixelwise.config import load_config
+from pixelwise.errors import PixelwiseError
 from pixelwise.inference.files import entropy_image
 from pixelwise.inference.onnx_backend import softmax
 from pixelwise.inference.sliding_window import (
@@ -199,6 +200,22 @@ def test_onnx_segmenter_matches_pytorch_and_needs_no_torch(onnx_model, tiny_run,
     assert np.load(tmp_path / "m.npy").shape == torch_mask.shape
 
 
+def test_an_onnx_model_without_onnx_runtime_says_which_extra_to_install(onnx_model, tiny_run, tmp_path):
+    # ONNX Runtime is an extra (onnx or onnx-gpu, which clash): without it the CLI answers in one line
+    path, _ = onnx_model
+    code = (
+        "import sys; sys.modules['onnxruntime'] = None\n"
+        "from pixelwise.cli import main\n"
+        f"sys.argv = ['pixelwise', 'predict', {str(path)!r}, {str(path)!r}, '--out', {str(tmp_path / 'p')!r}]\n"
+        "main()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 1, done.stderr
+    said = " ".join(done.stderr.split())  # the console wraps long lines
+    assert "pip install 'pixelwise[onnx]'" in said and "'pixelwise[onnx-gpu]'" in said
+    assert "Traceback" not in said
+
+
 def test_int8_quantization_is_compared_with_fp32(onnx_model, tiny_run):
     from pixelwise.export.quantize import compare_on_split, quantize
     from pixelwise.inference.predictor import Segmenter
@@ -246,6 +263,19 @@ def test_bench_cli_table(onnx_model, tiny_run):
     rows = json.loads((tiny_run / "bench.json").read_text())
     assert [r["backend"] for r in rows] == ["pytorch-fp32", "pytorch-bf16", "onnx-fp32", "onnx-int8"]
     assert all(r.get("images_per_second", 1) > 0 for r in rows)
+
+
+def test_an_architecture_onnx_cannot_export_is_one_clear_error(tmp_path):
+    # pspnet pools to a fixed grid of bins: the exporter cannot keep the image size free (measured for upernet too)
+    from pixelwise.config import ModelConfig
+    from pixelwise.export.onnx import _export_graph
+    from pixelwise.models.factory import build_network
+
+    cfg = ModelConfig(arch="pspnet", encoder="resnet18", normalization="encoder", mean=[0.5] * 3, std=[0.2] * 3)
+    model = build_network(cfg, 3, 3, pretrained=False)
+    info = {"arch": "pspnet", "encoder": "resnet18", "input_dtype": "uint8"}
+    with pytest.raises(PixelwiseError, match=r"pspnet \(resnet18\) cannot be exported to ONNX.*pixelwise serve RUN"):
+        _export_graph(model, 3, 64, tmp_path / "m.onnx", info)
 
 
 def test_export_command_with_int8(tiny_run, tmp_path):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -63,9 +64,21 @@ def _export_graph(model: torch.nn.Module, channels: int, side: int, path: Path, 
     model = model.to(memory_format=torch.contiguous_format).float().eval()
     example = torch.zeros(1, channels, side, side, dtype=getattr(torch, info["input_dtype"]))
     axes = {0: "batch", 2: "height", 3: "width"}
-    with torch.inference_mode(False), torch.no_grad():
-        torch.onnx.export(model, (example,), str(path), input_names=["image"], output_names=["logits"],
-                          dynamic_axes={"image": axes, "logits": axes}, opset_version=OPSET, dynamo=False)
+    try:
+        with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+            # The TorchScript exporter is deprecated in favour of torch.export's (dynamo=True), which we measured
+            # and do not use yet: it fails on reseg, exports upernet with the example's size baked in (wrong on
+            # other sizes) and its graphs defeat the int8 tools' shape inference (DESIGN.md, "ONNX export").
+            warnings.filterwarnings("ignore", "You are using the legacy TorchScript", DeprecationWarning)
+            warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
+            torch.onnx.export(model, (example,), str(path), input_names=["image"], output_names=["logits"],
+                              dynamic_axes={"image": axes, "logits": axes}, opset_version=OPSET, dynamo=False)
+    except Exception as e:  # the exporter's own error types, several lines each
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise PixelwiseError(
+            f"{info['arch']} ({info['encoder']}) cannot be exported to ONNX with free image sizes: {first[:300]}. "
+            "pspnet and upernet pool to a fixed grid of bins, which needs the input size; serve the run with "
+            "PyTorch (pixelwise serve RUN, Segmenter.load(RUN)) or train another architecture for ONNX") from None
     proto = onnx.load(str(path))
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(info)

@@ -87,7 +87,10 @@ class OnnxBackend:
         try:
             import onnxruntime as ort
         except ImportError:
-            raise PixelwiseError("onnxruntime is not installed: pip install onnxruntime") from None
+            raise PixelwiseError(
+                "ONNX models need ONNX Runtime, which is not installed: pip install 'pixelwise[onnx]' (CPU), or "
+                "'pixelwise[onnx-gpu]' on an NVIDIA GPU machine (one of the two: both install the same module)"
+            ) from None
         path = Path(path)
         if not path.is_file():
             raise PixelwiseError(f"{path}: ONNX model not found")
