@@ -93,7 +93,7 @@ def check_paths(cfg: Config, need_data: bool = True) -> None:
     if root is not None and not root.expanduser().exists():
         raise DataError(f"{root}: dataset folder not found")
     weights = cfg.model.encoder_weights
-    if weights not in (None, "imagenet") and not Path(weights).expanduser().is_file():
+    if weights not in (None, "imagenet", "auto") and not Path(weights).expanduser().is_file():
         raise PixelwiseError(f"model.encoder_weights: file not found: {weights}")
 
 

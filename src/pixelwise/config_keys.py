@@ -48,7 +48,9 @@ DESCRIPTIONS: dict[str, str] = {
     "model.arch": "Architecture (pixelwise models): unet, unetplusplus, fpn, deeplabv3plus, ..., seed_cnn, reseg.",
     "model.encoder": "Encoder: an smp name (resnet18, efficientnet-b0, ...) or tu-<timm model> (pixelwise models "
                      "--encoders).",
-    "model.encoder_weights": "Pretrained encoder: null (from scratch), imagenet, or a safetensors/state-dict file.",
+    "model.encoder_weights": "Pretrained encoder: auto (ImageNet when available, else from scratch), imagenet, null, "
+                             "or a safetensors/state-dict file.",
+    "model.init_from": "Start from a whole model: a run directory, a .safetensors file or hf://USER/REPO (fine-tuning).",
     "model.in_channels": "Network input channels (auto: the data's).",
     "model.normalization": "auto (8-bit: the encoder's pretraining statistics; other types: zscore), encoder, "
                            "zscore (per-channel, from the training pixels) or none.",

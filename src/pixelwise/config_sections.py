@@ -122,7 +122,11 @@ class AugmentConfig(Strict):
 class ModelConfig(Strict):
     arch: str = "unet"
     encoder: str = "resnet18"
-    encoder_weights: str | None = None
+    # auto: ImageNet weights when an offline package, the Hugging Face cache or the hub has them, else random
+    # initialisation (said, with the reason); imagenet: required; null: random; or a safetensors/state-dict file.
+    encoder_weights: str | None = "auto"
+    # A whole model to start from (encoder, decoder and head): a run directory, a .safetensors file or hf://USER/REPO.
+    init_from: str | None = None
     in_channels: int | Literal["auto"] = "auto"
     # auto: 'encoder' for 8-bit images (the encoder's pretraining statistics, on the 0-1 scale: pixel / 255),
     # 'zscore' for any other type (per-channel mean/std of the training pixels, in the data's own units, after
