@@ -9,7 +9,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "pixelwise"
 
 # lowest first; a module may import its own layer and those below
 LAYERS = [
-    {"errors", "registry", "atomic", "geometry", "display", "progress", "safe_load", "memory"},
+    {"errors", "registry", "atomic", "geometry", "display", "progress", "safe_load", "memory", "hubfiles"},
     {"config", "config_sections", "config_keys", "data.classes"},  # the schema; the class table is part of it
     {"data", "models", "losses", "optim"},
     {"validate"},

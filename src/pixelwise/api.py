@@ -95,6 +95,10 @@ def check_paths(cfg: Config, need_data: bool = True) -> None:
     weights = cfg.model.encoder_weights
     if weights not in (None, "imagenet", "auto") and not Path(weights).expanduser().is_file():
         raise PixelwiseError(f"model.encoder_weights: file not found: {weights}")
+    source = cfg.model.init_from
+    if source is not None and not source.startswith("hf://") and not Path(source).expanduser().exists():
+        raise PixelwiseError(f"model.init_from: not found: {source} (a run directory, a .safetensors file or "
+                             "hf://USER/REPO)")
 
 
 def default_run_name(cfg: Config, custom_network: bool = False) -> str:

@@ -80,6 +80,9 @@ def train(
     out_dir: Path | None = typer.Option(None, "--out", help="Run directory, exactly (a run there is refused unless "
                                                             "--resume or --overwrite)."),
     resume: Path | None = typer.Option(None, help="Continue the run in this directory from its last.ckpt."),
+    init_from: str | None = typer.Option(None, help="Fine-tune: start from this run's whole model (a run directory, "
+                                                    ".safetensors or hf://USER/REPO; model.init_from).",
+                                         show_default="none"),
     overwrite: bool = typer.Option(False, help="Replace an existing run directory."),
     tensorboard: bool = typer.Option(True, help="Write TensorBoard event files (train.tensorboard)."),
     report: bool = typer.Option(True, help="Write report.html after training (train.report)."),
@@ -99,7 +102,8 @@ def train(
         "data.root": data, "data.format": fmt, "model.arch": model, "model.encoder": encoder,
         "train.epochs": epochs, "train.max_steps": max_steps, "train.time_budget": time_budget,
         "train.batch_size": batch_size, "data.crop_size": crop_size, "optim.lr": lr, "train.device": device,
-        "name": name, "train.tensorboard": None if tensorboard else False, "train.report": None if report else False,
+        "name": name, "model.init_from": init_from,
+        "train.tensorboard": None if tensorboard else False, "train.report": None if report else False,
     }
     values = {k: (str(v) if isinstance(v, Path) else v) for k, v in shortcuts.items() if v is not None}
     auto_plan = None

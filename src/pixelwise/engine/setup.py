@@ -24,6 +24,7 @@ from pixelwise.engine.runtime import Runtime, resolve_runtime
 from pixelwise.errors import PixelwiseError
 from pixelwise.losses import create_loss, median_frequency_weights
 from pixelwise.models.factory import ARCHITECTURES, CUSTOM_ARCH, build_network, resolve_normalization, wrap_network
+from pixelwise.models.init_from import load_init
 from pixelwise.optim import create_optimizer
 from pixelwise.progress import notice
 
@@ -113,6 +114,9 @@ def resolve_config(cfg: Config, data: DataBundle, custom_network: bool = False) 
         model["encoder_weights"] = None
     elif cfg.model.encoder_weights not in (None, "imagenet"):  # a file: the config.yaml is read from its folder
         model["encoder_weights"] = str(Path(cfg.model.encoder_weights).expanduser().resolve())
+    source = cfg.model.init_from
+    if source is not None and not source.startswith("hf://"):  # absolute: the run's config.yaml says where it began
+        model["init_from"] = str(Path(source).expanduser().resolve())
     if custom_network:
         model["arch"] = CUSTOM_ARCH
     return cfg.model_copy(update={
@@ -198,6 +202,8 @@ def prepare(cfg: Config, parts: Parts | None = None) -> Prepared:
         model = wrap_network(parts.network, cfg.model, cfg.model.in_channels)
     else:
         model = build_network(cfg.model, cfg.model.in_channels, table.num_classes)
+    if cfg.model.init_from is not None:  # the whole model: encoder, decoder and head (re-initialised if it differs)
+        load_init(model, cfg.model.init_from, table.names)
     if not data.custom and min(cfg.data.crop_size) < model.min_size:
         raise PixelwiseError(f"'{cfg.model.arch}' needs inputs of at least {model.min_size} pixels a side; "
                              f"raise data.crop_size (now {list(cfg.data.crop_size)})")

@@ -111,7 +111,8 @@ class Segmenter:
     @classmethod
     def load(cls, path: str | Path, device: str = "auto", weights: str = "best.safetensors",
              threads: int | None = None, amp: str = "auto", model: Any = None) -> Segmenter:
-        """Load a run directory (config.yaml + safetensors weights; no pickled code runs) or an exported .onnx.
+        """Load a run directory (config.yaml + safetensors weights; no pickled code runs), an exported .onnx, or
+        ``hf://USER/REPO[/PATH][@REVISION]`` (a run or export on the Hugging Face Hub, e.g. one ``pixelwise push`` made).
 
         Args:
             device, amp: PyTorch only: device, and autocast ("auto": bf16 where the hardware computes it
@@ -119,6 +120,10 @@ class Segmenter:
             threads: ONNX Runtime only: intra-op threads (default: its own choice).
             model: for a run that trained your own ``nn.Module``: an instance of it (its weights are loaded).
         """
+        if str(path).startswith("hf://"):  # the run's files, downloaded once into the Hugging Face cache
+            from pixelwise.hubfiles import hub_model
+
+            path = hub_model(str(path))
         path = Path(path)
         if path.suffix.lower() == ".onnx":
             from pixelwise.inference.onnx_backend import OnnxBackend

@@ -65,7 +65,7 @@ def model_path(source: str) -> Path:
         if scheme != "hf":
             raise PixelwiseError(f"{source}: {scheme}:// models are not supported; give a run directory, an exported "
                                  ".onnx file or a Hugging Face Hub model (hf://OWNER/NAME)")
-        from pixelwise.serve.hub import hub_model
+        from pixelwise.hubfiles import hub_model
 
         return hub_model(source)
     path = Path(source)
