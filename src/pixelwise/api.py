@@ -150,6 +150,10 @@ def default_callbacks(cfg: Config) -> list[Callback]:
         callbacks.append(TensorBoard())
     if cfg.train.report:
         callbacks.append(Report())
+    if cfg.train.track:  # after the report: its page and plots are logged with the run
+        from pixelwise.report.mlflow import tracking_callbacks
+
+        callbacks += tracking_callbacks(cfg.train.track)
     return callbacks
 
 

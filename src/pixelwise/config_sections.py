@@ -254,6 +254,8 @@ class TrainConfig(Strict):
     deterministic: bool = False  # CUDA: bitwise-repeatable runs (deterministic kernels only; slower)
     tensorboard: bool = True  # RUN/tensorboard event files: scalars per epoch and a few val predictions
     report: bool = True  # RUN/report.html after training (best weights evaluated on the val split)
+    # Experiment trackers: params, metrics per epoch, the report, plots, model and files (report/mlflow.py).
+    track: list[Literal["mlflow", "wandb"]] = Field(default_factory=list)
 
     @field_validator("amp", mode="before")
     @classmethod
