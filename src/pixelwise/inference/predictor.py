@@ -112,7 +112,7 @@ class Segmenter:
     def load(cls, path: str | Path, device: str = "auto", weights: str = "best.safetensors",
              threads: int | None = None, amp: str = "auto", model: Any = None) -> Segmenter:
         """Load a run directory (config.yaml + safetensors weights; no pickled code runs), an exported .onnx, or
-        ``hf://USER/REPO[/PATH][@REVISION]`` (a run or export on the Hugging Face Hub, e.g. one ``pixelwise push`` made).
+        ``hf://USER/REPO[/PATH][@REVISION]`` (a run or export on the Hugging Face Hub, as ``pixelwise push`` puts it).
 
         Args:
             device, amp: PyTorch only: device, and autocast ("auto": bf16 where the hardware computes it
