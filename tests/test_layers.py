@@ -15,10 +15,10 @@ LAYERS = [
     {"validate"},
     {"engine"},
     {"inference"},
-    {"export", "report", "plan"},
+    {"export", "report", "plan", "share"},
     {"serve"},
     {"api"},
-    {"demo", "cli", "cli_deploy", "cli_info", "cli_label", "__main__", "__init__"},
+    {"demo", "cli", "cli_deploy", "cli_info", "cli_label", "cli_share", "__main__", "__init__"},
 ]
 
 

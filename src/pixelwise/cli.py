@@ -15,6 +15,7 @@ from pixelwise.atomic import atomic_write_text, check_new_file
 from pixelwise.cli_deploy import CONTEXT, DEVICE_HELP, bench, export, serve
 from pixelwise.cli_info import config, models
 from pixelwise.cli_label import suggest
+from pixelwise.cli_share import push
 from pixelwise.errors import PixelwiseError, list_offenders
 from pixelwise.progress import console as err
 from pixelwise.progress import notice, styled
@@ -364,6 +365,7 @@ def predict(
 for _command in (export, bench, serve, models, config):
     app.command()(_command)
 app.command()(suggest)  # the labelling loop (cli_label.py)
+app.command()(push)  # the Hugging Face Hub (cli_share.py)
 
 
 def main() -> None:
