@@ -54,7 +54,7 @@ def class_rows(cfg: dict[str, Any], evaluation: dict[str, Any], stats: dict[str,
             "|---|---|---|---|---|---|---|"]
     for i, name in enumerate(names):
         m = per_class.get(name, {})
-        colour = "#%02x%02x%02x" % tuple(colors[i]) if i < len(colors) else "-"
+        colour = "#" + "".join(f"{int(c):02x}" for c in colors[i]) if i < len(colors) else "-"
         share = f"{100 * train_px[i] / total:.1f}%" if total and i < len(train_px) else "-"
         rows.append(f"| {name} | {colour} | {_pct(m.get('iou'))} | {_pct(m.get('precision'))} | "
                     f"{_pct(m.get('recall'))} | {_pct(m.get('f1'))} | {share} |")
@@ -100,7 +100,8 @@ def model_card(run_dir: Path, repo_id: str, files: list[str]) -> str:
               f"{data.get('crop_size')}.", "",
               "## Classes and validation metrics", "", *class_rows(cfg, evaluation, stats), "",
               "## Training", "",
-              f"- network: {model.get('arch')} / {model.get('encoder')} ({start}), options {model.get('options') or {}}",
+              f"- network: {model.get('arch')} / {model.get('encoder')} ({start}), "
+              f"options {model.get('options') or {}}",
               f"- loss: {loss or '-'}; optimizer {cfg.get('optim', {}).get('name')} at lr "
               f"{cfg.get('optim', {}).get('lr')}, batch {train.get('batch_size')}",
               f"- budget: {budget or '-'}; done: {summary.get('epochs', '?')} epochs, {summary.get('steps', '?')} "
