@@ -17,7 +17,7 @@ LAYERS = [
     {"inference"},
     {"export", "report", "plan", "share"},
     {"serve"},
-    {"api"},
+    {"api", "kfold"},
     {"demo", "cli", "cli_deploy", "cli_info", "cli_label", "cli_share", "__main__", "__init__"},
 ]
 

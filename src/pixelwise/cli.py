@@ -84,6 +84,8 @@ def train(
     init_from: str | None = typer.Option(None, help="Fine-tune: start from this run's whole model (a run directory, "
                                                     ".safetensors or hf://USER/REPO; model.init_from).",
                                          show_default="none"),
+    folds: int | None = typer.Option(None, help="k-fold cross-validation: one run per fold under the run directory, "
+                                                "a mean +- std summary, the folds' ensemble as the parent's model."),
     overwrite: bool = typer.Option(False, help="Replace an existing run directory."),
     tensorboard: bool = typer.Option(True, help="Write TensorBoard event files (train.tensorboard)."),
     report: bool = typer.Option(True, help="Write report.html after training (train.report)."),
@@ -123,6 +125,9 @@ def train(
         plan_device = (device or "auto").split(":")[0]
         auto_plan = plan_dataset(data, fmt, time_budget or "30m", plan_device, name=name)
         err.print(auto_plan.to_yaml(), markup=False, highlight=False, soft_wrap=True)  # [lists] are not markup
+    if resume is not None and folds is not None:
+        raise PixelwiseError("--folds continues an interrupted cross-validation by itself: run the same command "
+                             "again with --out PARENT (finished folds are kept, an interrupted one resumes)")
     if resume is not None:
         if config is not None or (out_dir is not None and out_dir != resume):
             raise PixelwiseError("--resume continues a run in its own directory with its own config.yaml; "
@@ -134,6 +139,11 @@ def train(
         cfg = load_config(config, set_, values, base=auto_plan.tree() if auto_plan else None)
         check_paths(cfg)
         cfg, run_dir = run_directory(cfg, out_dir, overwrite)
+    if folds is not None:
+        from pixelwise.kfold import train_folds
+
+        train_folds(cfg, run_dir, folds, overwrite)
+        return
     from pixelwise.engine.trainer import Trainer
 
     trainer = Trainer(cfg, run_dir, resume=resume is not None, overwrite=overwrite, callbacks=default_callbacks(cfg))

@@ -27,7 +27,9 @@ DESCRIPTIONS: dict[str, str] = {
     "data.train_split": "Name of the training split.",
     "data.val_split": "Name of the validation split (null: none; data.val_fraction is held out).",
     "data.val_fraction": "Share of the training images held out for validation when the data has no val split.",
-    "data.split_seed": "Seed of that held-out selection.",
+    "data.split_seed": "Seed of that held-out selection (and of the k-fold assignment).",
+    "data.folds": "k-fold cross-validation: the training pool in this many seeded folds (train --folds K).",
+    "data.fold": "The fold that validates (0 to data.folds - 1); the other folds train.",
     "data.crop_size": "Training crop, [height, width] or one number for a square (smaller images are padded).",
     "data.channels": "Input channels: auto (8-bit images: 1 if all are gray, else 3; other data as stored) or a "
                      "count.",

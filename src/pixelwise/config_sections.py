@@ -45,6 +45,10 @@ class DataConfig(Strict):
     val_split: str | None = "val"
     val_fraction: float = Field(0.2, ge=0.0, lt=1.0)  # used when the data has no val split
     split_seed: int = 0
+    # k-fold cross-validation (nnU-Net style): the training pool in ``folds`` seeded folds; ``fold`` validates,
+    # the others train. Set by `pixelwise train --folds K`, one run per fold (data/splits.py).
+    folds: int | None = Field(None, ge=2)
+    fold: int | None = Field(None, ge=0)
     crop_size: tuple[int, int] = (320, 320)
     # Input channels: any count; auto: 8-bit images 1 (all gray) or 3 (any colour), other data as the files hold.
     channels: int | Literal["auto"] = "auto"
@@ -99,6 +103,14 @@ class DataConfig(Strict):
         if v != "auto" and not 1 <= v <= 4096:
             raise ValueError("a channel count from 1 up, or auto")
         return v
+
+    @model_validator(mode="after")
+    def _fold_of_folds(self) -> DataConfig:
+        if self.fold is not None and self.folds is None:  # folds alone: a cross-validation parent's config
+            raise ValueError("data.fold needs data.folds (e.g. folds: 5, fold: 0)")
+        if self.fold is not None and self.fold >= self.folds:
+            raise ValueError(f"data.fold counts from 0 to data.folds - 1 ({self.folds - 1}), got {self.fold}")
+        return self
 
     @field_validator("bands")
     @classmethod
