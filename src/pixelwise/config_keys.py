@@ -105,11 +105,11 @@ DESCRIPTIONS: dict[str, str] = {
     "train.compile": "torch.compile the training step.",
     "train.cudnn_benchmark": "CUDA: cuDNN times its convolution algorithms and keeps the fastest.",
     "train.deterministic": "CUDA: bitwise-repeatable runs (deterministic kernels only; slower).",
-    "train.track": "Experiment trackers: [mlflow] (sqlite:///mlflow.db unless MLFLOW_TRACKING_URI; pip install "
-                   "'pixelwise[tracking]') and/or wandb (pip install 'pixelwise[wandb]').",
     "train.tensorboard": "Write RUN/tensorboard event files (the tensorboard extra: pip install "
                          "'pixelwise[tensorboard]').",
     "train.report": "Write RUN/report.html after training.",
+    "train.track": "Experiment trackers: [mlflow] (sqlite:///mlflow.db unless MLFLOW_TRACKING_URI; pip install "
+                   "'pixelwise[tracking]') and/or wandb (pip install 'pixelwise[wandb]').",
 }
 
 
