@@ -102,7 +102,7 @@ def check_model(settings: ServeSettings) -> Path:
     path = model_path(settings.model)
     if path.is_dir():
         cfg = load_run_config(path)
-        if not (path / "best.safetensors").is_file():
+        if not (path / "best.safetensors").is_file() and not (path / "folds.json").is_file():  # a run, or CV parent
             raise PixelwiseError(f"{path}: the run has no best.safetensors (did training finish?)")
         del cfg
     return path
