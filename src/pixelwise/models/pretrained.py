@@ -158,5 +158,5 @@ def resolve_auto(encoder: str, uses_encoder: bool = True) -> tuple[str | None, s
     found = find_weights(encoder)
     if found.available:
         return "imagenet", f"model.encoder_weights auto: {found.describe()}"
-    return None, (f"model.encoder_weights auto: training from random initialisation, since there are "
-                  f"{found.describe()[3:]}. {how_to_get(encoder)}")
+    return None, (f"model.encoder_weights auto: training from random initialisation ({found.describe()}). "
+                  f"{how_to_get(encoder)}")
