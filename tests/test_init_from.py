@@ -60,3 +60,13 @@ def test_another_network_or_a_missing_source_is_refused(served_run, synthetic_da
     (tmp_path / "empty").mkdir()
     with pytest.raises(PixelwiseError, match="no best.safetensors"):
         prepare(load_config(overrides=[*tiny_overrides(synthetic_data), f"model.init_from={tmp_path / 'empty'}"]))
+
+
+def test_an_rgb_source_is_adapted_to_gray_input(served_run, synthetic_data, capsys):
+    p = prepare(load_config(overrides=[*tiny_overrides(synthetic_data), "data.channels=1",
+                                       f"model.init_from={served_run}"]))
+    source = load_file(str(served_run / "best.safetensors"))
+    own = p.net.state_dict()["net.encoder.conv1.weight"]
+    assert own.shape[1] == 1 and torch.allclose(own, source["net.encoder.conv1.weight"].sum(1, keepdim=True))
+    assert "adapted to the input channels (as pretrained encoders are): net.encoder.conv1.weight" in \
+        " ".join(capsys.readouterr())

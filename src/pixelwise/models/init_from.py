@@ -9,6 +9,8 @@ here a difference is allowed where fine-tuning needs it:
 - the head's tensors, whose first dimension is the class count, are rebuilt for the new classes: rows of classes
   the source knew by the same name are carried over (so continuing with one class more keeps what the others
   learnt), the others keep their fresh initialisation;
+- a first convolution built for RGB is adapted to other input channels as pretrained encoders are (summed for
+  one channel, cycled and rescaled for more: ``models.weights.adapt_first_conv``);
 - any other tensor of another shape is re-initialised, and missing or unexpected ones are listed;
 - the normalisation buffers (``mean``, ``std``) are the new run's own (its config decides them).
 
@@ -25,6 +27,7 @@ import torch
 from torch import nn
 
 from pixelwise.errors import PixelwiseError
+from pixelwise.models.weights import adapt_first_conv
 from pixelwise.progress import console
 
 OWN_BUFFERS = ("mean", "std")  # Normalized's: from the new run's config, never from the source
@@ -40,6 +43,7 @@ class InitReport:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     carried: list[str] = field(default_factory=list)  # class names whose head rows came from the source
+    adapted: list[str] = field(default_factory=list)  # first convolutions fitted to other input channels
     source_classes: list[str] | None = None
 
     def lines(self) -> list[str]:
@@ -47,6 +51,8 @@ class InitReport:
             return ", ".join(items[:4]) + (f", ... ({len(items) - 4} more)" if len(items) > 4 else "")
 
         out = [f"model.init_from {self.source}: {len(self.loaded)} tensors loaded"]
+        if self.adapted:
+            out.append(f"  adapted to the input channels (as pretrained encoders are): {keys(self.adapted)}")
         if self.reinitialised:
             out.append(f"  re-initialised ({len(self.reinitialised)}, another shape here): {keys(self.reinitialised)}")
         if self.carried:
@@ -107,6 +113,12 @@ def _head_rows(own: torch.Tensor, theirs: torch.Tensor, names: list[str], source
     return out, carried
 
 
+def _first_conv(own: torch.Tensor, theirs: torch.Tensor) -> bool:
+    """A convolution taking 3 channels in the source and another count here, otherwise alike."""
+    return (own.ndim == 4 and theirs.ndim == 4 and theirs.shape[1] == 3 and own.shape[1] != 3
+            and own.shape[0] == theirs.shape[0] and own.shape[2:] == theirs.shape[2:])
+
+
 def head_keys(state: dict[str, torch.Tensor], classes: int) -> set[str]:
     """The head's tensors: the last ones of the network whose first dimension is the class count."""
     keys = set()
@@ -142,6 +154,9 @@ def load_init(model: nn.Module, ref: str, class_names: list[str]) -> InitReport:
         elif key not in head and theirs.shape == value.shape:
             new[key] = theirs.to(value.dtype)
             report.loaded.append(key)
+        elif key not in head and _first_conv(value, theirs):  # RGB filters for gray or multispectral input
+            new[key] = adapt_first_conv(theirs.to(value.dtype), value.shape[1])
+            report.adapted.append(key)
         else:
             rows = _head_rows(value, theirs.to(value.dtype), class_names, source_names) if key in head else None
             if rows is not None:
@@ -149,7 +164,7 @@ def load_init(model: nn.Module, ref: str, class_names: list[str]) -> InitReport:
             report.reinitialised.append(key)
     report.unexpected = [k for k in state if k not in own and k not in OWN_BUFFERS]
     total = sum(v.numel() for k, v in own.items() if k not in OWN_BUFFERS)
-    fitted = sum(own[k].numel() for k in report.loaded)
+    fitted = sum(own[k].numel() for k in report.loaded + report.adapted)
     if fitted < total / 2:
         raise PixelwiseError(
             f"model.init_from {ref}: only {fitted / total:.0%} of the network's weights fit ({len(report.loaded)} "
