@@ -84,8 +84,9 @@ def train(
     init_from: str | None = typer.Option(None, help="Fine-tune: start from this run's whole model (a run directory, "
                                                     ".safetensors or hf://USER/REPO; model.init_from).",
                                          show_default="none"),
-    folds: int | None = typer.Option(None, min=2, max=100, help="k-fold cross-validation: one run per fold under the run directory, "
-                                                "a mean +- std summary, the folds' ensemble as the parent's model."),
+    folds: int | None = typer.Option(None, min=2, max=100,
+                                     help="k-fold cross-validation: one run per fold under the run directory, a "
+                                          "mean +- std summary, the folds' ensemble as the parent's model."),
     overwrite: bool = typer.Option(False, help="Replace an existing run directory."),
     tensorboard: bool = typer.Option(True, help="Write TensorBoard event files (train.tensorboard)."),
     report: bool = typer.Option(True, help="Write report.html after training (train.report)."),
