@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
+
+# Offline and with an empty Hugging Face cache, whatever this machine has cached: model.encoder_weights auto
+# (the default) then decides the same way everywhere (random initialisation, except for encoders whose weights
+# come from an installed offline package). Set before huggingface_hub is imported: it reads them once.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="pixelwise-test-hf-")
+os.environ.pop("HF_HUB_CACHE", None)
 
 import numpy as np
 import pytest

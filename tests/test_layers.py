@@ -9,16 +9,16 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "pixelwise"
 
 # lowest first; a module may import its own layer and those below
 LAYERS = [
-    {"errors", "registry", "atomic", "geometry", "display", "progress", "safe_load", "memory"},
+    {"errors", "registry", "atomic", "geometry", "display", "progress", "safe_load", "memory", "hubfiles"},
     {"config", "config_sections", "config_keys", "data.classes"},  # the schema; the class table is part of it
     {"data", "models", "losses", "optim"},
     {"validate"},
     {"engine"},
     {"inference"},
-    {"export", "report", "plan"},
+    {"export", "report", "plan", "share"},
     {"serve"},
-    {"api"},
-    {"demo", "cli", "cli_deploy", "cli_info", "cli_label", "__main__", "__init__"},
+    {"api", "kfold"},
+    {"demo", "cli", "cli_deploy", "cli_info", "cli_label", "cli_share", "__main__", "__init__"},
 ]
 
 

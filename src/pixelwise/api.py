@@ -93,8 +93,12 @@ def check_paths(cfg: Config, need_data: bool = True) -> None:
     if root is not None and not root.expanduser().exists():
         raise DataError(f"{root}: dataset folder not found")
     weights = cfg.model.encoder_weights
-    if weights not in (None, "imagenet") and not Path(weights).expanduser().is_file():
+    if weights not in (None, "imagenet", "auto") and not Path(weights).expanduser().is_file():
         raise PixelwiseError(f"model.encoder_weights: file not found: {weights}")
+    source = cfg.model.init_from
+    if source is not None and not source.startswith("hf://") and not Path(source).expanduser().exists():
+        raise PixelwiseError(f"model.init_from: not found: {source} (a run directory, a .safetensors file or "
+                             "hf://USER/REPO)")
 
 
 def default_run_name(cfg: Config, custom_network: bool = False) -> str:
@@ -146,6 +150,10 @@ def default_callbacks(cfg: Config) -> list[Callback]:
         callbacks.append(TensorBoard())
     if cfg.train.report:
         callbacks.append(Report())
+    if cfg.train.track:  # after the report: its page and plots are logged with the run
+        from pixelwise.report.mlflow import tracking_callbacks
+
+        callbacks += tracking_callbacks(cfg.train.track)
     return callbacks
 
 

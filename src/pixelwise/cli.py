@@ -15,6 +15,7 @@ from pixelwise.atomic import atomic_write_text, check_new_file
 from pixelwise.cli_deploy import CONTEXT, DEVICE_HELP, bench, export, serve
 from pixelwise.cli_info import config, models
 from pixelwise.cli_label import suggest
+from pixelwise.cli_share import push
 from pixelwise.errors import PixelwiseError, list_offenders
 from pixelwise.progress import console as err
 from pixelwise.progress import notice, styled
@@ -81,6 +82,12 @@ def train(
     out_dir: Path | None = typer.Option(None, "--out", help="Run directory, exactly (a run there is refused unless "
                                                             "--resume or --overwrite)."),
     resume: Path | None = typer.Option(None, help="Continue the run in this directory from its last.ckpt."),
+    init_from: str | None = typer.Option(None, help="Fine-tune: start from this run's whole model (a run directory, "
+                                                    ".safetensors or hf://USER/REPO; model.init_from).",
+                                         show_default="none"),
+    folds: int | None = typer.Option(None, min=2, max=100,
+                                     help="k-fold cross-validation: one run per fold under the run directory, a "
+                                          "mean +- std summary, the folds' ensemble as the parent's model."),
     overwrite: bool = typer.Option(False, help="Replace an existing run directory."),
     tensorboard: bool = typer.Option(True, help="Write TensorBoard event files (train.tensorboard)."),
     report: bool = typer.Option(True, help="Write report.html after training (train.report)."),
@@ -100,7 +107,8 @@ def train(
         "data.root": data, "data.format": fmt, "model.arch": model, "model.encoder": encoder,
         "train.epochs": epochs, "train.max_steps": max_steps, "train.time_budget": time_budget,
         "train.batch_size": batch_size, "data.crop_size": crop_size, "optim.lr": lr, "train.device": device,
-        "name": name, "train.tensorboard": None if tensorboard else False, "train.report": None if report else False,
+        "name": name, "model.init_from": init_from,
+        "train.tensorboard": None if tensorboard else False, "train.report": None if report else False,
     }
     values = {k: (str(v) if isinstance(v, Path) else v) for k, v in shortcuts.items() if v is not None}
     auto_plan = None
@@ -119,6 +127,9 @@ def train(
         plan_device = (device or "auto").split(":")[0]
         auto_plan = plan_dataset(data, fmt, time_budget or "30m", plan_device, name=name)
         err.print(auto_plan.to_yaml(), markup=False, highlight=False, soft_wrap=True)  # [lists] are not markup
+    if resume is not None and folds is not None:
+        raise PixelwiseError("--folds continues an interrupted cross-validation by itself: run the same command "
+                             "again with --out PARENT (finished folds are kept, an interrupted one resumes)")
     if resume is not None:
         if config is not None or (out_dir is not None and out_dir != resume):
             raise PixelwiseError("--resume continues a run in its own directory with its own config.yaml; "
@@ -130,6 +141,11 @@ def train(
         cfg = load_config(config, set_, values, base=auto_plan.tree() if auto_plan else None)
         check_paths(cfg)
         cfg, run_dir = run_directory(cfg, out_dir, overwrite)
+    if folds is not None:
+        from pixelwise.kfold import train_folds
+
+        train_folds(cfg, run_dir, folds, overwrite)
+        return
     from pixelwise.engine.trainer import Trainer
 
     trainer = Trainer(cfg, run_dir, resume=resume is not None, overwrite=overwrite, callbacks=default_callbacks(cfg))
@@ -361,6 +377,7 @@ def predict(
 for _command in (export, bench, serve, models, config):
     app.command()(_command)
 app.command()(suggest)  # the labelling loop (cli_label.py)
+app.command()(push)  # the Hugging Face Hub (cli_share.py)
 
 
 def main() -> None:

@@ -23,22 +23,30 @@ DEVICE_HELP = "cpu, cuda, cuda:1, mps, or auto (a CUDA GPU, else Apple's MPS, el
 
 def export(
     run: Path = typer.Argument(..., help="Run directory."),
-    to: str = typer.Option("onnx", "--to", help="Model format (onnx)."),
+    to: str = typer.Option("onnx", "--to", help="Model format: onnx, or smp (a folder smp.from_pretrained loads)."),
     # --format names the dataset layout in every other command; here it was the model format
     old_format: str | None = typer.Option(None, "--format", hidden=True, help="Deprecated: --to."),
-    out_file: Path | None = typer.Option(None, "--out", help="Model file (default: RUN/model.onnx)."),
+    out_file: Path | None = typer.Option(None, "--out", help="Model file (default: RUN/model.onnx; smp: RUN/smp/)."),
     int8: bool = typer.Option(False, help="Also write a static int8 model (RUN/model.int8.onnx), calibrated on "
                                           "training images, and compare it with fp32 on the val split."),
     data: Path | None = typer.Option(None, help="Dataset folder for the checks (default: the run's)."),
     overwrite: bool = typer.Option(False, help="Replace the --out file (and its .int8.onnx) if they exist."),
 ) -> None:
-    """Export to ONNX (uint8 input, preprocessing in the graph), checked against PyTorch on real images."""
+    """Export to ONNX (uint8 input, preprocessing in the graph), checked against PyTorch; or --to smp for plain smp."""
     if old_format is not None:
         notice("warning", f"export --format is deprecated (elsewhere --format is the dataset layout): use --to "
                f"{old_format}")
         to = old_format
+    if to == "smp":  # the network alone, for segmentation-models-pytorch users without pixelwise
+        from pixelwise.export.smp import export_smp
+
+        done = export_smp(run, out_file, overwrite)
+        err.print(f"wrote {done['path']} (smp.from_pretrained; max |logit difference| {done['max_abs_logit_diff']:.1e})"
+                  f"; preprocessing.json holds the normalisation and classes. Use it as:\n{done['usage']}",
+                  soft_wrap=True)
+        return
     if to != "onnx":
-        raise PixelwiseError(f"--to {to}: only onnx is supported")
+        raise PixelwiseError(f"--to {to}: onnx or smp")
     from pixelwise.export.onnx import export_onnx
     from pixelwise.export.quantize import int8_path
 

@@ -126,7 +126,8 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 # Keys that hold file paths: relative ones in a config file are read from the file's folder, as Ultralytics reads
 # its data YAML, so a config works from any working folder (paths given on the command line stay the shell's).
-PATH_KEYS = (("data", "root"), ("data", "classes"), ("model", "encoder_weights"))
+PATH_KEYS = (("data", "root"), ("data", "classes"), ("model", "encoder_weights"), ("model", "init_from"))
+NOT_PATHS = ("imagenet", "auto")  # encoder_weights' names; an hf:// address is not a path either
 
 
 def paths_from(tree: dict[str, Any], folder: Path) -> dict[str, Any]:
@@ -135,7 +136,8 @@ def paths_from(tree: dict[str, Any], folder: Path) -> dict[str, Any]:
     for section, key in PATH_KEYS:
         node = tree.get(section)
         value = node.get(key) if isinstance(node, dict) else None
-        if isinstance(value, str) and value != "imagenet" and not Path(value).expanduser().is_absolute():
+        if (isinstance(value, str) and value not in NOT_PATHS and not value.startswith("hf://")
+                and not Path(value).expanduser().is_absolute()):
             if key != "classes" or (folder / value).is_file():
                 node[key] = str((folder / value).resolve())
     return tree

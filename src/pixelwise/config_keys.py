@@ -27,7 +27,9 @@ DESCRIPTIONS: dict[str, str] = {
     "data.train_split": "Name of the training split.",
     "data.val_split": "Name of the validation split (null: none; data.val_fraction is held out).",
     "data.val_fraction": "Share of the training images held out for validation when the data has no val split.",
-    "data.split_seed": "Seed of that held-out selection.",
+    "data.split_seed": "Seed of that held-out selection (and of the k-fold assignment).",
+    "data.folds": "k-fold cross-validation: the training pool in this many seeded folds (train --folds K).",
+    "data.fold": "The fold that validates (0 to data.folds - 1); the other folds train.",
     "data.crop_size": "Training crop, [height, width] or one number for a square (smaller images are padded).",
     "data.channels": "Input channels: auto (8-bit images: 1 if all are gray, else 3; other data as stored) or a "
                      "count.",
@@ -48,7 +50,9 @@ DESCRIPTIONS: dict[str, str] = {
     "model.arch": "Architecture (pixelwise models): unet, unetplusplus, fpn, deeplabv3plus, ..., seed_cnn, reseg.",
     "model.encoder": "Encoder: an smp name (resnet18, efficientnet-b0, ...) or tu-<timm model> (pixelwise models "
                      "--encoders).",
-    "model.encoder_weights": "Pretrained encoder: null (from scratch), imagenet, or a safetensors/state-dict file.",
+    "model.encoder_weights": "Pretrained encoder: auto (ImageNet when available, else from scratch), imagenet, null, "
+                             "or a safetensors/state-dict file.",
+    "model.init_from": "Start from a whole model (fine-tuning): a run directory, a .safetensors file or hf://USER/REPO.",
     "model.in_channels": "Network input channels (auto: the data's).",
     "model.normalization": "auto (8-bit: the encoder's pretraining statistics; other types: zscore), encoder, "
                            "zscore (per-channel, from the training pixels) or none.",
@@ -104,6 +108,8 @@ DESCRIPTIONS: dict[str, str] = {
     "train.tensorboard": "Write RUN/tensorboard event files (the tensorboard extra: pip install "
                          "'pixelwise[tensorboard]').",
     "train.report": "Write RUN/report.html after training.",
+    "train.track": "Experiment trackers: [mlflow] (sqlite:///mlflow.db unless MLFLOW_TRACKING_URI; pip install "
+                   "'pixelwise[tracking]') and/or wandb (pip install 'pixelwise[wandb]').",
 }
 
 

@@ -45,6 +45,10 @@ class DataConfig(Strict):
     val_split: str | None = "val"
     val_fraction: float = Field(0.2, ge=0.0, lt=1.0)  # used when the data has no val split
     split_seed: int = 0
+    # k-fold cross-validation (nnU-Net style): the training pool in ``folds`` seeded folds; ``fold`` validates,
+    # the others train. Set by `pixelwise train --folds K`, one run per fold (data/splits.py).
+    folds: int | None = Field(None, ge=2)
+    fold: int | None = Field(None, ge=0)
     crop_size: tuple[int, int] = (320, 320)
     # Input channels: any count; auto: 8-bit images 1 (all gray) or 3 (any colour), other data as the files hold.
     channels: int | Literal["auto"] = "auto"
@@ -100,6 +104,14 @@ class DataConfig(Strict):
             raise ValueError("a channel count from 1 up, or auto")
         return v
 
+    @model_validator(mode="after")
+    def _fold_of_folds(self) -> DataConfig:
+        if self.fold is not None and self.folds is None:  # folds alone: a cross-validation parent's config
+            raise ValueError("data.fold needs data.folds (e.g. folds: 5, fold: 0)")
+        if self.fold is not None and self.fold >= self.folds:
+            raise ValueError(f"data.fold counts from 0 to data.folds - 1 ({self.folds - 1}), got {self.fold}")
+        return self
+
     @field_validator("bands")
     @classmethod
     def _bands_are_channels(cls, v: list[int] | None, info: ValidationInfo) -> list[int] | None:
@@ -122,7 +134,11 @@ class AugmentConfig(Strict):
 class ModelConfig(Strict):
     arch: str = "unet"
     encoder: str = "resnet18"
-    encoder_weights: str | None = None
+    # auto: ImageNet weights when an offline package, the Hugging Face cache or the hub has them, else random
+    # initialisation (said, with the reason); imagenet: required; null: random; or a safetensors/state-dict file.
+    encoder_weights: str | None = "auto"
+    # A whole model to start from (encoder, decoder and head): a run directory, a .safetensors file or hf://USER/REPO.
+    init_from: str | None = None
     in_channels: int | Literal["auto"] = "auto"
     # auto: 'encoder' for 8-bit images (the encoder's pretraining statistics, on the 0-1 scale: pixel / 255),
     # 'zscore' for any other type (per-channel mean/std of the training pixels, in the data's own units, after
@@ -250,6 +266,8 @@ class TrainConfig(Strict):
     deterministic: bool = False  # CUDA: bitwise-repeatable runs (deterministic kernels only; slower)
     tensorboard: bool = True  # RUN/tensorboard event files: scalars per epoch and a few val predictions
     report: bool = True  # RUN/report.html after training (best weights evaluated on the val split)
+    # Experiment trackers: params, metrics per epoch, the report, plots, model and files (report/mlflow.py).
+    track: list[Literal["mlflow", "wandb"]] = Field(default_factory=list)
 
     @field_validator("amp", mode="before")
     @classmethod

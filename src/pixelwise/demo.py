@@ -57,6 +57,7 @@ def run_demo(out: Path, steps: int = DEMO_STEPS, time_budget: str | None = DEMO_
         # A light timm ResNet trains from scratch to well above 0.8 mIoU within the budget on 2 CPU cores,
         # where the deeper resnet18 needs several times longer.
         "model.encoder": "tu-resnet10t",
+        "model.encoder_weights": None,  # the same start offline and online, as its quality was measured
         "model.options": {"decoder_channels": [128, 64, 32, 16, 16]},
         "augment.preset": "light",
         "optim.lr": 3e-3,

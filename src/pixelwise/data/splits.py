@@ -6,7 +6,11 @@ Datasets name their splits freely: CVAT exports one subset called 'default', a C
   validation split nor a test split is pooled (one split: that one), else the validation split alone is;
 - the validation split (``data.val_split``, 'val') validates, unless it is what is trained on; then, or when
   there is none, a seeded ``data.val_fraction`` of the training pool is held out instead;
-- a ``data.train_split`` other than 'train' must exist: it was chosen by name (no guessing over a choice).
+- a ``data.train_split`` other than 'train' must exist: it was chosen by name (no guessing over a choice);
+- with ``data.folds`` K and ``data.fold`` i (k-fold cross-validation, nnU-Net style), the training pool is sorted by
+  image path, shuffled with ``data.split_seed`` and dealt into K folds; fold i validates, the others train. The
+  same rule gives every fold run, ``check`` and ``eval`` the same images; a separate 'val' split is left out of
+  the folds.
 Every decision that is not the plain train/val one comes with a note saying what was done.
 """
 
@@ -85,6 +89,14 @@ def plan_splits(splits: dict[str, list[Pair]], cfg: DataConfig, root: object = N
     pool_names, notes = _training_pool(splits, cfg, where)
     pool = [p for n in pool_names for p in splits[n]]
     pooled = _quoted(pool_names) + (" pooled" if len(pool_names) > 1 else "")
+    if cfg.folds is not None and cfg.fold is None:
+        raise DataError(f"{where}data.folds {cfg.folds} without data.fold: this is a cross-validation parent, whose "
+                        "folds train and validate on different images; evaluate it on a split none of them trained "
+                        "on (--split test), or evaluate one fold run")
+    if cfg.fold is not None:
+        return fold_plan(pool, pooled, cfg, [*notes, *(
+            [f"split '{cfg.val_split}' is not part of the folds: no fold trains or validates on it"]
+            if cfg.val_split in splits and cfg.val_split not in pool_names else [])], where)
     if cfg.val_split is None:
         return SplitPlan(pool, [], pooled, None, notes)
     if cfg.val_split in splits and cfg.val_split not in pool_names:
@@ -97,6 +109,28 @@ def plan_splits(splits: dict[str, list[Pair]], cfg: DataConfig, root: object = N
     train, val = holdout(pool, cfg.val_fraction, cfg.split_seed)
     return SplitPlan(train, val, f"{pooled} less a held-out {cfg.val_fraction:.0%}",
                      f"{cfg.val_fraction:.0%} held out from {pooled} (data.split_seed {cfg.split_seed})", notes)
+
+
+def fold_of(pool: list[Pair], folds: int, seed: int) -> list[int]:
+    """The fold of each pair of ``pool``: sorted by image path, shuffled with ``seed``, dealt round-robin."""
+    order = sorted(range(len(pool)), key=lambda i: str(pool[i].image))
+    shuffled = [order[j] for j in np.random.default_rng(seed).permutation(len(order))]
+    assignment = [0] * len(pool)
+    for position, index in enumerate(shuffled):
+        assignment[index] = position % folds
+    return assignment
+
+
+def fold_plan(pool: list[Pair], pooled: str, cfg: DataConfig, notes: list[str], where: str = "") -> SplitPlan:
+    """Fold ``cfg.fold`` of ``cfg.folds`` validates; the other folds train."""
+    if len(pool) < cfg.folds:
+        raise DataError(f"{where}{cfg.folds} folds need at least {cfg.folds} training images; {pooled} holds "
+                        f"{len(pool)}: use fewer folds (--folds)")
+    assignment = fold_of(pool, cfg.folds, cfg.split_seed)
+    train = [p for p, f in zip(pool, assignment, strict=True) if f != cfg.fold]
+    val = [p for p, f in zip(pool, assignment, strict=True) if f == cfg.fold]
+    return SplitPlan(train, val, f"{pooled} less fold {cfg.fold} of {cfg.folds}",
+                     f"fold {cfg.fold} of {cfg.folds} of {pooled} (data.split_seed {cfg.split_seed})", notes)
 
 
 def select_split(splits: dict[str, list[Pair]], cfg: DataConfig, split: str,

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pixelwise.config import Config
+from pixelwise.config import Config, ModelConfig
 from pixelwise.data.build import DataBundle, build_datasets, default_workers, require_crop_memory, train_loader
 from pixelwise.data.classes import ClassTable
 from pixelwise.engine.distributed import Dist, init_distributed
@@ -23,7 +23,8 @@ from pixelwise.engine.rng import seed_everything
 from pixelwise.engine.runtime import Runtime, resolve_runtime
 from pixelwise.errors import PixelwiseError
 from pixelwise.losses import create_loss, median_frequency_weights
-from pixelwise.models.factory import CUSTOM_ARCH, build_network, resolve_normalization, wrap_network
+from pixelwise.models.factory import ARCHITECTURES, CUSTOM_ARCH, build_network, resolve_normalization, wrap_network
+from pixelwise.models.init_from import load_init
 from pixelwise.optim import create_optimizer
 from pixelwise.progress import notice
 
@@ -107,8 +108,15 @@ def resolve_config(cfg: Config, data: DataBundle, custom_network: bool = False) 
     if loss.class_weights == "auto":
         loss = loss.model_copy(update={"class_weights": auto_class_weights(data)})
     model = {"in_channels": in_channels, **norm}
-    if cfg.model.encoder_weights not in (None, "imagenet"):  # a file: the run's config.yaml is read from its folder
+    if cfg.model.encoder_weights == "auto" and not custom_network and cfg.model.init_from is None:
+        model["encoder_weights"] = auto_weights(cfg.model)  # what was decided is written into config.yaml
+    elif cfg.model.encoder_weights == "auto":  # your own network, or a whole model loaded over it
+        model["encoder_weights"] = None
+    elif cfg.model.encoder_weights not in (None, "imagenet"):  # a file: the config.yaml is read from its folder
         model["encoder_weights"] = str(Path(cfg.model.encoder_weights).expanduser().resolve())
+    source = cfg.model.init_from
+    if source is not None and not source.startswith("hf://"):  # absolute: the run's config.yaml says where it began
+        model["init_from"] = str(Path(source).expanduser().resolve())
     if custom_network:
         model["arch"] = CUSTOM_ARCH
     return cfg.model_copy(update={
@@ -117,6 +125,17 @@ def resolve_config(cfg: Config, data: DataBundle, custom_network: bool = False) 
         "model": cfg.model.model_copy(update=model),
         "loss": loss,
     })
+
+
+def auto_weights(cfg: ModelConfig) -> str | None:
+    """``model.encoder_weights: auto`` settled (imagenet when available), with a note saying which and why."""
+    from pixelwise.models.pretrained import resolve_auto
+
+    uses_encoder = cfg.arch in ARCHITECTURES and ARCHITECTURES.get(cfg.arch).uses_encoder
+    weights, why = resolve_auto(cfg.encoder, uses_encoder)
+    if uses_encoder:
+        notice("note", why)
+    return weights
 
 
 def auto_class_weights(data: DataBundle) -> list[float]:
@@ -183,6 +202,8 @@ def prepare(cfg: Config, parts: Parts | None = None) -> Prepared:
         model = wrap_network(parts.network, cfg.model, cfg.model.in_channels)
     else:
         model = build_network(cfg.model, cfg.model.in_channels, table.num_classes)
+    if cfg.model.init_from is not None:  # the whole model: encoder, decoder and head (re-initialised if it differs)
+        load_init(model, cfg.model.init_from, table.names)
     if not data.custom and min(cfg.data.crop_size) < model.min_size:
         raise PixelwiseError(f"'{cfg.model.arch}' needs inputs of at least {model.min_size} pixels a side; "
                              f"raise data.crop_size (now {list(cfg.data.crop_size)})")

@@ -111,6 +111,16 @@ def parity(reference: TorchBackend, candidate: OnnxBackend, images: list[np.ndar
     return {"images": len(images), "max_abs_logit_diff": max_diff, "argmax_agreement": agree / max(total, 1)}
 
 
+def _images_config(run_dir: Path, cfg: Config) -> Config:
+    """The config whose split the parity check reads: a cross-validation parent's first fold (the parent itself
+    has no validation split of its own); the graph is the folds' ensemble either way."""
+    if (run_dir / "folds.json").is_file():
+        from pixelwise.inference.ensemble import fold_runs
+
+        return load_run_config(fold_runs(run_dir)[0])
+    return cfg
+
+
 def export_onnx(run_dir: Path, out: Path | None = None, data_root: Path | None = None, check_images: int = 8,
                 split: str = "val") -> dict[str, Any]:
     """Export ``run_dir``'s best weights to ONNX (default ``RUN/model.onnx``) and check it against PyTorch.
@@ -130,7 +140,7 @@ def export_onnx(run_dir: Path, out: Path | None = None, data_root: Path | None =
     tmp = Path(tmp_name)
     try:
         _export_graph(reference.model, int(cfg.model.in_channels), side, tmp, info)
-        images = sample_images(cfg, split, check_images, data_root)
+        images = sample_images(_images_config(run_dir, cfg), split, check_images, data_root)
         result = parity(reference, OnnxBackend(tmp), images)
         if result["argmax_agreement"] < MIN_AGREEMENT:
             raise PixelwiseError(

@@ -109,9 +109,12 @@ class Segmenter:
         return model_dtype(self.spec.dtype or "uint8")
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "auto", weights: str = "best.safetensors",
+    def load(cls, path: str | Path | list[str | Path], device: str = "auto", weights: str = "best.safetensors",
              threads: int | None = None, amp: str = "auto", model: Any = None) -> Segmenter:
-        """Load a run directory (config.yaml + safetensors weights; no pickled code runs) or an exported .onnx.
+        """Load a run directory (config.yaml + safetensors weights; no pickled code runs), an exported .onnx, or
+        ``hf://USER/REPO[/PATH][@REVISION]`` (a run or export on the Hugging Face Hub, as ``pixelwise push`` puts it).
+        A cross-validation parent (``train --folds K``) or a list of run directories loads as one model averaging
+        their probabilities (``inference.ensemble``).
 
         Args:
             device, amp: PyTorch only: device, and autocast ("auto": bf16 where the hardware computes it
@@ -119,6 +122,16 @@ class Segmenter:
             threads: ONNX Runtime only: intra-op threads (default: its own choice).
             model: for a run that trained your own ``nn.Module``: an instance of it (its weights are loaded).
         """
+        if isinstance(path, (list, tuple)):  # several runs: their probabilities averaged (an ensemble)
+            from pixelwise.inference.ensemble import load_ensemble
+
+            backend, cfg = load_ensemble([Path(p) for p in path], device, amp, weights)
+            channels = int(cfg.model.in_channels)
+            return cls(backend, cfg.data.classes, channels, tuple(cfg.data.crop_size), spec_of(cfg.data, channels))
+        if str(path).startswith("hf://"):  # the run's files, downloaded once into the Hugging Face cache
+            from pixelwise.hubfiles import hub_model
+
+            path = hub_model(str(path))
         path = Path(path)
         if path.suffix.lower() == ".onnx":
             from pixelwise.inference.onnx_backend import OnnxBackend

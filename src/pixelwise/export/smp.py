@@ -1,0 +1,78 @@
+"""``pixelwise export RUN --to smp``: the network as segmentation-models-pytorch saves it, loadable without pixelwise.
+
+``best.safetensors`` holds pixelwise's ``Normalized`` wrapper (``net.*`` tensors plus the normalisation buffers).
+This writes the inner smp network through smp's own ``save_pretrained`` (``config.json`` with the constructor's
+arguments, ``model.safetensors``), so ``smp.from_pretrained(FOLDER)`` rebuilds it, plus ``preprocessing.json``:
+what pixelwise did before the network (per-channel mean and std on the pixel scale, the clip bounds) and the class
+names. The written folder is loaded back with smp and compared with the run's network before it is kept.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pixelwise.atomic import check_out_dir
+from pixelwise.errors import PixelwiseError
+from pixelwise.inference.predictor import load_run_config
+from pixelwise.inference.torch_backend import load_torch_backend
+
+USAGE = """import json, numpy as np, torch, segmentation_models_pytorch as smp
+model = smp.from_pretrained("{folder}").eval()
+pre = json.load(open("{folder}/preprocessing.json"))
+x = (np.asarray(image, np.float32) - pre["mean"]) / pre["std"]          # HxWxC, the pixel scale of training
+logits = model(torch.from_numpy(x.transpose(2, 0, 1))[None])           # H, W padded to a multiple of 32
+mask = logits.argmax(1)[0]                                              # index into pre["classes"]"""
+
+
+def preprocessing(model: Any, cfg: Any) -> dict[str, Any]:
+    """What pixelwise's ``Normalized`` does before the network, as plain numbers."""
+    low = None if model.low is None else model.low.flatten().tolist()
+    high = None if model.high is None else model.high.flatten().tolist()
+    return {
+        "input": f"{model.mean.numel()} channel(s), {cfg.data.dtype or 'uint8'} pixels as decoded (0-255 for 8-bit)",
+        "mean": model.mean.flatten().tolist(), "std": model.std.flatten().tolist(),
+        "clip": None if low is None else [list(p) for p in zip(low, high, strict=True)],
+        "formula": "x = (clip(pixel) - mean) / std, per channel, in float32",
+        "pad_multiple": model.pad_multiple, "classes": cfg.data.classes.names,
+    }
+
+
+def export_smp(run_dir: Path, out: Path | None = None, overwrite: bool = False) -> dict[str, Any]:
+    """Write the run's network as an smp folder (default ``RUN/smp``) and check smp loads it to the same outputs."""
+    import segmentation_models_pytorch as smp
+
+    run_dir = Path(run_dir)
+    out = Path(out) if out is not None else run_dir / "smp"
+    check_out_dir(out)
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise PixelwiseError(f"--out {out}: the folder is not empty; choose another --out, or pass --overwrite")
+    cfg = load_run_config(run_dir)
+    model = load_torch_backend(run_dir, cfg, device="cpu", amp="off").model
+    net = model.net.eval()
+    if not hasattr(net, "save_pretrained"):
+        raise PixelwiseError(f"{run_dir}: '{cfg.model.arch}' is pixelwise's own architecture, not an smp one; "
+                             "export it with --to onnx (the graph carries its preprocessing)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        net.save_pretrained(str(staging))
+        (staging / "preprocessing.json").write_text(json.dumps(preprocessing(model, cfg), indent=2))
+        loaded = smp.from_pretrained(str(staging)).eval()
+        x = torch.randn(1, int(cfg.model.in_channels), 64, 64, generator=torch.Generator().manual_seed(0))
+        with torch.inference_mode():
+            diff = float((loaded(x) - net(x)).abs().max())
+        if diff > 1e-3:
+            raise PixelwiseError(f"{run_dir}: smp's reload differs from the run's network (max |logit difference| "
+                                 f"{diff:.2e}); please report this")
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return {"path": str(out), "max_abs_logit_diff": diff, "usage": USAGE.format(folder=out)}

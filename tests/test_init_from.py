@@ -1,0 +1,72 @@
+"""model.init_from / train --init-from: fine-tuning from a whole model, with a report of every tensor."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import tiny_overrides
+from safetensors.torch import load_file
+
+from pixelwise.config import load_config
+from pixelwise.engine.setup import prepare
+from pixelwise.errors import PixelwiseError
+from pixelwise.inference.predictor import Segmenter
+
+
+def test_init_from_reproduces_the_source_exactly_when_classes_match(served_run, synthetic_data, capsys):
+    p = prepare(load_config(overrides=[*tiny_overrides(synthetic_data), f"model.init_from={served_run}"]))
+    assert p.cfg.model.init_from == str(served_run.resolve()) and p.cfg.model.encoder_weights is None
+    source = Segmenter.load(served_run, device="cpu", amp="off")
+    mine = Segmenter(type(source.backend)(p.net.eval(), source.runtime), p.cfg.data.classes, 3, (32, 32))
+    image = np.random.default_rng(0).integers(0, 256, (48, 40, 3), dtype=np.uint8)
+    assert np.array_equal(source.probabilities(image), mine.probabilities(image))  # bit for bit: no step taken
+    printed = " ".join(capsys.readouterr())
+    n = len(load_file(str(served_run / "best.safetensors"))) - 2  # less the normalisation buffers
+    assert f": {n} tensors loaded" in printed and "re-initialised" not in printed
+
+
+def test_other_classes_reinitialise_the_head_and_carry_rows_by_name(served_run, synthetic_data, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_data, data)
+    # five classes, two of the source's swapped and one new: masks 0-3 keep their meaning under these names
+    names = ["background", "square", "disc", "triangle", "new"]
+    (data / "classes.yaml").write_text(yaml.safe_dump({"names": names}))
+    p = prepare(load_config(overrides=[*tiny_overrides(data), f"model.init_from={served_run}"]))
+    source = load_file(str(served_run / "best.safetensors"))
+    head = p.net.state_dict()["net.segmentation_head.0.weight"]
+    theirs = source["net.segmentation_head.0.weight"]
+    assert head.shape[0] == 5 and theirs.shape[0] == 4
+    for row, source_row in enumerate([0, 2, 1, 3]):  # carried over by name, in the new order
+        assert torch.equal(head[row], theirs[source_row])
+    assert not any(torch.equal(head[4], t) for t in theirs)  # the new class starts fresh
+    assert torch.equal(p.net.state_dict()["net.decoder.blocks.0.conv1.0.weight"],
+                       source["net.decoder.blocks.0.conv1.0.weight"])
+    printed = " ".join(capsys.readouterr())
+    assert "re-initialised (2, another shape here): net.segmentation_head.0.weight, net.segmentation_head.0.bias" \
+        in printed
+    assert "head rows carried over by class name (4): background, square, disc, triangle" in printed
+
+
+def test_another_network_or_a_missing_source_is_refused(served_run, synthetic_data, tmp_path):
+    with pytest.raises(PixelwiseError, match="it is another network"):
+        prepare(load_config(overrides=[*tiny_overrides(synthetic_data), "model.encoder=tu-resnet10t",
+                                       f"model.init_from={served_run}"]))
+    with pytest.raises(PixelwiseError, match="not found"):
+        prepare(load_config(overrides=[*tiny_overrides(synthetic_data), f"model.init_from={tmp_path / 'none'}"]))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PixelwiseError, match="no best.safetensors"):
+        prepare(load_config(overrides=[*tiny_overrides(synthetic_data), f"model.init_from={tmp_path / 'empty'}"]))
+
+
+def test_an_rgb_source_is_adapted_to_gray_input(served_run, synthetic_data, capsys):
+    p = prepare(load_config(overrides=[*tiny_overrides(synthetic_data), "data.channels=1",
+                                       f"model.init_from={served_run}"]))
+    source = load_file(str(served_run / "best.safetensors"))
+    own = p.net.state_dict()["net.encoder.conv1.weight"]
+    assert own.shape[1] == 1 and torch.allclose(own, source["net.encoder.conv1.weight"].sum(1, keepdim=True))
+    assert "adapted to the input channels (as pretrained encoders are): net.encoder.conv1.weight" in \
+        " ".join(capsys.readouterr())
