@@ -18,7 +18,8 @@ LAYERS = [
     {"export", "report", "plan"},
     {"serve"},
     {"api"},
-    {"demo", "cli", "cli_deploy", "cli_info", "cli_label", "__main__", "__init__"},
+    {"tune"},
+    {"demo", "cli", "cli_deploy", "cli_info", "cli_label", "cli_tune", "__main__", "__init__"},
 ]
 
 
