@@ -90,7 +90,8 @@ def test_a_distilled_run_trains_with_the_teacher_frozen(served_run: Path, tmp_pa
 
     teacher_data = load_config(served_run / "config.yaml").data.root
     before = load_file(str(served_run / "best.safetensors"))
-    cfg = load_config(None, [*tiny_overrides(teacher_data), "train.max_steps=2", "model.arch=seed_cnn", "model.options={}",
+    cfg = load_config(None, [*tiny_overrides(teacher_data), "train.max_steps=2", "model.arch=seed_cnn",
+                             "model.options={}",
                              f"loss.distill={{teacher: {served_run}, weight: 2.0, temperature: 4.0}}"])
     trainer = Trainer(cfg, tmp_path / "student")
     assert trainer.distilling and not any(p.requires_grad for p in trainer.criterion.teacher.parameters())

@@ -87,6 +87,8 @@ def tune(req: TuneRequest) -> dict[str, Any]:
     settings = Settings(OBJECTIVES[req.objectives], list(req.overrides), req.latency_backend,
                         _size(req.latency_size) if req.latency_size else [0, 0], req.pruner)
     s = open_study(storage, url, name, space, settings, make_base)
+    if req.data is not None:  # each machine reads the data where it has it (the study stores the first one's path)
+        s.base = {**s.base, "data": {**s.base.get("data", {}), "root": str(req.data.resolve())}}
     console_note(s, url, name, parent)
     result = run_study(s, parent, req.trials, budget_s)
     info = s.study.user_attrs[ATTR]
