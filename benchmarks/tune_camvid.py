@@ -14,7 +14,7 @@ and the latency objective is measured on this machine):
     python benchmarks/tune_camvid.py search --budget 2h --trial-budget 10m
     python benchmarks/tune_camvid.py pareto --budget 2h --trial-budget 10m
     python benchmarks/tune_camvid.py distill --teacher runs/camvid-unet --steps 600 --crop 160
-    python benchmarks/tune_camvid.py search --budget 1s --trials 2 --trial-budget 90s    # a smoke run
+    python benchmarks/tune_camvid.py pareto --budget 1h --trials 2 --trial-budget 60s    # a smoke run
 
 Prints JSON lines and markdown tables. Needs ../shared/data/camvid. Studies resume when re-run with the same
 arguments (the study is in OUT/tune-NAME/tune.db).

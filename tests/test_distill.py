@@ -102,3 +102,25 @@ def test_a_distilled_run_trains_with_the_teacher_frozen(served_run: Path, tmp_pa
                                           "pixels": "all"}
     after = load_file(str(served_run / "best.safetensors"))
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.slow
+def test_pixelwise_distill_under_torchrun(served_run: Path, tmp_path: Path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    teacher_data = load_config(served_run / "config.yaml").data.root
+    sets = [a for s in [*tiny_overrides(teacher_data), "train.device=cpu", "train.max_steps=2", "model.options={}"]
+            for a in ("--set", s)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "pixelwise",
+           "distill", str(served_run), "--model", "seed_cnn", "--temperature", "3", *sets, "--out",
+           str(tmp_path / "student")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "student" / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["steps"] == 2
+    written = yaml.safe_load((tmp_path / "student" / "config.yaml").read_text())
+    assert written["loss"]["distill"]["temperature"] == 3.0 and written["model"]["arch"] == "seed_cnn"

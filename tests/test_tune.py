@@ -242,7 +242,7 @@ def test_three_real_trials_the_first_equals_the_plan(tmp_path: Path, synthetic_d
             "--latency-size", "64x64", *[a for s in sets for a in ("--set", s)]]
     done = subprocess.run([sys.executable, "-m", "pixelwise", *args], capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout[done.stdout.index("{"):])
+    result = json.loads(done.stdout[done.stdout.index("\n{\n") + 1:])  # the JSON after the table
     assert result["trials"] == 3 and (tmp_path / "t" / "plots" / "pareto.png").is_file()
     trial0 = yaml.safe_load((tmp_path / "t" / "trial-0000" / "config.yaml").read_text())
     plan = load_config(None, sets, None, base=plan_dataset(synthetic_data, None, "300s", measure=False).tree())
