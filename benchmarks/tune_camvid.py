@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -88,7 +89,12 @@ def distill(args: argparse.Namespace) -> None:
                                                        "--set", f"loss.distill.temperature={args.temperature}",
                                                        "--set", f"loss.distill.weight={args.weight}"], args)
     teacher = json.loads((args.teacher / "summary.json").read_text())
-    rows = [("teacher", args.teacher, teacher), ("student, plain", args.out / "student-plain", plain),
+    copy = args.out / "teacher"  # latency exports model.onnx beside the weights: never into the teacher's run
+    if not copy.is_dir():
+        copy.mkdir(parents=True)
+        for name in ("config.yaml", "best.safetensors", "dataset.json", "summary.json"):
+            shutil.copy2(args.teacher / name, copy / name)
+    rows = [("teacher", copy, teacher), ("student, plain", args.out / "student-plain", plain),
             ("student, distilled", args.out / "student-distilled", distilled)]
     print("\n| model | val mIoU | steps | ms per 360x480 image (ONNX int8) |\n|---|---|---|---|")
     for label, run, summary in rows:
