@@ -1,7 +1,7 @@
 """A `pixelwise tune` worker whose trials are scripted instead of trained (run as a process by tests/test_tune.py).
 
 Everything but the training is the real thing: storage, study, heartbeat, retry of dead trials, the shared quota,
-the report. A trial sleeps SLEEP seconds (LONG for the trial numbered LONG_TRIAL) and scores len(arch) / 10 + lr.
+the report (heartbeat every 3 s, so a trial silent for 6 s is dead). A trial sleeps SLEEP seconds (LONG for the trial numbered LONG_TRIAL) and scores len(arch) / 10 + lr.
 
     python tune_worker.py CONFIG SPACE STORAGE OUT TRIALS SLEEP [LONG_TRIAL LONG]
 """
@@ -32,7 +32,7 @@ def main() -> None:
 
     study_module.run_trial = scripted
     tune(TuneRequest(config=Path(config), trials=int(trials), study="s", storage=storage, space=Path(space),
-                     out=Path(out), heartbeat=1))
+                     out=Path(out), heartbeat=3))
 
 
 if __name__ == "__main__":
