@@ -1,7 +1,8 @@
 """A `pixelwise tune` worker whose trials are scripted instead of trained (run as a process by tests/test_tune.py).
 
 Everything but the training is the real thing: storage, study, heartbeat, retry of dead trials, the shared quota,
-the report (heartbeat every 3 s, so a trial silent for 6 s is dead). A trial sleeps SLEEP seconds (LONG for the trial numbered LONG_TRIAL) and scores len(arch) / 10 + lr.
+the report (heartbeat every 3 s, so a trial silent for 6 s is dead).
+A trial sleeps SLEEP seconds (LONG for the trial numbered LONG_TRIAL) and scores len(arch) / 10 + lr.
 
     python tune_worker.py CONFIG SPACE STORAGE OUT TRIALS SLEEP [LONG_TRIAL LONG]
 """

@@ -39,7 +39,7 @@ def require_optuna() -> Any:
         import optuna
     except ImportError:
         raise PixelwiseError("pixelwise tune needs Optuna: pip install 'pixelwise[tune]'") from None
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # trials report their own failures (notice)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     return optuna
 
@@ -76,8 +76,15 @@ def open_storage(url: str, heartbeat: int = 30, timeout: float = 60.0) -> Any:
     else:
         retry = {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=2)}
     try:
-        return RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
-                          **retry)
+        for attempt in range(5):
+            try:
+                return RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=heartbeat,
+                                  grace_period=2 * heartbeat, **retry)
+            except Exception as e:  # two workers creating the tables of a new database at once: one wins
+                racing = "UNIQUE constraint" in str(e) or "already exists" in str(e)
+                if not racing or attempt == 4:
+                    raise
+                time.sleep(1.0)
     except ImportError as e:
         missing = getattr(e.__cause__, "name", None) or getattr(e, "name", None) or "see the URL's driver"
         raise PixelwiseError(f"--storage {shown_url(url)}: its database driver is not installed ({missing}); e.g. "
