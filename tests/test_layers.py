@@ -18,7 +18,8 @@ LAYERS = [
     {"export", "report", "plan", "share"},
     {"serve"},
     {"api", "kfold"},
-    {"demo", "cli", "cli_deploy", "cli_info", "cli_label", "cli_share", "__main__", "__init__"},
+    {"tune"},
+    {"demo", "cli", "cli_deploy", "cli_info", "cli_label", "cli_share", "cli_tune", "__main__", "__init__"},
 ]
 
 

@@ -16,6 +16,7 @@ from pixelwise.cli_deploy import CONTEXT, DEVICE_HELP, bench, export, serve
 from pixelwise.cli_info import config, models
 from pixelwise.cli_label import suggest
 from pixelwise.cli_share import push
+from pixelwise.cli_tune import distill, tune
 from pixelwise.errors import PixelwiseError, list_offenders
 from pixelwise.progress import console as err
 from pixelwise.progress import notice, styled
@@ -378,6 +379,8 @@ for _command in (export, bench, serve, models, config):
     app.command()(_command)
 app.command()(suggest)  # the labelling loop (cli_label.py)
 app.command()(push)  # the Hugging Face Hub (cli_share.py)
+for _command in (tune, distill):  # search and distillation (cli_tune.py)
+    app.command()(_command)
 
 
 def main() -> None:

@@ -69,6 +69,9 @@ DESCRIPTIONS: dict[str, str] = {
     "loss.focal_gamma": "Focusing exponent of the focal loss.",
     "loss.tversky_alpha": "Tversky: weight of false positives.",
     "loss.tversky_beta": "Tversky: weight of false negatives.",
+    "loss.distill": "Knowledge distillation from a trained run, e.g. {teacher: runs/camvid-unet, weight: 1.0, "
+                    "temperature: 2.0, pixels: all}: adds weight * T^2 * KL(teacher || student) of the "
+                    "T-softened class probabilities (pixels: all, or labelled only) (null: off).",
     # optim
     "optim.name": "Optimizer: adamw, adam, sgd, gd (full batch), nadam, radam, rmsprop, adafactor, ...",
     "optim.lr": "Learning rate (pixelwise lr-find suggests one).",

@@ -171,6 +171,15 @@ class ModelConfig(Strict):
         return v.lower()
 
 
+class DistillConfig(Strict):
+    # Knowledge distillation (engine/distill.py): the student also matches the teacher's softened class
+    # probabilities, KL(teacher/T || student/T) * T^2, added with this weight to the ground-truth loss.
+    teacher: Path  # the teacher's run directory (its config.yaml and best.safetensors)
+    weight: float = Field(1.0, gt=0)
+    temperature: float = Field(2.0, gt=0)
+    pixels: Literal["all", "labelled"] = "all"  # all: void pixels are distilled too (the teacher labels them)
+
+
 class LossConfig(Strict):
     # name -> weight. Default Dice: on CamVid (Unet-resnet18, 300 equal steps) it reached val mIoU 0.449 where
     # CE reached 0.339, CE+Dice 0.386, focal 0.352, MAE 0.292 and Lovász 0.443 (README, "Which loss").
@@ -183,6 +192,7 @@ class LossConfig(Strict):
     focal_gamma: float = Field(2.0, ge=0.0)
     tversky_alpha: float = Field(0.3, ge=0.0)  # weight of false positives
     tversky_beta: float = Field(0.7, ge=0.0)  # weight of false negatives
+    distill: DistillConfig | None = None  # e.g. {teacher: runs/camvid-unet, weight: 1.0, temperature: 2.0}
 
     @field_validator("class_weights")
     @classmethod

@@ -107,6 +107,9 @@ def resolve_config(cfg: Config, data: DataBundle, custom_network: bool = False) 
     loss = cfg.loss
     if loss.class_weights == "auto":
         loss = loss.model_copy(update={"class_weights": auto_class_weights(data)})
+    if loss.distill is not None:  # the run's config.yaml is read from its own folder later
+        teacher = Path(loss.distill.teacher).expanduser().resolve()
+        loss = loss.model_copy(update={"distill": loss.distill.model_copy(update={"teacher": teacher})})
     model = {"in_channels": in_channels, **norm}
     if cfg.model.encoder_weights == "auto" and not custom_network and cfg.model.init_from is None:
         model["encoder_weights"] = auto_weights(cfg.model)  # what was decided is written into config.yaml
@@ -220,6 +223,10 @@ def prepare(cfg: Config, parts: Parts | None = None) -> Prepared:
     if cfg.train.compile:  # the loop calls the compiled module; saving, EMA and evaluation use the bare network
         model = torch.compile(model)
     criterion = create_loss(cfg.loss, table.num_classes).to(runtime.device)
+    if cfg.loss.distill is not None:  # the teacher, loaded once; each rank runs its own copy, never inside DDP
+        from pixelwise.engine.distill import with_teacher
+
+        criterion = with_teacher(criterion, cfg.loss.distill, table, cfg.model.in_channels, cfg.data.dtype, runtime)
     if criterion.unweighted:
         notice("note", f"loss.class_weights do not apply to {', '.join(criterion.unweighted)} "
                "(they weight ce and bce, and focal/dice/jaccard/tversky in multiclass mode)")

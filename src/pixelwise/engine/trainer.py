@@ -87,7 +87,7 @@ class Trainer:
         self.cfg, self.data, self.runtime, self.model, self.net = p.cfg, p.data, p.runtime, p.model, p.net
         self.criterion, self.optimizer, self.workers, self.loader, self.sampler = (
             p.criterion, p.optimizer, p.workers, p.loader, p.sampler)
-        self.dist = p.dist
+        self.dist, self.distilling = p.dist, getattr(p.criterion, "needs_images", False)
         self.writes = self.dist.is_main  # only rank 0 writes files
         if self.writes and run_dir.is_dir():
             remove_stale_temp_files(run_dir)  # left by a process killed while writing a checkpoint
@@ -290,7 +290,8 @@ class Trainer:
         images, masks = to_device(batch, rt)
         with rt.autocast():
             logits = self.model(images)
-        loss = self.criterion(logits, masks)
+        # a distillation loss runs its teacher on the same images (engine/distill.py)
+        loss = self.criterion(logits, masks, images) if self.distilling else self.criterion(logits, masks)
         now = time.perf_counter()
         s.elapsed += now - self._last_tick
         s.images_seen += images.shape[0]

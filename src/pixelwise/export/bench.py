@@ -73,3 +73,24 @@ def bench_run(run_dir: Path, images: int = 16, batch_size: int = 4, backends: tu
                      "image_size": [int(shape[0]), int(shape[1])], "batch_size": batch_size,
                      "images": len(pictures)})
     return rows
+
+
+def latency_ms(run_dir: Path, backend: str = "onnx-int8", size: tuple[int, int] = (360, 480), repeats: int = 10,
+               device: str = "cpu") -> float:
+    """Median milliseconds of one whole prediction (batch 1) of a ``size`` (H, W) image with ``backend``.
+
+    A fixed input (seeded random pixels of the run's channels and type), so runs trained on other crops compare on
+    the same work: ``pixelwise tune``'s latency objective. Noisy on a loaded machine: measure on a quiet one.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; one of {', '.join(BACKENDS)}")
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir)
+    fn = _backend(backend, run_dir, cfg, device)
+    shape = (1, int(cfg.model.in_channels), *size)
+    rng = np.random.default_rng(0)
+    image = (rng.integers(0, 256, shape, dtype=np.uint8) if cfg.data.dtype in (None, "uint8")
+             else rng.standard_normal(shape).astype(np.float32))
+    for _ in range(2):
+        _time(fn, image)
+    return 1000 * statistics.median(_time(fn, image) for _ in range(repeats))
