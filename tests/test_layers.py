@@ -18,7 +18,7 @@ LAYERS = [
     {"export", "report", "plan"},
     {"serve"},
     {"api"},
-    {"demo", "cli", "cli_deploy", "cli_info", "cli_label", "__main__", "__init__"},
+    {"demo", "cli", "cli_deploy", "cli_info", "cli_label", "cli_trust", "__main__", "__init__"},
 ]
 
 

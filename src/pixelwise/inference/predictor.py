@@ -110,7 +110,7 @@ class Segmenter:
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto", weights: str = "best.safetensors",
-             threads: int | None = None, amp: str = "auto", model: Any = None) -> Segmenter:
+             threads: int | None = None, amp: str = "auto", model: Any = None, calibrated: bool = True) -> Segmenter:
         """Load a run directory (config.yaml + safetensors weights; no pickled code runs) or an exported .onnx.
 
         Args:
@@ -118,6 +118,8 @@ class Segmenter:
                 natively, "off": fp32).
             threads: ONNX Runtime only: intra-op threads (default: its own choice).
             model: for a run that trained your own ``nn.Module``: an instance of it (its weights are loaded).
+            calibrated: apply the run's temperature (RUN/calibration.json, ``pixelwise calibrate``) to the
+                probabilities; masks are the same either way. An exported model has it folded into its graph.
         """
         path = Path(path)
         if path.suffix.lower() == ".onnx":
@@ -134,6 +136,10 @@ class Segmenter:
 
         cfg = load_run_config(path)
         backend = load_torch_backend(path, cfg, device, weights, amp, network=model)
+        if calibrated:
+            from pixelwise.inference.calibration import read_temperature
+
+            backend.temperature = read_temperature(path) or 1.0
         channels = int(cfg.model.in_channels)
         return cls(backend, cfg.data.classes, channels, tuple(cfg.data.crop_size), spec_of(cfg.data, channels))
 
@@ -143,6 +149,16 @@ class Segmenter:
         if not hasattr(self.backend, "model"):
             raise PixelwiseError("this Segmenter runs an ONNX model; it has no PyTorch network")
         return self.backend.model
+
+    @property
+    def temperature(self) -> float:
+        """The temperature the probabilities are divided by (1: uncalibrated; folded in for an ONNX model)."""
+        return float(getattr(self.backend, "temperature", 1.0))
+
+    def logits(self, image: np.ndarray | str | Path) -> np.ndarray:
+        """(K, H, W) float32 logits of a whole image (not tiled), before any temperature the run applies."""
+        img = self._image(image)
+        return self.backend.logits(img.transpose(2, 0, 1)[None])[0]
 
     @property
     def runtime(self) -> Any:
