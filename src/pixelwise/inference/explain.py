@@ -137,7 +137,7 @@ def explain_region(seg: Any, image: Any, k: int, mask: np.ndarray, method: str =
     img = seg._image(image)
     if prediction is None:
         prediction = seg.predict(img, tile=0)
-    layer = layer or auto_layer(model.net, seg.channels)
+    layer = layer or auto_layer(model.net, seg.channels, max(64, model.min_size))
     target_layer = find_layer(model.net, layer)
     from pytorch_grad_cam.utils.model_targets import SemanticSegmentationTarget
 
