@@ -101,14 +101,14 @@ def _worst_explanations(seg: Any, data: Any, worst: list[dict[str, Any]], names:
             continue
         rgb = display_rgb(image)
         pic = np.concatenate([rgb, np.full((rgb.shape[0], 4, 3), 255, np.uint8), overlay(rgb, e.cam, region)], 1)
-        scale = min(2.0, 640 / pic.shape[1])
+        scale = min(4.0, 720 / pic.shape[1])  # small images enlarged, large ones shrunk
         pic = np.asarray(Image.fromarray(pic).resize((round(pic.shape[1] * scale), round(pic.shape[0] * scale))))
         png = png_bytes(pic)
         pngs[f"explain_worst_{rank + 1}"] = png
         name = html.escape(Path(entry["image"]).name)
         parts.append(_figure(png, f"<b>{name}</b> (mIoU {entry['miou']:.3f}): Grad-CAM ({html.escape(e.layer)}) "
-                                  f"of the pixels wrongly called <b>{html.escape(names[k])}</b> (outlined): "
-                                  "what the network looked at where it was wrong."))
+                                  f"of the pixels wrongly called <b>{html.escape(names[k])}</b> (outlined in white): "
+                                  "what the network looked at where it was wrong (red: most, blue: least)."))
     return "".join(parts), pngs
 
 
