@@ -196,7 +196,7 @@ def test_segmenter_applies_the_temperature_and_the_onnx_graph_folds_it(trust_run
     result = export_onnx(run)
     assert result["temperature"] == 2.5
     onnx = Segmenter.load(run / "model.onnx")
-    assert onnx.backend.meta["temperature"] == 2.5
+    assert onnx.backend.meta["temperature"] == 2.5 and onnx.temperature == 2.5 and onnx.backend.temperature == 1.0
     assert np.abs(onnx.probabilities(image) - p_warm).max() < 1e-4
 
 
@@ -212,6 +212,11 @@ def test_explain_gives_a_map_that_depends_on_the_weights(trust_run, synthetic_da
     region[16:48, 16:48] = True
     k = 1
     e = ex.explain_region(seg, image, k, region)
+    assert np.allclose(seg.explain(image, seg.class_names[k], region="box", box=(16, 16, 48, 48)).cam, e.cam,
+                       atol=1e-5)  # the same, through the Segmenter
+    maps = seg.uncertainty(image, ["entropy", "tta"])
+    assert set(maps) == {"entropy", "tta"} and all(m.shape == image.shape[:2] for m in maps.values())
+    assert 0 <= maps["entropy"].min() and maps["entropy"].max() <= 1
     assert e.cam.shape == image.shape[:2] and 0 <= e.cam.min() and e.cam.max() <= 1 and e.layer == "encoder.layer4"
     assert e.cam.std() > 0
     random = Segmenter.load(trust_run, device="cpu", amp="off").model  # the same network, weights re-randomised

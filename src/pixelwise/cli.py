@@ -243,7 +243,7 @@ def eval_(
     if out_file is not None:
         check_new_file(out_file, overwrite)
 
-    trust = tuple(m for m in uncertainty.split(",") if m and m != "none")
+    trust = tuple(m.strip() for m in uncertainty.split(",") if m.strip() not in ("", "none"))
     if report:  # evaluates with per-image scores (for the gallery) and writes RUN/eval_SPLIT.json
         result, _ = report_run(run, split, data, fmt, batch_size, device, trust=trust)
     else:

@@ -152,8 +152,10 @@ class Segmenter:
 
     @property
     def temperature(self) -> float:
-        """The temperature the probabilities are divided by (1: uncalibrated; folded in for an ONNX model)."""
-        return float(getattr(self.backend, "temperature", 1.0))
+        """The temperature the probabilities are divided by (1: uncalibrated); an ONNX model's is folded into its
+        graph (its metadata says which)."""
+        folded = getattr(self.backend, "meta", {}).get("temperature")
+        return float(folded if folded is not None else getattr(self.backend, "temperature", 1.0))
 
     def logits(self, image: np.ndarray | str | Path) -> np.ndarray:
         """(K, H, W) float32 logits of a whole image (not tiled), before any temperature the run applies."""
@@ -251,6 +253,20 @@ class Segmenter:
             return sliding_window_mask(self.backend, img, size, overlap)
         probs = self._probabilities(img, tile, overlap, tta, scales, flips)
         return probs.argmax(axis=0).astype(np.uint8)
+
+    def uncertainty(self, image: Any, methods: Sequence[str] = ("entropy",)) -> dict[str, np.ndarray]:
+        """Per-pixel uncertainty maps (H, W, 0 certain to 1): ``entropy``, ``tta`` (flip disagreement),
+        ``mc-dropout`` (networks with dropout); see ``inference.uncertainty``."""
+        from pixelwise.inference.uncertainty import uncertainty_maps
+
+        return uncertainty_maps(self, image, list(methods))[1]
+
+    def explain(self, image: Any, class_name: str, **options: Any) -> Any:
+        """The class activation map of ``class_name`` (``inference.explain.explain``: method, region, box, truth,
+        layer); needs the ``explain`` extra and a run directory."""
+        from pixelwise.inference.explain import explain
+
+        return explain(self, image, class_name, **options)
 
     def colorize(self, mask: np.ndarray) -> Image.Image:
         """The mask as a palette PNG image: pixel values are class indices, shown in the class colours."""
