@@ -136,8 +136,9 @@ def trust_section(run_dir: Path, result: dict[str, Any], seg: Any, data: Any, wo
             for m, u in trust["uncertainty"].items())
         out.append('<table class="classes"><thead><tr><th>uncertainty</th><th>AUROC for errors</th><th>mean on wrong '
                    "pixels</th><th>mean on right pixels</th><th></th></tr></thead><tbody>" + rows + "</tbody></table>"
-                   "<p class=muted>AUROC: the chance that a misclassified pixel is more uncertain than a correct one "
-                   "(0.5: the map says nothing about errors; 1: it finds every one).</p>")
+                   f"<p class=muted>On {trust['images']} images. AUROC: the chance that a misclassified pixel is "
+                   "more uncertain than a correct one (0.5: the map says nothing about errors; 1: it finds every "
+                   "one).</p>")
     else:
         out.append("<p class=muted>not measured: run <code>pixelwise eval RUN</code></p>")
     out.append("<h3>Calibration</h3>")
@@ -155,7 +156,8 @@ def trust_section(run_dir: Path, result: dict[str, Any], seg: Any, data: Any, wo
     else:
         text = "not measured: run <code>pixelwise eval RUN</code> or <code>pixelwise calibrate RUN</code>"
     if trust:
-        text += f" On this split (T = {trust['temperature']:.3f} applied): ECE {_f(trust['calibration']['ece'])}."
+        text += (f" On {trust['images']} images of this split (T = {trust['temperature']:.3f} applied): ECE "
+                 f"{_f(trust['calibration']['ece'])}.")
     if curves:
         figures["reliability"] = plot_reliability(curves)
         out.append(_figure(figures["reliability"], text))
