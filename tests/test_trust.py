@@ -291,9 +291,13 @@ def test_commands_end_to_end(trust_run, synthetic_data, tmp_path):
     assert page.count("data:image/png") >= 6 and "not measured" not in page
 
 
-def test_robustness_refuses_unknown_names_in_one_line(trust_run):
+def test_robustness_refuses_unknown_names_and_an_existing_out_file(trust_run, tmp_path):
     r = _cli("robustness", str(trust_run), "--corruptions", "snow")
     assert r.returncode == 1 and "unknown corruption" in r.stderr and "Traceback" not in r.stderr
+    mine = tmp_path / "mine.json"
+    mine.write_text("my own work")
+    r = _cli("robustness", str(trust_run), "--corruptions", "fog", "--out", str(mine))
+    assert r.returncode == 1 and "--overwrite" in r.stderr and mine.read_text() == "my own work"
 
 
 @pytest.mark.slow

@@ -158,6 +158,7 @@ def robustness(
     batch_size: int = typer.Option(4, min=1, help="Images per forward pass."),
     out_file: Path | None = typer.Option(None, "--out", help="Results JSON (default: RUN/robustness.json)."),
     device: str = typer.Option("auto", help=DEVICE_HELP),
+    overwrite: bool = typer.Option(False, help="Replace the --out file if it exists."),
 ) -> None:
     """mIoU on corrupted copies of a split (noise, blur, weather, digital; ImageNet-C style), as a table and heatmap."""
     from pixelwise.inference.evaluation import open_run_split
@@ -166,6 +167,8 @@ def robustness(
     from pixelwise.report.trust import plot_robustness
 
     names = [c.strip() for c in corruptions.split(",") if c.strip()] if corruptions else None
+    if out_file is not None:
+        check_new_file(out_file, overwrite)
     rs = open_run_split(run, split, None, None, device)
     other = open_run_split(run, split, data, fmt, device) if data is not None else None
     result = run_robustness(rs, names, _severities(severities), limit, batch_size, other)
