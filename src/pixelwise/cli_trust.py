@@ -107,8 +107,9 @@ def explain(
 def calibrate(
     run: Path = typer.Argument(..., help="Run directory (calibration.json is written into it)."),
     split: str = typer.Option("val", help="Split to fit the temperature on."),
-    fit_fraction: float = typer.Option(0.5, help="Share of the split's images the temperature is fitted on; ECE "
-                                                 "before/after is measured on the rest (1: fit and measure on all)."),
+    fit_fraction: float = typer.Option(0.5, min=0.01, max=1.0,
+                                       help="Share of the split's images the temperature is fitted on; ECE "
+                                            "before/after is measured on the rest (1: fit and measure on all)."),
     seed: int = typer.Option(0, min=0, help="Seed of the fit/held-out division and of the pixel sample."),
     data: Path | None = typer.Option(None, help="Dataset folder (default: the run's)."),
     fmt: str | None = typer.Option(None, "--format", help="Dataset layout (default: the run's)."),
