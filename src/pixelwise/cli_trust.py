@@ -116,7 +116,6 @@ def calibrate(
     device: str = typer.Option("auto", help=DEVICE_HELP),
 ) -> None:
     """Fit temperature scaling on a split; predict, eval, serve and export apply it (masks stay the same)."""
-    from pixelwise.data.pixels import model_input
     from pixelwise.inference.calibration import calibrate_items, split_indices, write_calibration
     from pixelwise.inference.evaluation import open_run_split
 
@@ -125,11 +124,7 @@ def calibrate(
     if not fit:
         raise PixelwiseError(f"the '{split}' split has no images to fit a temperature on")
 
-    def load(i: int) -> tuple[object, object]:
-        image, truth = rs.dataset.load(i)
-        return model_input(image), truth
-
-    info = calibrate_items(rs.segmenter.logits, load, fit, held, rs.segmenter.class_names, seed)
+    info = calibrate_items(rs.segmenter.logits, rs.dataset.load, fit, held, rs.segmenter.class_names, seed)
     info.update(split=split, fit_fraction=fit_fraction, seed=seed)
     path = write_calibration(run, info)
     out.print(f"temperature {info['temperature']:.4f} (fitted on {info['fit_images']} '{split}' images); ECE on "

@@ -116,13 +116,12 @@ def explain(seg: Any, image: Any, class_name: str, method: str = "gradcam", regi
     if class_name not in seg.class_names:
         raise PixelwiseError(f"--class {class_name}: not a class of this model ({', '.join(seg.class_names)})")
     k = seg.class_names.index(class_name)
-    img = seg._image(image)
-    prediction = seg.predict(img, tile=0)
+    prediction = seg.predict(image, tile=0)
     mask = region_mask(region, k, prediction, truth, box)
     if not mask.any():
         raise PixelwiseError(f"class {class_name} has no pixels in the {region} region of this image; nothing to "
                              "explain (try --region truth or box)")
-    return explain_region(seg, img, k, mask, method, layer, net, prediction)
+    return explain_region(seg, image, k, mask, method, layer, net, prediction)
 
 
 def explain_region(seg: Any, image: Any, k: int, mask: np.ndarray, method: str = "gradcam", layer: str | None = None,
@@ -134,9 +133,9 @@ def explain_region(seg: Any, image: Any, k: int, mask: np.ndarray, method: str =
     if not hasattr(seg.backend, "model"):
         raise PixelwiseError("explanations need a run directory (the PyTorch network), not an exported ONNX model")
     model = net if net is not None else seg.model
-    img = seg._image(image)
+    img = seg._image(image)  # model input: uint8, or float32 in the data's units
     if prediction is None:
-        prediction = seg.predict(img, tile=0)
+        prediction = seg.predict(image, tile=0)
     layer = layer or auto_layer(model.net, seg.channels, max(64, model.min_size))
     target_layer = find_layer(model.net, layer)
     from pytorch_grad_cam.utils.model_targets import SemanticSegmentationTarget

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from pixelwise.data.pixels import model_input
 from pixelwise.inference.calibration import CalibrationStats
 from pixelwise.inference.evaluation import RunSplit
 from pixelwise.inference.uncertainty import ErrorAuroc, check_methods, mc_dropout_available, uncertainty_maps
@@ -34,7 +33,7 @@ def trust_metrics(rs: RunSplit, methods: list[str] = DEFAULT_METHODS, indices: l
     indices = list(range(len(rs.dataset))) if indices is None else indices
     for i in track(indices, len(indices), "Calibration and uncertainty"):
         image, truth = rs.dataset.load(i)
-        probs, maps = uncertainty_maps(seg, model_input(image), methods)
+        probs, maps = uncertainty_maps(seg, image, methods)  # the image in its own type, as predict takes it
         pred = probs.argmax(axis=0)
         stats.update(probs, truth)
         for m, unc in maps.items():

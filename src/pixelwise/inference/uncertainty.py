@@ -39,8 +39,9 @@ def dropout_layers(model: Any) -> list[Any]:
     return [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0]
 
 
-def mc_dropout_map(seg: Any, image: np.ndarray, passes: int = MC_PASSES, seed: int = 0) -> np.ndarray:
-    """Variance over ``passes`` dropout-on passes of the probability of the class predicted on average, x4 (0-1)."""
+def mc_dropout_map(seg: Any, img: np.ndarray, passes: int = MC_PASSES, seed: int = 0) -> np.ndarray:
+    """Variance over ``passes`` dropout-on passes of the probability of the class predicted on average, x4 (0-1).
+    ``img``: model input (``Segmenter._image``)."""
     import torch
 
     if not hasattr(seg.backend, "model"):
@@ -48,7 +49,6 @@ def mc_dropout_map(seg: Any, image: np.ndarray, passes: int = MC_PASSES, seed: i
     layers = dropout_layers(seg.model)
     if not layers:
         raise PixelwiseError("mc-dropout: this model has no dropout layers (use entropy or tta)")
-    img = seg._image(image)
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
