@@ -10,8 +10,8 @@ $(VENV)/.installed: pyproject.toml
 	# torch first, pinned (torchvision with it, for smp and timm): on the project's machines pip takes these builds
 	# from local disk. pyproject.toml states the supported range; the pin lives here, not in the package.
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	# every extra the tests use: dev, onnx, geo, serve, tensorboard, coco, tracking, hub, tune
-	$(PY) -m pip install -q -e '.[dev,onnx,geo,serve,tensorboard,coco,tracking,hub,tune]'
+	# every extra the tests use: dev, onnx, geo, serve, tensorboard, coco, tracking, hub, tune, explain
+	$(PY) -m pip install -q -e '.[dev,onnx,geo,serve,tensorboard,coco,tracking,hub,tune,explain]'
 	touch $@
 
 demo: $(VENV)/.installed

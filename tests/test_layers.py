@@ -19,7 +19,8 @@ LAYERS = [
     {"serve"},
     {"api", "kfold"},
     {"tune"},
-    {"demo", "cli", "cli_deploy", "cli_info", "cli_label", "cli_share", "cli_tune", "__main__", "__init__"},
+    {"demo", "cli", "cli_deploy", "cli_info", "cli_label", "cli_share", "cli_trust", "cli_tune", "__main__",
+     "__init__"},
 ]
 
 

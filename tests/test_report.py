@@ -82,10 +82,13 @@ def tiny_run(synthetic_data, tmp_path_factory) -> Path:
 
 def test_training_writes_a_self_contained_report(tiny_run):
     page = (tiny_run / "report.html").read_text()
-    for section in ("curves", "classes", "confusion", "data", "gallery", "config"):
+    for section in ("curves", "classes", "confusion", "data", "gallery", "trust", "config"):
         assert f'id="{section}"' in page
     assert "http://" not in page and "https://" not in page and 'src="plots' not in page  # nothing external
-    images = re.findall(r'<img src="data:image/png;base64,', page)
+    before_trust, trust = page.split('<h2 id="trust">')
+    images = re.findall(r'<img src="data:image/png;base64,', before_trust)
+    assert (tiny_run / "plots" / "trust_reliability.png").is_file()  # the trust section's own figures
+    assert 1 <= len(re.findall(r'<img src="data:image/png;base64,', trust)) <= 3  # reliability + <= 2 explanations
     result = json.loads((tiny_run / "eval_val.json").read_text())
     shown = min(4, len(result["per_image"]) // 2)
     assert len(images) == 4 + 2 * shown  # curves, class IoU, confusion, frequencies + the gallery

@@ -16,6 +16,7 @@ from pixelwise.cli_deploy import CONTEXT, DEVICE_HELP, bench, export, serve
 from pixelwise.cli_info import config, models
 from pixelwise.cli_label import suggest
 from pixelwise.cli_share import push
+from pixelwise.cli_trust import calibrate, explain, robustness
 from pixelwise.cli_tune import distill, tune
 from pixelwise.errors import PixelwiseError, list_offenders
 from pixelwise.progress import console as err
@@ -249,20 +250,25 @@ def eval_(
     device: str = typer.Option("auto", help=DEVICE_HELP),
     report: bool = typer.Option(True, help="Also write RUN/report.html (report_SPLIT.html for other splits)."),
     overwrite: bool = typer.Option(False, help="Replace the --out file if it exists."),
+    uncertainty: str = typer.Option("entropy", help="Calibration (ECE) and these uncertainties' AUROC for errors: "
+                                                    "entropy,tta,mc-dropout, or none."),
 ) -> None:
     """Evaluate a run on a split: per-class table, JSON with mIoU, accuracy, precision, recall, F1, and the report."""
     from pixelwise.inference.evaluation import evaluate_run
     from pixelwise.report.build import report_run
-    from pixelwise.report.tables import metrics_table
+    from pixelwise.report.tables import metrics_table, trust_table
 
     if out_file is not None:
         check_new_file(out_file, overwrite)
 
+    trust = tuple(m.strip() for m in uncertainty.split(",") if m.strip() not in ("", "none"))
     if report:  # evaluates with per-image scores (for the gallery) and writes RUN/eval_SPLIT.json
-        result, _ = report_run(run, split, data, fmt, batch_size, device)
+        result, _ = report_run(run, split, data, fmt, batch_size, device, trust=trust)
     else:
-        result = evaluate_run(run, split, data, fmt, batch_size, device)
+        result = evaluate_run(run, split, data, fmt, batch_size, device, trust)
     out.print(metrics_table(result, title=f"{run} on '{split}' ({result['images']} images)"))
+    if "trust" in result:
+        out.print(trust_table(result["trust"]))
     target = out_file or run / f"eval_{split}.json"
     if out_file is not None or not report:
         atomic_write_text(target, json.dumps(result, indent=2))
@@ -380,6 +386,8 @@ for _command in (export, bench, serve, models, config):
 app.command()(suggest)  # the labelling loop (cli_label.py)
 app.command()(push)  # the Hugging Face Hub (cli_share.py)
 for _command in (tune, distill):  # search and distillation (cli_tune.py)
+    app.command()(_command)
+for _command in (explain, calibrate, robustness):  # can the model be trusted (cli_trust.py)
     app.command()(_command)
 
 

@@ -4,8 +4,10 @@ The graph takes (N, C, H, W) images (any N, H, W; H and W padded to the stride b
 does) and returns float32 logits (N, K, H, W). The input is uint8 for 8-bit data and float32 in the data's own
 units for any other type (16-bit, signed, float: the values as decoded, not rescaled). Clipping, scaling and
 normalisation are the first nodes (the ``Normalized`` wrapper is exported with the network), so a deployment
-feeds decoded pixels as they are. The class table, channels, pixel type, reading rules (bands, pages, NaN fill),
-normalisation, stride and training crop travel in the metadata (``pixelwise`` key).
+feeds decoded pixels as they are. A calibrated run's temperature (RUN/calibration.json) divides the logits as
+the graph's last node, so its probabilities are the calibrated ones (argmax is unchanged). The class table,
+channels, pixel type, reading rules (bands, pages, NaN fill), normalisation, stride, training crop and temperature
+travel in the metadata (``pixelwise`` key).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pixelwise.data.build import build_eval_dataset
 from pixelwise.data.pixels import model_dtype, model_input
 from pixelwise.engine.padding import pad_to_multiple
 from pixelwise.errors import PixelwiseError
+from pixelwise.inference.calibration import read_temperature
 from pixelwise.inference.onnx_backend import METADATA_KEY, OnnxBackend
 from pixelwise.inference.predictor import load_run_config
 from pixelwise.inference.torch_backend import TorchBackend, load_torch_backend
@@ -34,7 +37,18 @@ MIN_AGREEMENT = 0.999  # argmax agreement with PyTorch below this fails the expo
 OPSET = 18
 
 
-def metadata(cfg: Config, backend: TorchBackend) -> dict[str, Any]:
+class Tempered(torch.nn.Module):
+    """The network's logits divided by the run's temperature: the calibration folded into the exported graph."""
+
+    def __init__(self, model: torch.nn.Module, temperature: float) -> None:
+        super().__init__()
+        self.model, self.temperature = model, float(temperature)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x) / self.temperature
+
+
+def metadata(cfg: Config, backend: TorchBackend, temperature: float = 1.0) -> dict[str, Any]:
     model = backend.model
     input_dtype = model_dtype(cfg.data.dtype or "uint8")
     return {
@@ -52,6 +66,7 @@ def metadata(cfg: Config, backend: TorchBackend) -> dict[str, Any]:
         "pad_multiple": int(model.pad_multiple),
         "min_size": int(model.min_size),
         "crop_size": list(cfg.data.crop_size),
+        "temperature": temperature,  # already divided into the logits (1: not calibrated)
         "arch": cfg.model.arch,
         "encoder": cfg.model.encoder,
         "input": f"{input_dtype} (N, C, H, W), H and W multiples of pad_multiple; output: float32 logits (N, K, H, W)",
@@ -94,8 +109,10 @@ def sample_images(cfg: Config, split: str, count: int, data_root: Path | None = 
 
 
 @torch.inference_mode()
-def parity(reference: TorchBackend, candidate: OnnxBackend, images: list[np.ndarray]) -> dict[str, Any]:
-    """Max |logit difference| and argmax agreement of ``candidate`` against PyTorch fp32 over ``images``."""
+def parity(reference: TorchBackend, candidate: OnnxBackend, images: list[np.ndarray], temperature: float = 1.0
+           ) -> dict[str, Any]:
+    """Max |logit difference| and argmax agreement of ``candidate`` against PyTorch fp32 (logits / ``temperature``)
+    over ``images``."""
     max_diff, agree, total = 0.0, 0, 0
     model, rt = reference.model, reference.runtime
     for image in images:
@@ -103,7 +120,7 @@ def parity(reference: TorchBackend, candidate: OnnxBackend, images: list[np.ndar
         h, w = batch.shape[-2:]
         x = pad_to_multiple(torch.from_numpy(np.array(batch)), model.pad_multiple, model.min_size)  # a writable copy
         with rt.autocast():
-            ref = model(x.contiguous(memory_format=torch.channels_last))[..., :h, :w].float().numpy()
+            ref = model(x.contiguous(memory_format=torch.channels_last))[..., :h, :w].float().numpy() / temperature
         got = candidate.logits(batch)
         max_diff = max(max_diff, float(np.abs(ref - got).max()))
         agree += int((ref.argmax(axis=1) == got.argmax(axis=1)).sum())
@@ -132,16 +149,18 @@ def export_onnx(run_dir: Path, out: Path | None = None, data_root: Path | None =
     cfg = load_run_config(run_dir)
     out = Path(out) if out is not None else run_dir / "model.onnx"
     reference = load_torch_backend(run_dir, cfg, device="cpu", amp="off")
-    info = metadata(cfg, reference)
+    temperature = read_temperature(run_dir) or 1.0
+    info = metadata(cfg, reference, temperature)
     side = max(reference.model.min_size, 64)
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp.onnx", dir=out.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        _export_graph(reference.model, int(cfg.model.in_channels), side, tmp, info)
+        graph = reference.model if temperature == 1.0 else Tempered(reference.model, temperature)
+        _export_graph(graph, int(cfg.model.in_channels), side, tmp, info)
         images = sample_images(_images_config(run_dir, cfg), split, check_images, data_root)
-        result = parity(reference, OnnxBackend(tmp), images)
+        result = parity(reference, OnnxBackend(tmp), images, temperature)
         if result["argmax_agreement"] < MIN_AGREEMENT:
             raise PixelwiseError(
                 f"ONNX export failed its parity check: argmax agreement with PyTorch {result['argmax_agreement']:.4%} "
@@ -151,5 +170,5 @@ def export_onnx(run_dir: Path, out: Path | None = None, data_root: Path | None =
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
-    result.update(path=str(out), bytes=out.stat().st_size, opset=OPSET)
+    result.update(path=str(out), bytes=out.stat().st_size, opset=OPSET, temperature=temperature)
     return result

@@ -49,9 +49,15 @@ def evaluate_split(rs: RunSplit, batch_size: int | None = None, per_image: bool 
 
 def evaluate_run(
     run_dir: Path, split: str = "val", data_root: Path | None = None, data_format: str | None = None,
-    batch_size: int | None = None, device: str = "auto",
+    batch_size: int | None = None, device: str = "auto", trust: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """Evaluate a run's best weights on ``split`` of its own data (or of ``data_root``), with its class table."""
-    result = evaluate_split(open_run_split(run_dir, split, data_root, data_format, device), batch_size)
+    """Evaluate a run's best weights on ``split`` of its own data (or of ``data_root``), with its class table;
+    ``trust``: also calibration and these uncertainty methods against errors (``inference.trust``)."""
+    rs = open_run_split(run_dir, split, data_root, data_format, device)
+    result = evaluate_split(rs, batch_size)
+    if trust:
+        from pixelwise.inference.trust import trust_metrics
+
+        result["trust"] = trust_metrics(rs, list(trust))
     result["run"] = str(run_dir)
     return result

@@ -107,6 +107,7 @@ class OnnxBackend:
         self.input = self.session.get_inputs()[0].name
         self.multiple, self.min_size = self.meta["pad_multiple"], self.meta["min_size"]
         self.input_dtype = np.dtype(self.meta["input_dtype"])  # float32 for non-8-bit data
+        self.temperature = 1.0  # a calibrated run's temperature is folded into the graph (meta["temperature"])
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         """uint8 (or float32, see ``input_dtype``) (N, C, H, W) of any H, W -> float32 logits (N, K, H, W)."""
@@ -117,4 +118,4 @@ class OnnxBackend:
         return self.session.run(None, {self.input: x})[0][..., :h, :w]
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        return softmax(np.ascontiguousarray(self.logits(batch), dtype=np.float32))
+        return softmax(np.ascontiguousarray(self.logits(batch), dtype=np.float32) / self.temperature)

@@ -110,17 +110,19 @@ class Segmenter:
 
     @classmethod
     def load(cls, path: str | Path | list[str | Path], device: str = "auto", weights: str = "best.safetensors",
-             threads: int | None = None, amp: str = "auto", model: Any = None) -> Segmenter:
+             threads: int | None = None, amp: str = "auto", model: Any = None, calibrated: bool = True) -> Segmenter:
         """Load a run directory (config.yaml + safetensors weights; no pickled code runs), an exported .onnx, or
         ``hf://USER/REPO[/PATH][@REVISION]`` (a run or export on the Hugging Face Hub, as ``pixelwise push`` puts it).
         A cross-validation parent (``train --folds K``) or a list of run directories loads as one model averaging
-        their probabilities (``inference.ensemble``).
+        their probabilities (``inference.ensemble``; the folds' own temperatures are not applied).
 
         Args:
             device, amp: PyTorch only: device, and autocast ("auto": bf16 where the hardware computes it
                 natively, "off": fp32).
             threads: ONNX Runtime only: intra-op threads (default: its own choice).
             model: for a run that trained your own ``nn.Module``: an instance of it (its weights are loaded).
+            calibrated: apply the run's temperature (RUN/calibration.json, ``pixelwise calibrate``) to the
+                probabilities; masks are the same either way. An exported model has it folded into its graph.
         """
         if isinstance(path, (list, tuple)):  # several runs: their probabilities averaged (an ensemble)
             from pixelwise.inference.ensemble import load_ensemble
@@ -147,6 +149,10 @@ class Segmenter:
 
         cfg = load_run_config(path)
         backend = load_torch_backend(path, cfg, device, weights, amp, network=model)
+        if calibrated:
+            from pixelwise.inference.calibration import read_temperature
+
+            backend.temperature = read_temperature(path) or 1.0
         channels = int(cfg.model.in_channels)
         return cls(backend, cfg.data.classes, channels, tuple(cfg.data.crop_size), spec_of(cfg.data, channels))
 
@@ -156,6 +162,18 @@ class Segmenter:
         if not hasattr(self.backend, "model"):
             raise PixelwiseError("this Segmenter runs an ONNX model; it has no PyTorch network")
         return self.backend.model
+
+    @property
+    def temperature(self) -> float:
+        """The temperature the probabilities are divided by (1: uncalibrated); an ONNX model's is folded into its
+        graph (its metadata says which)."""
+        folded = getattr(self.backend, "meta", {}).get("temperature")
+        return float(folded if folded is not None else getattr(self.backend, "temperature", 1.0))
+
+    def logits(self, image: np.ndarray | str | Path) -> np.ndarray:
+        """(K, H, W) float32 logits of a whole image (not tiled), before any temperature the run applies."""
+        img = self._image(image)
+        return self.backend.logits(img.transpose(2, 0, 1)[None])[0]
 
     @property
     def runtime(self) -> Any:
@@ -248,6 +266,20 @@ class Segmenter:
             return sliding_window_mask(self.backend, img, size, overlap)
         probs = self._probabilities(img, tile, overlap, tta, scales, flips)
         return probs.argmax(axis=0).astype(np.uint8)
+
+    def uncertainty(self, image: Any, methods: Sequence[str] = ("entropy",)) -> dict[str, np.ndarray]:
+        """Per-pixel uncertainty maps (H, W, 0 certain to 1): ``entropy``, ``tta`` (flip disagreement),
+        ``mc-dropout`` (networks with dropout); see ``inference.uncertainty``."""
+        from pixelwise.inference.uncertainty import uncertainty_maps
+
+        return uncertainty_maps(self, image, list(methods))[1]
+
+    def explain(self, image: Any, class_name: str, **options: Any) -> Any:
+        """The class activation map of ``class_name`` (``inference.explain.explain``: method, region, box, truth,
+        layer); needs the ``explain`` extra and a run directory."""
+        from pixelwise.inference.explain import explain
+
+        return explain(self, image, class_name, **options)
 
     def colorize(self, mask: np.ndarray) -> Image.Image:
         """The mask as a palette PNG image: pixel values are class indices, shown in the class colours."""

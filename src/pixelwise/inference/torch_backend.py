@@ -21,18 +21,27 @@ class TorchBackend:
 
     name = "pytorch"
 
-    def __init__(self, model: Normalized, runtime: Runtime) -> None:
+    def __init__(self, model: Normalized, runtime: Runtime, temperature: float = 1.0) -> None:
         self.runtime = runtime
         self.model = model.to(runtime.device, memory_format=torch.channels_last).eval()
+        self.temperature = temperature  # probabilities are softmax(logits / temperature) (``pixelwise calibrate``)
 
-    @torch.inference_mode()
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        """uint8 (N, C, H, W) of any H, W -> float32 probabilities (N, K, H, W)."""
+    def _logits(self, batch: np.ndarray) -> torch.Tensor:
         batch = np.ascontiguousarray(batch)
         if not batch.flags.writeable:  # a view of a read-only cached image; torch wants memory it may write
             batch = batch.copy()
         x = torch.from_numpy(batch).to(self.runtime.device)
-        return forward_padded(self.model, x, self.runtime).softmax(dim=1).cpu().numpy()
+        return forward_padded(self.model, x, self.runtime).float()
+
+    @torch.inference_mode()
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        """uint8 (N, C, H, W) of any H, W -> float32 logits (N, K, H, W), before any temperature."""
+        return self._logits(batch).cpu().numpy()
+
+    @torch.inference_mode()
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """uint8 (N, C, H, W) of any H, W -> float32 probabilities (N, K, H, W)."""
+        return (self._logits(batch) / self.temperature).softmax(dim=1).cpu().numpy()
 
 
 def load_torch_backend(run_dir: Path, cfg: Config, device: str = "auto", weights: str = "best.safetensors",

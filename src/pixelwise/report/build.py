@@ -45,17 +45,23 @@ class _Items:
 
 
 def _file_split(run_dir: Path, split: str, data_root: Path | None, data_format: str | None, batch_size: int | None,
-                device: str, reuse: bool) -> tuple[Any, Any, _Items, dict[str, Any]]:
-    """The run's model and a split of its data files, with the metrics (evaluated, or reused when current)."""
+                device: str, reuse: bool, trust: tuple[str, ...] = ()) -> tuple[Any, Any, _Items, dict[str, Any]]:
+    """The run's model and a split of its data files, with the metrics (evaluated, or reused when current) and,
+    with ``trust`` (uncertainty methods), the calibration and uncertainty figures (``inference.trust``)."""
     from pixelwise.inference.evaluation import evaluate_split, open_run_split
+    from pixelwise.inference.trust import trust_metrics
 
     rs = open_run_split(run_dir, split, data_root, data_format, device)
     eval_json = run_dir / f"eval_{split}.json"
     result = _read_json(eval_json) if reuse else None
     paths = [str(p.image) for p in rs.dataset.pairs]
-    if result is None or [r.get("image") for r in result.get("per_image", [])] != paths:
+    fresh = result is None or [r.get("image") for r in result.get("per_image", [])] != paths
+    if fresh:
         result = evaluate_split(rs, batch_size, per_image=True)
         result["run"] = str(run_dir)
+    if trust and (fresh or "trust" not in result):
+        result["trust"] = trust_metrics(rs, list(trust))
+    if fresh or trust:
         atomic_write_text(eval_json, json.dumps(result, indent=2))
     return rs.segmenter, rs.cfg, _Items(paths, rs.dataset.load, rs.segmenter.predict), result
 
@@ -107,6 +113,8 @@ def report_run(
     gallery_size: int = GALLERY_SIZE,
     dataset: Any = None,
     model: Any = None,
+    trust: tuple[str, ...] = ("entropy",),
+    explain_worst: bool = True,
 ) -> tuple[dict[str, Any], Path]:
     """Evaluate ``run_dir``'s best weights on ``split`` (or reuse its eval JSON) and write the HTML report.
 
@@ -114,14 +122,18 @@ def report_run(
     ``reuse``: take the metrics from an existing eval JSON of the same images instead of evaluating again
     (``pixelwise report``); only the gallery images are predicted. ``dataset``: the user's own validation
     Dataset instead of the run's files; ``model``: an instance of the user's own network, for such a run.
+    ``trust``: the uncertainty methods measured against errors, with calibration (``()``: none);
+    ``explain_worst``: Grad-CAM of the worst images in the "Can I trust it?" section (needs the explain extra).
     """
     from pixelwise.report import html, plots
+    from pixelwise.report.trust import trust_section
 
     run_dir = Path(run_dir)
     if dataset is not None:
         seg, cfg, data, result = _dataset_split(run_dir, dataset, model, batch_size, device)
     else:
-        seg, cfg, data, result = _file_split(run_dir, split, data_root, data_format, batch_size, device, reuse)
+        seg, cfg, data, result = _file_split(run_dir, split, data_root, data_format, batch_size, device, reuse,
+                                             tuple(trust))
 
     names, palette = seg.table.names, seg.table.palette
     figures: dict[str, bytes] = {}
@@ -151,13 +163,15 @@ def report_run(
             name = Path(entry["image"]).name
             atomic_write_bytes(plot_dir / "gallery" / f"{split}_{group}_{rank + 1}_{Path(name).stem}.png", png)
             items[group].append(html.GalleryItem(name, entry["miou"], entry["pixel_accuracy"], png))
+    section, trust_figures = trust_section(run_dir, result, seg, data, worst, explain_worst)
+    figures.update({f"trust_{key}": png for key, png in trust_figures.items()})
     for key, png in figures.items():
         atomic_write_bytes(plot_dir / (f"{key}.png" if split == "val" or key == "curves" else f"{key}_{split}.png"),
                            png)
     page = html.render(
         title=f"{cfg.name}: {split}", split=split, result=result, palette=palette,
         config_yaml=(run_dir / "config.yaml").read_text(), plots=figures, worst=items["worst"],
-        best=items["best"], summary=_read_json(run_dir / "summary.json"),
+        best=items["best"], summary=_read_json(run_dir / "summary.json"), trust=section,
     )
     target = report_path(run_dir, split)
     atomic_write_text(target, page)

@@ -90,8 +90,10 @@ def render(
     worst: list[GalleryItem],
     best: list[GalleryItem],
     summary: dict[str, Any] | None,
+    trust: str = "",
 ) -> str:
-    """The report page. ``plots`` keys: curves, confusion, class_iou, frequencies (each optional)."""
+    """The report page. ``plots`` keys: curves, confusion, class_iou, frequencies (each optional); ``trust``: the
+    "Can I trust it?" section's HTML (``report.trust``)."""
     names = list(result["classes"])
     metric = [("mIoU", result["miou"]), ("pixel accuracy", result["pixel_accuracy"]),
               ("mean accuracy", result["mean_accuracy"]), ("fw IoU", result["fw_iou"])]
@@ -131,6 +133,7 @@ def render(
 {legend(names, palette)}
 {gallery(f"Worst {len(worst)}", worst)}
 {gallery(f"Best {len(best)}", best)}
+{trust}
 <h2 id="config">Configuration</h2>
 <pre>{html.escape(config_yaml)}</pre>
 </body></html>

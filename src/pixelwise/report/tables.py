@@ -108,3 +108,31 @@ def fingerprint_view(result: CheckResult, console: Console) -> None:
     else:
         console.print(styled(("ok", "green"), f": {fp.pairs_readable} pairs can be trained on"
                              + (f" ({len(result.warnings)} warning(s))" if result.warnings else "")))
+
+
+def trust_table(trust: dict[str, Any]) -> Table:
+    """ECE and, per uncertainty method, its AUROC as a detector of misclassified pixels."""
+    table = Table(title=f"Can I trust it? (temperature {trust['temperature']:.3g}, {trust['images']} images)")
+    for col, justify in (("measure", "left"), ("value", "right"), ("note", "left")):
+        table.add_column(col, justify=justify)
+    table.add_row("ECE (expected calibration error)", _fmt(trust["calibration"]["ece"]), "0 = perfectly calibrated")
+    for method, u in trust["uncertainty"].items():
+        table.add_row(f"AUROC of {method} for errors", _fmt(u.get("auroc")),
+                      u.get("unavailable") or "0.5 = says nothing about errors, 1 = finds every error")
+    return table
+
+
+def robustness_table(result: dict[str, Any]) -> Table:
+    """mIoU and relative robustness (corrupted / clean) per corruption x severity."""
+    sev = [str(s) for s in result["severities"]]
+    table = Table(title=f"mIoU under corruption ({result['images']} '{result['split']}' images; clean "
+                        f"{_fmt(result['clean_miou'])})")
+    table.add_column("corruption")
+    for s in sev:
+        table.add_column(f"severity {s}", justify="right")
+    for name, row in result["table"].items():
+        table.add_row(name, *[f"{_fmt(row[s]['miou'])} ({row[s]['relative']:.0%})" if row[s]["relative"] is not None
+                              else _fmt(row[s]["miou"]) for s in sev])
+    table.add_section()
+    table.add_row("mean relative robustness", _fmt(result.get("mean_relative")), *[""] * (len(sev) - 1))
+    return table
