@@ -20,6 +20,7 @@ import numpy as np
 from pixelwise.atomic import atomic_write_text
 from pixelwise.data.classes import IGNORE
 from pixelwise.errors import PixelwiseError
+from pixelwise.inference.onnx_backend import softmax
 from pixelwise.progress import track
 
 CALIBRATION_FILE = "calibration.json"
@@ -155,10 +156,7 @@ def split_indices(n: int, fit_fraction: float, seed: int = 0) -> tuple[list[int]
 
 
 def softmax_t(logits: np.ndarray, t: float, axis: int = 0) -> np.ndarray:
-    z = logits / t
-    z = z - z.max(axis=axis, keepdims=True)
-    np.exp(z, out=z)
-    return z / z.sum(axis=axis, keepdims=True)
+    return softmax(logits / t, axis=axis)
 
 
 def calibrate_items(logits_of: Any, load: Any, fit: list[int], held_out: list[int], names: list[str],

@@ -25,6 +25,7 @@ from pixelwise.data.io import TIFF_SUFFIXES
 from pixelwise.data.pixels import Decoded, ImageSpec, check_pixels, dtype_class, fit_channels, model_input
 from pixelwise.errors import DataError, PixelwiseError
 from pixelwise.inference.sliding_window import ProbsFn, sliding_window
+from pixelwise.inference.suggest import entropy_map
 from pixelwise.inference.tta import tta_probs
 
 if TYPE_CHECKING:
@@ -45,9 +46,7 @@ def raster_outputs(stem: str, save_probs: bool) -> list[str]:
 
 def entropy_image(probs: np.ndarray) -> np.ndarray:
     """Pixel entropy of (K, H, W) probabilities, 255 = uniform over the K classes: (H, W) uint8."""
-    p = np.clip(probs, 1e-8, 1.0)
-    entropy = -(p * np.log(p)).sum(axis=0) / np.log(max(probs.shape[0], 2))
-    return (np.clip(entropy, 0.0, 1.0) * 255).round().astype(np.uint8)
+    return (np.clip(entropy_map(probs), 0.0, 1.0) * 255).round().astype(np.uint8)
 
 
 class WindowReader:
