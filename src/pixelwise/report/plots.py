@@ -23,7 +23,8 @@ WRONG_RGB = (230, 40, 40)
 ERROR_VOID_RGB = (40, 40, 120)
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display needed); every plot in pixelwise draws through it."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display; must precede the pyplot import
@@ -48,10 +49,11 @@ def plain_text(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _png(fig: Any) -> bytes:
+def figure_png(fig: Any) -> bytes:
+    """A finished figure as PNG bytes (100 dpi, tight box); the figure is closed."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return buf.getvalue()
 
 
@@ -66,7 +68,7 @@ def _num(value: Any) -> float:
 @plain_text
 def plot_curves(history: list[dict[str, Any]]) -> bytes:
     """Train/val loss, val mIoU and pixel accuracy, and learning rate per epoch (rows of metrics.csv)."""
-    plt = _pyplot()
+    plt = pyplot()
     epochs = [_num(r.get("epoch")) for r in history]
 
     def column(key: str) -> list[float]:
@@ -88,13 +90,13 @@ def plot_curves(history: list[dict[str, Any]]) -> bytes:
     for ax in axes:
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-    return _png(fig)
+    return figure_png(fig)
 
 
 @plain_text
 def plot_confusion(cm: np.ndarray, names: list[str]) -> bytes:
     """Row-normalised confusion matrix (rows: truth, so the diagonal is each class's recall)."""
-    plt = _pyplot()
+    plt = pyplot()
     cm = np.asarray(cm, dtype=np.float64)
     rows = cm.sum(axis=1, keepdims=True)
     norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
@@ -114,14 +116,14 @@ def plot_confusion(cm: np.ndarray, names: list[str]) -> bytes:
                             color="white" if norm[i, j] > 0.5 else "black")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     ax.set_title("confusion matrix (each row sums to 1)")
-    return _png(fig)
+    return figure_png(fig)
 
 
 @plain_text
 def plot_class_bars(values: dict[str, float | None], title: str, xlabel: str, mean: float | None = None,
                     colors: list[tuple[int, int, int]] | None = None) -> bytes:
     """Horizontal bars per class (None drawn as an empty bar marked n/a), optionally with a mean line."""
-    plt = _pyplot()
+    plt = pyplot()
     names = list(values)
     heights = [v if v is not None else 0.0 for v in values.values()]
     fig, ax = plt.subplots(figsize=(7, 0.32 * len(names) + 1.2))
@@ -138,13 +140,13 @@ def plot_class_bars(values: dict[str, float | None], title: str, xlabel: str, me
         ax.legend(loc="lower right")
     ax.set_title(title)
     ax.grid(axis="x", alpha=0.3)
-    return _png(fig)
+    return figure_png(fig)
 
 
 @plain_text
 def plot_frequencies(shares: dict[str, list[float]], names: list[str]) -> bytes:
     """Share of labelled pixels per class, one bar group per source (e.g. train, val)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 0.38 * len(names) * max(1, len(shares)) / 1.5 + 1.2))
     height = 0.8 / max(len(shares), 1)
     for j, (label, values) in enumerate(shares.items()):
@@ -156,7 +158,7 @@ def plot_frequencies(shares: dict[str, list[float]], names: list[str]) -> bytes:
     ax.set_title("class frequencies")
     ax.legend(loc="lower right")
     ax.grid(axis="x", alpha=0.3)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def colorize(mask: np.ndarray, palette: list[tuple[int, int, int]]) -> np.ndarray:

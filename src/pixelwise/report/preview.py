@@ -47,7 +47,7 @@ def preview_sheet(cfg: Config, out: Path, samples: int = 8, seed: int = 0,
     """
     from pixelwise.data.build import build_datasets, require_crop_memory
 
-    plt = plots._pyplot()
+    plt = plots.pyplot()
     data = build_datasets(cfg.data, cfg.augment, seed)
     require_crop_memory(cfg.data, data.summary.channels, data.summary.table.num_classes, batch_size=1)
     train, palette = data.train, data.summary.table.palette

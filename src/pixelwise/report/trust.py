@@ -19,7 +19,7 @@ from PIL import Image
 from pixelwise.data.classes import IGNORE
 from pixelwise.display import display_rgb
 from pixelwise.errors import PixelwiseError
-from pixelwise.report.plots import _png, _pyplot, plain_text, png_bytes
+from pixelwise.report.plots import figure_png, plain_text, png_bytes, pyplot
 
 EXPLAINED = 2  # worst images explained
 
@@ -27,7 +27,7 @@ EXPLAINED = 2  # worst images explained
 @plain_text
 def plot_reliability(curves: dict[str, dict[str, Any]]) -> bytes:
     """Accuracy against confidence per bin, one line per curve (e.g. before / after temperature scaling)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.6, 4.2))
     ax.plot([0, 1], [0, 1], "--", color="#999", label="perfect calibration")
     for (label, rel), colour in zip(curves.items(), ("#d62728", "#1f77b4", "#2ca02c"), strict=False):
@@ -40,13 +40,13 @@ def plot_reliability(curves: dict[str, dict[str, Any]]) -> bytes:
     ax.set_ylim(0, 1)
     ax.legend(loc="upper left", fontsize=8)
     ax.set_title("reliability diagram (pixels)")
-    return _png(fig)
+    return figure_png(fig)
 
 
 @plain_text
 def plot_robustness(result: dict[str, Any]) -> bytes:
     """Relative robustness (corrupted / clean mIoU) per corruption x severity, with the mIoU in each cell."""
-    plt = _pyplot()
+    plt = pyplot()
     names, sev = result["corruptions"], [str(s) for s in result["severities"]]
     rel = np.array([[result["table"][n][s]["relative"] or 0.0 for s in sev] for n in names])
     miou = np.array([[result["table"][n][s]["miou"] or 0.0 for s in sev] for n in names])
@@ -59,7 +59,7 @@ def plot_robustness(result: dict[str, Any]) -> bytes:
             ax.text(j, i, f"{miou[i, j]:.3f} ({rel[i, j]:.0%})", ha="center", va="center", fontsize=7)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="corrupted / clean mIoU")
     ax.set_title(f"mIoU under corruption (clean {result['clean_miou']:.3f}, {result['images']} images)")
-    return _png(fig)
+    return figure_png(fig)
 
 
 def _read(path: Path) -> dict[str, Any] | None:

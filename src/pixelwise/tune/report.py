@@ -14,7 +14,7 @@ from rich.table import Table
 
 from pixelwise.atomic import atomic_write_bytes, atomic_write_text
 from pixelwise.report.html import data_uri
-from pixelwise.report.plots import _png, _pyplot, plain_text
+from pixelwise.report.plots import figure_png, plain_text, pyplot
 from pixelwise.tune.study import shown_url, study_rows
 
 COLUMNS = ["number", "state", "miou", "latency_ms", "base", "run", "params"]
@@ -38,7 +38,7 @@ def best_rows(rows: list[dict[str, Any]], objectives: list[str], n: int = 5) -> 
 
 @plain_text
 def plot_pareto(rows: list[dict[str, Any]], size: list[int], backend: str) -> bytes:
-    plt = _pyplot()
+    plt = pyplot()
     done = [r for r in rows if r["state"] == "complete" and r["latency_ms"] is not None]
     front = pareto_front(rows)
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
@@ -53,18 +53,18 @@ def plot_pareto(rows: list[dict[str, Any]], size: list[int], backend: str) -> by
     ax.set_ylabel("val mIoU")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
-    return _png(fig)
+    return figure_png(fig)
 
 
 @plain_text
 def plot_importances(importances: dict[str, float]) -> bytes:
-    plt = _pyplot()
+    plt = pyplot()
     names = list(importances)[::-1]
     fig, ax = plt.subplots(figsize=(6.4, 0.5 * len(names) + 1.2))
     ax.barh(names, [importances[n] for n in names], color="#2c7be5")
     ax.set_xlabel("importance for a high val mIoU (PED-ANOVA)")
     fig.tight_layout()
-    return _png(fig)
+    return figure_png(fig)
 
 
 def importances(study: Any) -> dict[str, float] | None:
