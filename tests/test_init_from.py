@@ -70,3 +70,20 @@ def test_an_rgb_source_is_adapted_to_gray_input(served_run, synthetic_data, caps
     assert own.shape[1] == 1 and torch.allclose(own, source["net.encoder.conv1.weight"].sum(1, keepdim=True))
     assert "adapted to the input channels (as pretrained encoders are): net.encoder.conv1.weight" in \
         " ".join(capsys.readouterr())
+
+
+def test_a_gray_source_is_shared_out_over_rgb_input(served_run, synthetic_data, tmp_path, capsys):
+    """A membrane (1-channel) run fine-tuned on RGB: its first convolution's filters are divided among the three
+    channels instead of being thrown away."""
+    from safetensors.torch import save_file
+
+    source = load_file(str(served_run / "best.safetensors"))
+    source["net.encoder.conv1.weight"] = source["net.encoder.conv1.weight"][:, :1].contiguous()
+    save_file(source, str(tmp_path / "gray.safetensors"))
+    p = prepare(load_config(overrides=[*tiny_overrides(synthetic_data),
+                                       f"model.init_from={tmp_path / 'gray.safetensors'}"]))
+    own = p.net.state_dict()["net.encoder.conv1.weight"]
+    assert own.shape[1] == 3
+    assert torch.allclose(own, source["net.encoder.conv1.weight"].expand_as(own) / 3)
+    assert "adapted to the input channels (as pretrained encoders are): net.encoder.conv1.weight" in \
+        " ".join(capsys.readouterr())

@@ -110,6 +110,10 @@ def test_first_conv_adaptation():
     assert W.adapt_first_conv(w, 1).flatten().tolist() == [3.0, 12.0]
     four = W.adapt_first_conv(w, 4)
     assert four.shape == (2, 4, 1, 1) and four[0, :, 0, 0].tolist() == pytest.approx([0, 0.75, 1.5, 0])
+    gray = torch.tensor([3.0, 12.0]).view(2, 1, 1, 1)
+    rgb = W.adapt_first_conv(gray, 3)  # shared out: an image with R = G = B = v responds as the gray image v did
+    assert rgb.shape == (2, 3, 1, 1) and rgb[1, :, 0, 0].tolist() == pytest.approx([4.0, 4.0, 4.0])
+    assert torch.allclose((rgb * torch.full((1, 3, 1, 1), 0.7)).sum(1), (gray * 0.7).sum(1))
 
 
 def test_local_weight_file_loads_into_encoder_with_report(tmp_path, capsys):

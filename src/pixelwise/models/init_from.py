@@ -10,7 +10,8 @@ here a difference is allowed where fine-tuning needs it:
   the source knew by the same name are carried over (so continuing with one class more keeps what the others
   learnt), the others keep their fresh initialisation;
 - a first convolution built for RGB is adapted to other input channels as pretrained encoders are (summed for
-  one channel, cycled and rescaled for more: ``models.weights.adapt_first_conv``);
+  one channel, cycled and rescaled for more), and one built for gray input is shared out over the new channels
+  (each gets 1/N of it: ``models.weights.adapt_first_conv``);
 - any other tensor of another shape is re-initialised, and missing or unexpected ones are listed;
 - the normalisation buffers (``mean``, ``std``) are the new run's own (its config decides them).
 
@@ -114,8 +115,8 @@ def _head_rows(own: torch.Tensor, theirs: torch.Tensor, names: list[str], source
 
 
 def _first_conv(own: torch.Tensor, theirs: torch.Tensor) -> bool:
-    """A convolution taking 3 channels in the source and another count here, otherwise alike."""
-    return (own.ndim == 4 and theirs.ndim == 4 and theirs.shape[1] == 3 and own.shape[1] != 3
+    """A convolution taking 3 (RGB) or 1 (gray) channels in the source and another count here, otherwise alike."""
+    return (own.ndim == 4 and theirs.ndim == 4 and theirs.shape[1] in (1, 3) and own.shape[1] != theirs.shape[1]
             and own.shape[0] == theirs.shape[0] and own.shape[2:] == theirs.shape[2:])
 
 

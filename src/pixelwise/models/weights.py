@@ -84,7 +84,11 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def adapt_first_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
-    """RGB filters (O, 3, k, k) for ``in_channels`` inputs: summed for one channel, else cycled and rescaled.
+    """RGB (O, 3, k, k) or gray (O, 1, k, k) filters for ``in_channels`` inputs.
+
+    Gray filters are shared out: each of the N channels gets the filter divided by N, so an image whose channels
+    all equal the gray value responds as the gray image did (a membrane model fine-tuned on RGB starts from
+    what it learnt). RGB filters: summed for one channel, else cycled and rescaled.
 
     One channel gets R + G + B: a gray image responds as the RGB image with R = G = B = gray did. N channels
     get R, G, B, R, G, ... (channel i the filter of colour (i - 1) mod 3), all times 3/N, so inputs of the same
@@ -92,6 +96,8 @@ def adapt_first_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
     green, blue first, as data.bands [4, 3, 2, ...] puts Sentinel-2's) meet the filters of their colours; the
     others start from a colour's filter and are adapted by training.
     """
+    if weight.shape[1] == 1:
+        return weight.repeat(1, in_channels, 1, 1) / in_channels
     if in_channels == 1:
         return weight.sum(dim=1, keepdim=True)
     reps = -(-in_channels // weight.shape[1])
