@@ -255,7 +255,8 @@ def test_hf_models_are_downloaded_files_only_then_served_as_local_ones(served_ru
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
     run = model_path("hf://org/camvid@v1")
     assert (run / "config.yaml").is_file() and (run / "best.safetensors").is_file()
-    assert calls[-1] == ("org/camvid", "v1", ["config.yaml", "best.safetensors", "summary.json", "model.onnx"])
+    assert calls[-1] == ("org/camvid", "v1", ["config.yaml", "best.safetensors", "summary.json", "calibration.json",
+                                            "model.onnx"])
     assert not (run / "metrics.csv").exists()  # only what serving needs
     assert model_path("hf://org/camvid/exports") == tmp_path / "cache" / "main" / "exports" / "model.onnx"
     onnx = model_path("hf://org/camvid/model.onnx")

@@ -55,6 +55,25 @@ def test_push_then_load_from_the_hub_cache_offline_gives_identical_predictions(s
         push(served_run, "no-namespace", api=hub)
 
 
+def test_a_calibrated_run_predicts_the_same_probabilities_after_the_round_trip(served_run, tmp_path, monkeypatch):
+    """The temperature of `pixelwise calibrate` travels with the run: pushed, downloaded, applied, in the card."""
+    run = tmp_path / "run"
+    shutil.copytree(served_run, run)
+    (run / "calibration.json").write_text(json.dumps({"temperature": 2.5}))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    result = push(run, "alice/calibrated", api=LocalHub(tmp_path / "hub"))
+    assert "calibration.json" in result["files"]
+    pulled = Segmenter.load("hf://alice/calibrated", device="cpu", amp="off")
+    local = Segmenter.load(run, device="cpu", amp="off")
+    raw = Segmenter.load(served_run, device="cpu", amp="off")
+    image = np.random.default_rng(2).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    assert np.array_equal(pulled.probabilities(image), local.probabilities(image))
+    assert not np.allclose(pulled.probabilities(image), raw.probabilities(image))  # the temperature is applied
+    card = (tmp_path / "hub" / "models--alice--calibrated").rglob("README.md")
+    assert "temperature 2.500" in next(card).read_text()
+
+
 def test_model_card_and_files_written_to_a_folder(served_run, tmp_path):
     out = tmp_path / "repo"
     result = push(served_run, "alice/shapes", onnx="fp32", smp=True, to_folder=out)

@@ -1,9 +1,10 @@
 """Models on the Hugging Face Hub: ``hf://OWNER/NAME[/PATH][@REVISION]`` -> a local run directory or .onnx file.
 
 One place for ``serve``, ``Segmenter.load`` and ``model.init_from``. Only the files a model needs are downloaded
-(the run's config.yaml, best.safetensors and summary.json, or the .onnx named), once, into the Hugging Face cache
-(``HF_HOME``); a private repository takes ``HF_TOKEN``. What is downloaded is loaded as any local model:
-safetensors, a YAML config read with the safe loader, or an ONNX graph, so no code from the repository runs.
+(the run's config.yaml, best.safetensors, summary.json and calibration.json, or the .onnx named), once, into the
+Hugging Face cache (``HF_HOME``); a private repository takes ``HF_TOKEN``. What is downloaded is loaded as any
+local model: safetensors, a YAML config read with the safe loader, or an ONNX graph, so no code from the
+repository runs.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path, PurePosixPath
 
 from pixelwise.errors import PixelwiseError
 
-RUN_FILES = ("config.yaml", "best.safetensors", "summary.json", "model.onnx")
+RUN_FILES = ("config.yaml", "best.safetensors", "summary.json", "calibration.json", "model.onnx")
 FORM = "hf://OWNER/NAME[/PATH][@REVISION], e.g. hf://org/camvid-unet or hf://org/camvid-unet/model.onnx"
 
 

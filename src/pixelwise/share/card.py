@@ -88,6 +88,10 @@ def model_card(run_dir: Path, repo_id: str, files: list[str]) -> str:
         'mask = seg.predict("image.png")   # HxW class indices, in the order of the table below', "```", "",
         f"`pixelwise serve hf://{repo_id}` serves it over HTTP; `model.init_from: hf://{repo_id}` fine-tunes it.",
     ]
+    calibration = _json(run_dir / "calibration.json")
+    if calibration.get("temperature") is not None:
+        lines.append(f"Its probabilities are calibrated: temperature {float(calibration['temperature']):.3f} "
+                     "(`calibration.json`, applied by `Segmenter` and folded into `model.onnx`; masks are unchanged).")
     if "model.onnx" in files:
         lines.append("`model.onnx` runs without pixelwise or PyTorch (ONNX Runtime; uint8 input, preprocessing in the "
                      "graph)" + (", `model.int8.onnx` is its int8 version." if "model.int8.onnx" in files else "."))

@@ -24,7 +24,9 @@ from pixelwise.inference.predictor import load_run_config
 from pixelwise.progress import console
 from pixelwise.share.card import model_card
 
-RUN_FILES = ("config.yaml", "best.safetensors", "summary.json", "metrics.csv", "dataset.json", "eval_val.json")
+# calibration.json (``pixelwise calibrate``): the temperature Segmenter applies, so hf:// loads predict as the run does
+RUN_FILES = ("config.yaml", "best.safetensors", "summary.json", "metrics.csv", "dataset.json", "eval_val.json",
+             "calibration.json")
 REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
