@@ -55,7 +55,8 @@ def explain(
                                                   "class), truth (its true pixels, with --masks) or box (--box)."),
     box: str | None = typer.Option(None, help="X0,Y0,X1,Y1 for --region box."),
     masks: Path | None = typer.Option(None, help="Folder of the images' masks (same stems) for --region truth."),
-    layer: str | None = typer.Option(None, help="Target module (dotted name in the network; default: the encoder's "
+    layer: str | None = typer.Option(None, help="Target module (dotted name in the network; default: the "
+                                                "decoder's last map at 1/4 resolution or coarser, else the encoder's "
                                                 "deepest stage)."),
     out_dir: Path = typer.Option(..., "--out", help="Folder for the overlays and explanations.json."),
     device: str = typer.Option("auto", help=DEVICE_HELP),

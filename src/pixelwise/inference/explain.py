@@ -2,10 +2,11 @@
 
 The target is grad-cam's ``SemanticSegmentationTarget``: the sum of the class's logits over a region (the pixels
 predicted as the class, its true pixels, or a box), so the map answers "which features made the network call these
-pixels CLASS". The layer is chosen per architecture automatically: the encoder's deepest stage (the last module of
-``net.encoder``, in execution order, whose output is a 4-D feature map at the encoder's coarsest resolution; the
-whole ``encoder`` for ``seed_cnn``). The decoder is not used: with a linear head after it, its CAM is little more
-than the class's logit map. ``layer=`` (``--layer``) names another module of the network (dotted path).
+pixels CLASS". The layer is chosen per architecture automatically (``auto_layer``): the decoder's last feature
+map at 1/4 of the input's resolution or coarser, so the map can point at objects a few pixels wide yet is still
+some layers before the head (not just the class's logit map); the encoder's deepest stage where there is no
+decoder (the whole ``encoder`` for ``seed_cnn``). ``layer=`` (``--layer``) names another module of the network
+(dotted path).
 ``reseg``'s map is of its CNN encoder, before the RNN sweeps mix information along rows and columns, so it shows
 what the features saw, not how far the RNN carried it.
 """
@@ -47,17 +48,23 @@ def _cam_class(method: str) -> Any:
 
 
 def auto_layer(net: Any, channels: int, side: int = 64) -> str:
-    """The dotted name (in ``net``) of the encoder's deepest feature-map module, found by running a probe input."""
+    """The dotted name (in ``net``) of the module whose map is explained, found by running a probe input.
+
+    With a decoder: its last module (in execution order) whose output is a 4-D map at 1/4 of the input's
+    resolution or coarser (Unet's stride-4 block, FPN's and DeepLabV3+'s merged output). Without one: the
+    encoder's deepest stage. Measured (docs/guide.md, Explanations): the encoder's deepest stage (1/32) puts the
+    map's peak inside the explained class's region far less often on the demo data, because at 1/32 a small
+    object is a fraction of one cell.
+    """
     import torch
 
-    root = getattr(net, "encoder", None)
-    if root is None:
-        raise PixelwiseError(f"{type(net).__name__}: no .encoder to take a target layer from; name one with --layer "
-                             "(a module whose output is an (N, C, h, w) feature map)")
-    prefix = "encoder"
-    seen: list[tuple[str, int]] = []
+    decoder, encoder = getattr(net, "decoder", None), getattr(net, "encoder", None)
+    if encoder is None and decoder is None:
+        raise PixelwiseError(f"{type(net).__name__}: no .encoder or .decoder to take a target layer from; name one "
+                             "with --layer (a module whose output is an (N, C, h, w) feature map)")
+    seen: list[tuple[str, int]] = []  # (dotted name in net, output area), in the order the outputs are made
     hooks = []
-    for name, module in root.named_modules():
+    for name, module in net.named_modules():
         def hook(mod: Any, inp: Any, out: Any, name: str = name) -> None:
             if isinstance(out, torch.Tensor) and out.ndim == 4:
                 seen.append((name, out.shape[-1] * out.shape[-2]))
@@ -69,12 +76,16 @@ def auto_layer(net: Any, channels: int, side: int = 64) -> str:
     finally:
         for h in hooks:
             h.remove()
-    if not seen:
-        raise PixelwiseError(f"{type(net).__name__}: its encoder yields no (N, C, h, w) feature maps; name a layer "
+    if isinstance(decoder, torch.nn.Module):
+        coarse = [n for n, area in seen if (n == "decoder" or n.startswith("decoder.")) and area * 16 <= side * side]
+        if coarse:
+            return coarse[-1]
+    mine = [(n, area) for n, area in seen if encoder is not None and (n == "encoder" or n.startswith("encoder."))]
+    if not mine:
+        raise PixelwiseError(f"{type(net).__name__}: no (N, C, h, w) feature map to explain found; name a layer "
                              "with --layer")
-    smallest = min(area for _, area in seen)
-    name = [n for n, area in seen if area == smallest][-1]
-    return f"{prefix}.{name}" if name else prefix
+    smallest = min(area for _, area in mine)
+    return [n for n, area in mine if area == smallest][-1]
 
 
 def find_layer(net: Any, name: str) -> Any:
