@@ -164,11 +164,15 @@ def create_model(
         check_encoder(encoder)
     elif encoder_weights not in (None, "auto"):
         raise ConfigError(f"'{arch}' has no pretrained encoder; set model.encoder_weights: null")
+    found = None
     if encoder_weights == "auto":
-        encoder_weights, note = P.resolve_auto(encoder, spec.uses_encoder)
+        encoder_weights, note, found = P.settle_auto(encoder, spec.uses_encoder)
         if spec.uses_encoder:
             console.print(note)
-    found = P.find_weights(encoder) if encoder_weights == "imagenet" else None
+    if encoder_weights != "imagenet":
+        found = None
+    elif found is None:
+        found = P.find_weights(encoder)
     if found is not None and not found.available:
         raise PixelwiseError(f"model.encoder_weights imagenet: {found.describe()}. {P.how_to_get(encoder)}; or train "
                              "from scratch (model.encoder_weights: null)")
@@ -180,17 +184,17 @@ def create_model(
         raise ConfigError(f"model '{arch}' with encoder '{encoder}': {e}") from None
     if found is not None and found.where == "package":
         W.announce(W.load_offline_package(model, encoder, found.path), f"the offline package ({found.path.name})")
-    elif found is not None:
-        path = P.fetch(found)  # the cached file, or downloaded into the Hugging Face cache
+    elif found is not None or encoder_weights is not None:
+        if found is not None:  # the cached file, or downloaded into the Hugging Face cache
+            path = P.fetch(found)
+            shown, source = str(path), found.describe().removeprefix(f"ImageNet weights of {encoder} from ")
+        else:
+            path, shown = Path(str(encoder_weights)).expanduser(), str(encoder_weights)
+            source = shown
         report = W.load_into(W.encoder_module(model), W.read_state_dict(path))
         if report.loaded == 0:
-            raise PixelwiseError(f"{path}: no tensor matches the '{encoder}' encoder ({report.describe()})")
-        W.announce(report, found.describe().removeprefix(f"ImageNet weights of {encoder} from "))
-    elif encoder_weights is not None:
-        report = W.load_into(W.encoder_module(model), W.read_state_dict(Path(encoder_weights).expanduser()))
-        if report.loaded == 0:
-            raise PixelwiseError(f"{encoder_weights}: no tensor matches the '{encoder}' encoder ({report.describe()})")
-        W.announce(report, str(encoder_weights))
+            raise PixelwiseError(f"{shown}: no tensor matches the '{encoder}' encoder ({report.describe()})")
+        W.announce(report, source)
     return model
 
 

@@ -153,10 +153,17 @@ def how_to_get(encoder: str) -> str:
 
 def resolve_auto(encoder: str, uses_encoder: bool = True) -> tuple[str | None, str]:
     """``encoder_weights: auto`` settled: ('imagenet' or None, the sentence saying which and why)."""
+    weights, note, _ = settle_auto(encoder, uses_encoder)
+    return weights, note
+
+
+def settle_auto(encoder: str, uses_encoder: bool = True) -> tuple[str | None, str, Availability | None]:
+    """``resolve_auto`` plus the lookup it made, so a caller that loads the weights does not look (or ask the hub)
+    again."""
     if not uses_encoder:
-        return None, "this architecture has no pretrained encoder: random initialisation"
+        return None, "this architecture has no pretrained encoder: random initialisation", None
     found = find_weights(encoder)
     if found.available:
-        return "imagenet", f"model.encoder_weights auto: {found.describe()}"
+        return "imagenet", f"model.encoder_weights auto: {found.describe()}", found
     return None, (f"model.encoder_weights auto: training from random initialisation ({found.describe()}). "
-                  f"{how_to_get(encoder)}")
+                  f"{how_to_get(encoder)}"), found

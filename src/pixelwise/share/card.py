@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from pixelwise.config import read_yaml
+from pixelwise.inference.calibration import read_temperature
 
 
 def _json(path: Path) -> dict[str, Any]:
@@ -88,9 +89,9 @@ def model_card(run_dir: Path, repo_id: str, files: list[str]) -> str:
         'mask = seg.predict("image.png")   # HxW class indices, in the order of the table below', "```", "",
         f"`pixelwise serve hf://{repo_id}` serves it over HTTP; `model.init_from: hf://{repo_id}` fine-tunes it.",
     ]
-    calibration = _json(run_dir / "calibration.json")
-    if calibration.get("temperature") is not None:
-        lines.append(f"Its probabilities are calibrated: temperature {float(calibration['temperature']):.3f} "
+    temperature = read_temperature(run_dir)  # validated, as Segmenter reads it
+    if temperature is not None:
+        lines.append(f"Its probabilities are calibrated: temperature {temperature:.3f} "
                      "(`calibration.json`, applied by `Segmenter` and folded into `model.onnx`; masks are unchanged).")
     if "model.onnx" in files:
         lines.append("`model.onnx` runs without pixelwise or PyTorch (ONNX Runtime; uint8 input, preprocessing in the "
