@@ -16,13 +16,13 @@ from typing import Any
 
 import numpy as np
 
+from pixelwise.config import load_run_config
 from pixelwise.data.build import build_eval_dataset
 from pixelwise.data.classes import IGNORE
 from pixelwise.engine.metrics import metrics_from_confusion
 from pixelwise.errors import PixelwiseError
 from pixelwise.export.onnx import sample_images
 from pixelwise.inference.onnx_backend import METADATA_KEY, OnnxBackend, pad_to_multiple
-from pixelwise.inference.predictor import load_run_config
 from pixelwise.progress import track
 
 
@@ -83,7 +83,8 @@ def quantize(run_dir: Path, fp32: Path, out: Path | None = None, calibration_ima
             quantize_static(str(prepared), str(quantized), _reader(images, backend.input, backend.multiple,
                                                                     backend.min_size),
                             quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
-                            weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
+                            weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+                            nodes_to_exclude=size_nodes(onnx.load(str(prepared)).graph))
         except Exception as e:  # onnxruntime's tools raise bare exceptions of many kinds
             raise PixelwiseError(f"{fp32}: onnxruntime could not quantize this model to int8 ({type(e).__name__}: "
                                  f"{e}); the fp32 model is written and unaffected: use it as it is") from None
@@ -94,8 +95,49 @@ def quantize(run_dir: Path, fp32: Path, out: Path | None = None, calibration_ima
             entry.key, entry.value = prop.key, prop.value
         assert any(p.key == METADATA_KEY for p in proto.metadata_props)
         onnx.save(proto, str(quantized))
+        _check_runs(quantized, fp32, images[0].shape[:2] if images else (backend.min_size, backend.min_size))
         os.replace(quantized, out)
     return out
+
+
+# Ops whose inputs after the first are sizes, indices or shapes: a size computed from Shape stops there.
+_SIZE_INPUTS = {"Pad", "Reshape", "Resize", "Upsample", "Slice", "Expand", "Tile", "ConstantOfShape", "Range"}
+
+
+def size_nodes(graph: Any) -> list[str]:
+    """The nodes that compute sizes from ``Shape`` (timm's TF-"same" padding in EfficientNet-Lite, interpolation to
+    a skip connection's size), up to the Pad/Resize/Reshape/Slice they feed. Quantized, their float arithmetic
+    rounds pad and resize amounts to uint8 steps of the calibration range, and the int8 model then adds maps of
+    different sizes (ONNX Runtime: "Attempting to broadcast an axis by a dimension other than 1"); they stay fp32.
+    """
+    consumers: dict[str, list[tuple[Any, int]]] = {}
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            consumers.setdefault(name, []).append((node, i))
+    marked: set[str] = set()
+    todo = [out for node in graph.node if node.op_type == "Shape" for out in node.output]
+    while todo:
+        for node, i in consumers.get(todo.pop(), []):
+            if (node.op_type in _SIZE_INPUTS and (i > 0 or node.op_type in ("ConstantOfShape", "Range"))) or \
+                    node.name in marked:
+                continue
+            marked.add(node.name)
+            todo.extend(node.output)
+    return sorted(marked)
+
+
+def _check_runs(int8: Path, fp32: Path, size: tuple[int, int]) -> None:
+    """Run the int8 model once at a calibration image's size and once at another: ONNX Runtime can write an int8
+    graph that its own fused kernels then refuse at every size (QLinearAdd in Linknet's decoder: "Attempting to
+    broadcast an axis by a dimension other than 1"), where the fp32 graph runs."""
+    model = OnnxBackend(int8, threads=1)
+    for h, w in (size, (4 * model.multiple + 1, 3 * model.multiple + 1)):
+        try:
+            model(np.zeros((1, model.meta["channels"], h, w), dtype=model.input_dtype))
+        except Exception as e:  # onnxruntime's own error types
+            reason = str(e).split("Status Message:")[-1].strip().splitlines()[0][-200:]
+            raise PixelwiseError(f"{fp32}: onnxruntime wrote an int8 model of this network that it cannot run "
+                                 f"({reason}); the fp32 model is written and unaffected: use it as it is") from None
 
 
 def compare_on_split(run_dir: Path, fp32: Path, int8: Path, split: str = "val",
