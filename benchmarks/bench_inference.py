@@ -31,9 +31,10 @@ import cv2
 import numpy as np
 import torch
 
+from pixelwise.config import load_run_config
 from pixelwise.engine.padding import pad_to_multiple
 from pixelwise.export.onnx import sample_images
-from pixelwise.inference.predictor import Segmenter, load_run_config
+from pixelwise.inference.predictor import Segmenter
 
 
 def peer_eval_ips(seg: Segmenter, frames: list[np.ndarray], batch: int) -> float:

@@ -296,9 +296,9 @@ def onnx(table: Table, run: Path) -> None:
         table.add("ONNX export", "CUDA EP parity", note=f"skipped: this onnxruntime build has no CUDA provider "
                   f"({', '.join(ort.get_available_providers())}); install onnxruntime-gpu to check it")
         return
+    from pixelwise.config import load_run_config
     from pixelwise.export.onnx import parity, sample_images
     from pixelwise.inference.onnx_backend import OnnxBackend
-    from pixelwise.inference.predictor import load_run_config
     from pixelwise.inference.torch_backend import load_torch_backend
 
     cfg = load_run_config(run)

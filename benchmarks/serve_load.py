@@ -32,8 +32,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from pixelwise.config import load_run_config
 from pixelwise.inference.files import collect_inputs
-from pixelwise.inference.predictor import load_run_config
 
 MEMORY_AT = 1000  # requests after which the server's memory is read again
 

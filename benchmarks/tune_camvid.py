@@ -7,12 +7,15 @@ and the latency objective is measured on this machine):
   which is ``--auto``'s configuration at the same per-trial budget;
 - ``pareto``: the same with ``--objectives miou,latency`` (ONNX int8, 360x480 images): the Pareto front as a table
   (the plot is RUN/plots/pareto.png);
+- ``remeasure``: ``pixelwise tune --remeasure`` on the pareto study: its latencies measured again, one trial after
+  another on a quiet machine (workers measure theirs while others train), and the front by those numbers;
 - ``distill``: a teacher run (``--teacher``, e.g. the pretrained Unet) -> a student (``--student-arch``, seed_cnn by
   default) at equal steps, with and without distillation: val mIoU and ONNX int8 latency (360x480) of teacher, plain
   student and distilled student.
 
     python benchmarks/tune_camvid.py search --budget 2h --trial-budget 10m
     python benchmarks/tune_camvid.py pareto --budget 2h --trial-budget 10m
+    python benchmarks/tune_camvid.py remeasure
     python benchmarks/tune_camvid.py distill --teacher runs/camvid-unet --steps 600 --crop 160
     python benchmarks/tune_camvid.py pareto --budget 1h --trials 2 --trial-budget 60s    # a smoke run
 
@@ -35,17 +38,23 @@ DATA = ROOT.parent / "shared" / "data" / "camvid"
 PIXELWISE = str(Path(sys.executable).with_name("pixelwise"))
 
 
-def tune(args: argparse.Namespace, objectives: str) -> None:
+def tune_command(args: argparse.Namespace, objectives: str) -> tuple[list[str], Path]:
     name = f"camvid-{'pareto' if objectives != 'miou' else 'search'}"
     cmd = [PIXELWISE, "tune", "--data", str(args.data), "--study", name, "--out", str(args.out / f"tune-{name}"),
            "--trial-budget", args.trial_budget, "--objectives", objectives, "--latency-size", "360x480"]
-    cmd += ["--budget", args.budget] if args.budget else []
-    cmd += ["--trials", str(args.trials)] if args.trials else []
+    cmd += ["--space", str(args.space)] if args.space else []
     for s in args.set:
         cmd += ["--set", s]
+    return cmd, args.out / f"tune-{name}"
+
+
+def tune(args: argparse.Namespace, objectives: str) -> None:
+    cmd, folder = tune_command(args, objectives)
+    cmd += ["--budget", args.budget] if args.budget else []
+    cmd += ["--trials", str(args.trials)] if args.trials else []
     print(" ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
-    rows = list(csv.DictReader((args.out / f"tune-{name}" / "trials.csv").open()))
+    rows = list(csv.DictReader((folder / "trials.csv").open()))
     done = [r for r in rows if r["state"] == "complete"]
     base = [r for r in done if r["base"] == "True"]
     print(f"\n{len(rows)} trials ({len(done)} complete) at {args.trial_budget} each")
@@ -55,13 +64,33 @@ def tune(args: argparse.Namespace, objectives: str) -> None:
         best = max(done, key=lambda r: float(r["miou"]))
         print(f"best: trial {best['number']}, val mIoU {float(best['miou']):.4f}, {best['params']}")
         return
+    print_front(rows)
+
+
+def print_front(rows: list[dict]) -> None:
+    """Every complete trial by latency, marked where on the Pareto front; both latencies where re-measured."""
     from pixelwise.tune.report import pareto_front
 
-    front = pareto_front([{**r, "number": int(r["number"]), "miou": float(r["miou"]),
-                           "latency_ms": float(r["latency_ms"])} for r in done if r["latency_ms"]])
-    print("\n| trial | val mIoU | ms per 360x480 image (ONNX int8) | parameters |\n|---|---|---|---|")
-    for r in front:
-        print(f"| {r['number']} | {r['miou']:.4f} | {r['latency_ms']:.1f} | `{r['params']}` |")
+    done = [{**r, "number": int(r["number"]), "miou": float(r["miou"]), "latency_ms": float(r["latency_ms"]),
+             "base": r["base"] == "True"} for r in rows if r["state"] == "complete" and r["latency_ms"]]
+    front = {r["number"] for r in pareto_front(done)}
+    print("\n| trial | val mIoU | ms per 360x480 image (ONNX int8) | ms as the trial ran | Pareto front | parameters |"
+          "\n|---|---|---|---|---|---|")
+    for r in sorted(done, key=lambda r: r["latency_ms"]):
+        at_trial = r.get("trial_latency_ms") or r["latency_ms"]
+        print(f"| {r['number']}{' (plan)' if r['base'] else ''} | {r['miou']:.4f} | {r['latency_ms']:.1f} | "
+              f"{float(at_trial):.1f} | {'yes' if r['number'] in front else ''} | `{r['params']}` |")
+
+
+def remeasure(args: argparse.Namespace) -> None:
+    """``pixelwise tune --remeasure`` on the pareto study: every complete trial's latency measured again, one after
+    another on a quiet machine (workers measure theirs while others train); the report and plots/pareto.png are
+    redone with them and the table shows both."""
+    cmd, folder = tune_command(args, "miou,latency")
+    cmd += ["--remeasure"]
+    print(" ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+    print_front(list(csv.DictReader((folder / "trials.csv").open())))
 
 
 def train(run: Path, extra: list[str], args: argparse.Namespace) -> dict:
@@ -103,13 +132,14 @@ def distill(args: argparse.Namespace) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("part", choices=["search", "pareto", "distill"])
+    p.add_argument("part", choices=["search", "pareto", "remeasure", "distill"])
     p.add_argument("--data", type=Path, default=DATA)
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "tune-camvid-evidence")
     p.add_argument("--budget", default="2h", help="the study's time (search, pareto)")
     p.add_argument("--trials", type=int, default=None)
     p.add_argument("--trial-budget", default="10m")
     p.add_argument("--set", action="append", default=[], help="a config override for every run")
+    p.add_argument("--space", type=Path, default=None, help="search space YAML (default: the built-in one)")
     p.add_argument("--teacher", type=Path, default=None, help="distill: the teacher's run directory")
     p.add_argument("--student-arch", default="seed_cnn")
     p.add_argument("--steps", type=int, default=600)
@@ -124,6 +154,8 @@ def main() -> None:
         if args.teacher is None:
             sys.exit("distill needs --teacher RUN (a trained CamVid run)")
         distill(args)
+    elif args.part == "remeasure":
+        remeasure(args)
     else:
         tune(args, "miou" if args.part == "search" else "miou,latency")
 

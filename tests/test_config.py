@@ -109,3 +109,18 @@ def test_amp_off_survives_yaml_reading_it_as_false(tmp_path):
     assert load_config(None, ["train.amp=off"]).train.amp == "off"
     (tmp_path / "c.yaml").write_text("train:\n  amp: off\n")
     assert load_config(tmp_path / "c.yaml").train.amp == "off"
+
+
+@pytest.mark.parametrize("text,hw", [("360x480", [360, 480]), ("64X32", [64, 32])])
+def test_sizes(text, hw):
+    from pixelwise.config_sections import parse_hw
+
+    assert parse_hw(text) == hw
+
+
+@pytest.mark.parametrize("text", ["360", "360x", "axb", "0x480", "-1x3", "1x2x3"])
+def test_bad_sizes(text):
+    from pixelwise.config_sections import parse_hw
+
+    with pytest.raises(ValueError, match="HEIGHTxWIDTH|at least 1"):
+        parse_hw(text)

@@ -356,7 +356,7 @@ def test_models_info_sizes(monkeypatch):
     from pixelwise.cli import app
 
     result = CliRunner().invoke(app, ["models", "--info", "unet", "--size", "0x0"])
-    assert "--size 0x0: an image has at least 1x1 pixels" in str(result.exception)
+    assert "--size: '0x0': height and width must be at least 1 pixel" in str(result.exception)
     result = CliRunner().invoke(app, ["models", "--info", "unet", "--size", "50x70", "--classes", "3"])
     assert result.exit_code == 0 and "per 50x70 image" in result.output and "padded to 64x96" in result.output
     monkeypatch.setattr("pixelwise.memory.available_bytes", lambda device="cpu": 8 * 2**30)

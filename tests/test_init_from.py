@@ -87,3 +87,18 @@ def test_a_gray_source_is_shared_out_over_rgb_input(served_run, synthetic_data, 
     assert torch.allclose(own, source["net.encoder.conv1.weight"].expand_as(own) / 3)
     assert "adapted to the input channels (as pretrained encoders are): net.encoder.conv1.weight" in \
         " ".join(capsys.readouterr())
+
+
+def test_resume_does_not_read_the_init_from_source_again(served_run, synthetic_data, tmp_path):
+    """A fine-tuned run resumes from its own last.ckpt even when the run it started from is gone."""
+    from pixelwise.engine.trainer import Trainer
+
+    source = tmp_path / "source"
+    shutil.copytree(served_run, source)
+    overrides = [*tiny_overrides(synthetic_data), f"model.init_from={source}"]
+    run = tmp_path / "run"
+    Trainer(load_config(overrides=[*overrides, "train.max_steps=2"]), run).fit()
+    shutil.rmtree(source)
+    summary = Trainer(load_config(overrides=[*overrides, "train.max_steps=4"]), run, resume=True).fit()
+    assert summary["steps"] == 4
+    assert yaml.safe_load((run / "config.yaml").read_text())["model"]["init_from"] == str(source.resolve())

@@ -161,3 +161,33 @@ def test_active_learning_benchmark_builds_round_datasets_pixelwise_reads(synthet
     al.summarise([{"strategy": s, "seed": 0, "round": 0, "val_miou": v} for s, v in (("entropy", 0.5), ("random",
                                                                                                          0.4))])
     assert "entropy 0.5000±0.0000 (+10.0 points vs random)" in capsys.readouterr().err
+
+
+def test_active_learning_benchmark_runs_breadth_first_and_resumes(synthetic_data, tmp_path, monkeypatch):
+    """Two rounds of entropy and random on tiny data; a re-run trains nothing and keeps every row and choice."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import active_learning as al
+
+    out, work = tmp_path / "al.csv", tmp_path / "work"
+    sets = [a for o in tiny_overrides(synthetic_data)[1:] for a in ("--set", o)]
+    argv = ["active_learning.py", "--data", str(synthetic_data), "--config", "none", "--start", "4", "--add", "2",
+            "--rounds", "1", "--steps", "1", "--strategies", "entropy,random", "--seeds", "0",
+            "--random-seeds", "0,1", "--work", str(work), "--out", str(out), "--set", "model.encoder_weights=null",
+            *sets]
+    monkeypatch.setattr(sys, "argv", argv)
+    al.main()
+    rows = list(csv.DictReader(out.open()))
+    assert [(r["strategy"], r["seed"], r["round"], r["labelled"]) for r in rows] == [
+        ("entropy", "0", "0", "4"), ("random", "0", "0", "4"), ("random", "1", "0", "4"),
+        ("entropy", "0", "1", "6"), ("random", "0", "1", "6"), ("random", "1", "1", "6")]
+    assert rows[1]["train_seconds"] == "0.0"  # round 0 is trained once per seed and shared by the strategies
+    state = json.loads((work / "state.json").read_text())
+    assert state["entropy-seed0"]["0"] == state["random-seed0"]["0"] != state["random-seed1"]["0"]
+    assert set(state["entropy-seed0"]["0"]) < set(state["entropy-seed0"]["1"])
+    runs = sorted(p.parent.parent.name for p in work.glob("*/run/summary.json"))
+    assert runs == ["entropy-seed0-round1", "random-seed0-round1", "random-seed1-round1", "seed0-round0",
+                    "seed1-round0"]
+    stamps = {p: p.stat().st_mtime_ns for p in work.glob("*/run/summary.json")}
+    al.main()  # resumed: nothing trained again, nothing appended
+    assert list(csv.DictReader(out.open())) == rows
+    assert {p: p.stat().st_mtime_ns for p in work.glob("*/run/summary.json")} == stamps

@@ -222,6 +222,50 @@ def test_pruning_stops_a_scripted_bad_trial_through_the_callback():
     assert bad.pruned_at == 2 and states["bad"].stop_reason.startswith("pruned by the study after epoch 2")
 
 
+def test_remeasure_measures_the_complete_trials_again_and_the_front_uses_it(study_files: dict,
+                                                                           monkeypatch: pytest.MonkeyPatch):
+    import csv
+
+    import pixelwise.tune.study as study_module
+    import pixelwise.tune.trial as trial_module
+
+    def scripted(trial, parent, space, base, settings, prune):  # noqa: ANN001, ANN202
+        run = parent / f"trial-{trial.number:04d}"
+        run.mkdir(parents=True, exist_ok=True)
+        if trial.number != 1:  # trial 1's run folder is on another machine
+            (run / "config.yaml").write_text("{}")
+        trial.set_user_attr("run", str(run))
+        return space.suggest(trial)["optim.lr"], 100.0 + trial.number  # as measured beside other workers
+
+    monkeypatch.setattr(study_module, "run_trial", scripted)
+    req = TuneRequest(config=study_files["config"], trials=3, study="s", space=study_files["space"],
+                      out=study_files["out"], objectives="miou,latency", latency_size="64x64")
+    tune(req)
+    again = TuneRequest(**{**vars(req), "trials": None, "remeasure": True})
+    with pytest.raises(PixelwiseError, match="--remeasure: there is no study 'other'"):
+        tune(TuneRequest(**{**vars(again), "study": "other"}))
+    measured = []
+
+    def quiet(run, backend, size):  # noqa: ANN001, ANN202
+        measured.append((Path(run).name, backend, list(size)))
+        return 10.0 * int(Path(run).name[-1]) + 1
+
+    monkeypatch.setattr(trial_module, "measure_latency", quiet)
+    result = tune(again)
+    assert result["ran"] == 0 and result["trials"] == 3  # no trial was run
+    assert measured == [("trial-0000", "onnx-int8", [64, 64]), ("trial-0002", "onnx-int8", [64, 64])]
+    rows = list(csv.DictReader((study_files["out"] / "trials.csv").open()))
+    assert [(r["latency_ms"], r["trial_latency_ms"]) for r in rows] == [("1.0", "100.0"), ("101.0", "101.0"),
+                                                                          ("21.0", "102.0")]
+    assert "measured again one after another" in (study_files["out"] / "report.html").read_text()
+    monkeypatch.setattr(study_module, "run_trial", lambda trial, *a: 0.5)
+    plain = TuneRequest(**{**vars(req), "study": "m", "objectives": "miou", "latency_size": None,
+                           "out": study_files["out"].parent / "m", "trials": 1})
+    tune(plain)
+    with pytest.raises(PixelwiseError, match="no latency objective"):
+        tune(TuneRequest(**{**vars(plain), "trials": None, "remeasure": True}))
+
+
 def test_pareto_front_keeps_the_trials_nothing_beats():
     rows = [{"number": n, "state": "complete", "miou": m, "latency_ms": ms, "base": False}
             for n, m, ms in [(0, 0.5, 10), (1, 0.6, 20), (2, 0.55, 25), (3, 0.4, 5), (4, 0.6, 30)]]

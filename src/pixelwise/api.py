@@ -246,7 +246,7 @@ class Run:
 
     @property
     def config(self) -> Config:
-        from pixelwise.inference.predictor import load_run_config
+        from pixelwise.config import load_run_config
 
         return load_run_config(self.dir)
 

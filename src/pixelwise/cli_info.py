@@ -53,12 +53,13 @@ def models(
             table.add_row(name, ARCHITECTURES.get(name).summary)
         out.print(table)
         return
+    from pixelwise.config_sections import parse_hw
     from pixelwise.models.info import model_info
 
     try:
-        h, w = (int(v) for v in size.lower().split("x"))
-    except ValueError:
-        raise PixelwiseError(f"--size expects HxW, e.g. 320x320, got '{size}'") from None
+        h, w = parse_hw(size)
+    except ValueError as e:
+        raise PixelwiseError(f"--size: {e}") from None
     result = model_info(info, encoder, in_channels, classes, (h, w))
     rh, rw = result["input"][2:]
     padded = f", padded to {rh}x{rw} as prediction pads it" if (rh, rw) != (h, w) else ""

@@ -38,6 +38,9 @@ def tune(
     resume: bool = typer.Option(False, help="Continue an existing study (re-running the command does the same; "
                                             "this refuses to start a new one)."),
     heartbeat: int = typer.Option(30, min=1, hidden=True, help="Seconds between a trial's heartbeats."),
+    remeasure: bool = typer.Option(False, help="Run no trial: measure every complete trial's latency again here, "
+                                               "one after another (workers measure theirs while others train), "
+                                               "and redo the report and front with them."),
 ) -> None:
     """Search architectures, encoders, losses and hyperparameters (Optuna); every trial is a run directory.
 
@@ -47,7 +50,8 @@ def tune(
     from pixelwise.tune import tune as run_tune
 
     result = run_tune(TuneRequest(config, data, fmt, trials, budget, trial_budget, study, storage, tuple(set_), space,
-                                  objectives, pruner, latency_backend, latency_size, out_dir, resume, heartbeat))
+                                  objectives, pruner, latency_backend, latency_size, out_dir, resume, heartbeat,
+                                  remeasure))
     err.print(f"report: {result['report']}")
     out.print_json(json.dumps(result))
 
@@ -90,12 +94,9 @@ def distill(
 
 
 def _teacher_data(teacher: Path) -> Path:
-    from pixelwise.safe_load import load_file
+    from pixelwise.engine.distill import teacher_config
 
-    path = teacher / "config.yaml"
-    if not path.is_file():
-        raise PixelwiseError(f"{teacher}: not a run directory (no config.yaml); give the teacher's run directory")
-    root = (load_file(path, "run config") or {}).get("data", {}).get("root")
+    root = teacher_config(teacher).data.root  # the teacher's checked config: an error names what is missing
     if root is None:
         raise PixelwiseError(f"{teacher} trained on your own Dataset: give the student's data with --data DIR")
     return Path(root)

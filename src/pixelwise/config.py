@@ -23,7 +23,8 @@ from pixelwise.config_sections import (
     TrainConfig,
     parse_duration,
 )
-from pixelwise.errors import ConfigError, did_you_mean
+from pixelwise.data.classes import ClassTable
+from pixelwise.errors import ConfigError, PixelwiseError, did_you_mean
 from pixelwise.safe_load import load_yaml, read_text
 
 __all__ = ["AugmentConfig", "Config", "DataConfig", "EarlyStoppingConfig", "LossConfig", "ModelConfig",
@@ -176,3 +177,17 @@ def load_config(
         return Config.model_validate(tree)
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, str(path) if path else source)) from None
+
+
+def load_run_config(run_dir: Path) -> Config:
+    """The resolved config of a run directory (written by training)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise PixelwiseError(f"{run_dir}: not a run directory (no config.yaml); give the --out of a training run")
+    try:
+        cfg = Config.model_validate(read_yaml(run_dir / "config.yaml"))
+    except ValidationError as e:  # an edited config.yaml: say which key, as for any config
+        raise ConfigError(format_validation_error(e, str(run_dir / "config.yaml"))) from None
+    if not isinstance(cfg.data.classes, ClassTable) or cfg.model.in_channels == "auto":
+        raise ConfigError(f"{run_dir / 'config.yaml'}: not a resolved run config (classes or in_channels missing)")
+    return cfg

@@ -35,6 +35,17 @@ def parse_duration(text: str | float | int) -> float:
     return float(match.group(1)) * _UNIT_SECONDS[(match.group(2) or "s").lower()]
 
 
+def parse_hw(text: str) -> list[int]:
+    """'360x480' -> [360, 480]: height x width, both at least 1."""
+    try:
+        h, w = (int(v) for v in str(text).lower().split("x"))
+    except ValueError:
+        raise ValueError(f"'{text}' is not a size; write HEIGHTxWIDTH, e.g. 360x480") from None
+    if h < 1 or w < 1:
+        raise ValueError(f"'{text}': height and width must be at least 1 pixel")
+    return [h, w]
+
+
 class DataConfig(Strict):
     root: Path | None = None
     format: str = "auto"  # auto (detected) or a name in data.formats.FORMATS (checked by validate.check_names)

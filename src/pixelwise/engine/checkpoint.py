@@ -103,3 +103,21 @@ def load_state(path: Path) -> dict[str, Any]:
     if not isinstance(saved, dict) or any(k not in saved for k in RESUME_KEYS):
         raise PixelwiseError(f"{path}: not a pixelwise resume checkpoint (it needs {', '.join(RESUME_KEYS)})")
     return saved
+
+
+def load_run_network(run_dir: Path, cfg: Any, weights: str = "best.safetensors", into: nn.Module | None = None
+                     ) -> nn.Module:
+    """A run's network, built from its resolved config (no downloads) with its saved weights loaded.
+
+    ``cfg``: the run's config (``load_run_config``); ``into``: a network to load them into instead (a run of the
+    user's own ``nn.Module``). The error names the file when training has not written it yet.
+    """
+    from pixelwise.models.factory import build_network
+
+    path = Path(run_dir) / weights
+    if not path.is_file():
+        raise PixelwiseError(f"{path}: no weights yet (training writes them after its first evaluation)")
+    model = into if into is not None else build_network(cfg.model, int(cfg.model.in_channels),
+                                                        cfg.data.classes.num_classes, pretrained=False)
+    load_weights(model, path)
+    return model

@@ -21,33 +21,24 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from pydantic import ValidationError
 from torch import nn
 
-from pixelwise.config import Config, format_validation_error, read_yaml
+from pixelwise.config import Config, load_run_config
 from pixelwise.config_sections import DistillConfig
 from pixelwise.data.classes import IGNORE, ClassTable
-from pixelwise.engine.checkpoint import load_weights
+from pixelwise.engine.checkpoint import load_run_network
 from pixelwise.engine.runtime import Runtime
-from pixelwise.errors import ConfigError, PixelwiseError
-from pixelwise.models.factory import CUSTOM_ARCH, build_network
+from pixelwise.errors import PixelwiseError
+from pixelwise.models.factory import CUSTOM_ARCH
 
 
 def teacher_config(run_dir: Path) -> Config:
     """The teacher run's resolved config, or an error naming loss.distill.teacher and what is missing."""
     key = "loss.distill.teacher"
-    if not (run_dir / "config.yaml").is_file():
-        raise PixelwiseError(f"{key}: {run_dir} is not a run directory (no config.yaml); give the folder of a "
-                             "finished training run")
-    if not (run_dir / "best.safetensors").is_file():
-        raise PixelwiseError(f"{key}: {run_dir} has no best.safetensors yet (a run writes it after its first "
-                             "evaluation)")
     try:
-        cfg = Config.model_validate(read_yaml(run_dir / "config.yaml"))
-    except ValidationError as e:
-        raise ConfigError(format_validation_error(e, str(run_dir / "config.yaml"))) from None
-    if not isinstance(cfg.data.classes, ClassTable) or cfg.model.in_channels == "auto":
-        raise ConfigError(f"{key}: {run_dir / 'config.yaml'} is not a resolved run config")
+        cfg = load_run_config(run_dir)
+    except PixelwiseError as e:  # ConfigError too: an edited or unresolved config.yaml
+        raise type(e)(f"{key}: {e}") from None
     if cfg.model.arch == CUSTOM_ARCH:
         raise PixelwiseError(f"{key}: {run_dir} trained your own nn.Module, which its config cannot rebuild; "
                              "distil from a run of a registered architecture")
@@ -74,8 +65,10 @@ def load_teacher(run_dir: Path, table: ClassTable, channels: int, dtype: str | N
     """The teacher network (with its own normalisation inside) on the run's device, eval mode, no gradients."""
     cfg = teacher_config(run_dir)
     check_teacher(cfg, run_dir, table, channels, dtype)
-    net = build_network(cfg.model, channels, table.num_classes, pretrained=False)
-    load_weights(net, run_dir / "best.safetensors")
+    try:
+        net = load_run_network(run_dir, cfg)
+    except PixelwiseError as e:  # no best.safetensors yet
+        raise PixelwiseError(f"loss.distill.teacher: {e}") from None
     memory_format = torch.channels_last if runtime.channels_last else torch.preserve_format
     net = net.to(runtime.device, memory_format=memory_format).eval()
     net.requires_grad_(False)

@@ -169,8 +169,11 @@ def dataset_stats(data: DataBundle) -> dict[str, Any]:
     return stats
 
 
-def prepare(cfg: Config, parts: Parts | None = None) -> Prepared:
+def prepare(cfg: Config, parts: Parts | None = None, resume: bool = False) -> Prepared:
     """Check the data, then build the model, loss, optimizer and loader the config describes.
+
+    ``resume``: the weights come from the run's last.ckpt next, so ``model.init_from`` is not read (its source may
+    have moved or be offline by now, and its weights would be replaced anyway).
 
     Under torchrun every rank runs this: same seed, same checks, same initial weights (DDP also broadcasts
     rank 0's), then its own share of the training data.
@@ -205,7 +208,7 @@ def prepare(cfg: Config, parts: Parts | None = None) -> Prepared:
         model = wrap_network(parts.network, cfg.model, cfg.model.in_channels)
     else:
         model = build_network(cfg.model, cfg.model.in_channels, table.num_classes)
-    if cfg.model.init_from is not None:  # the whole model: encoder, decoder and head (re-initialised if it differs)
+    if cfg.model.init_from is not None and not resume:  # the whole model (its head re-initialised if it differs)
         load_init(model, cfg.model.init_from, table.names)
     if not data.custom and min(cfg.data.crop_size) < model.min_size:
         raise PixelwiseError(f"'{cfg.model.arch}' needs inputs of at least {model.min_size} pixels a side; "

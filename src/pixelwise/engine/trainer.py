@@ -83,7 +83,8 @@ class Trainer:
 
     def _build(self, cfg: Config, run_dir: Path, resume: bool, callbacks: list[Callback] | None,
                parts: Parts | None) -> None:
-        p = prepare(cfg if cfg.name else cfg.model_copy(update={"name": run_dir.name}), parts)  # named after its folder
+        p = prepare(cfg if cfg.name else cfg.model_copy(update={"name": run_dir.name}), parts,  # named after its folder
+                    resume=resume)
         self.cfg, self.data, self.runtime, self.model, self.net = p.cfg, p.data, p.runtime, p.model, p.net
         self.criterion, self.optimizer, self.workers, self.loader, self.sampler = (
             p.criterion, p.optimizer, p.workers, p.loader, p.sampler)

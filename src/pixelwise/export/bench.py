@@ -10,11 +10,11 @@ from typing import Any
 
 import numpy as np
 
+from pixelwise.config import load_run_config
 from pixelwise.engine.runtime import cpu_has_fast_bf16, resolve_runtime
 from pixelwise.export.onnx import export_onnx, sample_images
 from pixelwise.export.quantize import quantize
 from pixelwise.inference.onnx_backend import OnnxBackend
-from pixelwise.inference.predictor import load_run_config
 from pixelwise.inference.torch_backend import load_torch_backend
 from pixelwise.progress import console
 

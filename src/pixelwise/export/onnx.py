@@ -23,14 +23,13 @@ import numpy as np
 import torch
 
 from pixelwise.atomic import file_mode
-from pixelwise.config import Config
+from pixelwise.config import Config, load_run_config
 from pixelwise.data.build import build_eval_dataset
 from pixelwise.data.pixels import model_dtype, model_input
 from pixelwise.engine.padding import pad_to_multiple
 from pixelwise.errors import PixelwiseError
 from pixelwise.inference.calibration import read_temperature
 from pixelwise.inference.onnx_backend import METADATA_KEY, OnnxBackend
-from pixelwise.inference.predictor import load_run_config
 from pixelwise.inference.torch_backend import TorchBackend, load_torch_backend
 
 MIN_AGREEMENT = 0.999  # argmax agreement with PyTorch below this fails the export

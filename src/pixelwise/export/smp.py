@@ -18,8 +18,8 @@ from typing import Any
 import torch
 
 from pixelwise.atomic import check_out_dir
+from pixelwise.config import load_run_config
 from pixelwise.errors import PixelwiseError
-from pixelwise.inference.predictor import load_run_config
 from pixelwise.inference.torch_backend import load_torch_backend
 
 USAGE = """import json, numpy as np, torch, segmentation_models_pytorch as smp

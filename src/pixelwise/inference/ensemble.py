@@ -63,11 +63,10 @@ def load_ensemble(runs: list[Path], device: str = "auto", amp: str = "auto",
                   weights: str = "best.safetensors") -> tuple[Any, Any]:
     """(TorchBackend running the ``Ensemble`` of ``runs``, the first run's config); they must agree on classes,
     channels and pixel type."""
-    from pixelwise.engine.checkpoint import load_weights
+    from pixelwise.config import load_run_config
+    from pixelwise.engine.checkpoint import load_run_network
     from pixelwise.engine.runtime import resolve_runtime
-    from pixelwise.inference.predictor import load_run_config
     from pixelwise.inference.torch_backend import TorchBackend
-    from pixelwise.models.factory import build_network
 
     if not runs:
         raise PixelwiseError("an ensemble needs at least one run directory")
@@ -80,10 +79,5 @@ def load_ensemble(runs: list[Path], device: str = "auto", amp: str = "auto",
         if not same:
             raise PixelwiseError(f"{run}: its classes, channels or pixel type differ from {runs[0]}'s; an ensemble "
                                  "averages models of the same task")
-        model = build_network(cfg.model, int(cfg.model.in_channels), cfg.data.classes.num_classes, pretrained=False)
-        path = Path(run) / weights
-        if not path.is_file():
-            raise PixelwiseError(f"{path}: no weights yet (training writes them after its first evaluation)")
-        load_weights(model, path)
-        members.append(model.eval())
+        members.append(load_run_network(Path(run), cfg, weights).eval())
     return TorchBackend(Ensemble(members), resolve_runtime(device, amp, channels_last=True)), first

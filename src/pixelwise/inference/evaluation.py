@@ -6,11 +6,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pixelwise.config import Config
+from pixelwise.config import Config, load_run_config
 from pixelwise.data.build import build_eval_dataset, default_workers
 from pixelwise.data.dataset import SegmentationDataset
 from pixelwise.engine.evaluate import evaluate
-from pixelwise.inference.predictor import Segmenter, load_run_config
+from pixelwise.inference.predictor import Segmenter
 
 
 @dataclass

@@ -11,31 +11,16 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from pydantic import ValidationError
 
-from pixelwise.config import Config, format_validation_error, read_yaml
+from pixelwise.config import Config, load_run_config
 from pixelwise.data.classes import ClassTable
 from pixelwise.data.io import read_image
 from pixelwise.data.pixels import ImageSpec, check_pixels, dtype_class, model_dtype, model_input, spec_of
 from pixelwise.display import display_rgb
-from pixelwise.errors import ConfigError, PixelwiseError
+from pixelwise.errors import PixelwiseError
 from pixelwise.inference.sliding_window import sliding_window_mask, sliding_window_probs
 from pixelwise.inference.tta import FLIPS, tta_probs
 from pixelwise.memory import require_memory
-
-
-def load_run_config(run_dir: Path) -> Config:
-    """The resolved config of a run directory (written by training)."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise PixelwiseError(f"{run_dir}: not a run directory (no config.yaml); give the --out of a training run")
-    try:
-        cfg = Config.model_validate(read_yaml(run_dir / "config.yaml"))
-    except ValidationError as e:  # an edited config.yaml: say which key, as for any config
-        raise ConfigError(format_validation_error(e, str(run_dir / "config.yaml"))) from None
-    if not isinstance(cfg.data.classes, ClassTable) or cfg.model.in_channels == "auto":
-        raise ConfigError(f"{run_dir / 'config.yaml'}: not a resolved run config (classes or in_channels missing)")
-    return cfg
 
 
 def to_channels(image: np.ndarray, channels: int) -> np.ndarray:
@@ -128,8 +113,7 @@ class Segmenter:
             from pixelwise.inference.ensemble import load_ensemble
 
             backend, cfg = load_ensemble([Path(p) for p in path], device, amp, weights)
-            channels = int(cfg.model.in_channels)
-            return cls(backend, cfg.data.classes, channels, tuple(cfg.data.crop_size), spec_of(cfg.data, channels))
+            return cls._of_run(backend, cfg)
         if str(path).startswith("hf://"):  # the run's files, downloaded once into the Hugging Face cache
             from pixelwise.hubfiles import hub_model
 
@@ -153,6 +137,11 @@ class Segmenter:
             from pixelwise.inference.calibration import read_temperature
 
             backend.temperature = read_temperature(path) or 1.0
+        return cls._of_run(backend, cfg)
+
+    @classmethod
+    def _of_run(cls, backend: Any, cfg: Config) -> Segmenter:
+        """A Segmenter of a PyTorch backend and its run's config (classes, channels, crop, how images are read)."""
         channels = int(cfg.model.in_channels)
         return cls(backend, cfg.data.classes, channels, tuple(cfg.data.crop_size), spec_of(cfg.data, channels))
 

@@ -9,11 +9,10 @@ import torch
 from torch import nn
 
 from pixelwise.config import Config
-from pixelwise.engine.checkpoint import load_weights
+from pixelwise.engine.checkpoint import load_run_network
 from pixelwise.engine.padding import forward_padded
 from pixelwise.engine.runtime import Runtime, resolve_runtime
-from pixelwise.errors import PixelwiseError
-from pixelwise.models.factory import Normalized, build_network, wrap_network
+from pixelwise.models.factory import Normalized, wrap_network
 
 
 class TorchBackend:
@@ -50,17 +49,10 @@ def load_torch_backend(run_dir: Path, cfg: Config, device: str = "auto", weights
 
     ``network``: for a run that trained your own ``nn.Module``, an instance of it to load the weights into.
     """
-    table, channels = cfg.data.classes, int(cfg.model.in_channels)
     if network is None and (Path(run_dir) / "folds.json").is_file():  # a cross-validation parent: its folds' average
         from pixelwise.inference.ensemble import fold_runs, load_ensemble
 
         return load_ensemble(fold_runs(Path(run_dir)), device, amp, weights)[0]
-    if network is not None:
-        model = wrap_network(network, cfg.model, channels)
-    else:
-        model = build_network(cfg.model, channels, table.num_classes, pretrained=False)
-    path = run_dir / weights
-    if not path.is_file():
-        raise PixelwiseError(f"{path}: no weights yet (training writes them after its first evaluation)")
-    load_weights(model, path)
+    wrapped = None if network is None else wrap_network(network, cfg.model, int(cfg.model.in_channels))
+    model = load_run_network(run_dir, cfg, weights, into=wrapped)
     return TorchBackend(model, resolve_runtime(device, amp, channels_last=True))

@@ -69,9 +69,10 @@ def _file_split(run_dir: Path, split: str, data_root: Path | None, data_format: 
 def _dataset_split(run_dir: Path, dataset: Any, model: Any, batch_size: int | None, device: str
                    ) -> tuple[Any, Any, _Items, dict[str, Any]]:
     """The run's best weights on the user's own validation Dataset (``pixelwise.data.custom``)."""
+    from pixelwise.config import load_run_config
     from pixelwise.data.custom import custom_bundle
     from pixelwise.engine.evaluate import evaluate
-    from pixelwise.inference.predictor import Segmenter, load_run_config
+    from pixelwise.inference.predictor import Segmenter
 
     cfg = load_run_config(run_dir)
     seg = Segmenter.load(run_dir, device=device, model=model)

@@ -15,9 +15,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from pixelwise.config import load_run_config
 from pixelwise.data.io import DEFAULT_MAX_PIXELS
 from pixelwise.errors import ConfigError, PixelwiseError
-from pixelwise.inference.predictor import Segmenter, load_run_config
+from pixelwise.inference.predictor import Segmenter
 
 API_KEY_ENV = "PIXELWISE_API_KEY"
 SUMMARY_KEYS = ("name", "best_miou", "best_epoch", "epochs", "steps", "stopped_by", "train_images", "val_images")

@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from pixelwise import __version__
 from pixelwise.config import read_yaml
 from pixelwise.inference.calibration import read_temperature
 
@@ -81,7 +82,7 @@ def model_card(run_dir: Path, repo_id: str, files: list[str]) -> str:
     lines = [
         "---", yaml.safe_dump(metadata(cfg, summary, evaluation, name, dataset), sort_keys=False).strip(), "---",
         f"# {name}", "",
-        f"Semantic segmentation ({len(names)} classes) trained with [pixelwise](https://pypi.org/project/pixelwise/): "
+        f"Semantic segmentation ({len(names)} classes) trained with pixelwise {__version__}: "
         f"{model.get('arch')} with a {model.get('encoder')} encoder ({start}), {model.get('in_channels')} input "
         f"channel(s) of {data.get('dtype') or 'uint8'} pixels. Validation mIoU "
         f"{'not measured' if miou is None else f'{miou:.4f}'}.", "",

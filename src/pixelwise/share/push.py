@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from pixelwise.atomic import check_out_dir
+from pixelwise.config import load_run_config
 from pixelwise.errors import PixelwiseError
-from pixelwise.inference.predictor import load_run_config
 from pixelwise.progress import console
 from pixelwise.share.card import model_card
 

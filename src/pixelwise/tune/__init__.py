@@ -37,14 +37,16 @@ class TuneRequest:
     out: Path | None = None
     resume: bool = False
     heartbeat: int = 30
+    remeasure: bool = False  # measure every complete trial's latency again here, run no trial
 
 
 def _size(text: str) -> list[int]:
+    from pixelwise.config_sections import parse_hw
+
     try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise PixelwiseError(f"--latency-size {text}: give HEIGHTxWIDTH, e.g. 360x480") from None
-    return [h, w]
+        return parse_hw(text)
+    except ValueError as e:
+        raise PixelwiseError(f"--latency-size: {e}") from None
 
 
 def _parent_and_name(req: TuneRequest) -> tuple[Path, str]:
@@ -59,12 +61,12 @@ def tune(req: TuneRequest) -> dict[str, Any]:
     """Create or continue the study, run this worker's trials, write the report; returns a summary."""
     from pixelwise.tune.report import best_rows, console_table, write_report
     from pixelwise.tune.space import load_space
-    from pixelwise.tune.study import ATTR, open_storage, open_study, run_study, shown_url, study_rows
+    from pixelwise.tune.study import ATTR, open_storage, open_study, remeasure_latency, run_study, shown_url, study_rows
     from pixelwise.tune.trial import Settings
 
     if req.objectives not in OBJECTIVES:
         raise PixelwiseError(f"--objectives {req.objectives}: use miou, or miou,latency")
-    if req.trials is None and req.budget is None:
+    if req.trials is None and req.budget is None and not req.remeasure:
         raise PixelwiseError("give --trials N and/or --budget TIME (e.g. 6h): the study needs an end")
     if (req.config is None) == (req.data is None):
         raise PixelwiseError("give a config file (the first trial's configuration) or --data DIR (the plan's), "
@@ -77,8 +79,9 @@ def tune(req: TuneRequest) -> dict[str, Any]:
     storage = open_storage(url, req.heartbeat)
 
     def make_base() -> tuple[Any, list[int]]:
-        if req.resume:
-            raise PixelwiseError(f"--resume: there is no study '{name}' in {shown_url(url)} to continue")
+        if req.resume or req.remeasure:
+            flag = "--remeasure" if req.remeasure else "--resume"
+            raise PixelwiseError(f"{flag}: there is no study '{name}' in {shown_url(url)} to continue")
         if any(parent.glob("trial-*")):
             raise PixelwiseError(f"{parent} holds trials of another study; give a new --out, or the --storage and "
                                  "--study that hold them")
@@ -90,10 +93,10 @@ def tune(req: TuneRequest) -> dict[str, Any]:
     if req.data is not None:  # each machine reads the data where it has it (the study stores the first one's path)
         s.base = {**s.base, "data": {**s.base.get("data", {}), "root": str(req.data.resolve())}}
     console_note(s, url, name, parent)
-    result = run_study(s, parent, req.trials, budget_s)
+    result = remeasure_latency(s) if req.remeasure else run_study(s, parent, req.trials, budget_s)
     info = s.study.user_attrs[ATTR]
-    report = write_report(s.study, parent, url, info)
     rows = study_rows(s.study)
+    report = write_report(s.study, parent, url, info, rows)
     best = best_rows(rows, info["settings"]["objectives"])
     from pixelwise.progress import stdout
 

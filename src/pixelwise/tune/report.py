@@ -15,9 +15,9 @@ from rich.table import Table
 from pixelwise.atomic import atomic_write_bytes, atomic_write_text
 from pixelwise.report.html import data_uri
 from pixelwise.report.plots import figure_png, plain_text, pyplot
-from pixelwise.tune.study import shown_url, study_rows
+from pixelwise.tune.study import REMEASURED, shown_url
 
-COLUMNS = ["number", "state", "miou", "latency_ms", "base", "run", "params"]
+COLUMNS = ["number", "state", "miou", "latency_ms", "trial_latency_ms", "base", "run", "params"]
 
 
 def pareto_front(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -105,9 +105,18 @@ def _html_table(rows: list[dict[str, Any]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def write_report(study: Any, parent: Path, url: str, info: dict[str, Any]) -> Path:
-    """trials.csv, report.html and plots/ in ``parent``; returns the report's path."""
-    rows = study_rows(study)
+def _remeasured(study: Any) -> str:
+    again = study.user_attrs.get(REMEASURED)
+    if not again:
+        return ""
+    return (f" Latencies measured again one after another on {html.escape(str(again.get('machine')))} "
+            f"({html.escape(str(again.get('when')))}, <code>--remeasure</code>): {len(again.get('ms', {}))} trial(s); "
+            "trials.csv keeps the ones measured as the trials ran (trial_latency_ms).")
+
+
+def write_report(study: Any, parent: Path, url: str, info: dict[str, Any], rows: list[dict[str, Any]]) -> Path:
+    """trials.csv, report.html and plots/ in ``parent`` from the study's ``rows`` (``study_rows``); returns the
+    report's path."""
     settings = info["settings"]
     objectives = settings["objectives"]
     buf = io.StringIO()
@@ -136,7 +145,7 @@ td,th{{border:1px solid #ccc;padding:3px 8px;text-align:left}}code{{font-size:85
 <h1>Study {html.escape(study.study_name)}</h1>
 <p>Storage <code>{shown}</code>; objectives: {", ".join(objectives)}; trials: {", ".join(f"{v} {k}" for k, v in
 counts.items() if v)}. Search space {info["space_hash"]} ({html.escape(str(info["space_source"]))}).
-Trial 0 is the plan's configuration (<code>--auto</code>) on the same budget.</p>
+Trial 0 is the plan's configuration (<code>--auto</code>) on the same budget.{_remeasured(study)}</p>
 <p>Watch it live: <code>pip install optuna-dashboard; optuna-dashboard {shown}</code></p>
 <h2>{title}</h2>{_html_table(best)}
 {"".join(f'<h2>{t}</h2><img src="{data_uri(png)}" alt="{t}">' for t, _, png in figures)}

@@ -22,6 +22,7 @@ from typing import Any
 
 from pixelwise.config import Config
 from pixelwise.config_keys import schema_keys
+from pixelwise.config_sections import parse_hw
 from pixelwise.errors import ConfigError
 
 OFFLINE_PRETRAINED = ["tu-tf_efficientnet_lite0", "tu-tf_efficientnet_lite1", "tu-tf_efficientnet_lite2"]
@@ -121,9 +122,7 @@ def _param(key: str, spec: Any, where: str) -> Param:
 
 
 def _installed_pretrained() -> list[str]:
-    from pixelwise.models.weights import offline_package_file
-
-    return [e for e in OFFLINE_PRETRAINED if offline_package_file(e) is not None] or ["resnet18"]
+    return _pretrained_here() or ["resnet18"]
 
 
 def load_space(path: Path | None = None) -> Space:
@@ -164,8 +163,7 @@ def loss_terms(text: str) -> dict[str, float]:
 
 def crop_value(value: Any) -> list[int]:
     if isinstance(value, str) and "x" in value:
-        h, w = value.lower().split("x")
-        return [int(h), int(w)]
+        return parse_hw(value)
     return [int(value), int(value)]
 
 
@@ -185,10 +183,11 @@ def config_values(params: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
-def _pretrained_here() -> set[str]:
+def _pretrained_here() -> list[str]:
+    """The encoders whose ImageNet weights an installed offline package provides."""
     from pixelwise.models.weights import offline_package_file
 
-    return {e for e in OFFLINE_PRETRAINED if offline_package_file(e) is not None}
+    return [e for e in OFFLINE_PRETRAINED if offline_package_file(e) is not None]
 
 
 def base_params(space: Space, base: Config) -> dict[str, Any]:

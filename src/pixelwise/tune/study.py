@@ -31,6 +31,7 @@ from pixelwise.tune.space import Space, base_params
 from pixelwise.tune.trial import Settings, run_trial, trial_dir
 
 ATTR = "pixelwise"  # the study's user attribute holding base, space and settings
+REMEASURED = "pixelwise_latency"  # latencies measured again by --remeasure: {"ms": {number: ms}, "machine", "when"}
 MAX_FAILURES = 3  # trials failing in a row in one worker stop it (a problem every trial would meet)
 
 
@@ -211,8 +212,6 @@ def run_study(s: Study, parent: Path, trials: int | None, budget_s: float | None
     optuna = require_optuna()
     from optuna.trial import TrialState
 
-    from pixelwise.errors import PixelwiseError as UserError
-
     study = s.study
     prune = len(s.settings.objectives) == 1 and s.settings.pruner != "none"
     failures: list[str] = []
@@ -241,7 +240,7 @@ def run_study(s: Study, parent: Path, trials: int | None, budget_s: float | None
         notice("note", f"the study already has {trials} trials; raise --trials to run more")
         return {"ran": 0}
     try:
-        study.optimize(_recording(objective), n_trials=None, timeout=budget_s, catch=(UserError, Surplus),
+        study.optimize(_recording(objective), n_trials=None, timeout=budget_s, catch=(PixelwiseError, Surplus),
                        callbacks=[after], gc_after_trial=True)
     except optuna.exceptions.StorageInternalError as e:
         raise PixelwiseError(f"the study's database failed ({str(e).splitlines()[0]}); the trials completed so far "
@@ -266,14 +265,51 @@ def _recording(objective: Any) -> Any:
     return wrapped
 
 
+def remeasure_latency(s: Study) -> dict[str, Any]:
+    """``--remeasure``: every complete trial's latency measured again on this machine, one after another, and kept
+    in the study; rows (the report, the front) use these numbers from then on. Workers measure their trials while
+    other workers train beside them or on other hardware; this puts all trials on one footing."""
+    import os
+    import platform
+    from datetime import datetime, timezone
+
+    from optuna.trial import TrialState
+
+    from pixelwise.progress import track
+    from pixelwise.tune.trial import measure_latency
+
+    settings = s.settings
+    if "latency" not in settings.objectives:
+        raise PixelwiseError("--remeasure: this study has no latency objective (--objectives miou,latency)")
+    done = [t for t in s.study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    measured: dict[str, float] = {}
+    for t in track(done, len(done), "Measuring latency"):
+        run = Path(str(t.user_attrs.get("run")))
+        if not (run / "config.yaml").is_file():
+            notice("warning", f"trial {t.number}: its run folder {run} is not on this machine; its latency is the "
+                   "one measured when it ran")
+        else:
+            measured[str(t.number)] = measure_latency(run, settings.latency_backend, settings.latency_size)
+    machine = f"{platform.node()}, {platform.machine()}, {os.cpu_count()} CPUs"
+    s.study.set_user_attr(REMEASURED, {"ms": measured, "machine": machine,
+                                       "when": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    console.print(f"tune: latency of {len(measured)} trial(s) measured again on {machine}")
+    return {"ran": 0, "remeasured": len(measured)}
+
+
 def study_rows(study: Any) -> list[dict[str, Any]]:
-    """One row per trial: number, state, values, parameters, run directory (trials.csv and the report)."""
+    """One row per trial: number, state, values, parameters, run directory (trials.csv and the report).
+
+    ``latency_ms`` is the ``--remeasure`` value where there is one, ``trial_latency_ms`` the one measured when the
+    trial ran."""
+    again = study.user_attrs.get(REMEASURED, {}).get("ms", {})
     rows = []
     for t in study.get_trials(deepcopy=False):
+        at_trial = t.values[1] if t.values and len(t.values) > 1 else t.user_attrs.get("latency_ms")
         rows.append({"number": t.number, "state": t.state.name.lower(),
                      "miou": t.values[0] if t.values else (max(t.intermediate_values.values())
                                                           if t.intermediate_values else None),
-                     "latency_ms": t.values[1] if t.values and len(t.values) > 1 else t.user_attrs.get("latency_ms"),
+                     "latency_ms": again.get(str(t.number), at_trial), "trial_latency_ms": at_trial,
                      "run": t.user_attrs.get("run"), "base": bool(t.user_attrs.get("base")),
                      "params": json.dumps(t.params, sort_keys=True)})
     return rows

@@ -9,6 +9,7 @@ from typing import Any
 
 from pixelwise.config import Config, load_config
 from pixelwise.engine.callbacks import Callback, RunState
+from pixelwise.errors import PixelwiseError
 from pixelwise.tune.space import Space, config_values
 
 # Trials skip what only a person reads (one can write it later: `pixelwise report RUN`); --set turns them back on.
@@ -87,6 +88,10 @@ def run_trial(trial: Any, parent: Path, space: Space, base: dict[str, Any], sett
         raise optuna.TrialPruned(f"pruned after epoch {pruning.pruned_at if pruning else '?'}")
     if "latency" not in settings.objectives:
         return float(miou)
-    latency = measure_latency(run_dir, settings.latency_backend, settings.latency_size)
+    try:
+        latency = measure_latency(run_dir, settings.latency_backend, settings.latency_size)
+    except Exception as e:  # export, quantization, ONNX Runtime: the trial fails with the reason, the study goes on
+        raise PixelwiseError(f"trial {trial.number}: its latency could not be measured "
+                             f"({e if isinstance(e, PixelwiseError) else f'{type(e).__name__}: {e}'})") from None
     trial.set_user_attr("latency_ms", latency)
     return float(miou), latency
