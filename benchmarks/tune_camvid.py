@@ -103,10 +103,10 @@ def train(run: Path, extra: list[str], args: argparse.Namespace) -> dict:
     return json.loads((run / "summary.json").read_text())
 
 
-def latency(run: Path) -> float:
+def latency(run: Path, backend: str = "onnx-int8") -> float:
     from pixelwise.export.bench import latency_ms
 
-    return latency_ms(run, "onnx-int8", (360, 480))
+    return latency_ms(run, backend, (360, 480))
 
 
 def distill(args: argparse.Namespace) -> None:
@@ -125,9 +125,10 @@ def distill(args: argparse.Namespace) -> None:
             shutil.copy2(args.teacher / name, copy / name)
     rows = [("teacher", copy, teacher), ("student, plain", args.out / "student-plain", plain),
             ("student, distilled", args.out / "student-distilled", distilled)]
-    print("\n| model | val mIoU | steps | ms per 360x480 image (ONNX int8) |\n|---|---|---|---|")
+    print(f"\n| model | val mIoU | steps | ms per 360x480 image ({args.latency_backend}) |\n|---|---|---|---|")
     for label, run, summary in rows:
-        print(f"| {label} | {summary['best_miou']:.4f} | {summary['steps']} | {latency(run):.1f} |", flush=True)
+        print(f"| {label} | {summary['best_miou']:.4f} | {summary['steps']} | "
+              f"{latency(run, args.latency_backend):.1f} |", flush=True)
 
 
 def main() -> None:
@@ -147,6 +148,8 @@ def main() -> None:
     p.add_argument("--eval-every", type=int, default=5)
     p.add_argument("--temperature", type=float, default=2.0)
     p.add_argument("--weight", type=float, default=1.0)
+    p.add_argument("--latency-backend", default="onnx-int8", help="distill: onnx-int8, onnx-fp32, pytorch-fp32, "
+                   "pytorch-bf16 (pspnet and upernet do not export to ONNX)")
     args = p.parse_args()
     if not args.data.is_dir():
         sys.exit(f"{args.data}: CamVid not found (../shared/data/camvid)")
