@@ -266,6 +266,32 @@ def test_remeasure_measures_the_complete_trials_again_and_the_front_uses_it(stud
         tune(TuneRequest(**{**vars(plain), "trials": None, "remeasure": True}))
 
 
+def test_remeasure_measures_in_this_machines_out_never_at_a_path_from_the_database(study_files: dict,
+                                                                                    monkeypatch: pytest.MonkeyPatch):
+    import pixelwise.tune.study as study_module
+    import pixelwise.tune.trial as trial_module
+
+    elsewhere = study_files["out"].parent / "not-a-trial"  # a database entry pointing outside --out
+    elsewhere.mkdir()
+    (elsewhere / "config.yaml").write_text("{}")
+
+    def scripted(trial, parent, space, base, settings, prune):  # noqa: ANN001, ANN202
+        run = parent / f"trial-{trial.number:04d}"
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "config.yaml").write_text("{}")
+        trial.set_user_attr("run", str(elsewhere))
+        return space.suggest(trial)["optim.lr"], 50.0
+
+    monkeypatch.setattr(study_module, "run_trial", scripted)
+    req = TuneRequest(config=study_files["config"], trials=1, study="s", space=study_files["space"],
+                      out=study_files["out"], objectives="miou,latency", latency_size="64x64")
+    tune(req)
+    measured = []
+    monkeypatch.setattr(trial_module, "measure_latency", lambda run, *a: measured.append(Path(run)) or 5.0)
+    tune(TuneRequest(**{**vars(req), "trials": None, "remeasure": True}))
+    assert measured == [study_files["out"] / "trial-0000"]
+
+
 def test_pareto_front_keeps_the_trials_nothing_beats():
     rows = [{"number": n, "state": "complete", "miou": m, "latency_ms": ms, "base": False}
             for n, m, ms in [(0, 0.5, 10), (1, 0.6, 20), (2, 0.55, 25), (3, 0.4, 5), (4, 0.6, 30)]]

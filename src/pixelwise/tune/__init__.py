@@ -93,7 +93,7 @@ def tune(req: TuneRequest) -> dict[str, Any]:
     if req.data is not None:  # each machine reads the data where it has it (the study stores the first one's path)
         s.base = {**s.base, "data": {**s.base.get("data", {}), "root": str(req.data.resolve())}}
     console_note(s, url, name, parent)
-    result = remeasure_latency(s) if req.remeasure else run_study(s, parent, req.trials, budget_s)
+    result = remeasure_latency(s, parent) if req.remeasure else run_study(s, parent, req.trials, budget_s)
     info = s.study.user_attrs[ATTR]
     rows = study_rows(s.study)
     report = write_report(s.study, parent, url, info, rows)

@@ -265,10 +265,13 @@ def _recording(objective: Any) -> Any:
     return wrapped
 
 
-def remeasure_latency(s: Study) -> dict[str, Any]:
+def remeasure_latency(s: Study, parent: Path) -> dict[str, Any]:
     """``--remeasure``: every complete trial's latency measured again on this machine, one after another, and kept
     in the study; rows (the report, the front) use these numbers from then on. Workers measure their trials while
-    other workers train beside them or on other hardware; this puts all trials on one footing."""
+    other workers train beside them or on other hardware; this puts all trials on one footing.
+
+    A trial is measured in this machine's ``parent`` (PARENT/trial-NNNN, where this command's --out puts it), never
+    at a path read from the database: measuring exports model.onnx into the folder."""
     import os
     import platform
     from datetime import datetime, timezone
@@ -284,13 +287,17 @@ def remeasure_latency(s: Study) -> dict[str, Any]:
     done = [t for t in s.study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
     measured: dict[str, float] = {}
     for t in track(done, len(done), "Measuring latency"):
-        run = Path(str(t.user_attrs.get("run")))
+        run = trial_dir(parent, t.number)
         if not (run / "config.yaml").is_file():
             notice("warning", f"trial {t.number}: its run folder {run} is not on this machine; its latency is the "
                    "one measured when it ran")
         else:
             measured[str(t.number)] = measure_latency(run, settings.latency_backend, settings.latency_size)
-    machine = f"{platform.node()}, {platform.machine()}, {os.cpu_count()} CPUs"
+    from pixelwise.engine.runtime import cpu_has_fast_bf16
+
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    bf16 = "native bf16 (AVX512-BF16 or AMX)" if cpu_has_fast_bf16() else "no native bf16"
+    machine = f"{platform.node()}, {platform.machine()}, {cpus} CPUs, {bf16}"
     s.study.set_user_attr(REMEASURED, {"ms": measured, "machine": machine,
                                        "when": datetime.now(timezone.utc).isoformat(timespec="seconds")})
     console.print(f"tune: latency of {len(measured)} trial(s) measured again on {machine}")
