@@ -31,15 +31,27 @@ OUTPUTS = {"coco": ("coco/annotations/instances_default.json",), "cvat": ("cvat/
 
 
 def polygons(region: np.ndarray, tolerance: float) -> list[np.ndarray]:
-    """Outer contours of a boolean mask as N x 2 float arrays of corner coordinates, largest first."""
+    """Outer contours of a boolean mask as N x 2 float arrays of corner coordinates (a pixel spans [x, x + 1]),
+    largest first, simplified by ``tolerance`` pixels.
+
+    The contours are traced on the mask upsampled 2x, so they run a quarter pixel inside the region's outer pixel
+    edges rather than through its boundary pixels' centres: a reader that fills pixels by their centres (COCO's
+    pycocotools, pixelwise's own) then gets the boundary pixels back instead of about half of them.
+    """
     import cv2
 
-    contours, _ = cv2.findContours(region.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    rows, cols = np.flatnonzero(region.any(axis=1)), np.flatnonzero(region.any(axis=0))
+    if not len(rows):
+        return []
+    top, left = int(rows[0]), int(cols[0])
+    box = region[top : rows[-1] + 1, left : cols[-1] + 1].astype(np.uint8)
+    up = np.repeat(np.repeat(box, 2, axis=0), 2, axis=1)
+    contours, _ = cv2.findContours(up, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     out = []
     for c in sorted(contours, key=cv2.contourArea, reverse=True):
-        simple = cv2.approxPolyDP(c, tolerance, True) if tolerance > 0 else c
-        if len(simple) >= 3:
-            out.append(simple.reshape(-1, 2).astype(float) + 0.5)  # pixel centres -> coordinates over the pixel
+        simple = cv2.approxPolyDP(c, 2 * tolerance, True) if tolerance > 0 else c
+        if len(simple) >= 3:  # upsampled pixel centres -> corner coordinates of the image
+            out.append((simple.reshape(-1, 2).astype(float) + 0.5) / 2 + (left, top))
     return out
 
 
