@@ -1,4 +1,5 @@
-"""Losses and optimizers compared on CamVid at an equal number of training steps (same model, data and seed).
+"""Losses, optimizers and crop sampling compared on CamVid at an equal number of steps or seconds (same model, data
+and seed).
 
 Each variant is `pixelwise train configs/camvid-unet-resnet18.yaml` (Unet-resnet18 from scratch, 320x320
 crops, batch 8, cosine schedule) with the variant's --set overrides and ``train.max_steps`` steps; the best
@@ -9,6 +10,11 @@ wall seconds are reported beside it. 300 steps take about 8 minutes on a 2-core 
     python benchmarks/compare_recipes.py losses [--steps 300] [--only ce,dice] [--out runs/compare]
     python benchmarks/compare_recipes.py optimizers
     python benchmarks/compare_recipes.py precision --steps 200 [--set train.seed=1 --out runs/compare-seed1]
+    python benchmarks/compare_recipes.py crops --budget 900 --only "uniform crops"      # equal wall-clock budget
+
+``--budget SECONDS`` trains each variant for that many seconds instead of ``--steps`` (then the machine must be
+quiet, or each variant pinned to its own cores: ``taskset -c 1 env OMP_NUM_THREADS=1 ...``); the crop variants
+need it, as progressive crops are cheaper per step.
 
 Prints one JSON line per variant, then a markdown table. Needs ../shared/data/camvid.
 """
@@ -43,6 +49,12 @@ GROUPS: dict[str, dict[str, list[str]]] = {
         "adam": ["loss=ce", "optim.name=adam", "optim.lr=0.001"],
         "adamw": ["loss=ce", "optim.name=adamw", "optim.lr=0.001"],
     },
+    "crops": {  # the default recipe; rare classes sampled more often, small crops first, both (compare by --budget)
+        "uniform crops": [],
+        "class crops": ["data.class_crops=0.5"],
+        "progressive crops": ["data.crop_start=0.5", "data.crop_ramp=0.5"],
+        "class + progressive crops": ["data.class_crops=0.5", "data.crop_start=0.5", "data.crop_ramp=0.5"],
+    },
 }
 
 
@@ -50,11 +62,14 @@ def slug(name: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in name).strip("-").replace("--", "-")
 
 
-def run_variant(name: str, overrides: list[str], steps: int, out: Path, data: Path | None) -> dict:
+def run_variant(name: str, overrides: list[str], steps: int, out: Path, data: Path | None,
+                budget: float | None = None) -> dict:
     run_dir = out / slug(name)
     pixelwise = Path(sys.executable).with_name("pixelwise")
+    limit = [f"train.max_steps={steps}", "train.time_budget=null"] if budget is None else [
+        "train.max_steps=null", f"train.time_budget={budget:g}s"]
     cmd = [str(pixelwise), "train", str(CONFIG), "--out", str(run_dir), "--overwrite",
-           "--set", f"train.max_steps={steps}", "--set", "train.time_budget=null", "--set", "train.epochs=1000"]
+           "--set", limit[0], "--set", limit[1], "--set", "train.epochs=1000"]
     if data is not None:
         cmd += ["--set", f"data.root={data}"]
     for o in overrides:
@@ -78,6 +93,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("group", choices=sorted(GROUPS))
     parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--budget", type=float, default=None, help="training seconds per variant, instead of --steps")
     parser.add_argument("--only", default=None, help="comma-separated variant names (names hold no commas)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "compare")
     parser.add_argument("--data", type=Path, default=None, help="CamVid root (default: the config's)")
@@ -92,13 +108,13 @@ def main() -> None:
         variants = {k: v for k, v in variants.items() if k in args.only.split(",")}
     rows = []
     for name, overrides in variants.items():
-        row = run_variant(name, overrides + args.extra, args.steps, args.out / args.group, args.data)
+        row = run_variant(name, overrides + args.extra, args.steps, args.out / args.group, args.data, args.budget)
         print(json.dumps(row), flush=True)
         rows.append(row)
-    print("\n| variant | val mIoU | pixel acc | wall s | img/s |\n|---|---|---|---|---|")
+    print("\n| variant | val mIoU | pixel acc | steps | wall s | img/s |\n|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['variant']} | {r['best_miou']:.4f} | {r['pixel_accuracy']:.4f} | {r['wall_seconds']:.0f} | "
-              f"{r['train_images_per_second']:.2f} |")
+        print(f"| {r['variant']} | {r['best_miou']:.4f} | {r['pixel_accuracy']:.4f} | {r['steps']} | "
+              f"{r['wall_seconds']:.0f} | {r['train_images_per_second']:.2f} |")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,11 @@ DESCRIPTIONS: dict[str, str] = {
     "data.folds": "k-fold cross-validation: the training pool in this many seeded folds (train --folds K).",
     "data.fold": "The fold that validates (0 to data.folds - 1); the other folds train.",
     "data.crop_size": "Training crop, [height, width] or one number for a square (smaller images are padded).",
+    "data.class_crops": "Share of training crops placed on a pixel of a class drawn uniformly from the image's "
+                        "classes (rare classes seen as often as common ones; 0: every crop uniform).",
+    "data.crop_start": "Progressive crops: each side of the first training crops, as a fraction of data.crop_size "
+                       "(1: full size from the start).",
+    "data.crop_ramp": "Progressive crops: the share of training after which crops have reached data.crop_size.",
     "data.channels": "Input channels: auto (8-bit images: 1 if all are gray, else 3; other data as stored) or a "
                      "count.",
     "data.bands": "1-based bands kept, in order, e.g. [4, 3, 2, 8] (null: all).",

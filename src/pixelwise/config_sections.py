@@ -61,6 +61,11 @@ class DataConfig(Strict):
     folds: int | None = Field(None, ge=2)
     fold: int | None = Field(None, ge=0)
     crop_size: tuple[int, int] = (320, 320)
+    class_crops: float = Field(0.0, ge=0, le=1)  # share of crops placed on a class drawn from the image's classes
+    # Progressive crops: training starts on crops of crop_start x each side, growing to the full crop_size by
+    # crop_ramp of the training (more steps per minute early on; engine/progressive.py)
+    crop_start: float = Field(1.0, gt=0, le=1)
+    crop_ramp: float = Field(0.5, gt=0, le=1)
     # Input channels: any count; auto: 8-bit images 1 (all gray) or 3 (any colour), other data as the files hold.
     channels: int | Literal["auto"] = "auto"
     bands: list[int] | None = None  # 1-based bands kept, in order, e.g. [4, 3, 2, 8]

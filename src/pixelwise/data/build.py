@@ -77,7 +77,7 @@ def build_datasets(data: DataConfig, augment: AugmentConfig, seed: int = 0) -> D
     # channel's robust range (0.5-99.5th percentile of the training pixels), never clipped to a type's range
     ranges = None if summary.dtype == "uint8" else zscore(bundle.pixel_samples()).clip
     train.transform = train_transform(data.crop_size, IGNORE, summary.channels, augment.preset, augment.transforms,
-                                      seed, ranges)
+                                      seed, ranges, data.class_crops)
     return bundle
 
 

@@ -1,8 +1,9 @@
 """Albumentations pipelines built from the config. Masks always use nearest-neighbour interpolation.
 
 Training: the preset's (or the explicit list's) transforms, then pad-if-needed (void in the mask) and a
-random crop to ``data.crop_size``. Evaluation and prediction are deterministic and need no pipeline:
-images are padded to the network stride inside ``inference``.
+random crop to ``data.crop_size`` (with ``data.class_crops`` > 0, that share of crops is placed on a pixel of a
+class drawn uniformly from those in the image, so rare classes are seen as often as common ones). Evaluation and
+prediction are deterministic and need no pipeline: images are padded to the network stride inside ``inference``.
 
 Geometric transforms work on any channel count and type (OpenCV warps more than 4 channels in chunks). For
 8-bit images the presets use albumentations' photometric transforms; for any other type (16-bit, signed,
@@ -74,6 +75,32 @@ class RangeNoise(A.ImageOnlyTransform):
     def apply(self, img: np.ndarray, sigma: float, seed: int, **params: Any) -> np.ndarray:
         noise = np.random.default_rng(seed).standard_normal(img.shape, dtype=np.float32)
         return (img + noise * (sigma * self.span)).astype(np.float32)
+
+
+class ClassCrop(A.RandomCrop):
+    """A random crop that, with probability ``share``, contains a pixel of a class drawn uniformly from the classes
+    in the (padded) mask, void excluded: nnU-Net's foreground oversampling, for any number of classes. A class on 1%
+    of the pixels then appears in a crop about as often as one on 50%. Other crops are uniform, as ``RandomCrop``.
+    """
+
+    def __init__(self, height: int, width: int, share: float, ignore_index: int) -> None:
+        super().__init__(height=height, width=width)
+        self.share, self.ignore_index = share, ignore_index
+
+    def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        mask = data.get("mask")
+        if mask is None or self.py_random.random() >= self.share:
+            return super().get_params_dependent_on_data(params, data)
+        h, w = mask.shape[:2]
+        classes = [c for c in np.unique(mask) if c != self.ignore_index]
+        if not classes or h < self.height or w < self.width:
+            return super().get_params_dependent_on_data(params, data)
+        ys, xs = np.nonzero(mask == self.py_random.choice(classes))
+        i = self.py_random.randrange(len(ys))
+        # the crop's corner: anywhere that keeps the chosen pixel inside the crop and the crop inside the image
+        y0 = self.py_random.randint(max(0, ys[i] - self.height + 1), min(h - self.height, ys[i]))
+        x0 = self.py_random.randint(max(0, xs[i] - self.width + 1), min(w - self.width, xs[i]))
+        return {"crop_coords": (x0, y0, x0 + self.width, y0 + self.height), "pad_params": None}
 
 
 def preset(name: str, ignore_index: int, channels: int,
@@ -150,10 +177,12 @@ def train_transform(
     specs: list[dict[str, Any]] | None = None,
     seed: int | None = None,
     ranges: list[tuple[float, float]] | None = None,
+    class_crops: float = 0.0,
 ) -> A.Compose:
     """The training pipeline: augmentations, then pad (void in the mask) and random crop to ``crop_size``.
 
     ``ranges``: per-channel (low, high) of non-8-bit data (float32 images); None for 8-bit images.
+    ``class_crops``: the share of crops placed on a class drawn uniformly from the image's classes (``ClassCrop``).
     """
     h, w = crop_size
     if specs is not None:
@@ -162,6 +191,6 @@ def train_transform(
         augment = preset(preset_name, ignore_index, channels, ranges)
     crop = [
         A.PadIfNeeded(min_height=h, min_width=w, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=ignore_index),
-        A.RandomCrop(height=h, width=w),
+        ClassCrop(h, w, class_crops, ignore_index) if class_crops > 0 else A.RandomCrop(height=h, width=w),
     ]
     return A.Compose([*augment, *crop], seed=seed)

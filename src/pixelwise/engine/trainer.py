@@ -29,6 +29,7 @@ from pixelwise.engine.distributed import all_reduce_max, all_reduce_sum, launche
 from pixelwise.engine.ema import WeightEma
 from pixelwise.engine.evaluate import evaluate
 from pixelwise.engine.finite import NonFiniteGuard
+from pixelwise.engine.progressive import progressive_crop
 from pixelwise.engine.rng import rng_state, set_rng_state
 from pixelwise.engine.rundir import RunLock, check_run_dir, metrics_csv, start_run_dir, write_json
 from pixelwise.engine.runtime import to_device
@@ -288,6 +289,8 @@ class Trainer:
         the loader's wait is in it, as the user waits for both.
         """
         s, rt = self.state, self.runtime
+        if self.cfg.data.crop_start < 1.0:  # progressive crops: small first (engine/progressive.py)
+            batch = progressive_crop(batch, self.cfg.data, self._progress(), getattr(self.net, "min_size", 32))
         images, masks = to_device(batch, rt)
         with rt.autocast():
             logits = self.model(images)
