@@ -151,8 +151,11 @@ def main() -> None:
 
 
 def summarise(rows: list[dict]) -> None:
-    """Per round: each strategy's mean val mIoU over seeds, its spread, and the difference from random's mean."""
-    by = {}
+    """Per round: each strategy's mean val mIoU over seeds, its spread, and the difference from random's mean; and,
+    where random ran with the strategy's seeds, the mean paired difference (same starting set, so the seeds' own
+    spread drops out)."""
+    by: dict = {}
+    seeded = {(r["strategy"], r["round"], int(r["seed"])): r["val_miou"] for r in rows}
     for r in rows:
         by.setdefault((r["strategy"], r["round"]), []).append(r["val_miou"])
     rounds = sorted({r["round"] for r in rows})
@@ -163,10 +166,14 @@ def summarise(rows: list[dict]) -> None:
             v = by[(strategy, rnd)]
             diff = ""
             if base and strategy != "random":
-                diff = f" ({100 * (np.mean(v) - np.mean(base)):+.1f} points vs random)"
+                diff = f" ({100 * (np.mean(v) - np.mean(base)):+.1f} points vs random"
+                seeds = [seed for (s, n, seed) in seeded if (s, n) == (strategy, rnd)]
+                if all(("random", rnd, seed) in seeded for seed in seeds):
+                    paired = np.mean([seeded[(strategy, rnd, x)] - seeded[("random", rnd, x)] for x in seeds])
+                    diff += f", {100 * paired:+.1f} with the same start"
+                diff += ")"
             parts.append(f"{strategy} {np.mean(v):.4f}±{np.std(v):.4f}{diff}")
         print(f"round {rnd}: " + "; ".join(parts), file=sys.stderr)
-
 
 if __name__ == "__main__":
     main()
