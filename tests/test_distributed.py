@@ -94,3 +94,21 @@ def test_more_processes_than_gpus_is_one_clear_message(monkeypatch):
     monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
     with pytest.raises(PixelwiseError, match=r"process 1 on this machine, which has 1 GPU.*--nproc_per_node 1"):
         distributed.init_distributed("auto")
+
+
+def test_an_error_of_another_rank_alone_is_printed_after_the_wait(monkeypatch, capsys):
+    """Rank 0 prints the one message of an error all ranks share; torchrun stops the others while they wait. An
+    error that only rank 1 meets (rank 0 carries on) is still printed, naming the rank."""
+    from pixelwise import cli
+    from pixelwise.errors import PixelwiseError
+
+    def fails() -> None:
+        raise PixelwiseError("shard 3 is unreadable")
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setattr(cli, "RANK_ERROR_WAIT_S", 0.0)
+    monkeypatch.setattr(cli, "app", fails)
+    with pytest.raises(SystemExit) as stop:
+        cli.main()
+    assert stop.value.code == 1
+    assert "(rank 1) shard 3 is unreadable" in " ".join(capsys.readouterr().err.split())

@@ -6,6 +6,7 @@ import json
 import os
 import shlex
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -391,13 +392,21 @@ for _command in (explain, calibrate, robustness):  # can the model be trusted (c
     app.command()(_command)
 
 
+RANK_ERROR_WAIT_S = 10.0  # how long a rank other than 0 leaves rank 0 to report an error
+
+
 def main() -> None:
     """Console entry point: user errors are printed as one clear message with exit code 1, no traceback."""
     try:
         app()
     except PixelwiseError as e:
-        if launched_rank() == 0:  # under torchrun every rank decides alike: one message, from rank 0
-            notice("error", str(e), "bold red")
+        # Under torchrun every rank decides alike: one message, from rank 0. Another rank waits before it exits,
+        # since its exit makes torchrun stop rank 0, maybe before the message is out; rank 0's exit stops this
+        # one during the wait. An error of this rank alone (rank 0 carries on) is printed after it, with the rank.
+        rank = launched_rank()
+        if rank:
+            time.sleep(RANK_ERROR_WAIT_S)
+        notice("error", f"(rank {rank}) {e}" if rank else str(e), "bold red")
         raise SystemExit(1) from None
     finally:
         if "torch.distributed" in sys.modules:  # imported by a command that trained: leave the group cleanly
