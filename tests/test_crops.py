@@ -86,3 +86,12 @@ def test_training_with_progressive_crops_starts_small(synthetic_data, tmp_path):
     summary = trainer.fit()
     assert summary["steps"] == 4
     assert sizes[:4] == [(32, 32), (32, 32), (64, 64), (64, 64)]  # then evaluation on whole images
+
+
+@pytest.mark.parametrize("override", ["data.class_crops=1.5", "data.class_crops=-0.1", "data.crop_start=0",
+                                      "data.crop_start=2", "data.crop_ramp=0", "data.crop_ramp=1e308"])
+def test_crop_options_out_of_range_are_refused(synthetic_data, override):
+    from pixelwise.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=override.split("=")[0]):
+        load_config(overrides=[*tiny_overrides(synthetic_data), override])
