@@ -207,6 +207,23 @@ def test_auto_device_prefers_cuda_then_mps_then_cpu(monkeypatch):
     assert params["device"] == "auto"
 
 
+def test_a_onednn_isa_limit_without_bf16_means_fp32(monkeypatch):
+    import torch
+
+    from pixelwise.engine import runtime
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)  # the CPU's flags say bf16
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    for limit, fast in (("", True), ("AVX2", False), ("avx512_core", False), ("AVX512_CORE_BF16", True),
+                        ("AVX512_CORE_AMX", True), ("ALL", True)):
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", limit)
+        assert runtime.cpu_has_fast_bf16() is fast, limit
+        assert runtime.resolve_runtime("cpu").amp_dtype == (torch.bfloat16 if fast else None), limit
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    monkeypatch.setenv("DNNL_MAX_CPU_ISA", "AVX2")  # the older name
+    assert not runtime.cpu_has_fast_bf16()
+
+
 def test_renamed_flags_keep_a_deprecated_alias(tmp_path):
     result = _invoke("export", tmp_path, "--to", "tflite")
     assert isinstance(result.exception, PixelwiseError) and "--to tflite" in str(result.exception)

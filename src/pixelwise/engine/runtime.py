@@ -11,8 +11,20 @@ import torch
 from pixelwise.errors import ConfigError
 
 
+# oneDNN instruction sets without native bf16 arithmetic: a limit below AVX512_CORE_BF16 emulates bf16 convolutions
+NO_BF16_ISAS = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
+
+
 def cpu_has_fast_bf16() -> bool:
-    """True when the CPU computes bf16 natively (AVX512-BF16 or AMX); emulated bf16 is slower than fp32."""
+    """True when the CPU computes bf16 natively (AVX512-BF16 or AMX); emulated bf16 is slower than fp32.
+
+    A oneDNN instruction-set limit (``ONEDNN_MAX_CPU_ISA``, or the older ``DNNL_MAX_CPU_ISA``) below AVX512_CORE_BF16
+    makes bf16 convolutions emulated even where the CPU's flags have it, about 10x slower than fp32 (measured on
+    AVX2): such a limit counts as no native bf16.
+    """
+    limit = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or ""
+    if limit.strip().upper() in NO_BF16_ISAS:
+        return False
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
