@@ -10,7 +10,6 @@ import torch
 
 from pixelwise.errors import ConfigError
 
-
 # oneDNN instruction sets without native bf16 arithmetic: a limit below AVX512_CORE_BF16 emulates bf16 convolutions
 NO_BF16_ISAS = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
 
