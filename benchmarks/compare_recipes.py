@@ -11,6 +11,7 @@ wall seconds are reported beside it. 300 steps take about 8 minutes on a 2-core 
     python benchmarks/compare_recipes.py optimizers
     python benchmarks/compare_recipes.py precision --steps 200 [--set train.seed=1 --out runs/compare-seed1]
     python benchmarks/compare_recipes.py crops --budget 900 --only "uniform crops"      # equal wall-clock budget
+    python benchmarks/compare_recipes.py schedule --budget 900 --only "lr 2e-3"
 
 ``--budget SECONDS`` trains each variant for that many seconds instead of ``--steps`` (then the machine must be
 quiet, or each variant pinned to its own cores: ``taskset -c 1 env OMP_NUM_THREADS=1 ...``); the crop variants
@@ -54,6 +55,11 @@ GROUPS: dict[str, dict[str, list[str]]] = {
         "class crops": ["data.class_crops=0.5"],
         "progressive crops": ["data.crop_start=0.5", "data.crop_ramp=0.5"],
         "class + progressive crops": ["data.class_crops=0.5", "data.crop_start=0.5", "data.crop_ramp=0.5"],
+    },
+    "schedule": {  # the default recipe (AdamW 1e-3, 3% warm-up, cosine) against higher peaks for short budgets
+        "lr 1e-3 (default)": [],
+        "lr 2e-3": ["optim.lr=0.002"],
+        "lr 3e-3 + 10% warm-up": ["optim.lr=0.003", "optim.warmup=0.1"],
     },
 }
 
