@@ -100,7 +100,8 @@ DESCRIPTIONS: dict[str, str] = {
     "train.eval_batch_size": "Validation images per forward pass.",
     "train.eval_every": "Evaluate on the val split every this many epochs.",
     "train.device": "cpu, cuda, cuda:1, mps, or auto (a CUDA GPU, else Apple's MPS, else the CPU).",
-    "train.amp": "Autocast: auto (bf16 on GPUs and on CPUs that compute it natively), bf16, fp16 (CUDA) or off.",
+    "train.amp": "Autocast: auto (bf16 on GPUs and on CPUs that compute it natively, not under a ONEDNN_MAX_CPU_ISA "
+                 "limit below AVX512_CORE_BF16), bf16, fp16 (CUDA) or off.",
     "train.channels_last": "channels_last memory format (faster convolutions on CPUs and recent GPUs).",
     "train.seed": "Seed of weights, sampling and augmentation.",
     "train.grad_clip": "Largest global gradient norm (null: no clipping).",
