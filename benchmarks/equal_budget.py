@@ -11,7 +11,7 @@ scored on the 101 whole val frames with the same confusion-matrix definitions (v
 - with ``--auto``, also ``pixelwise train --data DATA --auto --time-budget`` (the plan for this machine, usually
   an ImageNet-pretrained encoder; its few measured planning steps do not count, as the data checks).
 
-    python benchmarks/equal_budget.py --data ../shared/data/camvid --budget 900 [--auto]
+    python benchmarks/equal_budget.py --data ../shared/data/camvid --budget 900 [--auto] [--seed 1]
 
 Runs one after the other; prints one JSON line. The two 15-minute runs take about 35 minutes. The precision is
 what pixelwise picks on the machine: on a CPU with native bf16 emulating the AVX2-only kind
@@ -39,22 +39,25 @@ def main() -> None:
     p.add_argument("--budget", type=float, default=900.0, help="training seconds of each")
     p.add_argument("--keep", type=Path, default=None, help="keep pixelwise's run directories under this folder")
     p.add_argument("--auto", action="store_true", help="also train `--auto` for the same budget")
+    p.add_argument("--seed", type=int, default=0, help="seed of every arm (the peer's and train.seed)")
     args = p.parse_args()
     if not (args.data / "train").is_dir():
         raise SystemExit(f"{args.data}: CamVid not found (expected train/, trainannot/, val/, valannot/)")
-    result: dict = {"budget_seconds": args.budget}
+    result: dict = {"budget_seconds": args.budget, "seed": args.seed}
 
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "peer_smp.py"), "--data", str(args.data),
-                          "--time-budget", str(args.budget)], cwd=ROOT, check=True, stdout=subprocess.PIPE,
-                         text=True).stdout
+                          "--time-budget", str(args.budget), "--seed", str(args.seed)], cwd=ROOT, check=True,
+                         stdout=subprocess.PIPE, text=True).stdout
     peer = json.loads(out.strip().splitlines()[-1])
     result.update(peer_miou=peer["miou"], peer_pixel_accuracy=peer["pixel_accuracy"], peer_steps=peer["steps"])
 
     pixelwise = Path(sys.executable).with_name("pixelwise")
     arms = {"pixelwise": [str(CONFIG), "--set", f"data.root={args.data}", "--set",
-                          f"train.time_budget={args.budget}s", "--set", "train.epochs=1000"]}
+                          f"train.time_budget={args.budget}s", "--set", "train.epochs=1000",
+                          "--set", f"train.seed={args.seed}"]}
     if args.auto:
-        arms["auto"] = ["--data", str(args.data), "--auto", "--time-budget", f"{args.budget}s"]
+        arms["auto"] = ["--data", str(args.data), "--auto", "--time-budget", f"{args.budget}s",
+                         "--set", f"train.seed={args.seed}"]
     with tempfile.TemporaryDirectory() as tmp:
         for arm, command in arms.items():
             run = (args.keep or Path(tmp)) / arm
