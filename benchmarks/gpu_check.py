@@ -7,9 +7,9 @@ Run it first whenever a GPU machine is at hand; it prints (and writes to ``--out
   batch 32;
 - ``pixelwise train`` (Unet-resnet18, CamVid crops 320, batch 8: the peer's model, crops and batch) in each
   precision and layout: bf16 autocast + channels_last (the default), the finite-loss check on every step,
-  cudnn.benchmark off, fp16 autocast + GradScaler, fp32, bf16 NCHW, no loader workers, torch.compile, and bf16 /
-  fp32 at batch 32 (against the peer at batch 32); train and eval images/s and peak GPU memory of each, and the
-  ratio to the faster peer;
+  cudnn.benchmark off, fp16 autocast + GradScaler, fp32, bf16 NCHW, no loader workers, torch.compile, CUDA
+  graphs (``train.compile: reduce-overhead``), and bf16 / fp32 at batch 32 (against the peer at batch 32);
+  train and eval images/s and peak GPU memory of each, and the ratio to the faster peer;
 - the ceilings: the loader alone (images/s it can feed) and the compute alone (a fixed batch on the GPU);
 - host synchronisations per training step, with the source lines that cause them
   (``torch.cuda.set_sync_debug_mode``);
@@ -390,6 +390,8 @@ def main() -> None:
     ]
     if not args.skip_compile:
         variants.append(("bf16 + torch.compile", ["train.compile=true"]))
+        # At batch 8 the step is kernel launches (H200: 15 ms of launches for 524 images/s): CUDA graphs replay it.
+        variants.append(("bf16 + CUDA graphs (compile reduce-overhead)", ["train.compile=reduce-overhead"]))
     big = [("bf16, batch 32", ["train.batch_size=32"]), ("fp32, batch 32", ["train.batch_size=32", "train.amp=off"])]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

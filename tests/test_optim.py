@@ -9,7 +9,7 @@ from torch import nn
 from pixelwise.config import OptimConfig
 from pixelwise.engine.ema import WeightEma
 from pixelwise.errors import ConfigError
-from pixelwise.optim import OPTIMIZERS, create_optimizer, lr_factor, param_groups, set_lr
+from pixelwise.optim import OPTIMIZERS, _construct, create_optimizer, lr_factor, param_groups, set_lr
 
 
 class Tiny(nn.Module):
@@ -57,6 +57,26 @@ def test_optimizer_options_are_passed_and_checked():
     assert tuple(opt.defaults["betas"]) == (0.8, 0.95) and opt.defaults["amsgrad"] is True
     with pytest.raises(ConfigError, match="momentun.*Adam.*betas"):
         create_optimizer(Tiny(), OptimConfig(name="adam", options={"momentun": 0.9}))
+
+
+def test_fused_kernels_where_the_class_has_them_else_foreach_and_options_decide():
+    adamw = create_optimizer(Tiny(), OptimConfig(name="adamw"))
+    assert adamw.defaults["fused"] is True and not adamw.defaults["foreach"]  # CPU has fused AdamW
+    nadam = create_optimizer(Tiny(), OptimConfig(name="nadam"))  # no fused NAdam
+    assert nadam.defaults["foreach"] is True
+    plain = create_optimizer(Tiny(), OptimConfig(name="adamw", options={"foreach": False}))
+    assert not plain.defaults["fused"] and plain.defaults["foreach"] is False
+
+    class NoFusedHere(torch.optim.SGD):  # as Adagrad's fused kernel on a GPU: the class has it, the device not
+        def __init__(self, params, lr=1e-3, foreach=None, fused=None):
+            if fused:
+                raise RuntimeError("`fused=True` requires all the params to be on a supported device")
+            super().__init__(params, lr=lr, foreach=foreach)
+
+    fallback = _construct(NoFusedHere, param_groups(Tiny(), 0.0), _cfg(name="sgd"))
+    assert fallback.defaults["foreach"] is True
+    with pytest.raises(ConfigError, match="requires all the params"):  # asked for by name: said, not bypassed
+        _construct(NoFusedHere, param_groups(Tiny(), 0.0), _cfg(name="sgd", options={"fused": True}))
 
 
 def test_param_groups_decay_and_encoder_multiplier():

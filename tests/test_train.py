@@ -194,3 +194,36 @@ def test_cuda_determinism_settings_trade_speed_for_repeatable_runs():
         assert torch.is_deterministic_algorithms_warn_only_enabled()  # ops without such a kernel warn, not fail
     finally:
         set_cuda_determinism(deterministic=False, benchmark=False)
+
+
+class _Counting(torch.nn.Module):
+    """Stands in for torch.compile's wrapper: calls the network and counts the calls."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net, self.calls = net, 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.net(x)
+
+
+@pytest.mark.parametrize("value, mode", [("true", None), ("reduce-overhead", "reduce-overhead")])
+def test_compile_trains_through_the_compiled_module_with_its_mode(synthetic_data, tmp_path, monkeypatch, value, mode):
+    compiled = []
+
+    def fake_compile(module, **kwargs):
+        compiled.append((_Counting(module), kwargs))
+        return compiled[-1][0]
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    trainer = Trainer(_cfg(synthetic_data, "train.max_steps=3", f"train.compile={value}"), tmp_path / "run")
+    trainer.fit()
+    (wrapper, kwargs), = compiled
+    assert kwargs == {"mode": mode} and wrapper.calls == 3  # every training step; evaluation uses the bare network
+    assert load_config(tmp_path / "run" / "config.yaml").train.compile == (True if value == "true" else value)
+
+
+def test_compile_mode_must_be_one_torch_knows():
+    with pytest.raises(PixelwiseError, match="train.compile"):
+        load_config(overrides=["train.compile=fastest"])

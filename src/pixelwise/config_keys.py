@@ -111,7 +111,7 @@ DESCRIPTIONS: dict[str, str] = {
                             "mIoU rising by more than min_delta (null: off).",
     "train.nonfinite_loss": "NaN/Inf loss: stop, or skip the batch (10 in a row stop).",
     "train.sync_bn": "torchrun: BatchNorm statistics over the global batch.",
-    "train.compile": "torch.compile the training step.",
+    "train.compile": "torch.compile the training step: true, or a mode (reduce-overhead: CUDA graphs).",
     "train.cudnn_benchmark": "CUDA: cuDNN times its convolution algorithms and keeps the fastest.",
     "train.deterministic": "CUDA: bitwise-repeatable runs (deterministic kernels only; slower).",
     "train.tensorboard": "Write RUN/tensorboard event files (the tensorboard extra: pip install "

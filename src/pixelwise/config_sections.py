@@ -287,7 +287,9 @@ class TrainConfig(Strict):
     early_stopping: EarlyStoppingConfig | None = None  # e.g. {patience: 5, min_delta: 0.001}
     nonfinite_loss: Literal["stop", "skip"] = "stop"  # NaN/Inf loss: stop, or skip the batch (10 in a row stop)
     sync_bn: bool = False  # torchrun: BatchNorm statistics over the global batch (SyncBatchNorm)
-    compile: bool = False  # torch.compile the training forward/backward (measured: see DESIGN.md)
+    # torch.compile the training forward/backward (measured: see DESIGN.md); true, or a torch.compile mode:
+    # reduce-overhead (CUDA graphs: for small models whose GPU step is kernel launches), max-autotune, ...
+    compile: bool | Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = False
     cudnn_benchmark: bool = True  # CUDA: cuDNN picks the fastest convolution algorithms by timing them
     deterministic: bool = False  # CUDA: bitwise-repeatable runs (deterministic kernels only; slower)
     tensorboard: bool = True  # RUN/tensorboard event files: scalars per epoch and a few val predictions

@@ -224,7 +224,7 @@ def prepare(cfg: Config, parts: Parts | None = None, resume: bool = False) -> Pr
     if runtime.device.type == "cuda":
         set_cuda_determinism(cfg.train.deterministic, cfg.train.cudnn_benchmark)
     if cfg.train.compile:  # the loop calls the compiled module; saving, EMA and evaluation use the bare network
-        model = torch.compile(model)
+        model = torch.compile(model, mode=None if cfg.train.compile is True else cfg.train.compile)
     criterion = create_loss(cfg.loss, table.num_classes).to(runtime.device)
     if cfg.loss.distill is not None:  # the teacher, loaded once; each rank runs its own copy, never inside DDP
         from pixelwise.engine.distill import with_teacher
