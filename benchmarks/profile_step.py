@@ -9,11 +9,16 @@ AVX-512, AVX512-BF16, AMX; what ATen dispatches to; cores, threads) and the prec
 
     python benchmarks/profile_step.py --data ../shared/data/camvid [--steps 20] [--set train.amp=off]
     python benchmarks/profile_step.py --data ../shared/data/camvid --compare        # layouts x precisions x threads
+    python benchmarks/profile_step.py --data ../shared/data/camvid --ceiling        # how far bf16 can go here
 
 ``--compare`` times the compute alone (fixed batch: forward, backward, step) for channels_last on/off, bf16
 autocast/fp32 and 1 thread/all threads, to check by measurement which formats are fastest here. To see what a
 CPU without AVX-512 would pick, run it under ``ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2``: the same
 kernels an AVX2-only CPU runs (bf16 then has no native instructions), on this machine's cores and caches.
+
+``--ceiling`` measures one convolution's throughput in fp32 NCHW (the peer's kernels) and bf16 channels_last at a
+resnet18 encoder's four stage shapes, and splits the compute-alone step by operator (convolutions, BatchNorm,
+casts and copies, the rest) with torch.profiler: the convolutions' time bounds the speed-up over an fp32 recipe.
 """
 
 from __future__ import annotations
@@ -179,6 +184,60 @@ def compare(p, reps: int) -> list[dict]:
     return rows
 
 
+CONV_SHAPES = ((64, 160), (128, 80), (256, 40), (512, 20))  # (channels, side): a resnet18 encoder's four stages
+
+
+def conv_throughput(device: torch.device, reps: int = 6) -> list[dict]:
+    """GFLOP/s of one 3x3 convolution, forward and backward, batch 8: fp32 NCHW (the peer's kernels) against bf16
+    channels_last (ours), at each stage's shape. Their ratio bounds what bf16 can buy in a convolution here."""
+    rows = []
+    for channels, side in CONV_SHAPES:
+        row: dict = {"channels": channels, "side": side}
+        for name, low, fmt in (("fp32 NCHW", False, torch.contiguous_format),
+                               ("bf16 channels_last", True, torch.channels_last)):
+            conv = torch.nn.Conv2d(channels, channels, 3, padding=1, bias=False).to(device, memory_format=fmt)
+            x = torch.randn(8, channels, side, side, device=device).contiguous(memory_format=fmt).requires_grad_()
+            for i in range(reps + 2):
+                if i == 2:  # two warm-up passes: kernel selection and allocation
+                    _sync(device)
+                    start = time.perf_counter()
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=low):
+                    out = conv(x)
+                out.float().sum().backward()
+            _sync(device)
+            flops = 3 * 2 * 8 * channels * channels * 9 * side * side  # forward, grad input, grad weight
+            row[name] = flops * reps / (time.perf_counter() - start) / 1e9
+        rows.append(row)
+        print(f"  {channels:3d} channels, {side:3d}x{side:<3d}  fp32 NCHW {row['fp32 NCHW']:6.0f}  bf16 channels_last "
+              f"{row['bf16 channels_last']:6.0f} GFLOP/s  ({row['bf16 channels_last'] / row['fp32 NCHW']:.2f}x)",
+              flush=True)
+    return rows
+
+
+def operator_split(p, reps: int = 2) -> dict:
+    """Share of the compute-alone step (the runtime's precision and layout) per kind of operator, from
+    torch.profiler's self times: the convolutions against everything the step does besides them."""
+    from torch.profiler import profile
+
+    rt, batch = p.runtime, next(iter(p.loader))
+    fmt = torch.channels_last if rt.channels_last else torch.contiguous_format
+    x, y = batch[0].to(rt.device).contiguous(memory_format=fmt), batch[1].to(rt.device)
+    p.model.train()
+    _compute_step(p, rt, p.net, x, y)
+    with profile() as prof:
+        for _ in range(reps):
+            _compute_step(p, rt, p.net, x, y)
+    kinds = {"convolution": "convolution", "batch norm": "batch_norm", "casts and copies": "copy_"}
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    shares = {k: sum(e.self_cpu_time_total for e in events if key in e.key) / total for k, key in kinds.items()}
+    shares["everything else"] = 1 - sum(shares.values())
+    per_image = total / 1e3 / (reps * x.shape[0])
+    print(f"  {per_image:.0f} ms per image (profiled): "
+          + ", ".join(f"{k} {100 * v:.0f}%" for k, v in shares.items()), flush=True)
+    return {"ms_per_image": per_image, "shares": shares}
+
+
 def _table(title: str, seconds: dict, images: int) -> None:
     total = sum(seconds.values())
     print(f"\n{title}: {images} images, {images / total:.2f} images/s")
@@ -194,6 +253,8 @@ def main() -> None:
     p.add_argument("--eval-batches", type=int, default=10)
     p.add_argument("--compare", action="store_true", help="also layouts x precisions x threads, compute alone")
     p.add_argument("--reps", type=int, default=5, help="--compare: steps per combination")
+    p.add_argument("--ceiling", action="store_true",
+                   help="also convolution GFLOP/s, fp32 NCHW against bf16 channels_last, and the step's operator split")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="config override (repeatable)")
     args = p.parse_args()
 
@@ -220,6 +281,11 @@ def main() -> None:
     if args.compare:
         print("\ncompute alone (fixed batch, forward + backward + step):")
         result["compare"] = compare(prepared, args.reps)
+    if args.ceiling:
+        print("\nconvolution alone (3x3, forward + backward, batch 8):")
+        result["convolution"] = conv_throughput(prepared.runtime.device)
+        print("\nthe compute-alone step by operator:")
+        result["operators"] = operator_split(prepared)
     print(json.dumps(result))
 
 
