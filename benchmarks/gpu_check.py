@@ -346,6 +346,14 @@ def make_subset(source: Path, target: Path) -> None:
     print(f"{target}: {sum(f.stat().st_size for f in target.rglob('*.png')) / 1e6:.0f} MB")
 
 
+def _fastest(peers: list[dict[str, Any] | None]) -> dict[str, float] | None:
+    """The best train and eval images/s among the peer runs that timed both (a run of no more steps than its
+    warm-up times none: then no ratios), or None."""
+    keys = ("train_images_per_second", "eval_images_per_second")
+    timed = [r for r in peers if r and all(r.get(k) for k in keys)]
+    return {k: max(r[k] for r in timed) for k in keys} if timed else None
+
+
 def main() -> None:
     if sys.argv[1:2] == ["--make-subset"] and len(sys.argv) == 4:
         make_subset(Path(sys.argv[2]), Path(sys.argv[3]))
@@ -377,8 +385,7 @@ def main() -> None:
     with guarded(table, "peer", "batch 32"):
         peer32 = peer(table, data, max(args.peer_steps // 3, 6), 4, batch=32)
     # Ratios against the faster peer in each column (kind to the peer: its recipe has no workers).
-    peer_result = {k: max(r[k] for r in peers) for k in ("train_images_per_second", "eval_images_per_second")} \
-        if peers else None
+    peer_result = _fastest(peers)
     variants = [
         ("bf16 + channels_last (default)", []),
         ("finite loss checked every step (nonfinite_loss: skip)", ["train.nonfinite_loss=skip"]),
@@ -414,7 +421,7 @@ def main() -> None:
         for item, overrides in variants[1:]:
             with guarded(table, "pixelwise train", item):
                 train_variant(table, data, args.steps, work, item, overrides, peer_result)
-        ref32 = {k: peer32[k] for k in ("train_images_per_second", "eval_images_per_second")} if peer32 else None
+        ref32 = _fastest([peer32])
         for item, overrides in big:  # against the peer at batch 32
             with guarded(table, "pixelwise train", item):
                 train_variant(table, data, max(args.steps // 4, 3), work, item, overrides, ref32)
