@@ -155,7 +155,7 @@ def _compute_step(p, rt, net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor)
 
 def compare(p, reps: int) -> list[dict]:
     """Compute alone on one fixed batch: layouts x precisions x threads (images/s of forward+backward+step)."""
-    from pixelwise.engine.runtime import Runtime
+    from pixelwise.engine.runtime import Runtime, to_device
 
     batch = next(iter(p.loader))
     rows, threads_all = [], torch.get_num_threads()
@@ -164,10 +164,8 @@ def compare(p, reps: int) -> list[dict]:
         for channels_last in (True, False):
             for dtype in (torch.bfloat16, None):
                 rt = Runtime(p.runtime.device, dtype, channels_last)
-                fmt = torch.channels_last if channels_last else torch.contiguous_format
-                net = p.net.to(memory_format=fmt)
-                x = batch[0].to(rt.device).contiguous(memory_format=fmt)
-                y = batch[1].to(rt.device)
+                net = p.net.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+                x, y = to_device(batch, rt)
 
                 _compute_step(p, rt, net, x, y)
                 _sync(rt.device)
@@ -219,9 +217,10 @@ def operator_split(p, reps: int = 2) -> dict:
     torch.profiler's self times: the convolutions against everything the step does besides them."""
     from torch.profiler import profile
 
-    rt, batch = p.runtime, next(iter(p.loader))
-    fmt = torch.channels_last if rt.channels_last else torch.contiguous_format
-    x, y = batch[0].to(rt.device).contiguous(memory_format=fmt), batch[1].to(rt.device)
+    from pixelwise.engine.runtime import to_device
+
+    rt = p.runtime
+    x, y = to_device(next(iter(p.loader)), rt)
     p.model.train()
     _compute_step(p, rt, p.net, x, y)
     with profile() as prof:
