@@ -53,6 +53,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "camvid-unet-resnet18.yaml"
 DEVICE = torch.device("cuda")  # --device cpu: a smoke run of the script itself on a machine without a GPU
+CROP = 320  # the training crop side of every run (--crop: smaller only for the smoke run in the test suite)
 
 
 def _sync() -> None:
@@ -143,7 +144,8 @@ def machine(table: Table) -> None:
 
 def peer(table: Table, data: Path, steps: int, workers: int, batch: int = 8) -> dict[str, Any] | None:
     cmd = [sys.executable, str(ROOT / "benchmarks" / "peer_smp.py"), "--data", str(data), "--steps", str(steps),
-           "--warmup", "5", "--device", DEVICE.type, "--workers", str(workers), "--batch-size", str(batch)]
+           "--warmup", "5", "--device", DEVICE.type, "--workers", str(workers), "--batch-size", str(batch),
+           "--crop", str(CROP)]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=_env())
     if out.returncode != 0:
         raise RuntimeError(out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "peer failed")
@@ -159,7 +161,8 @@ def pixelwise_config(data: Path, steps: int, run: Path, overrides: list[str]):
     from pixelwise.config import load_config
 
     base = [f"data.root={data}", f"train.max_steps={steps}", "train.time_budget=null", "train.eval_every=100000",
-            "train.tensorboard=false", "train.report=false", f"train.device={DEVICE.type}", f"name={run.name}"]
+            "train.tensorboard=false", "train.report=false", f"train.device={DEVICE.type}", f"name={run.name}",
+            f"data.crop_size={CROP}"]
     return load_config(CONFIG, base + overrides)
 
 
@@ -279,8 +282,9 @@ def inference(table: Table, run: Path, data: Path) -> None:
         gpu.predict(im)
     latency = (time.perf_counter() - start) / len(images) * 1e3
     tiled = gpu.predict(images[0], tile=320)
+    h, w = images[0].shape[:2]
     table.add("Segmenter", "CUDA vs CPU fp32", note=f"{gpu.runtime.describe()}: pixel agreement {agree:.4%} on "
-              f"{len(images)} val frames, {latency:.1f} ms per 360x480 frame (batch 1, numpy in and out); "
+              f"{len(images)} val frames, {latency:.1f} ms per {h}x{w} frame (batch 1, numpy in and out); "
               f"tiled 320 agrees {np.mean(tiled == gpu.predict(images[0])):.3%} with whole")
 
 
@@ -317,7 +321,8 @@ def nccl(table: Table, data: Path, work: Path) -> None:
     run = work / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "pixelwise", "train",
            str(CONFIG), "--out", str(run), "--set", f"data.root={data}", "--set", "train.max_steps=40",
-           "--set", "train.time_budget=null", "--set", "train.report=false", "--set", "train.tensorboard=false"]
+           "--set", "train.time_budget=null", "--set", "train.report=false", "--set", "train.tensorboard=false",
+           "--set", f"data.crop_size={CROP}"]
     start = time.perf_counter()
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=_env())
     if out.returncode != 0:
@@ -365,9 +370,10 @@ def main() -> None:
     p.add_argument("--peer-steps", type=int, default=60)
     p.add_argument("--skip-compile", action="store_true")
     p.add_argument("--device", default="cuda", help="cuda; cpu only to try the script itself (tiny --steps)")
+    p.add_argument("--crop", type=int, default=320, help="training crop side, peer and pixelwise (the figures: 320)")
     args = p.parse_args()
-    global DEVICE
-    DEVICE = torch.device(args.device)
+    global DEVICE, CROP
+    DEVICE, CROP = torch.device(args.device), args.crop
     if DEVICE.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA GPU: this check is for GPU machines (the CPU figures come from bench_speed.py)")
     if not (args.data / "train").is_dir():

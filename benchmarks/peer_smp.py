@@ -38,13 +38,13 @@ CLASSES = ["sky", "building", "pole", "road", "pavement", "tree", "signsymbol", 
 VOID = 11
 
 
-def training_augmentation() -> A.Compose:
+def training_augmentation(crop: int = 320) -> A.Compose:
     return A.Compose([
         A.HorizontalFlip(p=0.5),
         A.Affine(scale=(0.5, 1.5), translate_percent=(-0.1, 0.1), rotate=0, p=1.0,
                  border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=VOID),
-        A.PadIfNeeded(min_height=320, min_width=320, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=VOID),
-        A.RandomCrop(height=320, width=320),
+        A.PadIfNeeded(min_height=crop, min_width=crop, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=VOID),
+        A.RandomCrop(height=crop, width=crop),
         A.GaussNoise(p=0.2),
         A.Perspective(p=0.5, fill=0, fill_mask=VOID),
         A.OneOf([A.CLAHE(p=1), A.RandomBrightnessContrast(p=1), A.RandomGamma(p=1)], p=0.9),
@@ -117,6 +117,7 @@ def main() -> None:
     p.add_argument("--time-budget", type=float, default=None, help="train for this many seconds instead")
     p.add_argument("--warmup", type=int, default=5, help="steps left out of the throughput")
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--crop", type=int, default=320, help="training crop side (the example's 320)")
     p.add_argument("--eval-batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--seed", type=int, default=0)
@@ -127,10 +128,13 @@ def main() -> None:
 
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
-    train = CamVid(args.data / "train", args.data / "trainannot", training_augmentation())
+    train = CamVid(args.data / "train", args.data / "trainannot", training_augmentation(args.crop))
     val = CamVid(args.data / "val", args.data / "valannot", validation_augmentation())
     train_loader = DataLoader(train, batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
                               drop_last=True)
+    if len(train_loader) == 0:  # drop_last with fewer images than a batch: no step would ever run
+        raise SystemExit(f"{args.data / 'train'}: {len(train)} training images, fewer than a batch of "
+                         f"{args.batch_size}")
     val_loader = DataLoader(val, batch_size=args.eval_batch_size, shuffle=False, num_workers=args.workers)
     model = Model().to(device)
     loss_fn = smp.losses.DiceLoss(smp.losses.MULTICLASS_MODE, from_logits=True, ignore_index=VOID)

@@ -1,0 +1,45 @@
+"""benchmarks/gpu_check.py, run on the CPU: a GPU is lent for minutes, so the script must not be what fails then."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from datasets import _image, _labels, _save
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_gpu_check_runs_every_row_on_the_cpu_without_a_failure(tmp_path: Path) -> None:
+    data = tmp_path / "camvid"
+    for split, n in (("train", 32), ("val", 3)):  # 32: the batch-32 rows need one whole batch
+        for i in range(n):
+            _save(data / split / f"{split}{i}.png", _image(72, 96))
+            _save(data / f"{split}annot" / f"{split}{i}.png", _labels(72, 96, k=12))  # 11 = void, as CamVid
+    out = tmp_path / "check"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--device", "cpu", "--data", str(data),
+           "--out", str(out), "--steps", "2", "--peer-steps", "7", "--crop", "64", "--skip-compile"]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
+    failed = {r["item"]: r["note"] for r in rows if r["note"].startswith("FAILED")}
+    assert list(failed) == ["fp16 + GradScaler"], failed  # fp16 autocast is CUDA's: refused by name on a CPU
+    assert "fp16 autocast is for CUDA" in failed["fp16 + GradScaler"]
+    items = {(r["section"], r["item"]) for r in rows}
+    trained = [r for r in rows if r["section"] == "pixelwise train"]
+    assert {r["item"] for r in trained} == {
+        "bf16 + channels_last (default)", "finite loss checked every step (nonfinite_loss: skip)",
+        "cudnn.benchmark off", "fp16 + GradScaler", "fp32 (TF32 convolutions)", "bf16 NCHW",
+        "bf16, no loader workers", "bf16, batch 32", "fp32, batch 32"}
+    # every variant is compared with a peer that timed its steps (7 steps, 5 of them warm-up)
+    timed = [r for r in trained if r["item"] not in failed]
+    assert len(timed) == 8 and all(r["train_ratio"] > 0 and r["eval_ratio"] > 0 for r in timed), timed
+    peers = [r for r in rows if r["section"].startswith("peer")]
+    assert len(peers) == 3 and all(r["train_ips"] > 0 for r in peers), peers
+    assert ("ONNX export", "CPU EP parity") in items and ("Segmenter", "CUDA vs CPU fp32") in items
+    assert {("ceiling", "loader alone"), ("ceiling", "GPU compute alone")} <= items
+    assert ("host syncs", "training step") in items and ("torchrun", "2-process NCCL") in items  # skipped, said so
+    table = (out / "table.md").read_text()
+    assert table.count("\n") == len(rows) + 2
