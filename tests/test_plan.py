@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import os
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,17 @@ from conftest import shared_or_skip
 
 from pixelwise.config import load_config
 from pixelwise.data.fingerprint import Fingerprint
-from pixelwise.plan import Machine, make_plan, rule_augment, rule_crop, rule_data, rule_loss, rule_schedule
+from pixelwise.plan import (
+    Machine,
+    make_plan,
+    progressive_gain,
+    rule_augment,
+    rule_crop,
+    rule_data,
+    rule_loss,
+    rule_progressive,
+    rule_schedule,
+)
 
 CPU = Machine("cpu", 2, 24.0, True)
 GPU = Machine("cuda", 16, 128.0, True, "H100", 80.0)
@@ -62,6 +74,22 @@ def test_epochs_and_evaluation_fit_the_budget():
     assert decisions["train.eval_every"] == 2  # 101 whole frames ~ 42 s of forward passes against 92 s epochs
 
 
+def test_short_cpu_budgets_train_on_progressive_crops_and_plan_their_extra_steps():
+    short = {d.key: d.value for d in rule_progressive(CPU, 263, [320, 320])}
+    assert short == {"data.crop_start": 0.5, "data.crop_ramp": 0.5}
+    assert rule_progressive(CPU, 5000, [320, 320]) == []  # many steps: full crops
+    assert rule_progressive(GPU, 263, [320, 320]) == []  # not measured on a GPU
+    # without the sides' 32-pixel steps the gain would be ramp / start + 1 - ramp = 1.5; rounded down, a little more
+    gain = progressive_gain([320, 320], 0.5, 0.5)
+    assert 1.5 < gain < 1.75 and progressive_gain([320, 320], 1.0, 0.5) == 1.0
+    faster = {d.key: d.value for d in rule_schedule(fingerprint(), 600, 4.0, [320, 320], 8, gain=gain)}
+    assert faster["train.epochs"] == math.ceil(600 * 4.0 * gain / 367) == 11
+    plan = {d.key: d.value for d in make_plan(fingerprint(), "10m", CPU, measure=False).decisions}
+    assert plan["data.crop_start"] == 0.5 and plan["train.epochs"] == 11
+    on_gpu = {d.key for d in make_plan(fingerprint(), "10m", GPU, measure=False).decisions}
+    assert "data.crop_start" not in on_gpu
+
+
 @pytest.mark.parametrize("pretrained", [True, False])
 def test_plan_yaml_has_a_reason_per_choice_and_loads_as_a_config(tmp_path, pretrained):
     fp = fingerprint(channels=1, size=(512, 512), layout=0.0, classes=2, train=30, val=0, binary_share=0.78,
@@ -100,6 +128,24 @@ def test_plan_command_measures_and_train_auto_runs_it(synthetic_data, tmp_path):
     assert load_config(run / "config.yaml").train.time_budget == "20s"
 
 
+def test_plan_file_elsewhere_reads_the_dataset_typed_relative_to_the_shell(synthetic_data, tmp_path, monkeypatch):
+    """`plan data --out configs/x.yaml` then `train configs/x.yaml`: a config file's relative paths are read from
+    its own folder, so the plan writes data.root as seen from there, not as typed."""
+    from typer.testing import CliRunner
+
+    from pixelwise.cli import app
+
+    monkeypatch.chdir(synthetic_data.parent)
+    out = tmp_path / "configs" / "plan.yaml"
+    out.parent.mkdir()
+    result = CliRunner().invoke(app, ["plan", synthetic_data.name, "--out", str(out), "--no-measure"])
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load(out.read_text())["data"]["root"] == os.path.relpath(synthetic_data, out.parent)
+    monkeypatch.chdir(tmp_path)  # from any working folder
+    assert load_config(out).data.root.resolve() == synthetic_data.resolve()
+    assert f"root: {synthetic_data.name}  #" in result.stdout  # what is printed stays as typed
+
+
 @pytest.mark.slow
 def test_plans_for_the_real_datasets():
     from pixelwise.config import DataConfig
@@ -130,4 +176,6 @@ def test_train_auto_shows_the_plan_as_written(tmp_path):
                                       "--set", "train.max_steps=1", "--set", "data.num_workers=0"])
     assert result.exit_code == 0, result.output
     assert "names: [value_255, value_0]}" in result.output.replace("\n", "")
-    assert (tmp_path / "run" / "plan.yaml").read_text() in result.output
+    written = (tmp_path / "run" / "plan.yaml").read_text()  # as shown, but data.root as seen from the run folder
+    assert written.replace("root: ../data  #", f"root: {tmp_path / 'data'}  #") in result.output
+    assert load_config(tmp_path / "run" / "plan.yaml").data.root == (tmp_path / "data").resolve()

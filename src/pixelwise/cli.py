@@ -153,7 +153,7 @@ def train(
 
     trainer = Trainer(cfg, run_dir, resume=resume is not None, overwrite=overwrite, callbacks=default_callbacks(cfg))
     if auto_plan is not None and launched_rank() == 0:
-        atomic_write_text(run_dir / "plan.yaml", auto_plan.to_yaml())
+        atomic_write_text(run_dir / "plan.yaml", auto_plan.to_yaml(run_dir))
     summary = trainer.fit()
     if launched_rank() == 0:  # under torchrun the summary is printed once
         out.print_json(json.dumps(summary))
@@ -205,10 +205,9 @@ def plan(
     if out_file is not None:
         check_new_file(out_file)
     result = plan_dataset(root, fmt, budget, device, measure)
-    text = result.to_yaml()
-    out.print(text, markup=False, highlight=False, soft_wrap=True)
-    if out_file is not None:
-        atomic_write_text(out_file, text)
+    out.print(result.to_yaml(), markup=False, highlight=False, soft_wrap=True)
+    if out_file is not None:  # data.root as seen from the file's folder, where `train FILE` will read it from
+        atomic_write_text(out_file, result.to_yaml(out_file.parent))
         err.print(f"config written to {out_file}; train with: pixelwise train {out_file}")
 
 

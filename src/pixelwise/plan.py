@@ -28,6 +28,8 @@ GPU_CROP_CAP = 512
 MIN_STEPS = 250  # fewer optimizer steps than this in the budget: crops shrink (CPU) so training gets through more
 NO_LAYOUT = 0.15  # classes' mean heights spread less than this: the images have no up and down
 EVAL_SHARE = 0.1  # evaluation may take about this share of training time
+PROGRESSIVE_STEPS = 1000  # CPU budgets of fewer full-crop steps than this train on progressive crops
+CROP_START, CROP_RAMP = 0.5, 0.5  # half-side crops first, full size by half-way (engine/progressive.py)
 
 
 @dataclass
@@ -90,16 +92,29 @@ class Plan:
         except Exception as e:  # a rule produced an invalid value: a bug, said plainly
             raise ConfigError(f"the automatic plan is not a valid config: {e}") from None
 
-    def to_yaml(self) -> str:
-        """The config as YAML with each decision's reason as a comment beside it."""
+    def to_yaml(self, folder: Path | None = None) -> str:
+        """The config as YAML with each decision's reason as a comment beside it. ``folder``: where the file will
+        be, so data.root is written relative to it (a config file's relative paths are read from its folder)."""
         fp = self.fingerprint
         lines = [f"# pixelwise plan for {fp.root} ({fp.format}), budget {self.budget}",
                  f"# machine: {self.machine.describe()}"]
         if self.measured:
             lines.append("# measured: " + ", ".join(f"{k} {v}" for k, v in self.measured.items()))
         reasons = {d.key: d.reason for d in self.decisions}
-        _render(self.tree(), reasons, "", 0, lines)
+        tree = self.tree()
+        if folder is not None and tree.get("data", {}).get("root") is not None:
+            tree["data"]["root"] = _relative(Path(tree["data"]["root"]), folder)
+        _render(tree, reasons, "", 0, lines)
         return "\n".join(lines) + "\n"
+
+
+def _relative(path: Path, folder: Path) -> str:
+    """``path`` (relative to the working folder) as seen from ``folder``; absolute where no relative path leads
+    there (another drive)."""
+    try:
+        return os.path.relpath(path.resolve(), folder.resolve())
+    except ValueError:
+        return str(path.resolve())
 
 
 def _flow(value: Any) -> str:
@@ -247,19 +262,45 @@ def _top_bottom(fp: Fingerprint) -> str:
     return f"{min(rows)[1]} above {max(rows)[1]}" if rows else "not uniform"
 
 
-def rule_schedule(fp: Fingerprint, budget_s: float, ips: float, crop: list[int], batch: int) -> list[Decision]:
+def progressive_gain(crop: list[int], start: float, ramp: float, points: int = 1000) -> float:
+    """Training images per second with progressive crops, relative to full crops all along, for time-budgeted
+    training: a step costs its crop's area, so the rate at each point of progress is the full area over that
+    point's (the engine's ``crop_side``, in 32-pixel steps). 320 crops, 0.5 and 0.5: 1.66x (CamVid runs: 1.67x and
+    1.71x the steps in the same 15 minutes)."""
+    from pixelwise.engine.progressive import crop_side
+
+    h, w = crop
+    progress = ((i + 0.5) / points for i in range(points))
+    return sum(h * w / (crop_side(h, start, ramp, p) * crop_side(w, start, ramp, p)) for p in progress) / points
+
+
+def rule_progressive(machine: Machine, steps: float, crop: list[int]) -> list[Decision]:
+    """Progressive crops where the budget holds few steps (CPUs): more steps beat full-size crops there."""
+    if machine.device == "cuda" or steps >= PROGRESSIVE_STEPS:
+        return []
+    why = (f"about {steps:.0f} steps at full crops fit the budget: crops of half the side first give "
+           f"{progressive_gain(crop, CROP_START, CROP_RAMP):.2g}x the steps (CamVid, 15 min on one core, pretrained: "
+           "0.627 against 0.470 and 0.619 against 0.509 val mIoU at 2 seeds; from scratch +1.2 points over 3)")
+    return [Decision("data.crop_start", CROP_START, why),
+            Decision("data.crop_ramp", CROP_RAMP, "crops reach their full size half-way through training")]
+
+
+def rule_schedule(fp: Fingerprint, budget_s: float, ips: float, crop: list[int], batch: int,
+                  gain: float = 1.0) -> list[Decision]:
+    """``ips``: measured at full crops; ``gain``: how much faster training goes on average (progressive crops)."""
     n = train_images(fp)
-    epochs = max(1, math.ceil(budget_s * ips / n))
-    steps = int(budget_s * ips / batch)
+    epochs = max(1, math.ceil(budget_s * ips * gain / n))
+    steps = int(budget_s * ips * gain / batch)
     # evaluation: whole val images, forward only (about a third of a training step's work per pixel)
     size = fp.image_size
     val_pixels = val_images(fp) * size.height.median * size.width.median
     eval_s = val_pixels / (crop[0] * crop[1]) / (3 * ips)
-    epoch_s = n / ips
+    epoch_s = n / (ips * gain)
     every = max(1, math.ceil(eval_s / (EVAL_SHARE * epoch_s)))
     return [Decision("train.time_budget", _budget_text(budget_s), "the budget asked for"),
-            Decision("train.epochs", epochs, f"measured {ips:.1f} training images/s: about {epochs} epochs "
-                     f"({steps} steps) fit the budget"),
+            Decision("train.epochs", epochs, f"measured {ips:.1f} training images/s"
+                     + (f" at full crops, {gain:.1f}x on average with progressive crops" if gain > 1 else "")
+                     + f": about {epochs} epochs ({steps} steps) fit the budget"),
             Decision("train.eval_every", every, f"evaluating {val_images(fp)} val images takes about {eval_s:.0f} s "
                      f"against {epoch_s:.0f} s per epoch: every {every} epoch(s) keeps it near "
                      f"{EVAL_SHARE:.0%} of the time")]
@@ -344,6 +385,7 @@ def make_plan(fp: Fingerprint, budget: str, machine: Machine, measure: bool = Tr
         batch = cfg.train.batch_size
         if not measure:
             ips = 40.0 if machine.device == "cuda" else 4.0
+            steps = budget_s * ips / batch
             break
         ips = measure_speed(cfg, fp.channels, len(fp.classes) or 2, device=machine.device)
         measured[f"{crop.value[1]}x{crop.value[0]} crops"] = f"{ips:.1f} train img/s"
@@ -352,8 +394,10 @@ def make_plan(fp: Fingerprint, budget: str, machine: Machine, measure: bool = Tr
             break
         shrunk = f"; {crop.value[1]}x{crop.value[0]} crops gave only {steps:.0f} steps in the budget"
         cap = max(192, max(crop.value) - 64)
-    plan = Plan([*base, crop, *fixed, *rule_schedule(fp, budget_s, ips, crop.value, batch)], machine, budget, fp,
-                measured)
+    progressive = rule_progressive(machine, steps, crop.value)
+    gain = progressive_gain(crop.value, CROP_START, CROP_RAMP) if progressive else 1.0
+    plan = Plan([*base, crop, *progressive, *fixed, *rule_schedule(fp, budget_s, ips, crop.value, batch, gain)],
+                machine, budget, fp, measured)
     plan.config()  # validate
     return plan
 
