@@ -262,45 +262,42 @@ def _top_bottom(fp: Fingerprint) -> str:
     return f"{min(rows)[1]} above {max(rows)[1]}" if rows else "not uniform"
 
 
-def progressive_gain(crop: list[int], start: float, ramp: float, points: int = 1000) -> float:
-    """Training images per second with progressive crops, relative to full crops all along, for time-budgeted
-    training: a step costs its crop's area, so the rate at each point of progress is the full area over that
-    point's (the engine's ``crop_side``, in 32-pixel steps). 320 crops, 0.5 and 0.5: 1.66x (CamVid runs: 1.67x and
-    1.71x the steps in the same 15 minutes)."""
-    from pixelwise.engine.progressive import crop_side
-
-    h, w = crop
-    progress = ((i + 0.5) / points for i in range(points))
-    return sum(h * w / (crop_side(h, start, ramp, p) * crop_side(w, start, ramp, p)) for p in progress) / points
-
-
 def rule_progressive(machine: Machine, steps: float, crop: list[int]) -> list[Decision]:
     """Progressive crops where the budget holds few steps (CPUs): more steps beat full-size crops there."""
     if machine.device == "cuda" or steps >= PROGRESSIVE_STEPS:
         return []
-    why = (f"about {steps:.0f} steps at full crops fit the budget: crops of half the side first give "
-           f"{progressive_gain(crop, CROP_START, CROP_RAMP):.2g}x the steps (CamVid, 15 min on one core, pretrained: "
-           "0.627 against 0.470 and 0.619 against 0.509 val mIoU at 2 seeds; from scratch +1.2 points over 3)")
+    from pixelwise.engine.progressive import progressive_gain
+
+    gain = progressive_gain(crop, CROP_START, CROP_RAMP)[0]
+    why = (f"about {steps:.0f} steps at full crops fit the budget: crops of half the side first give {gain:.2g}x "
+           "the steps (CamVid, 15 min on one core, pretrained: 0.627 against 0.470 and 0.619 against 0.509 val "
+           "mIoU at 2 seeds; from scratch +1.2 points over 3)")
     return [Decision("data.crop_start", CROP_START, why),
             Decision("data.crop_ramp", CROP_RAMP, "crops reach their full size half-way through training")]
 
 
 def rule_schedule(fp: Fingerprint, budget_s: float, ips: float, crop: list[int], batch: int,
-                  gain: float = 1.0) -> list[Decision]:
-    """``ips``: measured at full crops; ``gain``: how much faster training goes on average (progressive crops)."""
+                  gain: tuple[float, float] = (1.0, 1.0)) -> list[Decision]:
+    """``ips``: measured at full crops; ``gain``: how much faster training goes with progressive crops, on average
+    and at their fastest (``engine.progressive.progressive_gain``)."""
     n = train_images(fp)
-    epochs = max(1, math.ceil(budget_s * ips * gain / n))
-    steps = int(budget_s * ips * gain / batch)
+    average, fastest = gain
+    steps = int(budget_s * ips * average / batch)
+    expected = max(1, math.ceil(budget_s * ips * average / n))
+    # Schedules follow max(step / planned steps, elapsed / budget): planned from the fastest rate, the steps never
+    # run ahead of the clock, so the time budget drives crops and learning rate, as measured (epochs=1000 there).
+    epochs = max(1, math.ceil(budget_s * ips * fastest / n))
     # evaluation: whole val images, forward only (about a third of a training step's work per pixel)
     size = fp.image_size
     val_pixels = val_images(fp) * size.height.median * size.width.median
     eval_s = val_pixels / (crop[0] * crop[1]) / (3 * ips)
-    epoch_s = n / (ips * gain)
+    epoch_s = n / (ips * average)
     every = max(1, math.ceil(eval_s / (EVAL_SHARE * epoch_s)))
     return [Decision("train.time_budget", _budget_text(budget_s), "the budget asked for"),
-            Decision("train.epochs", epochs, f"measured {ips:.1f} training images/s"
-                     + (f" at full crops, {gain:.1f}x on average with progressive crops" if gain > 1 else "")
-                     + f": about {epochs} epochs ({steps} steps) fit the budget"),
+            Decision("train.epochs", epochs, f"measured {ips:.1f} training images/s: about {expected} epochs "
+                     f"({steps} steps) fit the budget" + (
+                         f" ({average:.2g}x with progressive crops; {epochs} epochs, the pace of the smallest crops, "
+                         "so that the clock ends training and drives the schedules)" if fastest > 1 else "")),
             Decision("train.eval_every", every, f"evaluating {val_images(fp)} val images takes about {eval_s:.0f} s "
                      f"against {epoch_s:.0f} s per epoch: every {every} epoch(s) keeps it near "
                      f"{EVAL_SHARE:.0%} of the time")]
@@ -395,7 +392,11 @@ def make_plan(fp: Fingerprint, budget: str, machine: Machine, measure: bool = Tr
         shrunk = f"; {crop.value[1]}x{crop.value[0]} crops gave only {steps:.0f} steps in the budget"
         cap = max(192, max(crop.value) - 64)
     progressive = rule_progressive(machine, steps, crop.value)
-    gain = progressive_gain(crop.value, CROP_START, CROP_RAMP) if progressive else 1.0
+    gain = (1.0, 1.0)
+    if progressive:
+        from pixelwise.engine.progressive import progressive_gain
+
+        gain = progressive_gain(crop.value, CROP_START, CROP_RAMP)
     plan = Plan([*base, crop, *progressive, *fixed, *rule_schedule(fp, budget_s, ips, crop.value, batch, gain)],
                 machine, budget, fp, measured)
     plan.config()  # validate

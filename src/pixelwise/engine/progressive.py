@@ -26,6 +26,17 @@ def crop_side(full: int, start: float, ramp: float, progress: float, floor: int 
     return min(full, max(side, floor))
 
 
+def progressive_gain(crop: list[int], start: float, ramp: float, points: int = 1000) -> tuple[float, float]:
+    """Training images per second with progressive crops relative to full crops all along: (on average over a
+    time-budgeted run, at the smallest crops). A step costs its crop's area, so the rate at each point of progress
+    is the full area over that point's (``crop_side``, in 32-pixel steps). 320 crops, 0.5 and 0.5:
+    1.66x on average (CamVid runs: 1.67x and 1.71x the steps in the same 15 minutes), 4x at first."""
+    h, w = crop
+    rates = [h * w / (crop_side(h, start, ramp, p) * crop_side(w, start, ramp, p))
+             for p in ((i + 0.5) / points for i in range(points))]
+    return sum(rates) / points, max(rates)
+
+
 def progressive_crop(batch: tuple[torch.Tensor, torch.Tensor], data: DataConfig, progress: float,
                      floor: int = MULTIPLE) -> tuple[torch.Tensor, torch.Tensor]:
     """The batch cut to the crop size of ``progress``: each image at its own random place (torch's generator, so
