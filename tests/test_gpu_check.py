@@ -12,7 +12,7 @@ from datasets import _image, _labels, _save
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_gpu_check_runs_every_row_on_the_cpu_without_a_failure(tmp_path: Path) -> None:
+def test_gpu_check_runs_every_row_on_the_cpu_and_only_fp16_is_refused(tmp_path: Path) -> None:
     data = tmp_path / "camvid"
     for split, n in (("train", 32), ("val", 3)):  # 32: the batch-32 rows need one whole batch
         for i in range(n):

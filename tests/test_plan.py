@@ -180,6 +180,5 @@ def test_train_auto_shows_the_plan_as_written(tmp_path):
                                       "--set", "train.max_steps=1", "--set", "data.num_workers=0"])
     assert result.exit_code == 0, result.output
     assert "names: [value_255, value_0]}" in result.output.replace("\n", "")
-    written = (tmp_path / "run" / "plan.yaml").read_text()  # as shown, but data.root as seen from the run folder
-    assert written.replace("root: ../data  #", f"root: {tmp_path / 'data'}  #") in result.output
+    assert (tmp_path / "run" / "plan.yaml").read_text() in result.output  # an absolute data.root holds anywhere
     assert load_config(tmp_path / "run" / "plan.yaml").data.root == (tmp_path / "data").resolve()

@@ -94,7 +94,8 @@ class Plan:
 
     def to_yaml(self, folder: Path | None = None) -> str:
         """The config as YAML with each decision's reason as a comment beside it. ``folder``: where the file will
-        be, so data.root is written relative to it (a config file's relative paths are read from its folder)."""
+        be, so a relative data.root is written as seen from there (a config file's relative paths are read from
+        its folder)."""
         fp = self.fingerprint
         lines = [f"# pixelwise plan for {fp.root} ({fp.format}), budget {self.budget}",
                  f"# machine: {self.machine.describe()}"]
@@ -102,8 +103,9 @@ class Plan:
             lines.append("# measured: " + ", ".join(f"{k} {v}" for k, v in self.measured.items()))
         reasons = {d.key: d.reason for d in self.decisions}
         tree = self.tree()
-        if folder is not None and tree.get("data", {}).get("root") is not None:
-            tree["data"]["root"] = _relative(Path(tree["data"]["root"]), folder)
+        root = tree.get("data", {}).get("root")
+        if folder is not None and root is not None and not Path(root).is_absolute():  # absolute ones hold anywhere
+            tree["data"]["root"] = _relative(Path(root), folder)
         _render(tree, reasons, "", 0, lines)
         return "\n".join(lines) + "\n"
 
