@@ -6,6 +6,7 @@ merges a YAML file, ``--set a.b=value`` overrides and CLI shortcuts, then valida
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -131,16 +132,38 @@ PATH_KEYS = (("data", "root"), ("data", "classes"), ("model", "encoder_weights")
 NOT_PATHS = ("imagenet", "auto")  # encoder_weights' names; an hf:// address is not a path either
 
 
-def paths_from(tree: dict[str, Any], folder: Path) -> dict[str, Any]:
-    """``tree`` with its relative paths joined to ``folder``; data.classes only when the file is there (otherwise
-    it is looked up in the dataset folder, as before)."""
+def _relative_paths(tree: dict[str, Any]):
+    """(section node, key, value) of each relative path among ``PATH_KEYS`` in ``tree``."""
     for section, key in PATH_KEYS:
         node = tree.get(section)
         value = node.get(key) if isinstance(node, dict) else None
+        if isinstance(value, Path):
+            value = str(value)
         if (isinstance(value, str) and value not in NOT_PATHS and not value.startswith("hf://")
                 and not Path(value).expanduser().is_absolute()):
-            if key != "classes" or (folder / value).is_file():
-                node[key] = str((folder / value).resolve())
+            yield node, key, value
+
+
+def paths_from(tree: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """``tree`` with its relative paths joined to ``folder``; data.classes only when the file is there (otherwise
+    it is looked up in the dataset folder, as before)."""
+    for node, key, value in _relative_paths(tree):
+        if key != "classes" or (folder / value).is_file():
+            node[key] = str((folder / value).resolve())
+    return tree
+
+
+def paths_for(tree: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """The inverse of ``paths_from``: ``tree``'s relative paths (from the working folder) as seen from ``folder``,
+    where a config file holding them will be read from; absolute where no relative path leads there (another
+    drive). Absolute paths hold anywhere and stay as they are."""
+    for node, key, value in _relative_paths(tree):
+        if key == "classes" and not Path(value).is_file():  # a name in the dataset folder, as paths_from reads it
+            continue
+        try:
+            node[key] = os.path.relpath(Path(value).resolve(), folder.resolve())
+        except ValueError:
+            node[key] = str(Path(value).resolve())
     return tree
 
 

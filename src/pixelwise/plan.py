@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from pixelwise.config import Config, parse_duration, set_dotted
+from pixelwise.config import Config, parse_duration, paths_for, set_dotted
 from pixelwise.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -94,29 +94,16 @@ class Plan:
 
     def to_yaml(self, folder: Path | None = None) -> str:
         """The config as YAML with each decision's reason as a comment beside it. ``folder``: where the file will
-        be, so a relative data.root is written as seen from there (a config file's relative paths are read from
-        its folder)."""
+        be, so relative paths are written as seen from there (``config.paths_for``)."""
         fp = self.fingerprint
         lines = [f"# pixelwise plan for {fp.root} ({fp.format}), budget {self.budget}",
                  f"# machine: {self.machine.describe()}"]
         if self.measured:
             lines.append("# measured: " + ", ".join(f"{k} {v}" for k, v in self.measured.items()))
         reasons = {d.key: d.reason for d in self.decisions}
-        tree = self.tree()
-        root = tree.get("data", {}).get("root")
-        if folder is not None and root is not None and not Path(root).is_absolute():  # absolute ones hold anywhere
-            tree["data"]["root"] = _relative(Path(root), folder)
+        tree = self.tree() if folder is None else paths_for(self.tree(), folder)
         _render(tree, reasons, "", 0, lines)
         return "\n".join(lines) + "\n"
-
-
-def _relative(path: Path, folder: Path) -> str:
-    """``path`` (relative to the working folder) as seen from ``folder``; absolute where no relative path leads
-    there (another drive)."""
-    try:
-        return os.path.relpath(path.resolve(), folder.resolve())
-    except ValueError:
-        return str(path.resolve())
 
 
 def _flow(value: Any) -> str:
