@@ -372,6 +372,8 @@ def main() -> None:
     p.add_argument("--device", default="cuda", help="cuda; cpu only to try the script itself (tiny --steps)")
     p.add_argument("--crop", type=int, default=320, help="training crop side, peer and pixelwise (the figures: 320)")
     args = p.parse_args()
+    if args.crop < 32:
+        p.error(f"--crop {args.crop}: at least 32 (the networks' stride)")
     global DEVICE, CROP
     DEVICE, CROP = torch.device(args.device), args.crop
     if DEVICE.type == "cuda" and not torch.cuda.is_available():

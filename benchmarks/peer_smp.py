@@ -124,6 +124,8 @@ def main() -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda (fp32 eager either way, as the example runs)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader processes (the CPU recipe uses none)")
     args = p.parse_args()
+    if args.crop < 32:
+        p.error(f"--crop {args.crop}: at least 32 (the network's stride)")
     device = torch.device(args.device)
 
     torch.manual_seed(args.seed)

@@ -124,3 +124,22 @@ def test_bad_sizes(text):
 
     with pytest.raises(ValueError, match="HEIGHTxWIDTH|at least 1"):
         parse_hw(text)
+
+
+def test_paths_for_is_the_inverse_of_paths_from(tmp_path, monkeypatch):
+    from pixelwise.config import paths_for, paths_from
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "configs").mkdir()  # where the config file will be
+    (tmp_path / "table.yaml").write_text("names: [a, b]\n")
+    tree = {"data": {"root": "data", "classes": "table.yaml"}, "model": {"encoder_weights": "imagenet",
+                                                                          "init_from": "hf://user/repo"}}
+    written = paths_for(tree, tmp_path / "configs")
+    assert written["data"] == {"root": "../data", "classes": "../table.yaml"}
+    assert written["model"] == {"encoder_weights": "imagenet", "init_from": "hf://user/repo"}  # not paths
+    read = paths_from(written, tmp_path / "configs")
+    assert read["data"] == {"root": str(tmp_path / "data"), "classes": str(tmp_path / "table.yaml")}
+    # an absolute path holds anywhere; a classes name that is no file here is looked up in the dataset folder
+    kept = paths_for({"data": {"root": "/srv/x", "classes": "classes.yaml"}}, tmp_path / "configs")
+    assert kept == {"data": {"root": "/srv/x", "classes": "classes.yaml"}}

@@ -43,3 +43,12 @@ def test_gpu_check_runs_every_row_on_the_cpu_and_only_fp16_is_refused(tmp_path: 
     assert ("host syncs", "training step") in items and ("torchrun", "2-process NCCL") in items  # skipped, said so
     table = (out / "table.md").read_text()
     assert table.count("\n") == len(rows) + 2
+
+
+def test_a_crop_below_the_stride_is_refused_by_name_before_anything_runs(tmp_path: Path) -> None:
+    for script in ("gpu_check.py", "peer_smp.py"):
+        cmd = [sys.executable, str(ROOT / "benchmarks" / script), "--device", "cpu", "--crop", "0",
+               "--data", str(tmp_path)]
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and "--crop 0: at least 32" in done.stderr, (script, done.stderr[-500:])
+        assert "Traceback" not in done.stderr

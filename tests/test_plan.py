@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -148,6 +149,23 @@ def test_plan_file_elsewhere_reads_the_dataset_typed_relative_to_the_shell(synth
     monkeypatch.chdir(tmp_path)  # from any working folder
     assert load_config(out).data.root.resolve() == synthetic_data.resolve()
     assert f"root: {synthetic_data.name}  #" in result.stdout  # what is printed stays as typed
+
+
+def test_plan_file_keeps_a_folder_name_with_brackets_spaces_and_dots(synthetic_data, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from pixelwise.cli import app
+
+    odd = tmp_path / "set [v2] #1 :x"
+    shutil.copytree(synthetic_data, odd)
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "a")
+    out = tmp_path / "a" / "b" / "plan.yaml"
+    result = CliRunner().invoke(app, ["plan", f"b/../../{odd.name}", "--out", "b/plan.yaml", "--no-measure"])
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load(out.read_text())["data"]["root"] == f"../../{odd.name}"
+    monkeypatch.chdir(synthetic_data)
+    assert load_config(out).data.root == odd.resolve()
 
 
 @pytest.mark.slow
