@@ -195,7 +195,8 @@ def plan(
     root: Path = typer.Argument(..., help="Dataset folder (or list file)."),
     fmt: str | None = typer.Option(None, "--format", help="Dataset layout (data.format; default: detected)."),
     budget: str = typer.Option("30m", "--time-budget", "--budget", help="Training time to plan for (e.g. 10m, 2h)."),
-    out_file: Path | None = typer.Option(None, "--out", help="Write the config here (YAML, a reason per choice)."),
+    out_file: Path | None = typer.Option(None, "--out", help="Write the config here (YAML, a reason per choice; "
+                                         "data.root as seen from its folder)."),
     device: str = typer.Option("auto", help="Plan for cpu, cuda or auto (this machine's)."),
     measure: bool = typer.Option(True, help="Time a few training steps to fit crops and epochs to the budget."),
 ) -> None:
