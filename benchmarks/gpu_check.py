@@ -162,7 +162,7 @@ def pixelwise_config(data: Path, steps: int, run: Path, overrides: list[str]):
 
     base = [f"data.root={data}", f"train.max_steps={steps}", "train.time_budget=null", "train.eval_every=100000",
             "train.tensorboard=false", "train.report=false", f"train.device={DEVICE.type}", f"name={run.name}",
-            f"data.crop_size={CROP}"]
+            f"data.crop_size={CROP}", "data.crop_start=1.0"]  # full crops every step, as the peer's
     return load_config(CONFIG, base + overrides)
 
 
@@ -322,7 +322,7 @@ def nccl(table: Table, data: Path, work: Path) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "pixelwise", "train",
            str(CONFIG), "--out", str(run), "--set", f"data.root={data}", "--set", "train.max_steps=40",
            "--set", "train.time_budget=null", "--set", "train.report=false", "--set", "train.tensorboard=false",
-           "--set", f"data.crop_size={CROP}"]
+           "--set", f"data.crop_size={CROP}", "--set", "data.crop_start=1.0"]
     start = time.perf_counter()
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=_env())
     if out.returncode != 0:

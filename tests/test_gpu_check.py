@@ -52,3 +52,22 @@ def test_a_crop_below_the_stride_is_refused_by_name_before_anything_runs(tmp_pat
         done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert done.returncode == 2 and "--crop 0: at least 32" in done.stderr, (script, done.stderr[-500:])
         assert "Traceback" not in done.stderr
+
+
+def test_speed_rows_train_on_the_peers_full_crops_every_step(tmp_path: Path) -> None:
+    """The CamVid recipe grows its crops from 160 (progressive crops): a speed ratio against the peer's 320 crops
+    must switch that off, or its first steps run on quarter-size images."""
+    from pixelwise.config import load_config
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import bench_speed
+        import gpu_check
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    assert load_config(gpu_check.CONFIG).data.crop_start < 1.0  # what is being switched off
+    cfg = gpu_check.pixelwise_config(tmp_path, 2, tmp_path / "run", [])
+    assert cfg.data.crop_start == 1.0 and cfg.data.crop_size == (gpu_check.CROP, gpu_check.CROP)
+    cmd = bench_speed.train_command("pixelwise", tmp_path, tmp_path / "run", 2, ["train.seed=1"])
+    sets = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--set"]
+    assert "data.crop_start=1.0" in sets and sets[-1] == "train.seed=1"
