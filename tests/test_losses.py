@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
 
@@ -85,6 +86,37 @@ def test_region_losses_multiclass_against_formulas():
     # alpha = beta = 0.5 is Dice.
     half = _loss(4, terms={"tversky": 1.0}, tversky_alpha=0.5, tversky_beta=0.5)(logits, target)
     assert half.item() == pytest.approx(dice, rel=1e-5)
+
+
+@pytest.mark.parametrize(("name", "make"), [
+    ("dice", lambda w: smp.losses.DiceLoss("multiclass", ignore_index=IGNORE, class_weights=w)),
+    ("jaccard", lambda w: smp.losses.JaccardLoss("multiclass", ignore_index=IGNORE, class_weights=w)),
+    ("tversky", lambda w: smp.losses.TverskyLoss("multiclass", ignore_index=IGNORE, alpha=0.3, beta=0.7,
+                                                  class_weights=w))])
+@pytest.mark.parametrize("weights", [None, [0.5, 2.0, 1.0, 3.0]])
+def test_region_losses_match_smp_in_value_and_gradient(name, make, weights):
+    """pixelwise's multiclass region losses skip smp's one-hot target and L1 norm; the value and the gradient
+    must stay smp's, with void pixels, an absent class, class weights and channels_last bf16 logits."""
+    torch.manual_seed(1)
+    logits = torch.randn(3, 4, 6, 7, dtype=torch.float64)
+    target = torch.randint(0, 3, (3, 6, 7))  # class 3 never labelled
+    target[0, :2] = IGNORE
+    target[2] = IGNORE  # a whole image of void
+    ours = logits.clone().requires_grad_()
+    theirs = logits.clone().requires_grad_()
+    value = _loss(4, terms={name: 1.0}, class_weights=weights)
+    value = value.terms[name](ours, target)
+    expected = make(weights)(theirs, target)
+    assert value.item() == pytest.approx(expected.item(), rel=1e-12)
+    value.backward()
+    expected.backward()
+    torch.testing.assert_close(ours.grad, theirs.grad, rtol=1e-9, atol=1e-15)
+    # bf16 channels_last logits (a bf16 model's output) through the compound loss: smp's value on float32 logits
+    low = logits.to(torch.bfloat16).contiguous(memory_format=torch.channels_last).requires_grad_()
+    got = _loss(4, terms={name: 1.0}, class_weights=weights)(low, target)
+    assert got.item() == pytest.approx(make(weights)(low.detach().float(), target).item(), rel=1e-5)
+    got.backward()
+    assert low.grad.dtype == torch.bfloat16 and torch.isfinite(low.grad.float()).all()
 
 
 def test_region_losses_binary_score_the_foreground_only():

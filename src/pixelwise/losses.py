@@ -175,24 +175,61 @@ def _smp(make: Callable[[str], nn.Module], ctx: LossContext, void_safe: bool = F
     return VoidSafe(loss) if void_safe else loss
 
 
+class SoftOverlap(nn.Module):
+    """Multiclass Tversky loss (Dice: alpha = beta = 0.5; Jaccard: alpha = beta = 1) scored as smp's losses score
+    it: soft scores of the softmax over the batch's labelled pixels, one per class, 0 for a class absent from
+    the labels, averaged over classes (weighted by class weights if given).
+
+    The per-class sums are taken without a one-hot target or smp's L1 norm: the true positives of class c are
+    the probabilities of c gathered at the pixels labelled c; the predicted total is one batched product with
+    the labelled-pixel mask. Same value and gradient as smp's, about 3x less time on a CamVid batch
+    (docs/performance.md). Both gathers and the scatter are one-dimensional: deterministic on CUDA too.
+    """
+
+    def __init__(self, alpha: float, beta: float, weight: torch.Tensor | None, eps: float = 1e-7) -> None:
+        super().__init__()
+        self.alpha, self.beta, self.eps = alpha, beta, eps
+        self.register_buffer("weight", weight)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        n, c = logits.shape[:2]
+        p = logits.to(memory_format=torch.contiguous_format).softmax(1).view(n, c, -1)
+        keep = (target != IGNORE).view(n, -1)
+        label = torch.where(keep, target.view(n, -1), 0)
+        mask = keep.to(p.dtype)
+        total = torch.bmm(p, mask.unsqueeze(2)).sum((0, 2))  # sum of p_c over labelled pixels
+        pixels = p.shape[2]
+        where = (torch.arange(n, device=p.device).unsqueeze(1) * c + label) * pixels + torch.arange(
+            pixels, device=p.device)
+        hit = p.reshape(-1).gather(0, where.view(-1)) * mask.view(-1)  # p of each pixel's own class
+        tp = p.new_zeros(c).scatter_add_(0, label.view(-1), hit)
+        count = torch.bincount(label[keep], minlength=c).to(p.dtype)
+        score = tp / (tp + self.alpha * (total - tp) + self.beta * (count - tp)).clamp_min(self.eps)
+        loss = (1 - score) * (count > 0)
+        if self.weight is None:
+            return loss.mean()
+        return (loss * self.weight).sum() / self.weight.sum()
+
+
+def _overlap(ctx: LossContext, alpha: float, beta: float, binary: Callable[[], nn.Module]) -> nn.Module:
+    """Multiclass: SoftOverlap; binary: smp's loss on the foreground logit."""
+    return OnMargin(binary()) if ctx.binary else SoftOverlap(alpha, beta, ctx.class_weights)
+
+
 @LOSSES.register("dice")
 def _dice(ctx: LossContext) -> nn.Module:
-    w = _weights_list(ctx)
-    return _smp(lambda mode: smp.losses.DiceLoss(mode, ignore_index=IGNORE, class_weights=w), ctx)
+    return _overlap(ctx, 0.5, 0.5, lambda: smp.losses.DiceLoss("binary", ignore_index=IGNORE))
 
 
 @LOSSES.register("jaccard")
 def _jaccard(ctx: LossContext) -> nn.Module:
-    w = _weights_list(ctx)
-    return _smp(lambda mode: smp.losses.JaccardLoss(mode, ignore_index=IGNORE, class_weights=w), ctx)
+    return _overlap(ctx, 1.0, 1.0, lambda: smp.losses.JaccardLoss("binary", ignore_index=IGNORE))
 
 
 @LOSSES.register("tversky")
 def _tversky(ctx: LossContext) -> nn.Module:
     a, b = ctx.cfg.tversky_alpha, ctx.cfg.tversky_beta
-    w = _weights_list(ctx)
-    return _smp(lambda mode: smp.losses.TverskyLoss(mode, ignore_index=IGNORE, alpha=a, beta=b, class_weights=w),
-                ctx)
+    return _overlap(ctx, a, b, lambda: smp.losses.TverskyLoss("binary", ignore_index=IGNORE, alpha=a, beta=b))
 
 
 @LOSSES.register("focal")
@@ -229,7 +266,9 @@ LOSSES.register("mse", lambda ctx: ProbabilityError(2))
 
 
 class CompoundLoss(nn.Module):
-    """Weighted sum of named losses; logits are cast to float32 so bf16 autocast cannot hurt the loss."""
+    """Weighted sum of named losses; logits are cast to float32 so bf16 autocast cannot hurt the loss, and to
+    the contiguous (N, C, H, W) layout in the same copy: softmax and cross-entropy over classes run faster on it
+    than on a channels_last model's output."""
 
     def __init__(self, terms: dict[str, nn.Module], weights: dict[str, float], unweighted: list[str] = ()) -> None:
         super().__init__()
@@ -238,7 +277,7 @@ class CompoundLoss(nn.Module):
         self.unweighted = list(unweighted)  # terms that do not use the configured class weights
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        logits, target = logits.float(), target.long()
+        logits, target = logits.to(torch.float32, memory_format=torch.contiguous_format), target.long()
         return sum(self.weights[name] * term(logits, target) for name, term in self.terms.items())
 
 
