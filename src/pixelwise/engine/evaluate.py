@@ -11,6 +11,7 @@ from torch import nn
 from pixelwise.data.build import eval_loader
 from pixelwise.data.classes import IGNORE
 from pixelwise.engine.distributed import Dist, all_reduce_sum, broadcast_buffers, current
+from pixelwise.engine.fold import fold_batch_norms
 from pixelwise.engine.metrics import confusion_matrix, metrics_from_confusion
 from pixelwise.engine.padding import forward_padded
 from pixelwise.engine.runtime import Runtime
@@ -71,6 +72,7 @@ def evaluate(
         broadcast_buffers(model)
     was_training = model.training
     model.eval()
+    net = fold_batch_norms(model, runtime.channels_last)  # a copy with BatchNorm in the convolutions, or model
     k = len(names)
     cm = torch.zeros(k, k, dtype=torch.int64, device=runtime.device)
     loss_sum, batches, images = torch.zeros((), device=runtime.device), 0, 0
@@ -83,7 +85,7 @@ def evaluate(
     loader = eval_loader(dataset, sizes, batch_size, workers, shard.rank, shard.world)
     for (x, y), indices in zip(loader, loader.batch_sampler, strict=True):
         x, y = x.to(runtime.device, non_blocking=True), y.to(runtime.device, non_blocking=True)
-        logits = forward_padded(model, x, runtime)
+        logits = forward_padded(net, x, runtime)
         if criterion is not None:
             loss_sum += criterion(logits, y)
         pred = logits.argmax(dim=1)
