@@ -99,3 +99,19 @@ def test_a_convolution_whose_output_is_also_used_elsewhere_keeps_its_batch_norm(
             return self.bn(y) + y
 
     assert conv_bn_pairs(Residual().eval()) == []
+
+
+def test_weights_held_in_the_autocast_dtype_give_what_autocast_gives():
+    """The copy's convolutions hold bf16 weights: the values autocast would cast them to on every call."""
+    torch.manual_seed(0)
+    model = build_network(ModelConfig(arch="unet", encoder="resnet18"), 3, 4)
+    _trained_statistics(model, 64)
+    model.eval()
+    bf16 = resolve_runtime("cpu", "bf16", channels_last=True)
+    cast = fold_batch_norms(model, True, torch.bfloat16)
+    plain = fold_batch_norms(model, True)
+    assert cast.net.encoder.conv1.weight.dtype == torch.bfloat16
+    assert plain.net.encoder.conv1.weight.dtype == model.net.encoder.conv1.weight.dtype == torch.float32
+    image = torch.randint(0, 256, (2, 3, 64, 96), dtype=torch.uint8)
+    with torch.inference_mode():
+        assert torch.equal(forward_padded(cast, image, bf16), forward_padded(plain, image, bf16))

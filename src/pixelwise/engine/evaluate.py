@@ -72,7 +72,7 @@ def evaluate(
         broadcast_buffers(model)
     was_training = model.training
     model.eval()
-    net = fold_batch_norms(model, runtime.channels_last)  # a copy with BatchNorm in the convolutions, or model
+    net = fold_batch_norms(model, runtime.channels_last, runtime.amp_dtype)  # BatchNorm in the convolutions, or model
     k = len(names)
     cm = torch.zeros(k, k, dtype=torch.int64, device=runtime.device)
     loss_sum, batches, images = torch.zeros((), device=runtime.device), 0, 0

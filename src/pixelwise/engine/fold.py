@@ -19,6 +19,7 @@ from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+LOW_PRECISION = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)  # autocast runs these in its low precision
 PAIRS = {nn.Conv1d: nn.BatchNorm1d, nn.Conv2d: nn.BatchNorm2d, nn.Conv3d: nn.BatchNorm3d}  # exact types only
 
 
@@ -56,9 +57,13 @@ def _replace(root: nn.Module, name: str, new: nn.Module) -> None:
     setattr(root.get_submodule(parent) if parent else root, leaf, new)
 
 
-def fold_batch_norms(model: nn.Module, channels_last: bool = False) -> nn.Module:
+def fold_batch_norms(model: nn.Module, channels_last: bool = False, dtype: torch.dtype | None = None) -> nn.Module:
     """An evaluation-mode copy of ``model`` with its conv -> BatchNorm pairs folded, or ``model`` itself when there
-    are none. The original keeps its weights and the mode it was in."""
+    are none. The original keeps its weights and the mode it was in.
+
+    ``dtype``: the autocast dtype the copy will run under. Its convolutions and linear layers then hold their
+    weights in it already, the very values autocast would cast them to on every call.
+    """
     if count_batch_norms(model) == 0:
         return model
     was_training = model.training
@@ -73,6 +78,10 @@ def fold_batch_norms(model: nn.Module, channels_last: bool = False) -> nn.Module
         for conv, bn in pairs:
             _replace(folded, conv, fuse_conv_bn_eval(folded.get_submodule(conv), folded.get_submodule(bn)))
             _replace(folded, bn, nn.Identity())
+    if dtype is not None:
+        for m in folded.modules():
+            if type(m) in LOW_PRECISION:
+                m.to(dtype)
     if channels_last:
         folded = folded.to(memory_format=torch.channels_last)
     return folded
