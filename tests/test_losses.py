@@ -117,6 +117,11 @@ def test_region_losses_match_smp_in_value_and_gradient(name, make, weights):
     assert got.item() == pytest.approx(make(weights)(low.detach().float(), target).item(), rel=1e-5)
     got.backward()
     assert low.grad.dtype == torch.bfloat16 and torch.isfinite(low.grad.float()).all()
+    # called under autocast (as a distillation loss or a profiler may be), the sums stay float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under = _loss(4, terms={name: 1.0}, class_weights=weights)(logits.float(), target)
+    assert under.dtype == torch.float32
+    assert under.item() == pytest.approx(expected.item(), rel=1e-6)
 
 
 def test_region_losses_binary_score_the_foreground_only():
