@@ -183,7 +183,7 @@ class SoftOverlap(nn.Module):
     The per-class sums are taken without a one-hot target or smp's L1 norm: the true positives of class c are
     the probabilities of c gathered at the pixels labelled c; the predicted total is one batched product with
     the labelled-pixel mask. Same value and gradient as smp's, about 3x less time on a CamVid batch
-    (docs/performance.md). The gather and the scatter are one-dimensional (deterministic on CUDA too) and
+    (docs/performance.md). The gather and the scatters are one-dimensional (deterministic on CUDA too) and
     nothing waits for the device.
     """
 

@@ -5,7 +5,7 @@ whose only consumer is that BatchNorm can carry both in its weights and bias. to
 network is traced where it can be, and where it cannot (shape-dependent Python in a forward), each child is
 traced instead. The pairs are then folded in a copy of the network with its own classes and forward methods
 kept: the convolution becomes the folded one (torch's ``fuse_conv_bn_eval``), the BatchNorm an ``Identity``. On the
-bf16 CPU this is about 12% of an evaluation pass of Unet-resnet18 on CamVid (docs/performance.md). The copy is
+bf16 CPU this is about 10% of an evaluation pass of Unet-resnet18 on CamVid (docs/performance.md). The copy is
 made for each evaluation, from the weights as they are, so training never sees it.
 """
 

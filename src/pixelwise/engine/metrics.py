@@ -18,7 +18,7 @@ def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int)
         target: (...,) true class indices; IGNORE (255) pixels are left out.
     """
     k = num_classes
-    # Void pixels counted in one extra bin and dropped: no boolean indexing (a host sync and a copy per batch).
+    # Void pixels counted in one extra bin and dropped: no boolean indexing (a nonzero and a copy per batch).
     cell = torch.where(target != IGNORE, target.long() * k + pred.long(), k * k)
     return torch.bincount(cell.flatten(), minlength=k * k + 1)[: k * k].view(k, k)
 
