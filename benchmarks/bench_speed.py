@@ -13,6 +13,12 @@ and then ``pixelwise train`` + ``pixelwise eval`` on the same model (Unet-resnet
   training throughput as a fraction of it (3 x forward FLOPs per training image, from torch's flop counter).
 
     python benchmarks/bench_speed.py --data ../shared/data/camvid [--steps 60] [--set train.compile=true]
+    python benchmarks/bench_speed.py --data ../shared/data/camvid --peer-keeps-memory   # the peer with our malloc
+    PIXELWISE_ALLOCATOR=system python benchmarks/bench_speed.py ...   # pixelwise with glibc's defaults
+
+On a CPU, pixelwise has glibc keep freed memory for the next step (``runtime.keep_freed_memory``); the peer
+recipe as people write it does not. ``--peer-keeps-memory`` runs the peer with the same two malloc settings (as
+``MALLOC_*_`` variables), to show how much of a ratio that setting is and how much the rest of pixelwise.
 
 Absolute seconds move with the machine's load; the ratios come from one invocation, runs one after the other.
 """
@@ -78,10 +84,10 @@ class PeakMemory(threading.Thread):
         return self.peak_kib / 1024
 
 
-def run_measured(cmd: list[str]) -> tuple[str, float, float]:
+def run_measured(cmd: list[str], env: dict[str, str] | None = None) -> tuple[str, float, float]:
     """Run ``cmd`` (stderr passes through); returns its stdout, peak memory in MiB and wall seconds."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True, env=env)
     sampler = PeakMemory(proc.pid)
     sampler.start()
     stdout, _ = proc.communicate()
@@ -120,6 +126,17 @@ def train_command(pixelwise: str, data: Path, run: Path, steps: int, overrides: 
     return cmd
 
 
+def peer_env(keeps_memory: bool) -> dict[str, str]:
+    """The peer's environment: ours, plus glibc set as pixelwise sets it when ``keeps_memory``."""
+    from pixelwise.engine.runtime import ALLOCATOR, M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
+
+    env = dict(os.environ)
+    if keeps_memory:
+        env.update(MALLOC_MMAP_THRESHOLD_=str(ALLOCATOR[M_MMAP_THRESHOLD]),
+                   MALLOC_TRIM_THRESHOLD_=str(ALLOCATOR[M_TRIM_THRESHOLD]))
+    return env
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "camvid")
@@ -127,17 +144,22 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2, help="peer steps left out of its throughput (pixelwise: 2)")
     p.add_argument("--set", dest="overrides", action="append", default=[], help="extra pixelwise --set")
     p.add_argument("--skip-peer", action="store_true", help="measure pixelwise only (no ratios)")
+    p.add_argument("--peer-keeps-memory", action="store_true",
+                   help="run the peer with glibc keeping freed memory, as pixelwise sets it")
     args = p.parse_args()
     if not (args.data / "train").is_dir():
         raise SystemExit(f"{args.data}: CamVid not found (expected train/, trainannot/, val/, valannot/)")
     env_python = sys.executable
     pixelwise = str(Path(env_python).with_name("pixelwise"))
     result: dict = {"steps": args.steps, "batch_size": 8, "crop": 320, "threads": torch.get_num_threads(),
-                    "pixelwise_overrides": args.overrides}
+                    "pixelwise_overrides": args.overrides,
+                    "pixelwise_allocator": os.environ.get("PIXELWISE_ALLOCATOR", "as shipped"),
+                    "peer_allocator": "kept freed memory" if args.peer_keeps_memory else "glibc defaults"}
 
     if not args.skip_peer:
         out, peak, wall = run_measured([env_python, str(ROOT / "benchmarks" / "peer_smp.py"), "--data",
-                                        str(args.data), "--steps", str(args.steps), "--warmup", str(args.warmup)])
+                                        str(args.data), "--steps", str(args.steps), "--warmup", str(args.warmup)],
+                                       peer_env(args.peer_keeps_memory))
         peer = json.loads(out.strip().splitlines()[-1])
         result.update(peer_train_ips=peer["train_images_per_second"], peer_eval_ips=peer["eval_images_per_second"],
                       peer_peak_mib=peak, peer_wall_s=wall)

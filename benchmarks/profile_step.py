@@ -5,7 +5,8 @@ augmentation and collation), host-to-device copy, forward (with the loss), backw
 each evaluation batch into loading, host-to-device, forward and the metric; plus the I/O of an epoch's end
 (checkpoint, metrics). Every phase is timed with the device synchronised around it, so the figures add up to
 the step (a real step overlaps phases on a GPU and is a little faster). Prints the CPU's capabilities (AVX2,
-AVX-512, AVX512-BF16, AMX; what ATen dispatches to; cores, threads) and the precision and memory format chosen.
+AVX-512, AVX512-BF16, AMX; what ATen dispatches to; cores, threads) and the precision and memory format chosen,
+and how malloc is set (``PIXELWISE_ALLOCATOR=system`` in front: glibc's defaults, not pixelwise's).
 
     python benchmarks/profile_step.py --data ../shared/data/camvid [--steps 20] [--set train.amp=off]
     python benchmarks/profile_step.py --data ../shared/data/camvid --compare        # layouts x precisions x threads
@@ -264,9 +265,14 @@ def main() -> None:
     print("machine:", json.dumps(info))
     cfg = load_config(CONFIG, [f"data.root={args.data}", "data.num_workers=0", *args.overrides])
     prepared = prepare(cfg)
+    from pixelwise.engine.runtime import keep_freed_memory
+
+    on_cpu = prepared.runtime.device.type == "cpu"
     info.update(runtime=prepared.runtime.describe(), loader_workers=prepared.workers,
-                batch=cfg.train.batch_size, crop=list(cfg.data.crop_size))
-    print(f"chosen: {info['runtime']}, batch {info['batch']}, crops {info['crop']}, {info['loader_workers']} workers")
+                batch=cfg.train.batch_size, crop=list(cfg.data.crop_size),
+                allocator=keep_freed_memory() if on_cpu else "not set (not a CPU run)")
+    print(f"chosen: {info['runtime']}, batch {info['batch']}, crops {info['crop']}, {info['loader_workers']} workers, "
+          f"malloc: {info['allocator']}")
     train = profile_training(prepared, args.steps, args.warmup)
     _table("training step", train["seconds"], train["images"])
     with tempfile.TemporaryDirectory() as tmp:

@@ -71,3 +71,22 @@ def test_speed_rows_train_on_the_peers_full_crops_every_step(tmp_path: Path) -> 
     cmd = bench_speed.train_command("pixelwise", tmp_path, tmp_path / "run", 2, ["train.seed=1"])
     sets = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--set"]
     assert "data.crop_start=1.0" in sets and sets[-1] == "train.seed=1"
+
+
+def test_the_peer_can_run_with_the_malloc_settings_pixelwise_uses(monkeypatch) -> None:
+    """``bench_speed --peer-keeps-memory``: the peer gets glibc's MALLOC_*_ variables with the values pixelwise
+    sets through mallopt, and pixelwise itself then leaves them alone (its own processes see the same)."""
+    from pixelwise.engine import runtime
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import bench_speed
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    assert "MALLOC_TRIM_THRESHOLD_" not in bench_speed.peer_env(False)
+    env = bench_speed.peer_env(True)
+    assert int(env["MALLOC_MMAP_THRESHOLD_"]) == runtime.ALLOCATOR[runtime.M_MMAP_THRESHOLD] == 32 << 20
+    assert int(env["MALLOC_TRIM_THRESHOLD_"]) == runtime.ALLOCATOR[runtime.M_TRIM_THRESHOLD] == 1 << 30
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", env["MALLOC_TRIM_THRESHOLD_"])
+    assert runtime._set_allocator() == "glibc as set in the environment"

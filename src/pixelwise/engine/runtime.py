@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
+import platform
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -91,6 +94,48 @@ def auto_device() -> torch.device:
     return torch.device("cpu")
 
 
+# glibc's mallopt parameters and the values set: blocks up to 32 MiB (glibc's largest mmap threshold on 64-bit)
+# come from the heap, and up to 1 GiB freed at its top stays mapped instead of going back to the kernel
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+ALLOCATOR = {M_MMAP_THRESHOLD: 32 << 20, M_TRIM_THRESHOLD: 1 << 30}
+USER_MALLOC_SETTINGS = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
+_allocator_state: list[str] = []
+
+
+def keep_freed_memory() -> str:
+    """Have glibc's malloc keep the memory a training step frees, for the next step; say what was done.
+
+    By default glibc hands back to the kernel every block above its mmap threshold (128 KiB, rising to at most
+    32 MiB) and the top of the heap once more than twice that threshold is free there. A CPU training step frees
+    all its activations (hundreds of MiB) and allocates them again in the next step, which the kernel then faults
+    in and zero-fills page by page: on the bf16 CPU, Unet-resnet18 on CamVid trained 10-15% faster with the
+    memory kept (docs/performance.md). The peak does not grow; memory freed after it stays with the process.
+
+    Done once per process, on Linux with glibc only, and never over the user's own choice: any ``MALLOC_*_``
+    setting or a malloc tunable in ``GLIBC_TUNABLES`` leaves glibc as configured, and ``PIXELWISE_ALLOCATOR=
+    system`` leaves it at its defaults. Another allocator in ``LD_PRELOAD`` (tcmalloc, jemalloc) ignores these.
+    """
+    if not _allocator_state:
+        _allocator_state.append(_set_allocator())
+    return _allocator_state[0]
+
+
+def _set_allocator() -> str:
+    if os.environ.get("PIXELWISE_ALLOCATOR", "").strip().lower() == "system":
+        return "glibc defaults (PIXELWISE_ALLOCATOR=system)"
+    if any(name in os.environ for name in USER_MALLOC_SETTINGS) or "malloc" in os.environ.get("GLIBC_TUNABLES", ""):
+        return "glibc as set in the environment"
+    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+        return "the platform's allocator"
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return "the platform's allocator"
+    if all(mallopt(param, value) == 1 for param, value in ALLOCATOR.items()):
+        return "glibc keeping freed memory"
+    return "glibc defaults (mallopt refused)"
+
+
 def resolve_runtime(device: str = "auto", amp: str = "auto", channels_last: bool = True) -> Runtime:
     """Pick the device and autocast dtype: bf16 on CPUs that compute it natively and on CUDA GPUs that have it."""
     dev = auto_device() if device == "auto" else usable_device(device)
@@ -108,6 +153,8 @@ def resolve_runtime(device: str = "auto", amp: str = "auto", channels_last: bool
         dtype = None
     if dtype == torch.float16 and dev.type == "cpu":
         raise ConfigError("train.amp: fp16 autocast is for CUDA; on a CPU use bf16 or off")
+    if dev.type == "cpu":
+        keep_freed_memory()
     return Runtime(dev, dtype, channels_last)
 
 
