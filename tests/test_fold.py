@@ -115,3 +115,27 @@ def test_weights_held_in_the_autocast_dtype_give_what_autocast_gives():
     image = torch.randint(0, 256, (2, 3, 64, 96), dtype=torch.uint8)
     with torch.inference_mode():
         assert torch.equal(forward_padded(cast, image, bf16), forward_padded(plain, image, bf16))
+
+
+def test_timms_batch_norm_with_activation_and_same_padding_fold_too():
+    """``train --auto``'s encoder (timm's tf_efficientnet_lite0): its BatchNorms carry their activation
+    (BatchNormAct2d) and its strided convolutions pad to 'same' (Conv2dSame). Every BatchNorm folds, every
+    activation stays, the logits are the same."""
+    from timm.layers import BatchNormAct2d, Conv2dSame
+
+    torch.manual_seed(0)
+    model = build_network(ModelConfig(arch="unet", encoder="tu-tf_efficientnet_lite0"), 3, 4)
+    kinds = {type(m) for m in model.modules()}
+    assert BatchNormAct2d in kinds and Conv2dSame in kinds  # what this test is about
+    _trained_statistics(model, 64)
+    model.eval()
+    activations = sum(isinstance(m, nn.ReLU6) for m in model.modules())
+    folded = fold_batch_norms(model, dtype=torch.bfloat16)
+    assert count_batch_norms(model) == 58 and count_batch_norms(folded) == 0
+    assert sum(isinstance(m, nn.ReLU6) for m in folded.modules()) == activations
+    assert all(m.weight.dtype == torch.bfloat16 for m in folded.modules() if isinstance(m, Conv2dSame))
+    image = torch.randint(0, 256, (2, 3, 71, 104), dtype=torch.uint8)
+    with torch.inference_mode():
+        expected = forward_padded(model, image, FP32)
+        got = forward_padded(fold_batch_norms(model), image, FP32)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())

@@ -4,9 +4,10 @@ In evaluation mode a BatchNorm with running statistics is a fixed per-channel sc
 whose only consumer is that BatchNorm can carry both in its weights and bias. torch.fx finds the pairs: the
 network is traced where it can be, and where it cannot (shape-dependent Python in a forward), each child is
 traced instead. The pairs are then folded in a copy of the network with its own classes and forward methods
-kept: the convolution becomes the folded one (torch's ``fuse_conv_bn_eval``), the BatchNorm an ``Identity``. On the
-bf16 CPU this is about 10% of an evaluation pass of Unet-resnet18 on CamVid (docs/performance.md). The copy is
-made for each evaluation, from the weights as they are, so training never sees it.
+kept: the convolution becomes the folded one (torch's ``fuse_conv_bn_eval``), the BatchNorm an ``Identity`` (of
+timm's BatchNorm-and-activation, its activation stays). On the bf16 CPU this is about 10% of an evaluation pass of
+Unet-resnet18 on CamVid (docs/performance.md). The copy is made for each evaluation, from the weights as they
+are, so training never sees it.
 """
 
 from __future__ import annotations
@@ -23,12 +24,41 @@ LOW_PRECISION = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)  # autocast runs th
 PAIRS = {nn.Conv1d: nn.BatchNorm1d, nn.Conv2d: nn.BatchNorm2d, nn.Conv3d: nn.BatchNorm3d}  # exact types only
 
 
+def _timm_layers() -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """timm's layers that fold: its BatchNorm with the activation after it (EfficientNet, MobileNet, ...
+    encoders; ``forward``: batch_norm, then ``drop``, then ``act``, so the BatchNorm part folds and the rest stays)
+    and its 'same'-padded convolution (padding, then the plain convolution with its weight and bias)."""
+    try:
+        from timm.layers import BatchNormAct2d, Conv2dSame
+    except ImportError:
+        return (), ()
+    return (BatchNormAct2d,), (Conv2dSame,)
+
+
+NORM_ACT, CONV_2D_SAME = _timm_layers()
+
+
+class _Tracer(fx.Tracer):
+    """torch.fx's tracer, with timm's two layers above kept as one call each, as torch's own layers are (traced
+    into, their shape-dependent padding would fail the trace of every block that holds one)."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return type(m) in NORM_ACT or type(m) in CONV_2D_SAME or super().is_leaf_module(m, qualname)
+
+
 def count_batch_norms(model: nn.Module) -> int:
     return sum(isinstance(m, BATCH_NORMS) for m in model.modules())
 
 
 def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
-    return PAIRS.get(type(conv)) is type(bn) and bn.running_mean is not None and bn.running_var is not None
+    kind = nn.Conv2d if type(conv) in CONV_2D_SAME else type(conv)
+    pair = PAIRS.get(kind) is type(bn) or (kind is nn.Conv2d and type(bn) in NORM_ACT)
+    return pair and bn.running_mean is not None and bn.running_var is not None
+
+
+def _after_fold(bn: nn.Module) -> nn.Module:
+    """What stays of a folded BatchNorm: nothing, or timm's dropout and activation."""
+    return nn.Sequential(bn.drop, bn.act) if type(bn) in NORM_ACT else nn.Identity()
 
 
 def conv_bn_pairs(module: nn.Module, prefix: str = "") -> list[tuple[str, str]]:
@@ -37,7 +67,7 @@ def conv_bn_pairs(module: nn.Module, prefix: str = "") -> list[tuple[str, str]]:
     if count_batch_norms(module) == 0:
         return []
     try:
-        graph = fx.symbolic_trace(module).graph
+        graph = _Tracer().trace(module)
     except Exception:  # noqa: BLE001 - anything torch.fx cannot trace: look inside its children instead
         return [pair for name, child in module.named_children() for pair in conv_bn_pairs(child, f"{prefix}{name}.")]
     calls = Counter(node.target for node in graph.nodes if node.op == "call_module")
@@ -76,11 +106,12 @@ def fold_batch_norms(model: nn.Module, channels_last: bool = False, dtype: torch
     folded.eval()  # not chained: .eval() returns what .train() does, and a caller may have replaced that
     with torch.no_grad():
         for conv, bn in pairs:
-            _replace(folded, conv, fuse_conv_bn_eval(folded.get_submodule(conv), folded.get_submodule(bn)))
-            _replace(folded, bn, nn.Identity())
+            norm = folded.get_submodule(bn)
+            _replace(folded, conv, fuse_conv_bn_eval(folded.get_submodule(conv), norm))
+            _replace(folded, bn, _after_fold(norm))
     if dtype is not None:
         for m in folded.modules():
-            if type(m) in LOW_PRECISION:
+            if type(m) in LOW_PRECISION or type(m) in CONV_2D_SAME:
                 m.to(dtype)
     if channels_last:
         folded = folded.to(memory_format=torch.channels_last)
