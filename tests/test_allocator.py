@@ -7,6 +7,7 @@ import os
 import platform
 import subprocess
 import sys
+import types
 
 import pytest
 
@@ -86,3 +87,24 @@ def test_it_is_set_once_per_process_and_only_for_the_cpu(monkeypatch):
     runtime.resolve_runtime("cpu", "off", True)
     assert calls == [1]
     assert runtime.keep_freed_memory() == "set"
+
+
+@pytest.mark.parametrize("answers, state", [
+    ((1, 1), "glibc keeping freed memory"),
+    ((0, 0), "glibc defaults"),
+    ((1, 0), "glibc partly set (mallopt refused a value)"),
+])
+def test_what_mallopt_accepted_is_what_is_reported(monkeypatch, answers, state):
+    for key in ("PIXELWISE_ALLOCATOR", "GLIBC_TUNABLES", *runtime.USER_MALLOC_SETTINGS):
+        monkeypatch.delenv(key, raising=False)
+    calls = []
+
+    def mallopt(param, value):
+        calls.append((param, value))
+        return answers[len(calls) - 1]
+
+    monkeypatch.setattr(runtime.sys, "platform", "linux")
+    monkeypatch.setattr(runtime.platform, "libc_ver", lambda: ("glibc", "2.36"))
+    monkeypatch.setattr(runtime.ctypes, "CDLL", lambda _name: types.SimpleNamespace(mallopt=mallopt))
+    assert runtime._set_allocator() == state
+    assert calls == list(runtime.ALLOCATOR.items())  # both values asked for, whatever the first answer

@@ -131,9 +131,10 @@ def _set_allocator() -> str:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return "the platform's allocator"
-    if all(mallopt(param, value) == 1 for param, value in ALLOCATOR.items()):
+    accepted = [mallopt(param, value) == 1 for param, value in ALLOCATOR.items()]
+    if all(accepted):
         return "glibc keeping freed memory"
-    return "glibc defaults (mallopt refused)"
+    return "glibc defaults" if not any(accepted) else "glibc partly set (mallopt refused a value)"
 
 
 def resolve_runtime(device: str = "auto", amp: str = "auto", channels_last: bool = True) -> Runtime:
