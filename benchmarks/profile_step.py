@@ -101,7 +101,8 @@ def profile_training(p, steps: int, warmup: int) -> dict:
         p.optimizer.zero_grad(set_to_none=True)
         clock.lap("optimizer")
         images += x.shape[0]
-    return {"images": images, "seconds": clock.seconds, "page_faults_per_step": (page_faults() - faults) / steps}
+    faults_per_step = (page_faults() - faults) / max(steps, 1)
+    return {"images": images, "seconds": clock.seconds, "page_faults_per_step": faults_per_step}
 
 
 def page_faults() -> int:
