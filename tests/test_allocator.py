@@ -12,6 +12,7 @@ import types
 import pytest
 
 from pixelwise.engine import runtime
+from pixelwise.errors import ConfigError
 
 GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
 
@@ -108,3 +109,11 @@ def test_what_mallopt_accepted_is_what_is_reported(monkeypatch, answers, state):
     monkeypatch.setattr(runtime.ctypes, "CDLL", lambda _name: types.SimpleNamespace(mallopt=mallopt))
     assert runtime._set_allocator() == state
     assert calls == list(runtime.ALLOCATOR.items())  # both values asked for, whatever the first answer
+
+
+@pytest.mark.parametrize("value", ["jemalloc", "[system]", "../system", "/usr/lib/libtcmalloc.so", "1e999"])
+def test_an_unknown_allocator_choice_is_refused_naming_the_variable(monkeypatch, value):
+    monkeypatch.setenv("PIXELWISE_ALLOCATOR", value)
+    monkeypatch.setattr(runtime.ctypes, "CDLL", lambda *_: pytest.fail("mallopt called on a refused choice"))
+    with pytest.raises(ConfigError, match=r"PIXELWISE_ALLOCATOR=.*use 'system'"):
+        runtime._set_allocator()

@@ -121,7 +121,11 @@ def keep_freed_memory() -> str:
 
 
 def _set_allocator() -> str:
-    if os.environ.get("PIXELWISE_ALLOCATOR", "").strip().lower() == "system":
+    choice = os.environ.get("PIXELWISE_ALLOCATOR", "").strip().lower()
+    if choice not in ("", "system"):
+        raise ConfigError(f"PIXELWISE_ALLOCATOR={os.environ['PIXELWISE_ALLOCATOR']!r}: use 'system' (glibc's "
+                          "malloc at its defaults) or leave it unset (pixelwise keeps freed memory)")
+    if choice == "system":
         return "glibc defaults (PIXELWISE_ALLOCATOR=system)"
     if any(name in os.environ for name in USER_MALLOC_SETTINGS) or "malloc" in os.environ.get("GLIBC_TUNABLES", ""):
         return "glibc as set in the environment"
