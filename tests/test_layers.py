@@ -9,7 +9,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "pixelwise"
 
 # lowest first; a module may import its own layer and those below
 LAYERS = [
-    {"errors", "registry", "atomic", "geometry", "display", "progress", "safe_load", "memory", "hubfiles"},
+    {"errors", "registry", "atomic", "geometry", "display", "progress", "safe_load", "memory", "hubfiles", "counts"},
     {"config", "config_sections", "config_keys", "data.classes"},  # the schema; the class table is part of it
     {"data", "models", "losses", "optim"},
     {"validate"},
@@ -19,8 +19,8 @@ LAYERS = [
     {"serve"},
     {"api", "kfold"},
     {"tune"},
-    {"demo", "cli", "cli_deploy", "cli_info", "cli_label", "cli_share", "cli_trust", "cli_tune", "__main__",
-     "__init__"},
+    {"demo", "cli", "cli_deploy", "cli_info", "cli_label", "cli_predict", "cli_share", "cli_trust", "cli_tune",
+     "__main__", "__init__"},
 ]
 
 

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from pixelwise.counts import count_bins
 from pixelwise.data.classes import IGNORE
 from pixelwise.engine.metrics import confusion_matrix, metrics_from_confusion
 
@@ -12,6 +13,24 @@ def test_confusion_matrix_by_hand_and_void_left_out():
     cm = confusion_matrix(pred, target, 3)
     # rows = truth, columns = prediction; the two void pixels count nowhere
     assert cm.tolist() == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+
+
+def test_counts_by_scatter_equal_bincount_and_refuse_a_value_outside_the_bins():
+    """The confusion matrix counts by a scatter (bincount waits for a GPU to size its output): the same counts as
+    torch.bincount, and a class index the matrix has no row for is an error, not a pixel silently left out."""
+    g = torch.Generator().manual_seed(0)
+    index = torch.randint(0, 7, (3, 5, 9), generator=g)
+    assert torch.equal(count_bins(index, 7), torch.bincount(index.flatten(), minlength=7))
+    assert torch.equal(count_bins(index[:0], 4), torch.zeros(4, dtype=torch.int64))  # nothing to count
+    pred, target = torch.randint(0, 4, (2, 6, 6), generator=g), torch.randint(0, 4, (2, 6, 6), generator=g)
+    target[0, 0] = IGNORE
+    cm = confusion_matrix(pred, target, 4)
+    keep = target != IGNORE
+    assert cm.dtype == torch.int64 and int(cm.sum()) == int(keep.sum())
+    assert torch.equal(cm, torch.bincount(target[keep] * 4 + pred[keep], minlength=16).view(4, 4))
+    target[1, 2, 3] = 4  # a class beyond the 4 of the matrix: bincount would have counted it past the slice kept
+    with pytest.raises(RuntimeError, match="out of bounds"):
+        confusion_matrix(pred, target, 4)
 
 
 def test_metrics_against_hand_computation():

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pixelwise.config import LossConfig
+from pixelwise.counts import count_bins
 from pixelwise.data.classes import IGNORE
 from pixelwise.errors import ConfigError
 from pixelwise.registry import Registry
@@ -205,11 +206,8 @@ class SoftOverlap(nn.Module):
             pixels, device=p.device)
         hit = p.reshape(-1).gather(0, where.view(-1)) * mask.view(-1)  # p of each pixel's own class
         tp = p.new_zeros(c).scatter_add_(0, label.view(-1), hit)
-        # labelled pixels per class, void ones in an extra bin: a scatter, since boolean indexing and bincount
-        # both wait for a GPU (bincount reads the largest value to size its output)
-        bins = torch.where(keep, label, c).view(-1)
-        ones = torch.ones(1, dtype=torch.int64, device=p.device).expand_as(bins)
-        count = torch.zeros(c + 1, dtype=torch.int64, device=p.device).scatter_add_(0, bins, ones)[:c].to(p.dtype)
+        # labelled pixels per class, void ones in an extra bin (boolean indexing would wait for a GPU)
+        count = count_bins(torch.where(keep, label, c), c + 1)[:c].to(p.dtype)
         score = tp / (tp + self.alpha * (total - tp) + self.beta * (count - tp)).clamp_min(self.eps)
         loss = (1 - score) * (count > 0)
         if self.weight is None:

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pixelwise.counts import count_bins
 from pixelwise.data.classes import IGNORE
 
 
@@ -18,9 +19,11 @@ def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int)
         target: (...,) true class indices; IGNORE (255) pixels are left out.
     """
     k = num_classes
-    # Void pixels counted in one extra bin and dropped: no boolean indexing (a nonzero and a copy per batch).
-    cell = torch.where(target != IGNORE, target.long() * k + pred.long(), k * k)
-    return torch.bincount(cell.flatten(), minlength=k * k + 1)[: k * k].view(k, k)
+    # Void pixels counted in one extra bin, the first, and dropped: no boolean indexing (a nonzero and a copy per
+    # batch); a target of K or more falls outside the bins, an error rather than a pixel counted nowhere.
+    cell = torch.where(target != IGNORE, target.long() * k + pred.long() + 1, 0)
+    return count_bins(cell, k * k + 1)[1:].view(k, k)
+
 
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
