@@ -239,6 +239,17 @@ def test_your_own_dataset_is_checked_before_training(tmp_path):
 
     with pytest.raises(PixelwiseError, match="outside the 2 classes"):
         pw.train(data=Bad(4, 0), classes=["bg", "fg"], out=tmp_path / "r")
+
+    class LaterBad(Squares):  # item 0 is fine; a later mask would wrap to 44 in uint8, or be left out of metrics
+        def __getitem__(self, i):
+            image, mask = super().__getitem__(i)
+            return image, np.where(mask == 1, 300, mask) if i == 3 else mask
+
+    with pytest.raises(PixelwiseError, match=r"validation dataset\[3\]'s mask holds \[300\], outside the 2 classes"):
+        pw.train(data=Squares(4, 0), val_data=LaterBad(4, 1), classes=["bg", "fg"], out=tmp_path / "r2")
+    with pytest.raises(PixelwiseError, match=r"training dataset\[3\]'s mask holds \[300\]"):
+        pw.train(data=LaterBad(4, 0), classes=["bg", "fg"], out=tmp_path / "r3",
+                 **{"train.epochs": 1, "train.batch_size": 2})
     with pytest.raises(PixelwiseError, match="name the classes"):
         pw.train(data=Squares(4, 0), out=tmp_path / "r")
     with pytest.raises(PixelwiseError, match="class_weights: auto .* give the weights as a list"):

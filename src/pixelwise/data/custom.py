@@ -21,11 +21,23 @@ from pixelwise.data.classes import IGNORE, ClassTable
 from pixelwise.errors import PixelwiseError
 
 
-class _AsTensors(Dataset):
-    """Items as (image tensor, uint8 mask tensor), whatever array types the user's dataset returns."""
+def _check_mask(mask: torch.Tensor, where: str, num_classes: int) -> None:
+    """Integer class indices 0..K-1 or void: anything else would be wrapped by the cast to uint8, or left out of
+    the metrics, without a word."""
+    if mask.is_floating_point() or mask.dtype == torch.bool or mask.is_complex():
+        raise PixelwiseError(f"{where}: masks must hold integer class indices, got {mask.dtype}")
+    bad = (mask < 0) | ((mask >= num_classes) & (mask != IGNORE))
+    if bad.any():
+        raise PixelwiseError(f"{where}'s mask holds {torch.unique(mask[bad]).tolist()[:5]}, outside the "
+                             f"{num_classes} classes (0..{num_classes - 1}, {IGNORE} = void)")
 
-    def __init__(self, dataset: Dataset, name: str) -> None:
-        self.dataset, self.name = dataset, name
+
+class _AsTensors(Dataset):
+    """Items as (image tensor, uint8 mask tensor), whatever array types the user's dataset returns; every mask is
+    checked as it is read (``_check_mask``), not only the first."""
+
+    def __init__(self, dataset: Dataset, name: str, num_classes: int) -> None:
+        self.dataset, self.name, self.num_classes = dataset, name, num_classes
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
@@ -34,7 +46,9 @@ class _AsTensors(Dataset):
         if isinstance(index, tuple):  # pixelwise's EpochSampler yields (epoch, index)
             index = index[1]
         image, mask = self.dataset[index]
-        return torch.as_tensor(np.asarray(image)), torch.as_tensor(np.asarray(mask)).to(torch.uint8)
+        mask = torch.as_tensor(np.asarray(mask))
+        _check_mask(mask, f"{self.name} dataset[{index}]", self.num_classes)
+        return torch.as_tensor(np.asarray(image)), mask.to(torch.uint8)
 
 
 def _first(dataset: Dataset, name: str, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,13 +67,7 @@ def _first(dataset: Dataset, name: str, num_classes: int) -> tuple[torch.Tensor,
     if image.ndim != 3 or mask.ndim != 2 or tuple(image.shape[1:]) != tuple(mask.shape):
         raise PixelwiseError(f"{name}: dataset[0] gives an image of shape {tuple(image.shape)} and a mask of shape "
                              f"{tuple(mask.shape)}; expected (C, H, W) and (H, W)")
-    if mask.is_floating_point():
-        raise PixelwiseError(f"{name}: masks must hold integer class indices, got {mask.dtype}")
-    bad = torch.unique(mask[(mask != IGNORE)])
-    bad = bad[(bad < 0) | (bad >= num_classes)]
-    if bad.numel():
-        raise PixelwiseError(f"{name}: dataset[0]'s mask holds {bad.tolist()[:5]}, outside the {num_classes} classes "
-                             f"(0..{num_classes - 1}, {IGNORE} = void)")
+    _check_mask(mask, f"{name}: dataset[0]", num_classes)
     return image, mask
 
 
@@ -72,14 +80,16 @@ def custom_bundle(train: Dataset, val: Dataset | None, table: ClassTable | None)
     channels = int(image.shape[0])
     notes = [f"training on your dataset ({len(train)} items, {channels} channel(s), {image.dtype})"]  # type: ignore[arg-type]
     val_sizes: list[tuple[int, int]] = []
+    checked_val = None
     if val is not None:
         v_image, _ = _first(val, "validation dataset", table.num_classes)
         if v_image.shape[0] != channels or v_image.dtype != image.dtype:
             raise PixelwiseError(f"the validation dataset gives {v_image.shape[0]}-channel {v_image.dtype} images, "
                                  f"the training dataset {channels}-channel {image.dtype}")
-        val_sizes = [tuple(_AsTensors(val, "val")[i][1].shape) for i in range(len(val))]  # type: ignore[arg-type,misc]
+        checked_val = _AsTensors(val, "validation", table.num_classes)  # read once here: every mask checked now
+        val_sizes = [tuple(checked_val[i][1].shape) for i in range(len(val))]  # type: ignore[arg-type,misc]
         notes.append(f"validating on your dataset ({len(val_sizes)} items)")  # type: ignore[arg-type]
     summary = DataSummary(channels=channels, table=table, sizes={}, class_pixels=np.zeros(table.num_classes),
                           void_pixels=0, dtype="uint8" if image.dtype == torch.uint8 else "float32")
-    return DataBundle(_AsTensors(train, "train"), _AsTensors(val, "val") if val is not None else None,  # type: ignore[arg-type]
+    return DataBundle(_AsTensors(train, "training", table.num_classes), checked_val,  # type: ignore[arg-type]
                       summary, val_sizes, notes, custom=True, image_dtype=image.dtype)
