@@ -76,12 +76,13 @@ def test_epochs_and_evaluation_fit_the_budget():
 
 
 def test_short_cpu_budgets_train_on_progressive_crops_and_plan_their_extra_steps():
-    short = {d.key: d.value for d in rule_progressive(CPU, 263, [320, 320])}
-    assert short == {"data.crop_start": 0.5, "data.crop_ramp": 0.5}
-    assert rule_progressive(CPU, 5000, [320, 320]) == []  # many steps: full crops
-    assert rule_progressive(GPU, 263, [320, 320]) == []  # not measured on a GPU
+    decisions, gain = rule_progressive(CPU, 263, [320, 320])
+    assert {d.key: d.value for d in decisions} == {"data.crop_start": 0.5, "data.crop_ramp": 0.5}
+    assert gain == progressive_gain([320, 320], 0.5, 0.5)  # what the schedule below is planned with
+    assert f"give {gain[0]:.2g}x the steps" in decisions[0].reason
+    assert rule_progressive(CPU, 5000, [320, 320]) == ([], (1.0, 1.0))  # many steps: full crops
+    assert rule_progressive(GPU, 263, [320, 320]) == ([], (1.0, 1.0))  # not measured on a GPU
     # without the sides' 32-pixel steps the gain would be ramp / start + 1 - ramp = 1.5; rounded down, a little more
-    gain = progressive_gain([320, 320], 0.5, 0.5)
     assert 1.5 < gain[0] < 1.75 and gain[1] == 4.0  # 160x160 crops at first
     assert progressive_gain([320, 320], 1.0, 0.5) == (1.0, 1.0)
     faster = {d.key: d for d in rule_schedule(fingerprint(), 600, 4.0, [320, 320], 8, gain=gain)}
