@@ -3,6 +3,7 @@ cannot trace the network."""
 
 import pytest
 import torch
+from networks import small_network
 from torch import nn
 
 from pixelwise.config import ModelConfig
@@ -12,7 +13,6 @@ from pixelwise.engine.runtime import resolve_runtime
 from pixelwise.models import ARCHITECTURES, Normalized, build_network
 
 FP32 = resolve_runtime("cpu", "off", channels_last=False)
-SMALL_ENCODER = {"dpt": "tu-test_vit"}
 
 
 def _trained_statistics(model: nn.Module, side: int) -> None:
@@ -30,7 +30,7 @@ def _trained_statistics(model: nn.Module, side: int) -> None:
 @pytest.mark.parametrize("arch", ARCHITECTURES.names())
 def test_folded_network_gives_the_same_logits_and_leaves_the_original_alone(arch):
     torch.manual_seed(0)
-    model = build_network(ModelConfig(arch=arch, encoder=SMALL_ENCODER.get(arch, "resnet18")), 3, 4)
+    model = small_network(arch, classes=4)
     side = max(64, model.min_size)
     _trained_statistics(model, side)
     model.train()

@@ -2,23 +2,22 @@
 
 import pytest
 import torch
+from networks import small_network
 
-from pixelwise.config import ModelConfig
 from pixelwise.engine.checkpoint import load_weights, save_weights
 from pixelwise.engine.padding import forward_padded
 from pixelwise.engine.runtime import resolve_runtime
 from pixelwise.errors import ConfigError, PixelwiseError
-from pixelwise.models import ARCHITECTURES, Normalized, build_network, create_model, encoder_normalization
+from pixelwise.models import ARCHITECTURES, Normalized, create_model, encoder_normalization
 from pixelwise.models import weights as W
 from pixelwise.models.info import model_info
 
-SMALL_ENCODER = {"dpt": "tu-test_vit"}  # DPT needs a ViT; the rest run on resnet18
 FP32 = resolve_runtime("cpu", "off", channels_last=False)
 
 
 def _net(arch: str, in_channels: int = 3, classes: int = 3) -> Normalized:
     torch.manual_seed(0)
-    return build_network(ModelConfig(arch=arch, encoder=SMALL_ENCODER.get(arch, "resnet18")), in_channels, classes)
+    return small_network(arch, in_channels, classes)
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES.names())
