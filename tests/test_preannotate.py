@@ -3,21 +3,23 @@ readers to the predicted masks (pixel agreement reported)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from pixelwise.config import DataConfig
 from pixelwise.data import synthetic
 from pixelwise.data.classes import ClassTable
-from pixelwise.data.formats import discover
 from pixelwise.inference.preannotate import TOOLS, Preannotations
 
 TABLE = ClassTable(names=["background", "cell", "nucleus", "debris"])
+_SPEC = importlib.util.spec_from_file_location(
+    "preannotation_roundtrip", Path(__file__).resolve().parents[1] / "benchmarks" / "preannotation_roundtrip.py")
+ROUNDTRIP = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(ROUNDTRIP)
 
 
 @pytest.fixture(autouse=True)
@@ -36,19 +38,10 @@ def _predicted(tmp_path: Path) -> dict[str, tuple[Path, np.ndarray]]:
 
 
 def read_back(folder: Path, tool: str, images: list[Path], table: ClassTable) -> dict[str, np.ndarray]:
-    """What pixelwise's reader makes of a tool's pre-annotation folder, with the images placed in images/ and Label
-    Studio's predictions accepted as annotations (what a user's 'accept' does), in ``table``'s classes."""
-    base = folder / {"coco": "coco", "cvat": "cvat", "labelstudio": "labelstudio"}[tool]
-    (base / "images").mkdir(exist_ok=True)
-    for image in images:
-        shutil.copy(image, base / "images" / image.name)
-    if tool == "labelstudio":
-        tasks = json.loads((base / "tasks.json").read_text())
-        tasks = [{**t, "annotations": [{"result": t.pop("predictions")[0]["result"]}]} for t in tasks]
-        (base / "tasks.json").write_text(json.dumps(tasks))
-    layout = discover(DataConfig(root=base, format={"coco": "coco", "cvat": "cvat_xml"}.get(tool, tool)))
-    index = [table.names.index(n) for n in layout.classes.names]  # the reader's classes -> the table's
-    return {p.image.name: np.take(index, np.array(Image.open(p.mask))) for ps in layout.splits.values() for p in ps}
+    """What pixelwise's reader makes of a tool's pre-annotation folder (its format recognised as what it is), with
+    the images placed in images/ and Label Studio's predictions accepted as annotations (what a user's 'accept'
+    does), in ``table``'s classes: the round-trip benchmark's reader, so the two measure the same thing."""
+    return ROUNDTRIP.read_back(folder / ROUNDTRIP.FOLDER[tool], tool, images, table.names)
 
 
 def agreement(predicted: dict[str, tuple[Path, np.ndarray]], back: dict[str, np.ndarray]) -> float:
