@@ -11,11 +11,10 @@ from pathlib import Path
 import typer
 
 from pixelwise.atomic import atomic_write_bytes, atomic_write_text, check_new_file, check_out_dir
+from pixelwise.cli_deploy import DEVICE_HELP
 from pixelwise.errors import PixelwiseError
 from pixelwise.progress import console as err
 from pixelwise.progress import stdout as out
-
-DEVICE_HELP = "cpu, cuda, cuda:1, or auto."
 
 
 def _box(text: str | None) -> tuple[int, int, int, int] | None:
