@@ -25,7 +25,6 @@ def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int)
     return count_bins(cell, k * k + 1)[1:].view(k, k)
 
 
-
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(den > 0, num / np.maximum(den, 1), np.nan)
