@@ -257,6 +257,24 @@ def test_your_own_dataset_is_checked_before_training(tmp_path):
                                                                                      "class_weights": "auto"})
 
 
+@pytest.mark.parametrize("bad, message", [
+    (np.full((32, 32), -1, np.int64), r"\[-1\], outside the 2 classes"),  # would wrap to 255, void
+    (np.full((32, 32), 2**40 + 1, np.int64), r"\[1099511627777\], outside"),  # would wrap to 1, a real class
+    (np.full((32, 32), 256, np.int16), r"\[256\], outside"),  # would wrap to 0
+    (np.ones((32, 32), bool), "must hold integer class indices, got torch.bool"),
+    (np.full((32, 32), 1.0, np.float32), "must hold integer class indices, got torch.float32"),
+])
+def test_a_hostile_mask_after_the_first_item_is_refused_naming_it(tmp_path, bad, message):
+    class Late(Squares):  # items 0-2 are fine: only the check of every item as it is read finds item 3
+        def __getitem__(self, i):
+            image, mask = super().__getitem__(i)
+            return image, bad if i == 3 else mask
+
+    with pytest.raises(PixelwiseError, match=r"validation dataset\[3\].*" + message):
+        pw.train(data=Squares(4, 0), val_data=Late(4, 1), classes=["bg", "fg"], out=tmp_path / "r")
+    assert not (tmp_path / "r" / "best.safetensors").exists()  # refused before any training
+
+
 def test_a_float_dataset_reaches_the_network_unscaled(tmp_path):
     seen = []
 
