@@ -7,8 +7,8 @@ Run it first whenever a GPU machine is at hand; it prints (and writes to ``--out
   batch 32;
 - ``pixelwise train`` (Unet-resnet18, CamVid crops 320, batch 8: the peer's model, crops and batch) in each
   precision and layout: bf16 autocast + channels_last (the default), the finite-loss check on every step,
-  cudnn.benchmark off, fp16 autocast + GradScaler, fp32, bf16 NCHW, no loader workers, torch.compile, CUDA
-  graphs (``train.compile: reduce-overhead``), and bf16 / fp32 at batch 32 (against the peer at batch 32);
+  cudnn.benchmark off, fp16 autocast + GradScaler, fp32, bf16 NCHW, no loader workers, CUDA graphs
+  (``train.compile: reduce-overhead``), bf16 and fp32 at batch 32 (against the peer at batch 32) and torch.compile;
   train and eval images/s and peak GPU memory of each, and the ratio to the faster peer;
 - the ceilings: the loader alone (images/s it can feed) and the compute alone (a fixed batch on the GPU);
 - host synchronisations per training step, with the source lines that cause them
@@ -17,7 +17,13 @@ Run it first whenever a GPU machine is at hand; it prints (and writes to ``--out
   and the ONNX Runtime CUDA provider when this onnxruntime build has it;
 - a 2-process NCCL run when two GPUs exist (skipped with a message otherwise).
 
-    python benchmarks/gpu_check.py --data ../shared/data/camvid --out gpu-check   # about 4 minutes on an H200
+    python benchmarks/gpu_check.py --data ../shared/data/camvid --out gpu-check   # under 8 minutes (--deadline)
+
+Rows come in the order of what they tell, and one that would end past ``--deadline`` (480 s) is not started: its
+row says so and how to run it alone (``--only TEXT``: the variants whose name holds TEXT, with their peers, no
+one-off checks). On an H100 with a cold inductor cache the first compile row took 246 s, so the run of everything
+needs about 10 minutes; the deadline keeps one call inside the device tool's 10, and ``--only compile`` in a second
+call measures the rest.
 
 The device tool sends the repository only (64 MiB), not ../shared: make a CamVid subset inside an ignored folder
 first (160 train and 32 val frames, 49 MB) and carry it with the wheels the GPU image lacks (pydantic,
@@ -75,18 +81,19 @@ class Table:
     """Rows of (section, item, figures, note), appended to rows.jsonl and rendered to table.md as they come."""
 
     def __init__(self, out: Path) -> None:
-        self.out, self.rows = out, []
+        self.out, self.rows, self.began = out, [], time.perf_counter()
         out.mkdir(parents=True, exist_ok=True)
         (out / "rows.jsonl").write_text("")
 
     def add(self, section: str, item: str, note: str = "", **figures: Any) -> None:
-        row = {"section": section, "item": item, "note": note, **figures}
+        row = {"section": section, "item": item, "note": note, **figures,
+               "at_s": round(time.perf_counter() - self.began, 1)}  # when it ended: for planning --deadline
         self.rows.append(row)
         with open(self.out / "rows.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
         (self.out / "table.md").write_text(self.markdown())
         shown = ", ".join(f"{k} {_fmt(v)}" for k, v in figures.items())
-        print(f"[gpu-check] {section} | {item} | {shown} | {note}", flush=True)
+        print(f"[gpu-check] {row['at_s']:.0f} s | {section} | {item} | {shown} | {note}", flush=True)
 
     def markdown(self) -> str:
         cols = ["train img/s", "eval img/s", "peak GPU MiB", "vs peer (train / eval)"]
@@ -359,6 +366,20 @@ def _fastest(peers: list[dict[str, Any] | None]) -> dict[str, float] | None:
     return {k: max(r[k] for r in timed) for k in keys} if timed else None
 
 
+# Seconds a row is expected to take on a GPU machine (H100, 16 cores, 2026-11-27), for the --deadline: a row that
+# would end past it is not started. A compile row's first compilation on a cold inductor cache took 246 s; the
+# second, on the kernels the first left in the cache, 80 s with its training and evaluation.
+COMPILE_COLD_S, COMPILE_WARM_S = 240, 90
+EXPECTED_S = {"fp32, batch 32": 60}  # cuDNN's algorithm search for fp32 at batch 32: 53 s
+EXPECTED_OTHER_S = 25
+
+
+def _expected(item: str, cache_warm: bool) -> int:
+    if "compile" in item:
+        return COMPILE_WARM_S if cache_warm else COMPILE_COLD_S
+    return EXPECTED_S.get(item, EXPECTED_OTHER_S)
+
+
 def main() -> None:
     if sys.argv[1:2] == ["--make-subset"] and len(sys.argv) == 4:
         make_subset(Path(sys.argv[2]), Path(sys.argv[3]))
@@ -371,6 +392,11 @@ def main() -> None:
     p.add_argument("--skip-compile", action="store_true")
     p.add_argument("--device", default="cuda", help="cuda; cpu only to try the script itself (tiny --steps)")
     p.add_argument("--crop", type=int, default=320, help="training crop side, peer and pixelwise (the figures: 320)")
+    p.add_argument("--deadline", type=float, default=480,
+                   help="seconds: a row expected to end later is not started, and says how to run it alone")
+    p.add_argument("--only", action="append", default=[], metavar="TEXT",
+                   help="train only the variants whose name contains TEXT (repeatable), with the peers they are "
+                        "compared with; the one-off checks are left out")
     args = p.parse_args()
     if args.crop < 32:
         p.error(f"--crop {args.crop}: at least 32 (the networks' stride)")
@@ -383,58 +409,70 @@ def main() -> None:
     data = args.data.resolve()
     table = Table(args.out)
     began = time.perf_counter()
+    # (item, overrides, at batch 32) in the order of what they tell; the one-off checks run after the first
+    rows = [
+        ("bf16 + channels_last (default)", [], False),
+        ("finite loss checked every step (nonfinite_loss: skip)", ["train.nonfinite_loss=skip"], False),
+        ("cudnn.benchmark off", ["train.cudnn_benchmark=false"], False),
+        ("fp16 + GradScaler", ["train.amp=fp16"], False),
+        ("fp32 (TF32 convolutions)", ["train.amp=off"], False),
+        ("bf16 NCHW", ["train.channels_last=false"], False),
+        ("bf16, no loader workers", ["data.num_workers=0"], False),
+        # At batch 8 the step is kernel launches (H100: 15 ms for 534 images/s): CUDA graphs replay them.
+        ("bf16 + CUDA graphs (compile reduce-overhead)", ["train.compile=reduce-overhead"], False),
+        ("bf16, batch 32", ["train.batch_size=32"], True),
+        ("fp32, batch 32", ["train.batch_size=32", "train.amp=off"], True),
+        ("bf16 + torch.compile", ["train.compile=true"], False),
+    ]
+    only = [t.lower() for t in args.only]
+    rows = [r for r in rows if not (args.skip_compile and "compile" in r[0])
+            and (not only or any(t in r[0].lower() for t in only))]
     with guarded(table, "machine", "?"):
         machine(table)
-    peers = []
-    for workers in (0, 4):
-        with guarded(table, "peer", f"{workers} workers"):
-            peers.append(peer(table, data, args.peer_steps, workers))
-    peer32 = None
-    with guarded(table, "peer", "batch 32"):
-        peer32 = peer(table, data, max(args.peer_steps // 3, 6), 4, batch=32)
+    peers, peer32 = [], None
+    if any(not at32 for _, _, at32 in rows):
+        for workers in (0, 4):
+            with guarded(table, "peer", f"{workers} workers"):
+                peers.append(peer(table, data, args.peer_steps, workers))
+    if any(at32 for _, _, at32 in rows):
+        with guarded(table, "peer", "batch 32"):
+            peer32 = peer(table, data, max(args.peer_steps // 3, 6), 4, batch=32)
     # Ratios against the faster peer in each column (kind to the peer: its recipe has no workers).
-    peer_result = _fastest(peers)
-    variants = [
-        ("bf16 + channels_last (default)", []),
-        ("finite loss checked every step (nonfinite_loss: skip)", ["train.nonfinite_loss=skip"]),
-        ("cudnn.benchmark off", ["train.cudnn_benchmark=false"]),
-        ("fp16 + GradScaler", ["train.amp=fp16"]),
-        ("fp32 (TF32 convolutions)", ["train.amp=off"]),
-        ("bf16 NCHW", ["train.channels_last=false"]),
-        ("bf16, no loader workers", ["data.num_workers=0"]),
-    ]
-    if not args.skip_compile:
-        variants.append(("bf16 + torch.compile", ["train.compile=true"]))
-        # At batch 8 the step is kernel launches (H200: 15 ms of launches for 524 images/s): CUDA graphs replay it.
-        variants.append(("bf16 + CUDA graphs (compile reduce-overhead)", ["train.compile=reduce-overhead"]))
-    big = [("bf16, batch 32", ["train.batch_size=32"]), ("fp32, batch 32", ["train.batch_size=32", "train.amp=off"])]
+    ref8, ref32 = _fastest(peers), _fastest([peer32])
+    compiled = False  # whether the inductor cache holds this network's kernels yet
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        default_run = None
-        for item, overrides in variants[:1]:
+        for n, (item, overrides, at32) in enumerate(rows):
+            elapsed, need = time.perf_counter() - began, _expected(item, compiled)
+            if elapsed + need > args.deadline:
+                table.add("pixelwise train", item, note=f"not run: at {elapsed:.0f} s it would end past --deadline "
+                          f"{args.deadline:.0f} s (expected {need} s); run it alone: python "
+                          f"benchmarks/gpu_check.py --data {args.data} --only '{item}'")
+                continue
+            run = None
             with guarded(table, "pixelwise train", item):
-                default_run = train_variant(table, data, args.steps, work, item, overrides, peer_result)
-        # The correctness checks come before the remaining timings, so a run cut short still has them.
-        with guarded(table, "host syncs", "training step"):
-            sync_audit(table, data, work)
-        if default_run is not None:
-            with guarded(table, "Segmenter", "CUDA vs CPU"):
-                inference(table, default_run, data)
-            with guarded(table, "ONNX export", "parity"):
-                onnx(table, default_run)
-        with guarded(table, "torchrun", "2-process NCCL"):
-            nccl(table, data, work)
-        with guarded(table, "ceiling", "loader / compute"):
-            ceilings(table, data, work)
-        for item, overrides in variants[1:]:
-            with guarded(table, "pixelwise train", item):
-                train_variant(table, data, args.steps, work, item, overrides, peer_result)
-        ref32 = _fastest([peer32])
-        for item, overrides in big:  # against the peer at batch 32
-            with guarded(table, "pixelwise train", item):
-                train_variant(table, data, max(args.steps // 4, 3), work, item, overrides, ref32)
+                run = train_variant(table, data, max(args.steps // 4, 3) if at32 else args.steps, work, item,
+                                    overrides, ref32 if at32 else ref8)
+            compiled = compiled or "compile" in item
+            if n == 0 and not only:  # the correctness checks come next, so a run cut short still has them
+                checks(table, data, work, run)
     print(f"\n[gpu-check] done in {time.perf_counter() - began:.0f} s\n")
     print(table.markdown())
+
+
+def checks(table: Table, data: Path, work: Path, default_run: Path | None) -> None:
+    """Host syncs per step, Segmenter on CUDA, ONNX parity, NCCL and the loader and compute ceilings."""
+    with guarded(table, "host syncs", "training step"):
+        sync_audit(table, data, work)
+    if default_run is not None:
+        with guarded(table, "Segmenter", "CUDA vs CPU"):
+            inference(table, default_run, data)
+        with guarded(table, "ONNX export", "parity"):
+            onnx(table, default_run)
+    with guarded(table, "torchrun", "2-process NCCL"):
+        nccl(table, data, work)
+    with guarded(table, "ceiling", "loader / compute"):
+        ceilings(table, data, work)
 
 
 if __name__ == "__main__":

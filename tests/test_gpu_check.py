@@ -20,7 +20,8 @@ def test_gpu_check_runs_every_row_on_the_cpu_and_only_fp16_is_refused(tmp_path: 
             _save(data / f"{split}annot" / f"{split}{i}.png", _labels(72, 96, k=12))  # 11 = void, as CamVid
     out = tmp_path / "check"
     cmd = [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--device", "cpu", "--data", str(data),
-           "--out", str(out), "--steps", "2", "--peer-steps", "7", "--crop", "64", "--skip-compile"]
+           "--out", str(out), "--steps", "2", "--peer-steps", "7", "--crop", "64", "--skip-compile",
+           "--deadline", "1e9"]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
@@ -43,6 +44,37 @@ def test_gpu_check_runs_every_row_on_the_cpu_and_only_fp16_is_refused(tmp_path: 
     assert ("host syncs", "training step") in items and ("torchrun", "2-process NCCL") in items  # skipped, said so
     table = (out / "table.md").read_text()
     assert table.count("\n") == len(rows) + 2
+    assert [r["at_s"] for r in rows] == sorted(r["at_s"] for r in rows)  # when each ended, to plan --deadline
+
+
+def test_only_runs_the_named_variants_with_their_peers_and_the_deadline_names_the_rerun(tmp_path: Path) -> None:
+    """A GPU lent for minutes: what does not fit in one call is left out by name, and ``--only`` runs it next."""
+    data = tmp_path / "camvid"
+    for split, n in (("train", 8), ("val", 2)):
+        for i in range(n):
+            _save(data / split / f"{split}{i}.png", _image(72, 96))
+            _save(data / f"{split}annot" / f"{split}{i}.png", _labels(72, 96, k=12))
+    base = [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--device", "cpu", "--data", str(data),
+            "--steps", "2", "--peer-steps", "2", "--crop", "64"]
+
+    def rows(out: Path, *extra: str) -> list[dict]:
+        done = subprocess.run([*base, "--out", str(out), *extra], cwd=ROOT, capture_output=True, text=True,
+                              timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
+
+    got = rows(tmp_path / "a", "--only", "nchw", "--deadline", "1e9")
+    assert [(r["section"], r["item"]) for r in got] == [
+        ("machine", got[0]["item"]), ("peer (smp recipe, fp32 eager)", "0 loader workers, batch 8"),
+        ("peer (smp recipe, fp32 eager)", "4 loader workers, batch 8"), ("pixelwise train", "bf16 NCHW")]
+    assert got[-1]["train_ips"] > 0 and "FAILED" not in got[-1]["note"]  # no one-off checks, only what was named
+    got = rows(tmp_path / "b", "--only", "CUDA graphs", "--only", "cudnn", "--deadline", "0")
+    assert [r["item"] for r in got[1:]] == [  # the peers, then the rows named, in the script's order
+        "0 loader workers, batch 8", "4 loader workers, batch 8", "cudnn.benchmark off",
+        "bf16 + CUDA graphs (compile reduce-overhead)"]
+    for r in got[3:]:
+        assert r["note"].startswith("not run: at ") and "past --deadline 0 s" in r["note"], r
+        assert f"gpu_check.py --data {data} --only '{r['item']}'" in r["note"] and "train_ips" not in r
 
 
 def test_a_crop_below_the_stride_is_refused_by_name_before_anything_runs(tmp_path: Path) -> None:
