@@ -40,6 +40,23 @@ def test_per_image_scores_by_hand():
     assert scores[1] == pytest.approx((1.0, 1.0))
 
 
+def test_per_image_scores_match_each_images_own_confusion_matrix_and_an_all_void_image_has_none():
+    from pixelwise.engine.metrics import confusion_matrix
+
+    g = torch.Generator().manual_seed(0)
+    target = torch.randint(0, 4, (5, 9, 7), generator=g)
+    target[target == 3] = 255  # void, and class 3 is never in the truth
+    pred = torch.randint(0, 4, (5, 9, 7), generator=g)
+    target[4] = 255  # nothing labelled in the last image
+    scores = per_image_scores(pred, target, 4)
+    for i, (miou, accuracy) in enumerate(scores[:4]):
+        cm = confusion_matrix(pred[i : i + 1], target[i : i + 1], 4).double()
+        tp, union = cm.diagonal(), cm.sum(0) + cm.sum(1) - cm.diagonal()
+        assert miou == pytest.approx(float((tp[union > 0] / union[union > 0]).mean()))
+        assert accuracy == pytest.approx(float(tp.sum() / cm.sum()))
+    assert scores[4] == (None, None)
+
+
 def test_error_map_and_panel_colours():
     image = np.full((4, 6, 3), 200, dtype=np.uint8)
     truth = np.array([[0] * 6, [1] * 6, [255] * 6, [1] * 6], dtype=np.uint8)

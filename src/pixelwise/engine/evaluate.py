@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
 import torch
 from torch import nn
 
+from pixelwise.counts import count_bins
 from pixelwise.data.build import eval_loader
 from pixelwise.data.classes import IGNORE
 from pixelwise.engine.distributed import Dist, all_reduce_sum, broadcast_buffers, current
@@ -23,23 +25,24 @@ def per_image_scores(
     """(mIoU, pixel accuracy) of each image; mIoU over the classes present in its truth or prediction.
 
     Args:
-        pred, target: (N, H, W) class indices; IGNORE (255) target pixels are left out.
+        pred, target: (N, H, W) class indices; IGNORE (255) target pixels are left out. Other target values must
+            be below ``num_classes`` (``confusion_matrix``, which evaluation calls first, refuses them).
     """
     n, k = pred.shape[0], num_classes
-    keep = target != IGNORE
-    image = torch.arange(n, device=pred.device).view(n, 1, 1).expand_as(target)[keep]
-    flat = (image * k + target[keep].long()) * k + pred[keep].long()
-    cms = torch.bincount(flat, minlength=n * k * k).view(n, k, k).double()
+    image = torch.arange(n, device=pred.device).view(n, 1, 1)
+    # bin 0 takes the void pixels, so no boolean mask (which would wait for the GPU to size its result)
+    flat = torch.where(target == IGNORE, 0, (image * k + target.long()) * k + pred.long() + 1)
+    cms = count_bins(flat, n * k * k + 1)[1:].view(n, k, k).double()
     tp = cms.diagonal(dim1=1, dim2=2)
     union = cms.sum(dim=1) + cms.sum(dim=2) - tp
     present = union > 0
     iou = torch.where(present, tp / union.clamp(min=1), torch.zeros_like(tp))
     labelled = cms.sum(dim=(1, 2))
-    scores = []
-    for i in range(n):
-        miou = float(iou[i].sum() / present[i].sum()) if present[i].any() else None
-        scores.append((miou, float(tp[i].sum() / labelled[i]) if labelled[i] > 0 else None))
-    return scores
+    nan = torch.full_like(labelled, math.nan)
+    miou = torch.where(present.any(dim=1), iou.sum(dim=1) / present.sum(dim=1).clamp(min=1), nan)
+    accuracy = torch.where(labelled > 0, tp.sum(dim=1) / labelled.clamp(min=1), nan)
+    rows = torch.stack([miou, accuracy], dim=1).tolist()  # the batch's one read from the device
+    return [(None if math.isnan(m) else m, None if math.isnan(a) else a) for m, a in rows]
 
 
 @torch.inference_mode()
