@@ -13,6 +13,8 @@ Run it first whenever a GPU machine is at hand; it prints (and writes to ``--out
 - the ceilings: the loader alone (images/s it can feed) and the compute alone (a fixed batch on the GPU);
 - host synchronisations per training step, with the source lines that cause them
   (``torch.cuda.set_sync_debug_mode``);
+- how much of an eager step the GPU runs kernels (``torch.profiler``), for these rows' recipe and for the plan's
+  GPU recipe (batch 16, larger crops): the rest is launch time, the most CUDA graphs could save;
 - ``Segmenter`` on CUDA (bf16) against the CPU in fp32 (pixel agreement), ONNX export with its parity check,
   and the ONNX Runtime CUDA provider when this onnxruntime build has it;
 - a 2-process NCCL run when two GPUs exist (skipped with a message otherwise).
@@ -248,6 +250,71 @@ def ceilings(table: Table, data: Path, work: Path) -> None:
               note=f"{p.runtime.describe()}, one fixed batch of 8, per step: {split}")
 
 
+# The plan's recipe on a GPU of 24 GiB or more for CamVid's 360x480 frames, without ImageNet weights at hand:
+# ResNet-34, batch 16, crops of the frame rounded down to 32 (plan.rule_model, rule_batch, rule_crop).
+PLAN_GPU = ["model.encoder=resnet34", "train.batch_size=16", "data.crop_size=[352,480]"]
+
+
+def _kernel_busy_us(events: Any) -> float:
+    """Microseconds during which at least one GPU kernel ran (the union of the kernels' intervals)."""
+    spans = sorted((e.time_range.start, e.time_range.end) for e in events
+                   if e.device_type == torch.autograd.DeviceType.CUDA)
+    busy, end = 0.0, float("-inf")
+    for a, b in spans:
+        if b > end:
+            busy += b - max(a, end)
+            end = b
+    return busy
+
+
+def gpu_busy(table: Table, data: Path, work: Path, item: str, overrides: list[str]) -> None:
+    """How much of an eager training step (fixed batch) the GPU spends running kernels: the rest is the host
+    launching them, which CUDA graphs (``train.compile: reduce-overhead``) take away. Kernel time comes from a
+    profiled pass, the step's wall time from an unprofiled one (the profiler slows the host)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from pixelwise.engine.runtime import to_device
+    from pixelwise.engine.setup import prepare
+
+    cuda = DEVICE.type == "cuda"
+    if not cuda:  # the smoke run: the same code on --crop sized batches, and no kernels to count
+        overrides = [o for o in overrides if not o.startswith("data.crop_size")]
+    p = prepare(pixelwise_config(data, 100, work / re.sub(r"[^a-z0-9]+", "-", item.lower()), overrides))
+    images, masks = to_device(next(iter(p.loader)), p.runtime)
+    p.model.train()
+
+    def step() -> None:
+        with p.runtime.autocast():
+            loss = p.criterion(p.model(images), masks)
+        loss.backward()
+        p.optimizer.step()
+        p.optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(5 if cuda else 1):  # allocation and cuDNN's algorithm choice
+        step()
+    reps = 20 if cuda else 2
+    _sync()
+    start = time.perf_counter()
+    for _ in range(reps):
+        step()
+    _sync()
+    wall_ms = (time.perf_counter() - start) / reps * 1e3
+    with profile(activities=[ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]) as prof:
+        for _ in range(reps):
+            step()
+        _sync()
+    kernel_ms = _kernel_busy_us(prof.events()) / reps / 1e3
+    batch = images.shape[0]
+    if not cuda:
+        table.add("GPU busy", item, train_ips=batch * 1e3 / wall_ms, note=f"no GPU kernels on the CPU: {wall_ms:.0f} "
+                  f"ms per step, batch {batch} of {images.shape[2]}x{images.shape[3]}")
+        return
+    table.add("GPU busy", item, train_ips=batch * 1e3 / wall_ms,
+              note=f"kernels run {kernel_ms / wall_ms:.0%} of an eager step ({kernel_ms:.1f} of {wall_ms:.1f} ms, "
+                   f"batch {batch} of {images.shape[2]}x{images.shape[3]}, {p.runtime.describe()}): CUDA graphs "
+                   f"could make it at most {wall_ms / kernel_ms:.2f}x faster")
+
+
 def sync_audit(table: Table, data: Path, work: Path) -> None:
     """Host synchronisations during training steps, by source line (warnings from the CUDA sync debug mode)."""
     from pixelwise.engine.callbacks import ConsoleProgress
@@ -473,6 +540,10 @@ def checks(table: Table, data: Path, work: Path, default_run: Path | None) -> No
         nccl(table, data, work)
     with guarded(table, "ceiling", "loader / compute"):
         ceilings(table, data, work)
+    for item, overrides in (("Unet-resnet18, batch 8, 320 crops (the rows above)", []),
+                            ("the plan's GPU recipe: Unet-resnet34, batch 16, 352x480 crops", PLAN_GPU)):
+        with guarded(table, "GPU busy", item):
+            gpu_busy(table, data, work, item, overrides)
 
 
 if __name__ == "__main__":

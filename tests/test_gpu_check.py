@@ -42,6 +42,9 @@ def test_gpu_check_runs_every_row_on_the_cpu_and_only_fp16_is_refused(tmp_path: 
     assert ("ONNX export", "CPU EP parity") in items and ("Segmenter", "CUDA vs CPU fp32") in items
     assert {("ceiling", "loader alone"), ("ceiling", "GPU compute alone")} <= items
     assert ("host syncs", "training step") in items and ("torchrun", "2-process NCCL") in items  # skipped, said so
+    busy = [r for r in rows if r["section"] == "GPU busy"]  # the plan's recipe at batch 16, on the --crop here
+    assert [r["note"].split(":")[0] for r in busy] == ["no GPU kernels on the CPU"] * 2, busy
+    assert "batch 8 of 64x64" in busy[0]["note"] and "batch 16 of 64x64" in busy[1]["note"], busy
     table = (out / "table.md").read_text()
     assert table.count("\n") == len(rows) + 2
     assert [r["at_s"] for r in rows] == sorted(r["at_s"] for r in rows)  # when each ended, to plan --deadline
@@ -75,6 +78,25 @@ def test_only_runs_the_named_variants_with_their_peers_and_the_deadline_names_th
     for r in got[3:]:
         assert r["note"].startswith("not run: at ") and "past --deadline 0 s" in r["note"], r
         assert f"gpu_check.py --data {data} --only '{r['item']}'" in r["note"] and "train_ips" not in r
+
+
+def test_gpu_busy_time_is_the_union_of_the_kernels_intervals() -> None:
+    """Kernels on two streams overlap: busy time counts each microsecond once, and host events not at all."""
+    from types import SimpleNamespace
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import gpu_check
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    cuda, cpu = gpu_check.torch.autograd.DeviceType.CUDA, gpu_check.torch.autograd.DeviceType.CPU
+
+    def event(a: float, b: float, kind=cuda) -> SimpleNamespace:
+        return SimpleNamespace(time_range=SimpleNamespace(start=a, end=b), device_type=kind)
+
+    events = [event(50, 60), event(0, 10), event(5, 20), event(12, 15), event(0, 100, cpu), event(30, 40)]
+    assert gpu_check._kernel_busy_us(events) == 20 + 10 + 10
+    assert gpu_check._kernel_busy_us([event(0, 100, cpu)]) == 0
 
 
 def test_a_crop_below_the_stride_is_refused_by_name_before_anything_runs(tmp_path: Path) -> None:
