@@ -28,10 +28,15 @@ needs about 10 minutes; the deadline keeps one call inside the device tool's 10,
 call measures the rest.
 
 The device tool sends the repository only (64 MiB), not ../shared: make a CamVid subset inside an ignored folder
-first (160 train and 32 val frames, 49 MB) and carry it with the wheels the GPU image lacks (pydantic,
-segmentation-models-pytorch, albumentations, ...; see the device tool's README):
+first (160 train and 32 val frames, 49 MB) and carry it with the wheels the GPU image lacked on 2026-11-27
+(pydantic, pydantic-core, annotated-types, typing-inspection, typing-extensions, segmentation-models-pytorch,
+albumentations, albucore, stringzilla, simsimd: 8 MB, the versions of .venv; the device tool's README says how to
+download them for its Python 3.12):
 
     python benchmarks/gpu_check.py --make-subset ../shared/data/camvid .gpucheck/camvid
+    # on the device, carrying .whl and .gpucheck:
+    pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD/src
+    python3 benchmarks/gpu_check.py --data .gpucheck/camvid --out $OUT/gc > $OUT/log.txt 2>&1; cat $OUT/gc/table.md
 
 Each row is appended to ``OUT/rows.jsonl`` as soon as it is measured, so a run cut short keeps what it
 measured; ``OUT/table.md`` is rewritten after every row. A failing row records its error and the check goes on.
