@@ -545,7 +545,7 @@ def checks(table: Table, data: Path, work: Path, default_run: Path | None) -> No
         nccl(table, data, work)
     with guarded(table, "ceiling", "loader / compute"):
         ceilings(table, data, work)
-    for item, overrides in (("Unet-resnet18, batch 8, 320 crops (the rows above)", []),
+    for item, overrides in ((f"Unet-resnet18, batch 8, {CROP} crops (the rows above)", []),
                             ("the plan's GPU recipe: Unet-resnet34, batch 16, 352x480 crops", PLAN_GPU)):
         with guarded(table, "GPU busy", item):
             gpu_busy(table, data, work, item, overrides)
