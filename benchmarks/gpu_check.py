@@ -15,7 +15,8 @@ Run it first whenever a GPU machine is at hand; it prints (and writes to ``--out
   (``torch.cuda.set_sync_debug_mode``);
 - how much of an eager step the GPU runs kernels (``torch.profiler``), for these rows' recipe and for the plan's
   GPU recipe (batch 16, larger crops): the rest is launch time, the most CUDA graphs could save;
-- ``Segmenter`` on CUDA (bf16) against the CPU in fp32 (pixel agreement), ONNX export with its parity check,
+- ``Segmenter`` on CUDA (bf16) against the CPU in fp32 (pixel agreement), on frames of 12 sizes with
+  cudnn.benchmark on (first and second pass) and off, ONNX export with its parity check,
   and the ONNX Runtime CUDA provider when this onnxruntime build has it;
 - a 2-process NCCL run when two GPUs exist (skipped with a message otherwise).
 
@@ -367,6 +368,35 @@ def inference(table: Table, run: Path, data: Path) -> None:
               f"tiled 320 agrees {np.mean(tiled == gpu.predict(images[0])):.3%} with whole")
 
 
+def many_sizes(table: Table, run: Path, data: Path) -> None:
+    """Frames of up to 12 sizes (a val frame cut down by 32 pixels at a time): with cudnn.benchmark on, as training
+    sets it, cuDNN times its algorithms for every new shape on first sight, which a set of images of many sizes
+    (microscopy, say) pays in its first evaluation. A first and a second pass with it on, and one with it off."""
+    from pixelwise.data.io import read_image
+    from pixelwise.inference.predictor import Segmenter
+
+    frame = read_image(sorted((data / "val").glob("*.png"))[0], 3)
+    h, w = frame.shape[:2]
+    sizes = [(h - 32 * i, w - 32 * j) for i in range(4) for j in range(3) if min(h - 32 * i, w - 32 * j) >= 32]
+    seg = Segmenter.load(run, device=DEVICE.type)
+    seconds, before = [], torch.backends.cudnn.benchmark
+    try:
+        for benchmark in (True, True, False):
+            torch.backends.cudnn.benchmark = benchmark
+            _sync()
+            start = time.perf_counter()
+            for sh, sw in sizes:
+                seg.predict(np.ascontiguousarray(frame[:sh, :sw]), tile=0)
+            _sync()
+            seconds.append(time.perf_counter() - start)
+    finally:
+        torch.backends.cudnn.benchmark = before
+    first, second, off = seconds
+    table.add("Segmenter", f"{len(sizes)} frame sizes", note=f"{h}x{w} cut down by 32 at a time, batch 1: "
+              f"cudnn.benchmark on {first:.2f} s the first pass (each new size tuned), {second:.2f} s the second; "
+              f"off {off:.2f} s")
+
+
 def onnx(table: Table, run: Path) -> None:
     import onnxruntime as ort
 
@@ -539,6 +569,8 @@ def checks(table: Table, data: Path, work: Path, default_run: Path | None) -> No
     if default_run is not None:
         with guarded(table, "Segmenter", "CUDA vs CPU"):
             inference(table, default_run, data)
+        with guarded(table, "Segmenter", "many frame sizes"):
+            many_sizes(table, default_run, data)
         with guarded(table, "ONNX export", "parity"):
             onnx(table, default_run)
     with guarded(table, "torchrun", "2-process NCCL"):

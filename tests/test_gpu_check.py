@@ -40,6 +40,9 @@ def test_gpu_check_runs_every_row_on_the_cpu_and_only_fp16_is_refused(tmp_path: 
     peers = [r for r in rows if r["section"].startswith("peer")]
     assert len(peers) == 3 and all(r["train_ips"] > 0 for r in peers), peers
     assert ("ONNX export", "CPU EP parity") in items and ("Segmenter", "CUDA vs CPU fp32") in items
+    sizes = next(r["note"] for r in rows if r["item"].endswith("frame sizes"))  # 72x96 -> 72/40 x 96/64/32
+    assert sizes.startswith("72x96 cut down by 32") and next(r for r in rows if r["note"] == sizes)["item"] == (
+        "6 frame sizes"), sizes
     assert {("ceiling", "loader alone"), ("ceiling", "GPU compute alone")} <= items
     assert ("host syncs", "training step") in items and ("torchrun", "2-process NCCL") in items  # skipped, said so
     busy = [r for r in rows if r["section"] == "GPU busy"]  # the plan's recipe at batch 16, on the --crop here
