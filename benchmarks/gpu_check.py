@@ -289,9 +289,10 @@ def gpu_busy(table: Table, data: Path, work: Path, item: str, overrides: list[st
     images, masks = to_device(next(iter(p.loader)), p.runtime)
     p.model.train()
 
-    def step() -> None:
+    def step() -> None:  # as the trainer's: the loss outside autocast
         with p.runtime.autocast():
-            loss = p.criterion(p.model(images), masks)
+            logits = p.model(images)
+        loss = p.criterion(logits, masks)
         loss.backward()
         p.optimizer.step()
         p.optimizer.zero_grad(set_to_none=True)
@@ -315,6 +316,8 @@ def gpu_busy(table: Table, data: Path, work: Path, item: str, overrides: list[st
         table.add("GPU busy", item, train_ips=batch * 1e3 / wall_ms, note=f"no GPU kernels on the CPU: {wall_ms:.0f} "
                   f"ms per step, batch {batch} of {images.shape[2]}x{images.shape[3]}")
         return
+    if kernel_ms <= 0:
+        raise RuntimeError("the profiler recorded no CUDA kernels (is CUPTI available?)")
     table.add("GPU busy", item, train_ips=batch * 1e3 / wall_ms,
               note=f"kernels run {kernel_ms / wall_ms:.0%} of an eager step ({kernel_ms:.1f} of {wall_ms:.1f} ms, "
                    f"batch {batch} of {images.shape[2]}x{images.shape[3]}, {p.runtime.describe()}): CUDA graphs "
