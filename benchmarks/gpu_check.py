@@ -262,9 +262,12 @@ PLAN_GPU = ["model.encoder=resnet34", "train.batch_size=16", "data.crop_size=[35
 
 
 def _kernel_busy_us(events: Any) -> float:
-    """Microseconds during which at least one GPU kernel ran (the union of the kernels' intervals)."""
+    """Microseconds during which the GPU ran at least one kernel or copy (the union of their intervals). A
+    ``record_function`` range (the optimizer's step has one) also shows up on the GPU's timeline, spanning its
+    kernels and the gaps between them: left out, as are spans with no valid timestamps (CUPTI can drop some)."""
     spans = sorted((e.time_range.start, e.time_range.end) for e in events
-                   if e.device_type == torch.autograd.DeviceType.CUDA)
+                   if e.device_type == torch.autograd.DeviceType.CUDA and not getattr(e, "is_user_annotation", False)
+                   and 0 <= e.time_range.start < e.time_range.end)
     busy, end = 0.0, float("-inf")
     for a, b in spans:
         if b > end:
@@ -306,11 +309,12 @@ def gpu_busy(table: Table, data: Path, work: Path, item: str, overrides: list[st
         step()
     _sync()
     wall_ms = (time.perf_counter() - start) / reps * 1e3
+    profiled = 8 if cuda else 1  # few: reading the profile back takes seconds
     with profile(activities=[ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]) as prof:
-        for _ in range(reps):
+        for _ in range(profiled):
             step()
         _sync()
-    kernel_ms = _kernel_busy_us(prof.events()) / reps / 1e3
+    kernel_ms = _kernel_busy_us(prof.events()) / profiled / 1e3
     batch = images.shape[0]
     if not cuda:
         table.add("GPU busy", item, train_ips=batch * 1e3 / wall_ms, note=f"no GPU kernels on the CPU: {wall_ms:.0f} "
@@ -318,25 +322,36 @@ def gpu_busy(table: Table, data: Path, work: Path, item: str, overrides: list[st
         return
     if kernel_ms <= 0:
         raise RuntimeError("the profiler recorded no CUDA kernels (is CUPTI available?)")
+    if kernel_ms > 1.05 * wall_ms:
+        raise RuntimeError(f"the profiler's GPU time ({kernel_ms:.1f} ms) exceeds the step's ({wall_ms:.1f} ms): "
+                           "its timestamps cannot be trusted here")
     table.add("GPU busy", item, train_ips=batch * 1e3 / wall_ms,
-              note=f"kernels run {kernel_ms / wall_ms:.0%} of an eager step ({kernel_ms:.1f} of {wall_ms:.1f} ms, "
-                   f"batch {batch} of {images.shape[2]}x{images.shape[3]}, {p.runtime.describe()}): CUDA graphs "
-                   f"could make it at most {wall_ms / kernel_ms:.2f}x faster")
+              note=f"kernels and copies run {kernel_ms / wall_ms:.0%} of an eager step ({kernel_ms:.1f} of "
+                   f"{wall_ms:.1f} ms, batch {batch} of {images.shape[2]}x{images.shape[3]}, "
+                   f"{p.runtime.describe()}): CUDA graphs could make it at most {wall_ms / kernel_ms:.2f}x faster")
 
 
 def sync_audit(table: Table, data: Path, work: Path) -> None:
     """Host synchronisations during training steps, by source line (warnings from the CUDA sync debug mode)."""
-    from pixelwise.engine.callbacks import ConsoleProgress
+    from pixelwise.engine.callbacks import Callback, ConsoleProgress
     from pixelwise.engine.trainer import Trainer
 
     if DEVICE.type != "cuda":
         table.add("host syncs", "training step", note="skipped: CUDA only")
         return
+    caught: list[warnings.WarningMessage] = []
+    marks: dict[int, int] = {}  # syncs seen by the end of each step
+
+    class Marks(Callback):
+        def on_step_end(self, state) -> None:
+            marks[state.step] = sum("synchroniz" in str(w.message) for w in caught)
+
     trainer = Trainer(pixelwise_config(data, 12, work / "sync", ["data.num_workers=0"]), work / "sync",
-                      overwrite=True, callbacks=[ConsoleProgress()])  # no checkpoint copies at the epoch's end
+                      overwrite=True, callbacks=[ConsoleProgress(), Marks()])  # no checkpoint copies at the end
     trainer.data.val = None  # count the training steps' syncs only: no evaluation
     torch.cuda.synchronize()
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as record:
+        caught = record
         warnings.simplefilter("always")
         torch.cuda.set_sync_debug_mode("warn")
         try:
@@ -344,10 +359,12 @@ def sync_audit(table: Table, data: Path, work: Path) -> None:
         finally:
             torch.cuda.set_sync_debug_mode("default")
     where = Counter(f"{Path(w.filename).name}:{w.lineno}" for w in caught if "synchroniz" in str(w.message))
-    steps = trainer.state.step
+    steps, last = trainer.state.step, max(marks)
+    steady = (marks[last] - marks[2]) / (last - 2)  # steps 3 to the last: no start-up, no end of the run
     shown = ", ".join(f"{k} x{v}" for k, v in where.most_common(6)) or "none"
-    table.add("host syncs", f"{sum(where.values()) / max(steps, 1):.2f} per training step",
-              note=f"{steps} steps, no val (the progress bar reads the loss every 5th); where: {shown}")
+    table.add("host syncs", f"{steady:.2f} per training step",
+              note=f"steps 3-{last} of {steps}, no val (the progress bar reads the loss every 5th); "
+                   f"{sum(where.values())} in the whole run, where: {shown}")
 
 
 def inference(table: Table, run: Path, data: Path) -> None:
@@ -374,30 +391,44 @@ def inference(table: Table, run: Path, data: Path) -> None:
 def many_sizes(table: Table, run: Path, data: Path) -> None:
     """Frames of up to 12 sizes (a val frame cut down by 32 pixels at a time): with cudnn.benchmark on, as training
     sets it, cuDNN times its algorithms for every new shape on first sight, which a set of images of many sizes
-    (microscopy, say) pays in its first evaluation. A first and a second pass with it on, and one with it off."""
+    (microscopy, say) pays in its first evaluation. Each setting runs in a process of its own: cuDNN's plan cache
+    does not key on the setting, and this process has seen some of these shapes already."""
+    figures = {}
+    for mode in ("on", "off"):
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--many-sizes-worker", str(run), str(data), mode,
+               DEVICE.type]
+        out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=_env())
+        if out.returncode != 0:
+            raise RuntimeError(out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "worker failed")
+        figures[mode] = json.loads(out.stdout.strip().splitlines()[-1])
+    on, off = figures["on"], figures["off"]
+    table.add("Segmenter", f"{on['sizes']} frame sizes", note=f"{on['frame']} cut down by 32 at a time, batch 1, "
+              f"a fresh process each: cudnn.benchmark on {on['first']:.2f} s the first pass (each size tuned), "
+              f"{on['second']:.2f} s the second; off {off['first']:.2f} s and {off['second']:.2f} s")
+
+
+def many_sizes_worker(run: Path, data: Path, mode: str, device: str) -> None:
+    """One setting of ``many_sizes``: a warm-up on a size outside the set, then two timed passes; JSON out."""
     from pixelwise.data.io import read_image
     from pixelwise.inference.predictor import Segmenter
 
+    global DEVICE
+    DEVICE = torch.device(device)
+    torch.backends.cudnn.benchmark = mode == "on"
     frame = read_image(sorted((data / "val").glob("*.png"))[0], 3)
     h, w = frame.shape[:2]
     sizes = [(h - 32 * i, w - 32 * j) for i in range(4) for j in range(3) if min(h - 32 * i, w - 32 * j) >= 32]
-    seg = Segmenter.load(run, device=DEVICE.type)
-    seconds, before = [], torch.backends.cudnn.benchmark
-    try:
-        for benchmark in (True, True, False):
-            torch.backends.cudnn.benchmark = benchmark
-            _sync()
-            start = time.perf_counter()
-            for sh, sw in sizes:
-                seg.predict(np.ascontiguousarray(frame[:sh, :sw]), tile=0)
-            _sync()
-            seconds.append(time.perf_counter() - start)
-    finally:
-        torch.backends.cudnn.benchmark = before
-    first, second, off = seconds
-    table.add("Segmenter", f"{len(sizes)} frame sizes", note=f"{h}x{w} cut down by 32 at a time, batch 1: "
-              f"cudnn.benchmark on {first:.2f} s the first pass (each new size tuned), {second:.2f} s the second; "
-              f"off {off:.2f} s")
+    seg = Segmenter.load(run, device=device)
+    seg.predict(np.ascontiguousarray(frame[:32, :32]), tile=0)  # CUDA context, lazily loaded kernels
+    seconds = []
+    for _ in range(2):
+        _sync()
+        start = time.perf_counter()
+        for sh, sw in sizes:
+            seg.predict(np.ascontiguousarray(frame[:sh, :sw]), tile=0)
+        _sync()
+        seconds.append(time.perf_counter() - start)
+    print(json.dumps({"frame": f"{h}x{w}", "sizes": len(sizes), "first": seconds[0], "second": seconds[1]}))
 
 
 def onnx(table: Table, run: Path) -> None:
@@ -489,6 +520,9 @@ def main() -> None:
     if sys.argv[1:2] == ["--make-subset"] and len(sys.argv) == 4:
         make_subset(Path(sys.argv[2]), Path(sys.argv[3]))
         return
+    if sys.argv[1:2] == ["--many-sizes-worker"] and len(sys.argv) == 6:
+        many_sizes_worker(Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4], sys.argv[5])
+        return
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "camvid")
     p.add_argument("--out", type=Path, default=Path("gpu-check"))
@@ -532,6 +566,13 @@ def main() -> None:
     only = [t.lower() for t in args.only]
     rows = [r for r in rows if not (args.skip_compile and "compile" in r[0])
             and (not only or any(t in r[0].lower() for t in only))]
+    if only and not rows:
+        p.error(f"--only {' '.join(args.only)}: no variant's name holds that"
+                + (" (--skip-compile leaves out the compile rows)" if args.skip_compile else ""))
+    # the command that runs a left-out row alone, into a folder of its own (--out's rows.jsonl starts empty)
+    rerun = (f"python benchmarks/gpu_check.py --data {args.data} --out {args.out}-rest --steps {args.steps} "
+             f"--peer-steps {args.peer_steps} --crop {args.crop}" + (f" --device {args.device}"
+                                                                    if args.device != "cuda" else ""))
     with guarded(table, "machine", "?"):
         machine(table)
     peers, peer32 = [], None
@@ -549,16 +590,15 @@ def main() -> None:
         work = Path(tmp)
         for n, (item, overrides, at32) in enumerate(rows):
             elapsed, need = time.perf_counter() - began, _expected(item, compiled)
+            run = None
             if elapsed + need > args.deadline:
                 table.add("pixelwise train", item, note=f"not run: at {elapsed:.0f} s it would end past --deadline "
-                          f"{args.deadline:.0f} s (expected {need} s); run it alone: python "
-                          f"benchmarks/gpu_check.py --data {args.data} --only '{item}'")
-                continue
-            run = None
-            with guarded(table, "pixelwise train", item):
-                run = train_variant(table, data, max(args.steps // 4, 3) if at32 else args.steps, work, item,
-                                    overrides, ref32 if at32 else ref8)
-            compiled = compiled or "compile" in item
+                          f"{args.deadline:.0f} s (expected {need} s); run it alone: {rerun} --only '{item}'")
+            else:
+                with guarded(table, "pixelwise train", item):
+                    run = train_variant(table, data, max(args.steps // 4, 3) if at32 else args.steps, work, item,
+                                        overrides, ref32 if at32 else ref8)
+                compiled = compiled or ("compile" in item and run is not None)
             if n == 0 and not only:  # the correctness checks come next, so a run cut short still has them
                 checks(table, data, work, run)
     print(f"\n[gpu-check] done in {time.perf_counter() - began:.0f} s\n")
@@ -569,7 +609,9 @@ def checks(table: Table, data: Path, work: Path, default_run: Path | None) -> No
     """Host syncs per step, Segmenter on CUDA, ONNX parity, NCCL and the loader and compute ceilings."""
     with guarded(table, "host syncs", "training step"):
         sync_audit(table, data, work)
-    if default_run is not None:
+    if default_run is None:
+        table.add("Segmenter / ONNX export", "not run", note="the default row trained no model to check")
+    else:
         with guarded(table, "Segmenter", "CUDA vs CPU"):
             inference(table, default_run, data)
         with guarded(table, "Segmenter", "many frame sizes"):

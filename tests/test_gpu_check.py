@@ -80,7 +80,11 @@ def test_only_runs_the_named_variants_with_their_peers_and_the_deadline_names_th
         "bf16 + CUDA graphs (compile reduce-overhead)"]
     for r in got[3:]:
         assert r["note"].startswith("not run: at ") and "past --deadline 0 s" in r["note"], r
-        assert f"gpu_check.py --data {data} --only '{r['item']}'" in r["note"] and "train_ips" not in r
+        assert f"gpu_check.py --data {data} --out {tmp_path / 'b'}-rest --steps 2 --peer-steps 2 --crop 64 " \
+               f"--device cpu --only '{r['item']}'" in r["note"] and "train_ips" not in r, r
+    done = subprocess.run([*base, "--only", "CUDA graphs", "--skip-compile"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2 and "no variant's name holds that (--skip-compile" in done.stderr, done.stderr
 
 
 def test_gpu_busy_time_is_the_union_of_the_kernels_intervals() -> None:
@@ -94,10 +98,13 @@ def test_gpu_busy_time_is_the_union_of_the_kernels_intervals() -> None:
         sys.path.remove(str(ROOT / "benchmarks"))
     cuda, cpu = gpu_check.torch.autograd.DeviceType.CUDA, gpu_check.torch.autograd.DeviceType.CPU
 
-    def event(a: float, b: float, kind=cuda) -> SimpleNamespace:
-        return SimpleNamespace(time_range=SimpleNamespace(start=a, end=b), device_type=kind)
+    def event(a: float, b: float, kind=cuda, annotation: bool = False) -> SimpleNamespace:
+        return SimpleNamespace(time_range=SimpleNamespace(start=a, end=b), device_type=kind,
+                               is_user_annotation=annotation)
 
-    events = [event(50, 60), event(0, 10), event(5, 20), event(12, 15), event(0, 100, cpu), event(30, 40)]
+    events = [event(50, 60), event(0, 10), event(5, 20), event(12, 15), event(0, 100, cpu), event(30, 40),
+              event(20, 55, annotation=True),  # a record_function range on the GPU's timeline: gaps, not work
+              event(-5, 3), event(70, 70)]  # timestamps CUPTI dropped
     assert gpu_check._kernel_busy_us(events) == 20 + 10 + 10
     assert gpu_check._kernel_busy_us([event(0, 100, cpu)]) == 0
 
