@@ -539,15 +539,18 @@ def main() -> None:
     args = p.parse_args()
     if args.crop < 32:
         p.error(f"--crop {args.crop}: at least 32 (the networks' stride)")
+    if not 0 <= args.deadline < float("inf"):  # nan fails this too
+        p.error(f"--deadline {args.deadline}: seconds, 0 or more")
+    if args.out.exists() and not args.out.is_dir():
+        p.error(f"--out {args.out}: a file is there; name a folder")
+    if (args.out / "rows.jsonl").exists():
+        p.error(f"--out {args.out}: holds the rows of an earlier check (rows.jsonl); name a new folder or move it")
     global DEVICE, CROP
     DEVICE, CROP = torch.device(args.device), args.crop
     if DEVICE.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA GPU: this check is for GPU machines (the CPU figures come from bench_speed.py)")
     if not (args.data / "train").is_dir():
         raise SystemExit(f"{args.data}: CamVid not found (expected train/, trainannot/, val/, valannot/)")
-    data = args.data.resolve()
-    table = Table(args.out)
-    began = time.perf_counter()
     # (item, overrides, at batch 32) in the order of what they tell; the one-off checks run after the first
     rows = [
         ("bf16 + channels_last (default)", [], False),
@@ -569,10 +572,13 @@ def main() -> None:
     if only and not rows:
         p.error(f"--only {' '.join(args.only)}: no variant's name holds that"
                 + (" (--skip-compile leaves out the compile rows)" if args.skip_compile else ""))
-    # the command that runs a left-out row alone, into a folder of its own (--out's rows.jsonl starts empty)
+    # the command that runs a left-out row alone, into a folder of its own (an --out with rows is refused)
     rerun = (f"python benchmarks/gpu_check.py --data {args.data} --out {args.out}-rest --steps {args.steps} "
              f"--peer-steps {args.peer_steps} --crop {args.crop}" + (f" --device {args.device}"
                                                                     if args.device != "cuda" else ""))
+    data = args.data.resolve()
+    table = Table(args.out)
+    began = time.perf_counter()
     with guarded(table, "machine", "?"):
         machine(table)
     peers, peer32 = [], None

@@ -82,8 +82,8 @@ def test_only_runs_the_named_variants_with_their_peers_and_the_deadline_names_th
         assert r["note"].startswith("not run: at ") and "past --deadline 0 s" in r["note"], r
         assert f"gpu_check.py --data {data} --out {tmp_path / 'b'}-rest --steps 2 --peer-steps 2 --crop 64 " \
                f"--device cpu --only '{r['item']}'" in r["note"] and "train_ips" not in r, r
-    done = subprocess.run([*base, "--only", "CUDA graphs", "--skip-compile"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run([*base, "--out", str(tmp_path / "c"), "--only", "CUDA graphs", "--skip-compile"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "no variant's name holds that (--skip-compile" in done.stderr, done.stderr
 
 
@@ -116,6 +116,26 @@ def test_a_crop_below_the_stride_is_refused_by_name_before_anything_runs(tmp_pat
         done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert done.returncode == 2 and "--crop 0: at least 32" in done.stderr, (script, done.stderr[-500:])
         assert "Traceback" not in done.stderr
+
+
+def test_hostile_options_are_refused_by_name_before_anything_is_written(tmp_path: Path) -> None:
+    (tmp_path / "train").mkdir()
+    a_file = tmp_path / "table.md"
+    a_file.write_text("the user's")
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    (earlier / "rows.jsonl").write_text('{"item": "kept"}\n')
+    base = [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--device", "cpu", "--data", str(tmp_path)]
+    fresh = tmp_path / "fresh [1]"
+    for extra, said in ((["--deadline", "nan"], "--deadline nan: seconds"),
+                        (["--deadline", "-1"], "--deadline -1.0: seconds"),
+                        (["--out", str(a_file)], "a file is there"),
+                        (["--out", str(earlier)], "holds the rows of an earlier check"),
+                        (["--out", str(fresh), "--only", "no such row"], "--only no such row: no variant's name")):
+        done = subprocess.run([*base, *extra], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and said in done.stderr and "Traceback" not in done.stderr, (extra, done.stderr)
+    assert a_file.read_text() == "the user's" and (earlier / "rows.jsonl").read_text() == '{"item": "kept"}\n'
+    assert not fresh.exists()
 
 
 def test_speed_rows_train_on_the_peers_full_crops_every_step(tmp_path: Path) -> None:
