@@ -181,13 +181,18 @@ def pixelwise_config(data: Path, steps: int, run: Path, overrides: list[str]):
     return load_config(CONFIG, base + overrides)
 
 
+def _slug(item: str) -> str:
+    """A row's name as a folder name."""
+    return re.sub(r"[^a-z0-9]+", "-", item.lower()).strip("-")
+
+
 def train_variant(table: Table, data: Path, steps: int, work: Path, item: str, overrides: list[str],
                   peer_result: dict[str, Any] | None) -> Path:
     """Train one pixelwise variant in this process; its run directory is returned for the later checks."""
     from pixelwise.engine.evaluate import evaluate
     from pixelwise.engine.trainer import Trainer
 
-    run = work / re.sub(r"[^a-z0-9]+", "-", item.lower()).strip("-")
+    run = work / _slug(item)
     _reset_peak()
     start = time.perf_counter()
     trainer = Trainer(pixelwise_config(data, steps, run, overrides), run, overwrite=True)
@@ -288,7 +293,7 @@ def gpu_busy(table: Table, data: Path, work: Path, item: str, overrides: list[st
     cuda = DEVICE.type == "cuda"
     if not cuda:  # the smoke run: the same code on --crop sized batches, and no kernels to count
         overrides = [o for o in overrides if not o.startswith("data.crop_size")]
-    p = prepare(pixelwise_config(data, 100, work / re.sub(r"[^a-z0-9]+", "-", item.lower()), overrides))
+    p = prepare(pixelwise_config(data, 100, work / _slug(item), overrides))
     images, masks = to_device(next(iter(p.loader)), p.runtime)
     p.model.train()
 
@@ -578,7 +583,6 @@ def main() -> None:
                                                                     if args.device != "cuda" else ""))
     data = args.data.resolve()
     table = Table(args.out)
-    began = time.perf_counter()
     with guarded(table, "machine", "?"):
         machine(table)
     peers, peer32 = [], None
@@ -595,7 +599,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for n, (item, overrides, at32) in enumerate(rows):
-            elapsed, need = time.perf_counter() - began, _expected(item, compiled)
+            elapsed, need = time.perf_counter() - table.began, _expected(item, compiled)
             run = None
             if elapsed + need > args.deadline:
                 table.add("pixelwise train", item, note=f"not run: at {elapsed:.0f} s it would end past --deadline "
@@ -607,7 +611,7 @@ def main() -> None:
                 compiled = compiled or ("compile" in item and run is not None)
             if n == 0 and not only:  # the correctness checks come next, so a run cut short still has them
                 checks(table, data, work, run)
-    print(f"\n[gpu-check] done in {time.perf_counter() - began:.0f} s\n")
+    print(f"\n[gpu-check] done in {time.perf_counter() - table.began:.0f} s\n")
     print(table.markdown())
 
 
