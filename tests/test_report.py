@@ -16,7 +16,7 @@ from PIL import Image
 
 from pixelwise.api import default_callbacks
 from pixelwise.config import load_config
-from pixelwise.engine.evaluate import per_image_scores
+from pixelwise.engine.evaluate import per_image_confusion, per_image_scores
 from pixelwise.engine.trainer import Trainer
 from pixelwise.report import plots
 from pixelwise.report.build import report_run
@@ -33,7 +33,7 @@ def test_per_image_scores_by_hand():
     # image 0: classes 0 and 1, one pixel of class 1 predicted as 0; image 1: all correct, with a void pixel
     target = torch.tensor([[[0, 0], [1, 1]], [[2, 2], [255, 2]]])
     pred = torch.tensor([[[0, 0], [1, 0]], [[2, 2], [0, 2]]])
-    scores = per_image_scores(pred, target, 3)
+    scores = per_image_scores(per_image_confusion(pred, target, 3))
     # image 0: class 0 IoU 2/3, class 1 IoU 1/2, class 2 absent -> mIoU 7/12; accuracy 3/4
     assert scores[0] == pytest.approx((7 / 12, 3 / 4))
     # image 1: void ignored, class 2 IoU 1 and nothing else present
@@ -48,13 +48,18 @@ def test_per_image_scores_match_each_images_own_confusion_matrix_and_an_all_void
     target[target == 3] = 255  # void, and class 3 is never in the truth
     pred = torch.randint(0, 4, (5, 9, 7), generator=g)
     target[4] = 255  # nothing labelled in the last image
-    scores = per_image_scores(pred, target, 4)
+    cms = per_image_confusion(pred, target, 4)
+    assert torch.equal(cms.sum(dim=0), confusion_matrix(pred, target, 4))  # evaluation's batch matrix
+    scores = per_image_scores(cms)
     for i, (miou, accuracy) in enumerate(scores[:4]):
         cm = confusion_matrix(pred[i : i + 1], target[i : i + 1], 4).double()
         tp, union = cm.diagonal(), cm.sum(0) + cm.sum(1) - cm.diagonal()
         assert miou == pytest.approx(float((tp[union > 0] / union[union > 0]).mean()))
         assert accuracy == pytest.approx(float(tp.sum() / cm.sum()))
     assert scores[4] == (None, None)
+    target[0, 0, 0] = 4  # out of range, not void: an error, as in confusion_matrix, not a pixel in image 1's matrix
+    with pytest.raises((RuntimeError, IndexError)):
+        per_image_confusion(pred, target, 4)
 
 
 def test_error_map_and_panel_colours():

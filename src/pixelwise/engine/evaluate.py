@@ -19,20 +19,26 @@ from pixelwise.engine.padding import forward_padded
 from pixelwise.engine.runtime import Runtime
 
 
-def per_image_scores(
-    pred: torch.Tensor, target: torch.Tensor, num_classes: int
-) -> list[tuple[float | None, float | None]]:
-    """(mIoU, pixel accuracy) of each image; mIoU over the classes present in its truth or prediction.
+def per_image_confusion(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(N, K, K) int64 confusion matrix of each image, in one scatter; their sum is the batch's ``confusion_matrix``.
 
     Args:
-        pred, target: (N, H, W) class indices; IGNORE (255) target pixels are left out. Other target values must
-            be below ``num_classes`` (``confusion_matrix``, which evaluation calls first, refuses them).
+        pred, target: (N, H, W) class indices; IGNORE (255) target pixels are left out. Any other target of K or
+            more is an error (it falls outside every bin), as in ``confusion_matrix``, not a pixel counted in the
+            next image's matrix.
     """
     n, k = pred.shape[0], num_classes
     image = torch.arange(n, device=pred.device).view(n, 1, 1)
     # bin 0 takes the void pixels, so no boolean mask (which would wait for the GPU to size its result)
-    flat = torch.where(target == IGNORE, 0, (image * k + target.long()) * k + pred.long() + 1)
-    cms = count_bins(flat, n * k * k + 1)[1:].view(n, k, k).double()
+    cell = torch.where(target < k, (image * k + target.long()) * k + pred.long() + 1, n * k * k + 1)
+    flat = torch.where(target == IGNORE, 0, cell)
+    return count_bins(flat, n * k * k + 1)[1:].view(n, k, k)
+
+
+def per_image_scores(cms: torch.Tensor) -> list[tuple[float | None, float | None]]:
+    """(mIoU, pixel accuracy) of each image from its (K, K) confusion matrix (``per_image_confusion``); mIoU over
+    the classes present in its truth or prediction, None where an image has nothing labelled."""
+    cms = cms.double()
     tp = cms.diagonal(dim1=1, dim2=2)
     union = cms.sum(dim=1) + cms.sum(dim=2) - tp
     present = union > 0
@@ -92,9 +98,12 @@ def evaluate(
         if criterion is not None:
             loss_sum += criterion(logits, y)
         pred = logits.argmax(dim=1)
-        cm += confusion_matrix(pred, y, k)
-        if per_image:
-            scores.update(zip(indices, per_image_scores(pred, y, k), strict=True))
+        if per_image:  # one scatter serves both: the batch's matrix is the sum of its images'
+            cms = per_image_confusion(pred, y, k)
+            cm += cms.sum(dim=0)
+            scores.update(zip(indices, per_image_scores(cms), strict=True))
+        else:
+            cm += confusion_matrix(pred, y, k)
         batches += 1
         images += x.shape[0]
     if shard.enabled:  # one collective: confusion matrix, loss sum, batch and image counts (exact in float64)
