@@ -252,6 +252,42 @@ def test_your_own_dataset_is_checked_before_training(tmp_path):
                  **{"train.epochs": 1, "train.batch_size": 2})
     with pytest.raises(PixelwiseError, match="name the classes"):
         pw.train(data=Squares(4, 0), out=tmp_path / "r")
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda image, mask: (np.concatenate([image, image[:1]]), mask),
+     r"dataset\[2\] gives a 4-channel torch.uint8 image; the training dataset's first item is 3-channel"),
+    (lambda image, mask: (image.astype(np.float32), mask), r"dataset\[2\] gives a 3-channel torch.float32 image"),
+    (lambda image, mask: (image, mask[:-3]), r"dataset\[2\] gives an image of shape \(3, 32, 32\) and a mask of "
+                                             r"shape \(29, 32\)"),
+    (lambda image, mask: image, r"dataset\[2\] must be a pair"),
+])
+def test_every_item_of_your_own_dataset_is_checked_not_only_the_first(tmp_path, change, message):
+    # a later item unlike the first failed inside torch (torch.stack, a size mismatch in the metrics)
+    class LaterOdd(Squares):
+        def __getitem__(self, i):
+            item = super().__getitem__(i)
+            return change(*item) if i == 2 else item
+
+    with pytest.raises(PixelwiseError, match=f"validation {message}"):
+        pw.train(data=Squares(4, 0), val_data=LaterOdd(4, 1), model=Net(), classes=["bg", "fg"], out=tmp_path / "v")
+    with pytest.raises(PixelwiseError, match=f"training {message}"):
+        pw.train(data=LaterOdd(4, 0), model=Net(), classes=["bg", "fg"], out=tmp_path / "t",
+                 **{"train.epochs": 1, "train.batch_size": 4})
+
+
+def test_training_items_of_different_sizes_are_said_in_words(tmp_path):
+    class Sizes(Squares):
+        def __getitem__(self, i):
+            image, mask = super().__getitem__(i)
+            return (image[:, :24], mask[:24]) if i == 1 else (image, mask)
+
+    with pytest.raises(PixelwiseError, match=r"batch differ in size \(24x32, 32x32\).*train.batch_size: 1"):
+        pw.train(data=Sizes(4, 0), model=Net(), classes=["bg", "fg"], out=tmp_path / "t",
+                 **{"train.epochs": 1, "train.batch_size": 4})
+    run = pw.train(data=Sizes(4, 0), model=Net(), classes=["bg", "fg"], out=tmp_path / "one",
+                   **{"train.epochs": 1, "train.batch_size": 1})  # one item per batch: any sizes
+    assert run.summary["epochs"] == 1
     with pytest.raises(PixelwiseError, match="class_weights: auto .* give the weights as a list"):
         pw.train(data=Squares(4, 0), classes=["bg", "fg"], out=tmp_path / "r", loss={"terms": {"ce": 1.0},
                                                                                      "class_weights": "auto"})

@@ -6,6 +6,7 @@ import ctypes
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -160,10 +161,12 @@ class EpochSampler(torch.utils.data.Sampler[tuple[int, int]]):
 
 
 def train_loader(dataset: SegmentationDataset, batch_size: int, workers: int, seed: int,
-                 pin_memory: bool = False, rank: int = 0, world: int = 1) -> tuple[DataLoader, EpochSampler]:
+                 pin_memory: bool = False, rank: int = 0, world: int = 1,
+                 collate_fn: Any = None) -> tuple[DataLoader, EpochSampler]:
     """The training loader (persistent workers) and its sampler; call ``sampler.set_epoch(e)`` each epoch.
 
     ``batch_size`` is per process; each of ``world`` processes reads its own share of every epoch.
+    ``collate_fn``: DataLoader's (None: torch's default).
     """
     sampler = EpochSampler(len(dataset), seed, rank, world)
     loader = DataLoader(
@@ -174,6 +177,7 @@ def train_loader(dataset: SegmentationDataset, batch_size: int, workers: int, se
         num_workers=workers,
         persistent_workers=workers > 0,
         pin_memory=pin_memory,
+        collate_fn=collate_fn,
     )
     return loader, sampler
 

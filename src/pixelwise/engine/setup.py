@@ -235,6 +235,10 @@ def prepare(cfg: Config, parts: Parts | None = None, resume: bool = False) -> Pr
                "(they weight ce and bce, and focal/dice/jaccard/tversky in multiclass mode)")
     optimizer = create_optimizer(net, cfg.optim)
     workers = default_workers(cfg.data.num_workers)
+    collate = None
+    if data.custom:  # the user's items: a batch of different sizes is said in words, not by torch.stack
+        from pixelwise.data.custom import same_size_collate as collate
     loader, sampler = train_loader(data.train, cfg.train.batch_size, workers, cfg.train.seed,
-                                   pin_memory=runtime.device.type == "cuda", rank=dist.rank, world=dist.world)
+                                   pin_memory=runtime.device.type == "cuda", rank=dist.rank, world=dist.world,
+                                   collate_fn=collate)
     return Prepared(cfg, data, runtime, model, net, criterion, optimizer, workers, loader, sampler, dist)
