@@ -53,6 +53,7 @@ class PairInfo:
     samples: np.ndarray | None = None  # (n, C) pixels drawn for the dataset's statistics (normalisation)
     float_mask: str | None = None  # the floating-point type the mask was stored in, if it was
     grid_unchecked: bool = False  # georeferenced pair whose grids could not be compared (rasterio missing)
+    nodata: int = 0  # integer pixels holding the image's declared nodata value (read as stored)
 
 
 @dataclass
@@ -112,6 +113,7 @@ def _scan_one(pair: Pair, spec: ImageSpec, cache: DecodedCache | None, colors: C
     try:
         image, decoded = read_image_decoded(pair.image, spec)
         info.orientation, info.file_channels = decoded.orientation, decoded.pixels.shape[2]
+        info.nodata = decoded.nodata
         mask, stored = read_mask_stored(pair.mask, colors)
     except (ChannelMismatch, DtypeMismatch) as e:
         info.error, info.mismatch = str(e), ("channels" if isinstance(e, ChannelMismatch) else "dtype", e.found)
@@ -294,6 +296,11 @@ def _pixel_notes(good: list[PairInfo]) -> list[str]:
     if unchecked:
         notes.append(f"{len(unchecked)} georeferenced pair(s) (e.g. {unchecked[0].pair.image.name}): whether each "
                      f"mask lies on its image's grid was not checked; install the geo extra ({raster.GEO_INSTALL})")
+    nodata = [i for i in good if i.nodata]
+    if nodata:
+        notes.append(f"{len(nodata)} integer image(s) hold pixels equal to their declared nodata value (e.g. "
+                     f"{nodata[0].pair.image.name}: {nodata[0].nodata:,} pixels); they are read as that value and "
+                     "trained on like any other: paint them void (255) in the masks if they lie outside the scene")
     return notes
 
 

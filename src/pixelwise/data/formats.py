@@ -241,6 +241,9 @@ def discover(cfg: DataConfig, root: Path | None = None) -> Layout:
     root = Path(root).expanduser()
     if not root.exists():
         raise DataError(f"{root}: dataset folder not found")
+    if not root.is_dir() and not root.is_file():  # a pipe (<(...)), a socket, a device: reading it could block
+        raise DataError(f"{root}: is neither a folder nor a regular file; give the dataset folder, or a list file "
+                        "of image,mask pairs saved to disk")
     fmt = detect_format(root) if cfg.format == "auto" else cfg.format
     if root.is_file() and fmt != "list":
         raise DataError(f"{root}: is a file; the {fmt} format reads a folder (a file is read as a list of pairs)")

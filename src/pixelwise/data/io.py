@@ -20,7 +20,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from pixelwise.data import raster
+from pixelwise.data import pnm, raster
+from pixelwise.data.filekind import decoder_suffix as _kind
+from pixelwise.data.filekind import sniff_suffix  # noqa: F401  (re-exported: the upload API)
 from pixelwise.data.pixels import (  # noqa: F401  (re-exported: the reading API)
     ChannelMismatch,
     Decoded,
@@ -177,15 +179,18 @@ def decode_image(path: Path, spec: ImageSpec, suffix: str | None = None) -> Deco
     ``suffix``: the kind of file, where the path has no telling suffix (an upload's in-memory file).
     """
     _regular_file(path, "image")
-    suffix = (path.suffix if suffix is None else suffix).lower()
-    orientation, geo = 1, False
-    if suffix in TIFF_SUFFIXES:
-        arr, orientation, geo = raster.read_tiff(path, "image", _max_pixels, spec.pages_as_channels)
+    suffix = _kind(path, suffix)
+    orientation, geo, nodata = 1, False, 0
+    if suffix == ".pnm":
+        arr = pnm.read_pnm(path, "image", _max_pixels)
+    elif suffix in TIFF_SUFFIXES:
+        arr, orientation, geo, nodata = raster.read_tiff(path, "image", _max_pixels, spec.pages_as_channels)
         arr = orient(arr, orientation)
     elif suffix == ".npy":
         arr = raster.read_npy(path, "image", _max_pixels, spec.channel_axis)
     elif suffix in RASTERIO_SUFFIXES:
-        return Decoded(raster.read_raster(path, "image", _max_pixels, spec.bands), 1, True)
+        arr, nodata = raster.read_raster(path, "image", _max_pixels, spec.bands)
+        return Decoded(arr, 1, True, nodata)
     else:
         raw = _open(path, "image")
         orientation = exif_orientation(raw)
@@ -193,15 +198,17 @@ def decode_image(path: Path, spec: ImageSpec, suffix: str | None = None) -> Deco
             arr = orient(raster.read_deep_png(path, "image"), orientation)
         else:
             arr = _pil_pixels(ImageOps.exif_transpose(raw) if orientation != 1 else raw)
-    return Decoded(select_bands(arr, spec.bands, path), orientation, geo)
+    return Decoded(select_bands(arr, spec.bands, path), orientation, geo, nodata)
 
 
 def probe(path: Path, spec: ImageSpec | None = None) -> Header:
     """An image file's size, channels (after bands) and dtype from its header, without decoding the pixels."""
     spec = spec or ImageSpec()
     _regular_file(path, "image")
-    suffix = path.suffix.lower()
-    if suffix in TIFF_SUFFIXES:
+    suffix = _kind(path)
+    if suffix == ".pnm":
+        header = Header(*pnm.pnm_header(path, "image"))
+    elif suffix in TIFF_SUFFIXES:
         header = raster.tiff_header(path, "image", spec.pages_as_channels)
     elif suffix == ".npy":
         header = raster.npy_header(path, "image", spec.channel_axis)
@@ -277,14 +284,16 @@ def read_mask(path: Path, colors: ColorCodes | None = None) -> np.ndarray:
 def _mask_pixels(path: Path) -> tuple[np.ndarray, Image.Image | None]:
     """(H, W[, C]) mask pixels as stored, and the PIL image when PIL decoded them (its mode matters)."""
     _regular_file(path, "mask")
-    suffix = path.suffix.lower()
+    suffix = _kind(path)
+    if suffix == ".pnm":
+        return pnm.read_pnm(path, "mask", _max_pixels), None
     if suffix in TIFF_SUFFIXES:
-        arr, orientation, _ = raster.read_tiff(path, "mask", _max_pixels)
+        arr, orientation, _, _ = raster.read_tiff(path, "mask", _max_pixels)
         return orient(arr, orientation), None
     if suffix == ".npy":
         return raster.read_npy(path, "mask", _max_pixels, "last"), None
     if suffix in RASTERIO_SUFFIXES:
-        return raster.read_raster(path, "mask", _max_pixels), None
+        return raster.read_raster(path, "mask", _max_pixels)[0], None
     raw = _open(path, "mask")
     # 48-bit RGB: PIL would keep the high byte of each channel, and class indices are in the low one
     if raw.format == "PNG" and raster.is_deep_colour_png(path):
@@ -349,17 +358,6 @@ def to_classes(raw: np.ndarray, lut: np.ndarray) -> np.ndarray:
     out = lut[raw]
     assert (out >= 0).all(), "unknown mask values reached training; checks must reject them first"
     return out.astype(np.uint8)
-
-
-# Uploads have no file name to trust: their kind is read from their first bytes. Whatever is not one of these goes
-# to PIL, which recognises its formats by their bytes too (and says "cannot identify" for anything else).
-_MAGIC = ((b"II*\x00", ".tif"), (b"MM\x00*", ".tif"), (b"II+\x00", ".tif"), (b"MM\x00+", ".tif"),
-          (b"\x93NUMPY", ".npy"))
-
-
-def sniff_suffix(data: bytes) -> str:
-    """The suffix that routes ``data`` to its decoder: .tif (tifffile), .npy, or "" (PIL)."""
-    return next((suffix for magic, suffix in _MAGIC if data.startswith(magic)), "")
 
 
 def read_image_bytes(data: bytes, spec: int | ImageSpec | None, name: str = "upload") -> np.ndarray:

@@ -91,6 +91,7 @@ class Decoded:
     pixels: np.ndarray  # (H, W, C), the file's own dtype
     orientation: int  # EXIF/TIFF orientation applied (1: none)
     georeferenced: bool = False  # GeoTIFF tags or a raster's CRS/transform: its mask must lie on its grid
+    nodata: int = 0  # integer pixels holding the file's declared nodata value (float ones are NaN by then)
 
     @property
     def convertible(self) -> bool:
@@ -124,7 +125,7 @@ def check_pixels(arr: np.ndarray, spec: ImageSpec, path: Path) -> np.ndarray:
                 y, x, c = (int(v[0]) for v in np.nonzero(bad))
                 raise DataError(f"{path}: {int(bad.sum()):,} pixel value(s) are NaN or infinite (the first at row {y}, "
                                 f"column {x}, channel {c + 1}); fix the file, or set data.nan_fill to the value they "
-                                "should take (e.g. 0)")
+                                "should take (e.g. 0). A raster's declared nodata pixels count as NaN")
             arr = np.where(bad, np.float32(spec.nan_fill), arr)
     elif arr.dtype.itemsize >= 4 and arr.size:
         peak = max(abs(int(arr.min())), abs(int(arr.max())))

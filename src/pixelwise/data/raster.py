@@ -74,14 +74,31 @@ def pages_message(path: Path, what: str, header: Header) -> str:
 # --- TIFF ------------------------------------------------------------------------------------------------
 
 
+def _all_pages(series: Any, flag: str) -> bool:
+    return all(getattr(p, flag, False) for p in series.pages if p is not None)
+
+
 def _tiff_main_series(tif: Any, path: Path, what: str) -> Any:
-    """The file's one image series; reduced-resolution copies (overviews, thumbnails) are not images of their own."""
-    series = [s for s in tif.series if not all(getattr(p, "is_reduced", False) for p in s.pages if p is not None)]
+    """The file's one image series; reduced-resolution copies (overviews, thumbnails) and GDAL's internal validity
+    mask (``tiff_validity``) are not images of their own."""
+    series = [s for s in tif.series if not _all_pages(s, "is_reduced") and not _all_pages(s, "is_mask")]
     if len(series) != 1:
-        shapes = ", ".join("x".join(map(str, s.shape)) for s in tif.series)
-        raise DataError(f"{path}: the {what} file holds {len(tif.series)} images of different shapes ({shapes}); "
-                        "save each as its own file")
+        shapes = ", ".join("x".join(map(str, s.shape)) for s in series)
+        kind = "images of different shapes" if len({tuple(s.shape) for s in series}) > 1 else "separate images"
+        raise DataError(f"{path}: the {what} file holds {len(series)} {kind} ({shapes}); save each as its own file "
+                        "(or, if they are the bands of one image, as one multi-band image)")
     return series[0]
+
+
+def tiff_validity(tif: Any, height: int, width: int) -> np.ndarray | None:
+    """GDAL's internal mask (a full-resolution page marked as a mask: 0 where the image has no data), as (H, W)
+    booleans, True where valid; None when the file has none."""
+    for series in tif.series:
+        if _all_pages(series, "is_mask") and not _all_pages(series, "is_reduced"):
+            mask = series.asarray()
+            if mask.shape[:2] == (height, width):
+                return mask.reshape(height, width, -1)[:, :, 0] != 0
+    return None
 
 
 @contextlib.contextmanager
@@ -117,9 +134,34 @@ def tiff_header(path: Path, what: str, pages_as_channels: bool = False) -> Heade
     return Header(sizes["Y"], sizes["X"], samples * (pages if pages_as_channels else 1), dtype, pages, stack)
 
 
+def apply_nodata(arr: np.ndarray, nodata: Any, what: str, valid: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+    """An image's declared nodata value (GDAL), or its internal mask's invalid pixels (``valid``, (H, W)): float
+    pixels there become NaN, so that ``data.nan_fill`` decides what they are, as for any NaN (they were read as
+    -9999 and trained on); integer ones stay as stored and are counted, for the checks' note. Returns the pixels and
+    how many have no data. Masks are left as stored."""
+    try:
+        value = float(str(nodata).strip().rstrip("\x00")) if nodata is not None else None
+    except ValueError:
+        value = None
+    if value is not None and arr.dtype.kind != "f" and not value.is_integer():
+        value = None  # an integer image cannot hold it
+    if what != "image" or not arr.size or (value is None and valid is None):
+        return arr, 0
+    hit = np.zeros(arr.shape, dtype=bool)
+    if value is not None:
+        hit |= np.isnan(arr) if np.isnan(value) else arr == value
+    if valid is not None:
+        hit |= ~valid[:, :, None]
+    count = int(hit.sum())
+    if count and arr.dtype.kind == "f":
+        arr = np.where(hit, np.nan, arr).astype(arr.dtype, copy=False)
+    return arr, count
+
+
 def read_tiff(path: Path, what: str, max_pixels: int, pages_as_channels: bool = False
-              ) -> tuple[np.ndarray, int, bool]:
-    """(H, W, C) pixels as stored, the TIFF orientation tag (1 when absent) and whether GeoTIFF tags are present.
+              ) -> tuple[np.ndarray, int, bool, int]:
+    """(H, W, C) pixels as stored, the TIFF orientation tag (1 when absent), whether GeoTIFF tags are present and
+    how many integer pixels hold a declared nodata value (``apply_nodata``: float ones become NaN).
 
     Pages become channels only with ``pages_as_channels``; else a file of several pages is refused (it is not one
     image), where reading it as an image would have used the first page only.
@@ -137,6 +179,8 @@ def read_tiff(path: Path, what: str, max_pixels: int, pages_as_channels: bool = 
             tags = tif.pages[0].tags
             orientation = int(tags["Orientation"].value) if "Orientation" in tags else 1
             geo = any(name in tags for name in GEO_TAGS)
+            nodata = tags["GDAL_NODATA"].value if "GDAL_NODATA" in tags else None
+            valid = tiff_validity(tif, header.height, header.width) if what == "image" else None
     except DataError:
         raise
     except Exception as e:
@@ -145,7 +189,8 @@ def read_tiff(path: Path, what: str, max_pixels: int, pages_as_channels: bool = 
     # rows, columns, then every other axis (pages, samples) flattened into channels, page-major
     order = [axes.index("Y"), axes.index("X")] + [i for i, a in enumerate(axes) if a not in "YX"]
     arr = arr.transpose(order).reshape(header.height, header.width, -1)
-    return _numeric(np.ascontiguousarray(arr), path, what), orientation if 1 <= orientation <= 8 else 1, geo
+    arr, marked = apply_nodata(_numeric(np.ascontiguousarray(arr), path, what), nodata, what, valid)
+    return arr, orientation if 1 <= orientation <= 8 else 1, geo, marked
 
 
 def has_geotags(path: Path) -> bool:
@@ -186,6 +231,8 @@ def _load_npy(path: Path, what: str, mmap: bool) -> np.ndarray:
 def npy_header(path: Path, what: str, channel_axis: str = "auto") -> Header:
     arr = _load_npy(path, what, mmap=True)
     h, w, c, _ = _npy_layout(arr.shape, path, what, channel_axis)
+    if 0 in (h, w, c):
+        raise DataError(f"{path}: array of shape {arr.shape} holds no pixels; an {what} needs at least one")
     return Header(h, w, c, str(arr.dtype))
 
 
@@ -287,8 +334,10 @@ def raster_header(path: Path, what: str, bands: tuple[int, ...] | None = None) -
         return Header(ds.height, ds.width, len(check_bands(path, bands, ds.count)), ds.dtypes[0])
 
 
-def read_raster(path: Path, what: str, max_pixels: int, bands: tuple[int, ...] | None = None) -> np.ndarray:
-    """(H, W, C) of a raster through GDAL, reading only the bands asked for."""
+def read_raster(path: Path, what: str, max_pixels: int, bands: tuple[int, ...] | None = None
+                ) -> tuple[np.ndarray, int]:
+    """(H, W, C) of a raster through GDAL, reading only the bands asked for, and its nodata count
+    (``apply_nodata``)."""
     header = raster_header(path, what, bands)
     _check_size(path, what, header.height, header.width, max_pixels)
     with open_raster(path, what) as ds:
@@ -296,7 +345,8 @@ def read_raster(path: Path, what: str, max_pixels: int, bands: tuple[int, ...] |
             arr = ds.read(check_bands(path, bands, ds.count))
         except Exception as e:  # RasterioIOError and GDAL's CPLE_* errors for truncated or corrupt blocks
             raise _unreadable(path, what, "raster", e) from None
-    return _numeric(np.ascontiguousarray(arr.transpose(1, 2, 0)), path, what)
+        nodata = ds.nodata
+    return apply_nodata(_numeric(np.ascontiguousarray(arr.transpose(1, 2, 0)), path, what), nodata, what)
 
 
 def grid_of(path: Path) -> tuple[Any, Any] | None:

@@ -13,6 +13,7 @@ brightness, contrast, gamma and noise scaled to each channel's range in the trai
 
 from __future__ import annotations
 
+import copy
 import inspect
 import os
 from typing import Any
@@ -170,6 +171,31 @@ def build_transform_list(specs: list[dict[str, Any]], ignore_index: int) -> list
     return out
 
 
+def refuse_clipping(transforms: list[A.BasicTransform], ranges: list[tuple[float, float]], where: str) -> None:
+    """Most of albumentations' pixel transforms (brightness, noise, blur, sharpening ...) take float images to be
+    0-1 and clip to it: on 12-bit or float data they would quietly flatten every pixel above 1. Each one listed is
+    tried once on pixels spanning the data's range; one whose output falls within 0-1 is refused by name."""
+    bounds = np.asarray(ranges, dtype=np.float32)
+    if float(bounds.max()) <= 1.0 and float(bounds.min()) >= 0.0:
+        return  # data already within 0-1: nothing to clip
+    probe = np.linspace(0.0, 1.0, 32 * 32, dtype=np.float32).reshape(32, 32, 1)
+    probe = np.ascontiguousarray(bounds[:, 0] + probe * (bounds[:, 1] - bounds[:, 0]))
+    for t in transforms:
+        if not isinstance(t, A.ImageOnlyTransform) or isinstance(t, (RangeIntensity, RangeNoise)):
+            continue
+        trial = copy.deepcopy(t)
+        trial.p = 1.0
+        try:
+            out = trial(image=probe.copy())["image"]
+        except Exception:  # a transform that cannot take these channels fails on the data itself, by name
+            continue
+        if float(out.min()) >= 0.0 and float(out.max()) <= 1.0 + 1e-6:
+            raise ConfigError(f"{where} ({type(t).__name__}): it clips images to 0-1, and this data spans "
+                              f"{float(bounds.min()):g} to {float(bounds.max()):g}, so every pixel above 1 would be "
+                              "flattened. Leave it out: the default augmentation scales brightness, contrast and "
+                              "noise to each channel's range (RangeIntensity, RangeNoise)")
+
+
 def train_transform(
     crop_size: tuple[int, int],
     ignore_index: int,
@@ -188,6 +214,8 @@ def train_transform(
     h, w = crop_size
     if specs is not None:
         augment = build_transform_list(specs, ignore_index)
+        if ranges is not None:
+            refuse_clipping(augment, ranges, "augment.transforms")
     else:
         augment = preset(preset_name, ignore_index, channels, ranges)
     crop = [
