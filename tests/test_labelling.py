@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from datasets import brush_rle_literal, cvat_images_xml, labelling_truth, labelstudio_json
+from datasets import brush_rle_literal, cvat_images_xml, labelling_truth, labelstudio_json, labelstudio_task
 from PIL import Image
 
 from pixelwise.config import DataConfig
@@ -131,3 +131,89 @@ def test_cvat_images_without_shapes_are_background_with_a_note(tmp_path):
     layout = discover(DataConfig(root=root))
     assert any("1 images have no polygon or mask" in n for n in layout.notes)
     assert not _masks(root)["frame_000003.png"].any()
+
+
+def test_labelstudio_brush_size_is_refused_before_the_rle_is_decoded(tmp_path, monkeypatch):
+    """A few bytes of RLE may declare a 16384x16384 RGBA image (1 GiB to decode): its size is checked first."""
+    root, _ = labelstudio_json(tmp_path / "ls")
+
+    def refuse(*args):
+        raise AssertionError("the brush RLE was decoded before its declared size was checked")
+
+    monkeypatch.setattr(brush_rle, "decode", refuse)
+    for size, message in ((16384, r"16384x16384 pixels; the limit is 200,000,000"), (0, "0x0 pixels, not")):
+        _edit_tasks(root, lambda tasks, s=size: tasks[0]["annotations"][0]["result"][1].update(
+            original_width=s, original_height=s))
+        with pytest.raises(DataError, match=rf"task 0 \(id 1\) result 1: declares {message}"):
+            discover(DataConfig(root=root))
+
+
+def test_labelstudio_task_without_area_results_is_background_at_its_images_size(tmp_path):
+    """An empty result is Label Studio's 'nothing to label here'; a task of rectangles only is named in the note."""
+    root, _ = labelstudio_json(tmp_path / "ls")
+    Image.fromarray(np.zeros((10, 14, 3), np.uint8)).save(root / "images" / "shot_1.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 10x14, displayed (and read by pixelwise) rotated: 14 rows, 10 columns
+    Image.fromarray(np.zeros((10, 14, 3), np.uint8)).save(root / "images" / "shot_2.png", exif=exif)
+    rectangle = labelstudio_task(2, "shot_2.png", [{"type": "rectanglelabels", "value": {
+        "x": 10, "y": 10, "width": 50, "height": 50, "rotation": 0, "rectanglelabels": ["car"]}}], h=14, w=10)
+
+    def without_areas(tasks):
+        tasks[1]["annotations"][0]["result"] = []
+        tasks[2]["annotations"] = rectangle["annotations"]
+
+    _edit_tasks(root, without_areas)
+    layout = discover(DataConfig(root=root))
+    assert any("2 tasks have no brush or polygon result" in n and n.endswith("rectangles): id 3") for n in layout.notes)
+    masks = _masks(root)
+    assert masks["shot_1.png"].shape == (10, 14) and masks["shot_2.png"].shape == (14, 10)
+    assert not masks["shot_1.png"].any() and not masks["shot_2.png"].any()
+    assert np.array_equal(masks["shot_0.png"], labelling_truth())
+
+    (root / "images" / "shot_1.png").unlink()  # nothing to measure: refused by name, not a 0x0 mask
+    with pytest.raises(DataError, match=r"task 1 \(id 2\): no brush or polygon result .* cannot be read to measure"):
+        discover(DataConfig(root=root))
+
+
+def test_cvat_images_that_are_one_file_are_refused_naming_both(tmp_path):
+    root, _ = cvat_images_xml(tmp_path / "cvat", subsets=("Train", "Validation"))
+    _edit_xml(root, 'name="frame_000001.png"', 'name="frame_000000.png"')
+    with pytest.raises(DataError, match=r"<image> 1 'frame_000000.png' \(id 1\): the same image file as <image> 0 "
+                                        r"'frame_000000.png' \(id 0\)"):
+        discover(DataConfig(root=root))
+    # a CVAT project export keeps each subset's images in images/SUBSET/: two files of one name, each its own
+    (root / "images" / "Train").mkdir()
+    (root / "images" / "Validation").mkdir()
+    (root / "images" / "frame_000000.png").rename(root / "images" / "Train" / "frame_000000.png")
+    (root / "images" / "frame_000001.png").rename(root / "images" / "Validation" / "frame_000000.png")
+    layout = discover(DataConfig(root=root))
+    assert {s: [p.image.relative_to(root).as_posix() for p in pairs] for s, pairs in layout.splits.items()} == {
+        "train": ["images/Train/frame_000000.png"], "val": ["images/Validation/frame_000000.png"]}
+    assert layout.splits["train"][0].mask != layout.splits["val"][0].mask
+
+
+def test_labelstudio_tasks_keep_the_folders_of_their_urls(tmp_path):
+    root, _ = labelstudio_json(tmp_path / "ls")
+
+    def two_cameras(tasks):
+        for task, camera in zip(tasks[:2], ("cam1", "cam2"), strict=True):
+            task["data"]["image"] = f"/data/local-files/?d={camera}/frame_0001.png"
+        tasks[1]["annotations"][0]["result"] = []  # cam2's frame: all background
+
+    _edit_tasks(root, two_cameras)
+    frame = np.zeros((24, 32, 3), np.uint8)
+    Image.fromarray(frame).save(root / "images" / "frame_0001.png")  # the URL's file name alone finds this one
+    with pytest.raises(DataError, match=r"task 1 \(id 2\): the same image file as task 0 \(id 1\), .*frame_0001.png"):
+        discover(DataConfig(root=root))
+    for camera in ("cam1", "cam2"):
+        (root / "images" / camera).mkdir()
+        Image.fromarray(frame).save(root / "images" / camera / "frame_0001.png")
+    layout = discover(DataConfig(root=root))
+    masks = {p.image.relative_to(root).as_posix(): np.array(Image.open(p.mask)) for p in layout.splits["train"]}
+    assert np.array_equal(masks["images/cam1/frame_0001.png"], labelling_truth())
+    assert not masks["images/cam2/frame_0001.png"].any() and len(masks) == 5
+
+    export = next(root.glob("project-*.json"))  # the same task in a second export file: refused too, not merged
+    (root / "val.json").write_text(export.read_text())
+    with pytest.raises(DataError, match=rf"val.json: task 0 \(id 1\): the same image file as {export}: task 0"):
+        discover(DataConfig(root=root))

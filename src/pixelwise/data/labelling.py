@@ -3,12 +3,16 @@
 - ``cvat_xml``: ``annotations.xml`` (CVAT for images 1.1) at the root, images in ``images/`` (as CVAT exports them
   with images) or beside it. ``<polygon points="x,y;x,y;...">`` and ``<mask rle="..." left top width height>``
   (CVAT's RLE: alternating runs of 0 and 1, starting with 0, row by row over the mask's box) are painted in
-  ``z_order``, then file order; labels are the ones in ``<meta>`` (name, colour); ``<image subset>`` is the split.
+  ``z_order``, then file order; labels are the ones in ``<meta>`` (name, colour); ``<image subset>`` is the split,
+  and ``images/SUBSET/`` is looked in first (where CVAT's project exports put each subset's images).
 - ``labelstudio``: Label Studio's JSON export (a list of tasks) at the root, images in ``images/`` or beside it,
-  found by the file name in ``data.image`` (an upload's 8-character prefix may be left off). ``brushlabels``
+  found by the longest tail of the path in ``data.image`` that names a file (``?d=cam1/a.png`` finds
+  ``images/cam1/a.png``), else by its file name (an upload's 8-character prefix may be left off). ``brushlabels``
   (Label Studio's brush RLE, ``brush_rle``) and ``polygonlabels`` (points in percent of the image) are painted in
-  result order from each task's first annotation that was not cancelled; tasks with no annotation are left out.
+  result order from each task's first annotation that was not cancelled; tasks with no annotation are left out, a
+  task whose annotation has no brush or polygon is all background at the size read from its image's header.
   The class table is the config's (``data.classes``) or background + the label names found, sorted.
+Two items that lead to the same image file are refused, both named: one mask per image, nothing merged.
 Masks are drawn once into the cache beside COCO's (``coco.cache_root``); nothing is written into the data. Every
 label name, polygon point and mask box is checked against the label list and the image; errors name the file and
 the item.
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import posixpath
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -32,7 +37,7 @@ from pixelwise.atomic import atomic_write
 from pixelwise.config import DataConfig
 from pixelwise.data import brush_rle
 from pixelwise.data.classes import IGNORE, ClassTable
-from pixelwise.data.coco import cache_root, split_name
+from pixelwise.data.coco import _displayed_size, cache_root, split_name
 from pixelwise.data.io import Pair, max_pixels
 from pixelwise.data.paths import inside, safe_key
 from pixelwise.errors import DataError, list_offenders
@@ -61,10 +66,18 @@ def _check_points(points: np.ndarray, height: int, width: int, where: str) -> No
                         f"the {width}x{height} image")
 
 
-def _image_file(root: Path, name: str) -> Path | None:
-    """The image ``name`` (from a data file) inside ``root``: under images/ first, then the root."""
-    for start in (root / "images", root):
-        path = inside(root, name, start=start) if start.is_dir() else None
+def _bad_size(h: int, w: int, limit: int) -> str | None:
+    """Why a declared image size cannot be used, or None; checked before anything of that size is decoded."""
+    if h <= 0 or w <= 0:
+        return f"declares {w}x{h} pixels, not an image size"
+    return f"declares {w}x{h} pixels; the limit is {limit:,} (data.max_image_pixels)" if h * w > limit else None
+
+
+def _image_file(root: Path, name: str, subset: str | None = None) -> Path | None:
+    """The image ``name`` (from a data file) inside ``root``: under images/SUBSET/ first, then images/, the root."""
+    folder = inside(root, subset, start=root / "images") if subset else None
+    for start in (folder, root / "images", root):
+        path = inside(root, name, start=start) if start is not None and start.is_dir() else None
         if path is not None and path.is_file():
             return path
     return inside(root, name, start=root / "images" if (root / "images").is_dir() else root)
@@ -207,6 +220,7 @@ def read_cvat_xml(root: Path, cfg: DataConfig) -> tuple[Splits, ClassTable, list
               for lab in tree.iterfind("meta//labels/label")]
     items, used, bad, skipped, empty, limit = [], [], [], 0, 0, max_pixels()
     subsets: dict[Any, str] = {}
+    seen: dict[str, str] = {}  # image file -> the <image> that uses it
     for i, image in enumerate(tree.iterfind("image")):
         name, where = image.get("name", ""), f"{path}: <image> {i} '{image.get('name', '')}'"
         try:
@@ -214,12 +228,17 @@ def read_cvat_xml(root: Path, cfg: DataConfig) -> tuple[Splits, ClassTable, list
         except ValueError:
             bad.append(f"{where}: no integer width and height")
             continue
-        file = _image_file(root, name)
+        file = _image_file(root, name, image.get("subset"))
         if file is None:
             bad.append(f"{where}: '{name}' is not a path inside {root}")
             continue
-        if not 0 < h * w <= limit:
-            bad.append(f"{where}: declares {w}x{h} pixels; the limit is {limit:,} (data.max_image_pixels)")
+        if str(file) in seen:
+            bad.append(f"{where} (id {image.get('id')}): the same image file as {seen[str(file)]}, {file}; one mask "
+                       "per image: give the images distinct names, or keep each subset's images in images/SUBSET/")
+            continue
+        seen[str(file)] = f"<image> {i} '{name}' (id {image.get('id')})"
+        if problem := _bad_size(h, w, limit):
+            bad.append(f"{where}: {problem}")
             continue
         shapes, n = _cvat_shapes(image, h, w, where)
         skipped += n
@@ -269,18 +288,21 @@ def _task_image(task: dict) -> str | None:
         return None
     url = urlparse(value)
     local = parse_qs(url.query).get("d")  # /data/local-files/?d=folder/name.jpg
-    return unquote(local[0] if local else url.path).replace("\\", "/").rsplit("/", 1)[-1]
+    return posixpath.normpath("/" + unquote(local[0] if local else url.path).replace("\\", "/")).lstrip("/")
 
 
 def _task_file(root: Path, name: str) -> Path | None:
-    for candidate in (name, re.sub(r"^[0-9a-f]{8}-", "", name)):  # uploads are stored as 1a2b3c4d-NAME
+    """The image at the longest tail of ``name`` (the URL's path, folders kept) that is a file, else by file name."""
+    parts = name.split("/")
+    tails = ["/".join(parts[i:]) for i in range(len(parts))]
+    for candidate in (*tails, re.sub(r"^[0-9a-f]{8}-", "", parts[-1])):  # uploads are stored as 1a2b3c4d-NAME
         path = _image_file(root, candidate)
         if path is not None and path.is_file():
             return path
-    return _image_file(root, name)
+    return _image_file(root, parts[-1])
 
 
-def _ls_shapes(result: list, where: str) -> tuple[list[Shape], int, set[tuple[int, int]]]:
+def _ls_shapes(result: list, where: str, limit: int) -> tuple[list[Shape], int, set[tuple[int, int]]]:
     shapes, skipped, sizes = [], 0, set()
     for n, r in enumerate(result if isinstance(result, list) else []):
         at = f"{where} result {n}"
@@ -295,6 +317,8 @@ def _ls_shapes(result: list, where: str) -> tuple[list[Shape], int, set[tuple[in
             h, w = int(r["original_height"]), int(r["original_width"])
         except (KeyError, TypeError, ValueError):
             raise DataError(f"{at}: no original_width and original_height") from None
+        if problem := _bad_size(h, w, limit):  # before the RLE is decoded: a small file may declare a huge image
+            raise DataError(f"{at}: {problem}")
         sizes.add((h, w))
         if r.get("image_rotation") not in (None, 0):
             raise DataError(f"{at}: drawn on the image rotated by {r['image_rotation']} degrees; not supported: "
@@ -319,7 +343,7 @@ def read_labelstudio(root: Path, cfg: DataConfig) -> tuple[Splits, ClassTable, l
         raise DataError(f"{root}: no Label Studio JSON export (a .json file holding a list of tasks)")
     splits: Splits = {}
     notes: list[str] = []
-    per_file = []
+    per_file, seen = [], {}  # image file -> the task that uses it, over all the files
     for path in files:
         try:
             tasks = json.loads(path.read_text(encoding="utf-8"))
@@ -327,7 +351,7 @@ def read_labelstudio(root: Path, cfg: DataConfig) -> tuple[Splits, ClassTable, l
             raise DataError(f"{path}: cannot be read as JSON ({e})") from None
         if not isinstance(tasks, list):
             raise DataError(f"{path}: not a Label Studio export (a list of tasks)")
-        items, used, bad, unlabelled, skipped, limit = [], [], [], 0, 0, max_pixels()
+        items, used, bad, unlabelled, skipped, limit, empty, other = [], [], [], 0, 0, max_pixels(), 0, []
         for i, task in enumerate(tasks):
             where = f"{path}: task {i} (id {task.get('id') if isinstance(task, dict) else None})"
             name = _task_image(task) if isinstance(task, dict) else None
@@ -342,15 +366,26 @@ def read_labelstudio(root: Path, cfg: DataConfig) -> tuple[Splits, ClassTable, l
             if file is None:
                 bad.append(f"{where}: '{name}' is not a file name inside {root}")
                 continue
-            shapes, n, sizes = _ls_shapes(done[0].get("result"), where)
+            if str(file) in seen:
+                bad.append(f"{where}: the same image file as {seen[str(file)].removeprefix(f'{path}: ')}, {file}; one "
+                           "mask per image: keep the URLs' folders under images/ (?d=cam1/a.png: images/cam1/a.png), "
+                           "or remove one of the tasks")
+                continue
+            seen[str(file)] = where
+            shapes, n, sizes = _ls_shapes(done[0].get("result"), where, limit)
             skipped += n
             if len(sizes) > 1:
                 bad.append(f"{where}: results disagree on the image size ({sorted(sizes)})")
                 continue
-            h, w = next(iter(sizes)) if sizes else (0, 0)
-            if h * w > limit:
-                bad.append(f"{where}: declares {w}x{h} pixels; the limit is {limit:,} (data.max_image_pixels)")
-                continue
+            if not sizes:  # no brush or polygon; an empty result is Label Studio's "nothing to label here"
+                size = _displayed_size(file) if file.is_file() else None  # is_file: never open a FIFO
+                if size is None or (problem := _bad_size(*size, limit)):
+                    bad.append(f"{where}: no brush or polygon result gives the image's size, and {file} " +
+                               (problem if size else "cannot be read to measure it"))
+                    continue
+                sizes, empty = {size}, empty + 1
+                other += [f"id {task.get('id')}"] if n else []
+            h, w = next(iter(sizes))
             used += [(s[0], s[2]) for s in shapes]
             items.append((str(file), int(h), int(w), shapes))
         if bad:
@@ -359,6 +394,11 @@ def read_labelstudio(root: Path, cfg: DataConfig) -> tuple[Splits, ClassTable, l
             notes.append(f"{path}: {unlabelled} tasks without an annotation (unlabelled) left out")
         if skipped:
             notes.append(f"{path}: {skipped} results that are not brush or polygon labels left out")
+        if empty:
+            notes.append(f"{path}: {empty} tasks have no brush or polygon result: read as all background, at their "
+                         "image's size" + (f"; {len(other)} of them hold only results without pixels (such as "
+                                           f"rectangles): {', '.join(other[:5])}{', ...' if len(other) > 5 else ''}"
+                                           if other else ""))
         stem = split_name(path.stem)
         per_file.append((path, stem if stem in ("train", "val", "test") else "train", items, used))
     names = sorted({n for *_, used in per_file for n, _ in used})
