@@ -141,3 +141,35 @@ def test_listed_transforms_that_clip_to_0_1_are_refused_for_deep_data():
     assert kept(image=image, mask=np.zeros((16, 16), np.uint8))["image"].max() > 1
     train_transform((16, 16), 255, 1, specs=[{"name": "GaussNoise"}], seed=0, ranges=[(0.0, 1.0)])  # 0-1 data
     train_transform((16, 16), 255, 3, specs=[{"name": "GaussNoise"}], seed=0)  # 8-bit data
+
+
+def test_postscript_is_not_an_image_and_never_reaches_ghostscript(tmp_path, monkeypatch):
+    # PIL's EPS plugin runs Ghostscript on the file: an upload's PostScript, with no time limit
+    import subprocess
+
+    def no_ghostscript(*args, **kwargs):
+        raise AssertionError(f"a program was started: {args[0]}")
+
+    monkeypatch.setattr(subprocess, "check_call", no_ghostscript)
+    monkeypatch.setattr(subprocess, "Popen", no_ghostscript)
+    eps = (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n{ } loop\n%%EOF\n")
+    (tmp_path / "a.eps").write_bytes(eps)
+    for read in (lambda: io.read_image(tmp_path / "a.eps", None), lambda: io.read_image_bytes(eps, None, "up")):
+        with pytest.raises(DataError, match="cannot identify"):
+            read()
+
+
+def test_a_tiff_of_height_0_is_refused_by_name(tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (20, 24)).save(tmp_path / "z.tif")
+    data = bytearray((tmp_path / "z.tif").read_bytes())
+    with tifffile.TiffFile(tmp_path / "z.tif") as tif:  # ImageLength (tag 257) set to 0, as a broken writer would
+        tag = tif.pages[0].tags["ImageLength"]
+        width = 2 if int(tag.dtype) == 3 else 4  # SHORT or LONG
+    data[tag.valueoffset : tag.valueoffset + width] = bytes(width)
+    (tmp_path / "z.tif").write_bytes(bytes(data))
+    with pytest.raises(DataError, match="z.tif: the TIFF image has a size of 0"):
+        io.read_image(tmp_path / "z.tif", None)
+    with pytest.raises(DataError, match="has a size of 0"):
+        io.read_image_bytes(bytes(data), None, "up")

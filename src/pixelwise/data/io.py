@@ -42,6 +42,10 @@ from pixelwise.errors import DataError
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".ppm", ".pgm", ".npy", ".jp2", ".vrt"}
 GRAYSCALE_MODES = {"1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
 EXIF_ORIENTATION = 0x0112
+# What PIL may decode for us: raster formats only (a JPEG with previews, MPO, opens as JPEG). Anything else it
+# recognises is "cannot identify": EPS would run Ghostscript on the file (an upload's PostScript), and WMF, PSD,
+# FITS, ... are not segmentation data.
+PIL_FORMATS = ("PNG", "JPEG", "BMP", "DIB", "WEBP", "PPM", "GIF", "TIFF", "JPEG2000", "ICO", "TGA")
 DEFAULT_MAX_PIXELS = 200_000_000  # data.max_image_pixels: a 14000x14000 tile passes, a PNG bomb does not
 SINGLE_IMAGE_FORMATS = {"MPO"}  # extra frames are previews of the first (camera JPEGs), not images of their own
 
@@ -111,7 +115,7 @@ def _open(path: Path, what: str) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(path)
+            im = Image.open(path, formats=PIL_FORMATS)
             w, h = im.size
             if w * h > _max_pixels:
                 im.close()
@@ -216,7 +220,7 @@ def probe(path: Path, spec: ImageSpec | None = None) -> Header:
         return raster.raster_header(path, "image", spec.bands)
     else:
         try:
-            with Image.open(path) as im:
+            with Image.open(path, formats=PIL_FORMATS) as im:
                 w, h = im.size
                 if im.format == "PNG" and raster.is_deep_colour_png(path):
                     channels, dtype = (1 if im.mode in ("LA", "I;16", "I") else 3), "uint16"

@@ -128,6 +128,9 @@ def tiff_header(path: Path, what: str, pages_as_channels: bool = False) -> Heade
     if "Y" not in axes or "X" not in axes:
         raise DataError(f"{path}: the TIFF's axes {axes!r} have no rows and columns (YX); not an image")
     sizes = dict(zip(axes, shape, strict=True))
+    if 0 in shape:
+        raise DataError(f"{path}: the TIFF {what} has a size of 0 (shape {shape}, axes {axes!r}); re-export or "
+                        "remove the file")
     stack = "".join(a for a in axes if a not in PAGE_AXES)
     pages = int(np.prod([sizes[a] for a in stack])) if stack else 1
     samples = sizes.get("S", 1)
@@ -181,14 +184,14 @@ def read_tiff(path: Path, what: str, max_pixels: int, pages_as_channels: bool = 
             geo = any(name in tags for name in GEO_TAGS)
             nodata = tags["GDAL_NODATA"].value if "GDAL_NODATA" in tags else None
             valid = tiff_validity(tif, header.height, header.width) if what == "image" else None
+            arr = arr.reshape(shape)  # a header that lies about the size fails here, named below
+            # rows, columns, then every other axis (pages, samples) flattened into channels, page-major
+            order = [axes.index("Y"), axes.index("X")] + [i for i, a in enumerate(axes) if a not in "YX"]
+            arr = arr.transpose(order).reshape(header.height, header.width, -1)
     except DataError:
         raise
     except Exception as e:
         raise _unreadable(path, what, "TIFF", e) from None
-    arr = arr.reshape(shape)
-    # rows, columns, then every other axis (pages, samples) flattened into channels, page-major
-    order = [axes.index("Y"), axes.index("X")] + [i for i, a in enumerate(axes) if a not in "YX"]
-    arr = arr.transpose(order).reshape(header.height, header.width, -1)
     arr, marked = apply_nodata(_numeric(np.ascontiguousarray(arr), path, what), nodata, what, valid)
     return arr, orientation if 1 <= orientation <= 8 else 1, geo, marked
 
