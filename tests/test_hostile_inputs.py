@@ -30,6 +30,12 @@ def _alias_bomb(levels: int = 9, width: int = 9) -> str:
     ("data:\n  crop_size: 64\ntrain:\n  epochs: 2\ndata:\n  cache: false\n",
      "key 'data' is given twice (lines 1 and 5)"),
     ("train:\n  epochs: 2\n  epochs: 3\n", "key 'epochs' is given twice (lines 2 and 3)"),
+    # Python's own errors for a scalar it cannot convert: a ValueError traceback before
+    ("data:\n  crop_size: " + "9" * 5000 + "\n", "a number of more than 4,300 digits"),  # the int-string limit
+    ("data:\n  crop_size: 0x" + "f" * 4000 + "\n", "a number of more than 4,300 digits"),  # read, but unprintable
+    ("name: 2020-13-45\n", "'2020-13-45' is not a valid timestamp (month must be in 1..12); put it in quotes"),
+    ("train:\n  epochs: !!int ten\n", "'ten' is not a valid int"),
+    ("train:\n  amp: !!bool maybe\n", "'maybe' is not a valid bool"),
 ])
 def test_config_files_are_parsed_within_bounds(tmp_path, text, expected):
     path = tmp_path / "hostile.yaml"
@@ -58,6 +64,19 @@ def test_the_same_bounds_hold_for_set_values_and_class_files(tmp_path):
     (tmp_path / "huge.yaml").write_text("names: [" + "x, " * 2_000_000 + "y]\n")
     with pytest.raises(ConfigError, match="huge.yaml: .* bytes is too large for a classes file"):
         ClassTable.from_file(tmp_path / "huge.yaml")
+
+
+def test_a_run_config_with_a_number_past_pythons_limit_is_one_clear_error(tmp_path):
+    from pixelwise.config import load_run_config
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(f"data:\n  split_seed: {'1' * 5000}\n")
+    with pytest.raises(ConfigError, match=r"config.yaml: not valid YAML \(a number of more than 4,300 digits"):
+        load_run_config(run)
+    with pytest.raises(ConfigError, match="--set data.split_seed=.*a number of more than 4,300 digits"):
+        load_config(overrides=["data.split_seed=" + "7" * 4400])
+    assert load_config(overrides=["data.split_seed=0x" + "f" * 16]).data.split_seed == 2**64 - 1  # large is fine
 
 
 def test_merge_keys_and_repeated_anchors_still_work(tmp_path):

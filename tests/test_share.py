@@ -4,7 +4,9 @@ predictions), the model card, and export --to smp loaded by plain segmentation-m
 from __future__ import annotations
 
 import json
+import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +14,7 @@ import torch
 import yaml
 from huggingface_hub import constants
 
-from pixelwise.errors import PixelwiseError
+from pixelwise.errors import ConfigError, PixelwiseError
 from pixelwise.inference.predictor import Segmenter
 from pixelwise.share.push import push
 
@@ -109,3 +111,60 @@ def test_export_smp_loads_in_plain_smp_with_the_same_predictions(served_run, tmp
     assert np.abs(plain - ours).max() < 1e-4 and pre["classes"] == ["background", "disc", "square", "triangle"]
     with pytest.raises(PixelwiseError, match="not empty"):
         export_smp(served_run, tmp_path / "smp")
+
+
+def test_a_hub_config_with_a_number_past_pythons_limit_is_one_clear_error(served_run, tmp_path, monkeypatch):
+    """An hf:// repository's config.yaml is untrusted: a 5,000-digit split_seed (Python refuses to read an int that
+    long) is a ConfigError naming the file, not a ValueError traceback."""
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    repo, revision = tmp_path / "hub" / "models--alice--huge", "1" * 40
+    (repo / "snapshots" / revision).mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    text = (served_run / "config.yaml").read_text()
+    assert "split_seed: 0\n" in text
+    (repo / "snapshots" / revision / "config.yaml").write_text(text.replace("split_seed: 0\n",
+                                                                            f"split_seed: {'9' * 5000}\n"))
+    with pytest.raises(ConfigError, match=r"config.yaml: not valid YAML \(a number of more than 4,300 digits"):
+        Segmenter.load("hf://alice/huge", device="cpu")
+
+
+def test_export_smp_replaces_only_its_own_files_with_the_modes_the_umask_gives(served_run, tmp_path):
+    """--overwrite emptied the whole --out folder (the run itself, with --out RUN; a user's notes.txt), and the
+    staging folder left the export 0700 with a 0600 model.safetensors."""
+    from typer.testing import CliRunner
+
+    from pixelwise.cli import app
+    from pixelwise.export.smp import EXPORT_FILES, export_smp
+
+    run = Path(shutil.copytree(served_run, tmp_path / "run", copy_function=os.link))  # cheap; served_run stays whole
+    before = sorted(p.name for p in run.iterdir())
+    result = CliRunner().invoke(app, ["export", str(run), "--to", "smp", "--out", str(run), "--overwrite"])
+    assert isinstance(result.exception, PixelwiseError) and "is a pixelwise run folder" in str(result.exception)
+    assert sorted(p.name for p in run.iterdir()) == before
+    mine = tmp_path / "mymodels"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    with pytest.raises(PixelwiseError, match=r"holds files the smp export does not write \(notes.txt\)"):
+        export_smp(run, mine, overwrite=True)
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"] and (mine / "notes.txt").read_text() == "mine"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left behind
+
+    old = os.umask(0o022)
+    try:
+        out = Path(export_smp(run, tmp_path / "models" / "smp")["path"])
+        assert out.stat().st_mode & 0o777 == 0o755
+        assert {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()} == dict.fromkeys(EXPORT_FILES, 0o644)
+        (out / "preprocessing.json").write_text("{}")  # a previous export's file, replaced
+        with pytest.raises(PixelwiseError, match="not empty .a previous smp export"):
+            export_smp(run, out)
+        export_smp(run, out, overwrite=True)
+        assert json.loads((out / "preprocessing.json").read_text())["classes"][0] == "background"
+        assert sorted(p.name for p in out.iterdir()) == sorted(EXPORT_FILES)
+        push(run, "alice/shapes", smp=True, to_folder=tmp_path / "repo")  # push --smp stages through the export
+        staged = tmp_path / "repo" / "smp"
+        assert staged.stat().st_mode & 0o777 == 0o755
+        assert {p.stat().st_mode & 0o777 for p in staged.iterdir()} == {0o644}
+    finally:
+        os.umask(old)

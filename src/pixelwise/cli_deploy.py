@@ -30,7 +30,9 @@ def export(
     int8: bool = typer.Option(False, help="Also write a static int8 model (RUN/model.int8.onnx), calibrated on "
                                           "training images, and compare it with fp32 on the val split."),
     data: Path | None = typer.Option(None, help="Dataset folder for the checks (default: the run's)."),
-    overwrite: bool = typer.Option(False, help="Replace the --out file (and its .int8.onnx) if they exist."),
+    overwrite: bool = typer.Option(False, help="Replace the --out file (and its .int8.onnx) if they exist; smp: "
+                                              "replace a previous smp export's files in --out (a folder holding "
+                                              "any other file is refused, never emptied)."),
 ) -> None:
     """Export to ONNX (uint8 input, preprocessing in the graph), checked against PyTorch; or --to smp for plain smp."""
     if old_format is not None:

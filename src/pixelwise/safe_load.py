@@ -2,18 +2,21 @@
 
 YAML's safe loader runs no code, but it will still: keep the last of two equal keys without a word (two
 ``data:`` sections), build a document whose aliases expand exponentially (a "billion laughs" file of a few
-hundred bytes), and recurse once per nesting level until Python's stack gives out. Every YAML and JSON file
-pixelwise reads as configuration goes through here, so each of those is one clear ``ConfigError`` naming the
-file, before anything large is built.
+hundred bytes), recurse once per nesting level until Python's stack gives out, and let Python's own errors out
+for a scalar it cannot convert (a 5,000-digit number is past Python's int-string limit, ``2020-13-45`` a date
+with no such month, ``!!bool maybe``). Every YAML and JSON file pixelwise reads as configuration goes through
+here, so each of those is one clear ``ConfigError`` naming the file, before anything large is built.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
+from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from pixelwise.errors import ConfigError
@@ -21,6 +24,8 @@ from pixelwise.errors import ConfigError
 MAX_BYTES = 4 * 2**20  # configs and class tables are kilobytes; a file this large is not one
 MAX_DEPTH = 64  # nesting levels (the deepest real config is about 5)
 MAX_VALUES = 200_000  # values once aliases are expanded (the largest real table: a few thousand)
+MAX_DIGITS = 4300  # Python's default limit for an int read from or written as text; no setting needs one that long
+_TOO_LARGE = 10**MAX_DIGITS
 
 
 def read_text(path: Path, what: str) -> str:
@@ -73,6 +78,40 @@ class _BoundedLoader(yaml.SafeLoader):
             return None
         _count_values(node)
         return self.construct_document(node)
+
+
+def _scalar(construct: Callable[[SafeConstructor, Node], Any]) -> Callable[[SafeConstructor, Node], Any]:
+    """``construct`` for one scalar type, its failures on the scalar's text (int('abc'), a 13th month, !!bool maybe)
+    made YAML errors naming the line: they are the file's mistakes, not pixelwise's, and deserve no traceback."""
+    def checked(loader: SafeConstructor, node: Node) -> Any:
+        try:
+            return construct(loader, node)
+        except (ValueError, ArithmeticError, LookupError, AttributeError) as e:
+            what = node.tag.rsplit(":", 1)[-1]
+            why = f" ({e})" if isinstance(e, ValueError) else ""  # "month must be in 1..12"; the others say little
+            hint = "; put it in quotes if it is text" if what == "timestamp" else ""
+            raise ConstructorError(None, None, f"'{str(node.value)[:40]}' is not a valid {what}{why}{hint}",
+                                   node.start_mark) from None
+    return checked
+
+
+def _int(loader: SafeConstructor, node: Node) -> int:
+    """An int of at most MAX_DIGITS digits. A longer decimal one Python refuses to read (and with no limit set,
+    reads in quadratic time); a longer hex one it reads, but it could not be printed in an error message or
+    written into the run's config.yaml later."""
+    if isinstance(node, ScalarNode) and len(node.value) > MAX_DIGITS:
+        raise ConstructorError(None, None, f"a number of more than {MAX_DIGITS:,} digits", node.start_mark)
+    value = SafeConstructor.construct_yaml_int(loader, node)
+    if abs(value) >= _TOO_LARGE:
+        raise ConstructorError(None, None, f"a number of more than {MAX_DIGITS:,} digits", node.start_mark)
+    return value
+
+
+_BoundedLoader.add_constructor("tag:yaml.org,2002:int", _scalar(_int))
+for _tag, _construct in (("float", SafeConstructor.construct_yaml_float),
+                         ("bool", SafeConstructor.construct_yaml_bool),
+                         ("timestamp", SafeConstructor.construct_yaml_timestamp)):
+    _BoundedLoader.add_constructor(f"tag:yaml.org,2002:{_tag}", _scalar(_construct))
 
 
 def _count_values(root: Node) -> None:

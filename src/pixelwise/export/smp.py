@@ -5,11 +5,18 @@ This writes the inner smp network through smp's own ``save_pretrained`` (``confi
 arguments, ``model.safetensors``), so ``smp.from_pretrained(FOLDER)`` rebuilds it, plus ``preprocessing.json``:
 what pixelwise did before the network (per-channel mean and std on the pixel scale, the clip bounds) and the class
 names. The written folder is loaded back with smp and compared with the run's network before it is kept.
+
+The files are written into a staging folder beside ``--out`` first, then moved in: a new ``--out`` is the staged
+folder renamed (all or nothing); an existing one gets each file replaced on its own. Only the export's own files
+(``EXPORT_FILES``) are ever replaced, and only with ``--overwrite``: an ``--out`` holding anything else (a run, the
+user's notes) is refused before any work, so nothing the user had is lost. Modes are what the umask gives, as any
+other program's files would be (the staging folder from mkdtemp is private, 0700).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -17,7 +24,7 @@ from typing import Any
 
 import torch
 
-from pixelwise.atomic import check_out_dir
+from pixelwise.atomic import check_out_dir, current_umask, file_mode
 from pixelwise.config import load_run_config
 from pixelwise.errors import PixelwiseError
 from pixelwise.inference.torch_backend import load_torch_backend
@@ -28,6 +35,10 @@ pre = json.load(open("{folder}/preprocessing.json"))
 x = (np.asarray(image, np.float32) - pre["mean"]) / pre["std"]          # HxWxC, the pixel scale of training
 logits = model(torch.from_numpy(x.transpose(2, 0, 1))[None])           # H, W padded to a multiple of 32
 mask = logits.argmax(1)[0]                                              # index into pre["classes"]"""
+
+# What smp's save_pretrained writes (README.md is its model card), and ours: all an --overwrite may replace
+EXPORT_FILES = ("config.json", "model.safetensors", "README.md", "preprocessing.json")
+RUN_MARKERS = ("config.yaml", "best.safetensors", "last.ckpt")  # a pixelwise run folder holds these
 
 
 def preprocessing(model: Any, cfg: Any) -> dict[str, Any]:
@@ -49,9 +60,7 @@ def export_smp(run_dir: Path, out: Path | None = None, overwrite: bool = False) 
 
     run_dir = Path(run_dir)
     out = Path(out) if out is not None else run_dir / "smp"
-    check_out_dir(out)
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise PixelwiseError(f"--out {out}: the folder is not empty; choose another --out, or pass --overwrite")
+    check_out_folder(run_dir, out, overwrite)
     cfg = load_run_config(run_dir)
     model = load_torch_backend(run_dir, cfg, device="cpu", amp="off").model
     net = model.net.eval()
@@ -70,9 +79,52 @@ def export_smp(run_dir: Path, out: Path | None = None, overwrite: bool = False) 
         if diff > 1e-3:
             raise PixelwiseError(f"{run_dir}: smp's reload differs from the run's network (max |logit difference| "
                                  f"{diff:.2e}); please report this")
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
+        check_out_folder(run_dir, out, overwrite)  # again: the folder may have changed during the export
+        move_into(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return {"path": str(out), "max_abs_logit_diff": diff, "usage": USAGE.format(folder=out)}
+
+
+def check_out_folder(run_dir: Path, out: Path, overwrite: bool) -> None:
+    """Refuse an ``--out`` whose files the export would lose: a run folder, a folder holding anything the export
+    does not write, or a previous export unless ``overwrite``. Nothing is ever deleted, so this is the whole guard."""
+    check_out_dir(out)
+    if not out.is_dir():
+        return
+    if (run_dir.is_dir() and out.samefile(run_dir)) or any((out / name).exists() for name in RUN_MARKERS):
+        raise PixelwiseError(f"--out {out}: is a pixelwise run folder; the smp export goes in a folder of its own "
+                             f"(the default is {run_dir / 'smp'})")
+    entries = sorted(p.name for p in out.iterdir())
+    others = [name for name in entries if name not in EXPORT_FILES or not (out / name).is_file()]
+    if others:
+        listed = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        raise PixelwiseError(f"--out {out}: the folder holds files the smp export does not write ({listed}); "
+                             "give a new or empty folder (--overwrite replaces only a previous export's "
+                             f"{', '.join(EXPORT_FILES)}, never other files)")
+    if entries and not overwrite:
+        raise PixelwiseError(f"--out {out}: the folder is not empty (a previous smp export: {', '.join(entries)}); "
+                             "choose another --out, or pass --overwrite to replace those files")
+
+
+def move_into(staging: Path, out: Path) -> None:
+    """Give the staged files the modes the umask gives (the replaced file's own where one is replaced), then make
+    ``out`` of them: a new folder is the staging folder renamed; in an existing one each file replaces its
+    namesake atomically and nothing else in it is touched."""
+    for path in staging.iterdir():
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())  # on disk before the rename makes it the export
+        os.chmod(path, file_mode(out / path.name))
+    if not out.exists():
+        os.chmod(staging, 0o777 & ~current_umask())
+        staging.rename(out)
+        synced = out.parent
+    else:
+        for path in staging.iterdir():
+            os.replace(path, out / path.name)
+        synced = out
+    dir_fd = os.open(synced, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
