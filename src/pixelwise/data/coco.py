@@ -1,17 +1,22 @@
 """COCO JSON (instances) as semantic segmentation: annotation files per split, checked, rasterised once.
 
-Found as MS COCO's ``annotations/instances_SPLIT.json`` (CVAT's COCO export: ``instances_default.json``), or
-Roboflow's ``SPLIT/_annotations.coco.json`` beside the images. Masks are drawn with pycocotools into a cache
+Found as MS COCO's ``annotations/instances_SPLIT.json`` (CVAT's COCO export: ``instances_default.json``; the
+captions_ and person_keypoints_ files beside them are not masks and are left out), or Roboflow's
+``SPLIT/_annotations.coco.json`` beside the images. Masks are drawn with pycocotools into a cache
 outside the dataset (``$PIXELWISE_CACHE``, else ``$XDG_CACHE_HOME/pixelwise`` or ``~/.cache/pixelwise``);
 nothing is written into the user's data. Everything taken from the JSON is checked before it is used: entries
 have the keys they need, file names stay inside the dataset, cache files are named by a hash of the image id,
-sizes are bounded like decoded images (a declared 10^5 x 10^5 image is refused, not allocated).
+sizes are bounded like decoded images (a declared 10^5 x 10^5 image is refused, not allocated), and every
+segmentation is checked against its image before anything is drawn (an RLE must have the image's size and cover
+it exactly, polygon points must be numbers near the image), so a tiny file cannot make pycocotools allocate
+gigabytes or read memory it does not own.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections import Counter
 from pathlib import Path
@@ -30,6 +35,9 @@ from pixelwise.progress import track
 COCO_KEYS = {"images", "annotations", "categories"}
 ROTATED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
 CACHE_VERSION = 2  # part of the cache key: 2 names masks by a hash of the image id
+NUMBER = (int, float)  # JSON numbers; ``type(v) in NUMBER`` also leaves out true and false
+NUMBER_TYPES = frozenset(NUMBER)
+SCALAR = (int, float, str)  # what a category id may be: a number (as COCO has it) or a string
 
 
 def split_name(name: str) -> str:
@@ -42,10 +50,14 @@ def split_name(name: str) -> str:
 
 
 def coco_files(root: Path) -> dict[str, Path]:
-    """Split name -> COCO annotation file: annotations/instances_SPLIT.json (or any annotations/*.json), or one
-    *.json per split folder (Roboflow: train/_annotations.coco.json beside the images)."""
+    """Split name -> COCO annotation file: annotations/instances_SPLIT.json (or, where there is none, any
+    annotations/*.json), or one *.json per split folder (Roboflow: train/_annotations.coco.json beside the images).
+
+    MS COCO's annotations/ also holds captions_SPLIT.json and person_keypoints_SPLIT.json: not masks, not splits.
+    """
     found: dict[str, Path] = {}
-    for path in sorted((root / "annotations").glob("*.json")) if (root / "annotations").is_dir() else []:
+    jsons = sorted((root / "annotations").glob("*.json")) if (root / "annotations").is_dir() else []
+    for path in [p for p in jsons if p.name.startswith("instances_")] or jsons:
         stem = path.stem.removeprefix("instances_").removeprefix("annotations_")
         found.setdefault(split_name(stem), path)
     if not found:
@@ -92,7 +104,92 @@ def _load_coco(path: Path) -> dict[str, Any]:
     repeated = sorted(str(i) for i, n in Counter(str(im["id"]) for im in data["images"]).items() if n > 1)
     if repeated:  # their masks would share one cache file
         raise DataError(list_offenders(f"{path}: image ids used by more than one image entry", repeated))
+    bad = [f"categories[{i}]: id {json.dumps(c['id'])[:40]} is neither a number nor a string"
+           for i, c in enumerate(data["categories"]) if type(c["id"]) not in SCALAR]
+    if bad:
+        raise DataError(list_offenders(f"{path}: categories whose id cannot be used", bad))
+    repeated = sorted(str(i) for i, n in Counter(c["id"] for c in data["categories"]).items() if n > 1)
+    if repeated:  # their annotations would all go to one of them
+        raise DataError(list_offenders(f"{path}: category ids used by more than one category", repeated))
+    bad = []
+    for i, ann in enumerate(data["annotations"]):
+        category, area = ann["category_id"], ann.get("area")
+        if type(category) not in SCALAR:
+            bad.append(f"{_where(i, ann)}: category_id {json.dumps(category)[:40]} is not a category id (a number)")
+        if area is not None and not (type(area) in NUMBER and math.isfinite(area)):
+            bad.append(f"{_where(i, ann)}: area {json.dumps(area)[:40]} is not a number")
+    if bad:
+        raise DataError(list_offenders(f"{path}: annotations with a category_id or area that cannot be used", bad))
     return data
+
+
+def _where(i: int, ann: dict) -> str:
+    """How an annotation is named in messages: its place in the file and, where it has one, its id."""
+    return f"annotations[{i}]" + (f" (id {str(ann['id'])[:40]})" if "id" in ann else "")
+
+
+def _rle_runs(counts: str) -> list[int] | None:
+    """The run lengths in a compressed COCO RLE string (read as pycocotools' rleFrString reads it), or None where
+    the string is not one (a character out of range, a number cut off)."""
+    runs: list[int] = []
+    x = shift = 0
+    for char in counts:
+        c = ord(char) - 48
+        if not 0 <= c < 64 or shift > 60:
+            return None
+        x |= (c & 0x1F) << shift
+        shift += 5
+        if c & 0x20:
+            continue  # the number goes on in the next character
+        if c & 0x10:
+            x -= 1 << shift  # negative: a difference from the run two back
+        runs.append(x + runs[-2] if len(runs) > 2 else x)
+        x = shift = 0
+    return runs if shift == 0 else None
+
+
+def _segmentation_problem(seg: Any, size: tuple[int, int] | None) -> str | None:
+    """Why a (non-empty) segmentation cannot be drawn on an image of ``size`` (height, width; None where it is
+    not known, and then only the form is checked), or None. Nothing is decoded, so nothing large is allocated."""
+    if isinstance(seg, list):  # polygons [[x1, y1, x2, y2, ...], ...]
+        if not all(isinstance(p, list) for p in seg):
+            if all(type(v) in NUMBER for v in seg):
+                return ("is a flat list of numbers: COCO polygons are a list of lists, [[x1, y1, x2, y2, ...], "
+                        "...], one list per polygon (a single polygon is [[x1, y1, ...]])")
+            return f"{json.dumps(seg)[:60]} is not a list of polygons [[x1, y1, x2, y2, ...], ...]"
+        h, w = size or (math.inf, math.inf)
+        m = max(h, w)  # points further out than this would make pycocotools trace a long outline
+        for j, poly in enumerate(seg):
+            if not NUMBER_TYPES.issuperset(map(type, poly)):
+                return f"polygon {j} holds something other than numbers: {json.dumps(poly)[:60]}"
+            if len(poly) % 2:
+                return f"polygon {j} has an odd number of coordinates ({len(poly)}); they come in x, y pairs"
+            if poly and not math.isfinite(sum(poly)):
+                return f"polygon {j} holds a coordinate that is not a finite number (NaN or infinity)"
+            if poly and (min(poly) < -m or max(poly) > 2 * m):
+                return (f"polygon {j} has coordinates from {min(poly)} to {max(poly)}, far outside its {w}x{h} "
+                        "image (more than its size beyond an edge): were they made for another image size?")
+        return None
+    if not isinstance(seg, dict):
+        return (f"{json.dumps(seg)[:60]} is neither polygons [[x1, y1, x2, y2, ...], ...] nor an RLE "
+                "{'size': [height, width], 'counts': ...}")
+    missing = [k for k in ("size", "counts") if k not in seg]
+    if missing:
+        return f"is an RLE without {' and '.join(repr(k) for k in missing)} (a COCO RLE has 'size' and 'counts')"
+    rle_size = seg["size"]
+    if not (isinstance(rle_size, list) and len(rle_size) == 2 and all(type(v) is int and v > 0 for v in rle_size)):
+        return f"is an RLE whose size {json.dumps(rle_size)[:40]} is not [height, width]"
+    if size is not None and tuple(rle_size) != size:
+        return f"is an RLE of size {rle_size} (height, width), but its image is {list(size)}"
+    counts = seg["counts"]
+    runs = counts if isinstance(counts, list) else _rle_runs(counts) if isinstance(counts, str) else None
+    if runs is None or not all(type(v) is int and v >= 0 for v in runs):
+        return ("is an RLE whose counts are neither a list of run lengths nor a compressed COCO RLE string: "
+                f"{json.dumps(counts)[:40]}")
+    if sum(runs) != rle_size[0] * rle_size[1]:
+        return (f"is an RLE whose runs cover {sum(runs):,} pixels, not the {rle_size[0] * rle_size[1]:,} of its "
+                f"size {rle_size}")
+    return None
 
 
 def roboflow_dataset_category(categories: list[dict], used: set[Any]) -> dict | None:
@@ -108,7 +205,7 @@ def roboflow_dataset_category(categories: list[dict], used: set[Any]) -> dict | 
 def coco_table(categories: list[dict], source: str = "COCO categories") -> tuple[ClassTable, dict[Any, int]]:
     """Class 0 is background; the categories follow in order of their id. Returns the table and category id ->
     class index (a category named 'background' is class 0 itself)."""
-    cats = sorted(categories, key=lambda c: c["id"])
+    cats = sorted(categories, key=lambda c: (isinstance(c["id"], str), c["id"]))  # numbers, then strings
     names = [str(c["name"]) for c in cats]
     seen: dict[str, Any] = {}
     for c, name in zip(cats, names, strict=True):
@@ -130,12 +227,18 @@ def rasterize(image: dict, annotations: list[dict], class_of: dict[Any, int]) ->
 
     Overlaps are resolved deterministically: crowd regions first, then instances from the largest area to the
     smallest (ties by annotation id), each painted over the ones before, so a small object on a large one stays.
+    Polygons of fewer than 3 points have no area and draw nothing (read_coco notes them). A segmentation that
+    cannot be drawn on this image is refused before anything is decoded (read_coco refuses it sooner, by file).
     """
     from pycocotools import mask as mask_utils
 
     h, w = int(image["height"]), int(image["width"])
+    for i, ann in enumerate(annotations):
+        problem = _segmentation_problem(ann.get("segmentation"), (h, w)) if ann.get("segmentation") else None
+        if problem:
+            raise DataError(f"image {image.get('id')}: {_where(i, ann)}: segmentation {problem}")
     out = np.zeros((h, w), dtype=np.uint8)
-    order = sorted(annotations, key=lambda a: (not a.get("iscrowd", 0), -float(a.get("area", 0)), str(a.get("id"))))
+    order = sorted(annotations, key=lambda a: (not a.get("iscrowd", 0), -float(a.get("area") or 0), str(a.get("id"))))
     for ann in order:
         seg = ann.get("segmentation")
         if not seg:
@@ -173,10 +276,12 @@ def _displayed_size(path: Path) -> tuple[int, int] | None:
         return None  # unreadable: the checks name it when they decode the image
 
 
-def _pairs(root: Path, path: Path, data: dict[str, Any], out_dir: Path) -> tuple[list[Pair], list[dict], list[str]]:
-    """Each image entry -> (image file inside the dataset, cached mask); entries to rasterise (sizes filled in)."""
+def _pairs(root: Path, path: Path, data: dict[str, Any], out_dir: Path
+           ) -> tuple[list[Pair], list[dict], dict[str, tuple[int, int]], list[str]]:
+    """Each image entry -> (image file inside the dataset, cached mask); entries to rasterise (sizes filled in);
+    image id -> (height, width) for every image whose size is known; what is wrong with the entries."""
     dirs, limit = _image_dirs(root, path), max_pixels()
-    pairs, todo, bad = [], [], []
+    pairs, todo, sizes, bad = [], [], {}, []
     for i, image in enumerate(sorted(data["images"], key=lambda im: str(im["id"]))):
         name, where = image["file_name"], f"{path}: images[{i}] (id {image['id']})"
         candidates = [p for d in dirs if (p := inside(root, name, start=d)) is not None]
@@ -191,12 +296,41 @@ def _pairs(root: Path, path: Path, data: dict[str, Any], out_dir: Path) -> tuple
             size = _displayed_size(found)  # CVAT and hand-written files may leave the size out
             if size is None:
                 continue  # no image to measure: the checks report the missing or unreadable file
+        sizes[str(image["id"])] = size
         if size[0] * size[1] > limit:
             bad.append(f"{where}: declares {size[1]}x{size[0]} = {size[0] * size[1]:,} pixels, over the limit of "
                        f"{limit:,} (data.max_image_pixels)")
         elif not mask.is_file():
             todo.append({**image, "height": size[0], "width": size[1]})
-    return pairs, todo, bad
+    return pairs, todo, sizes, bad
+
+
+def _by_image(path: Path, data: dict[str, Any], sizes: dict[str, tuple[int, int]]
+              ) -> tuple[dict[str, list[dict]], list[str]]:
+    """Image id -> its annotations, every segmentation checked against its image's size before anything is drawn
+    (a bad one is refused, with every other); notes on the annotations that draw nothing, so none goes unsaid."""
+    ids = {str(im["id"]) for im in data["images"]}
+    by_image: dict[str, list[dict]] = {}
+    bad, empty, thin, orphans = [], 0, 0, 0
+    for i, ann in enumerate(data["annotations"]):
+        key, seg = str(ann["image_id"]), ann.get("segmentation")
+        by_image.setdefault(key, []).append(ann)
+        orphans += key not in ids
+        problem = _segmentation_problem(seg, sizes.get(key)) if seg else None
+        if problem:
+            bad.append(f"{_where(i, ann)}: segmentation {problem}")
+        elif not seg:
+            empty += 1
+        elif isinstance(seg, list):
+            thin += sum(len(p) < 6 for p in seg)
+    if bad:
+        raise DataError(list_offenders(f"{path}: annotations whose segmentation cannot be drawn", bad))
+    notes = [f"{path}: {n} {text}" for n, text in (
+        (empty, "annotation(s) without a segmentation (only a box?) draw nothing"),
+        (thin, "polygon(s) of fewer than 3 points have no area and draw nothing (pycocotools cannot fill them)"),
+        (orphans, "annotation(s) name an image_id that no image entry has; they are not drawn"),
+    ) if n]
+    return by_image, notes
 
 
 def _category_plan(files: dict[str, Path], loaded: dict[str, dict]) -> tuple[ClassTable, dict[Any, int], list[str]]:
@@ -234,10 +368,10 @@ def read_coco(root: Path) -> tuple[dict[str, list[Pair]], ClassTable, list[Path]
                         "'pixelwise[coco]'") from None
     loaded = {split: _load_coco(path) for split, path in files.items()}
     table, class_of, notes = _category_plan(files, loaded)
-    splits: dict[str, list[Pair]] = {}
+    plans = []  # every split is checked before any is drawn
     for split, path in files.items():
         data = loaded[split]
-        unknown = [f"annotations[{i}]: category_id {a['category_id']}" for i, a in enumerate(data["annotations"])
+        unknown = [f"{_where(i, a)}: category_id {a['category_id']}" for i, a in enumerate(data["annotations"])
                    if a["category_id"] not in class_of]
         if unknown:
             raise DataError(list_offenders(f"{path}: annotations whose category_id is not among the categories",
@@ -245,17 +379,19 @@ def read_coco(root: Path) -> tuple[dict[str, list[Pair]], ClassTable, list[Path]
         stat = path.stat()
         key = hashlib.sha1(f"{CACHE_VERSION}|{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()
         out_dir = cache_root() / "coco-masks" / key[:16]
-        pairs, todo, bad = _pairs(root, path, data, out_dir)
+        pairs, todo, sizes, bad = _pairs(root, path, data, out_dir)
         if bad:
             raise DataError(list_offenders(f"{path}: image entries that cannot be used", bad))
+        by_image, more = _by_image(path, data, sizes)
+        plans.append((split, out_dir, pairs, todo, by_image))
+        notes += more
+    splits: dict[str, list[Pair]] = {}
+    for split, out_dir, pairs, todo, by_image in plans:
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise DataError(f"{out_dir}: cannot create the folder for rasterised COCO masks ({e}); set "
                             "PIXELWISE_CACHE to a writable folder") from None
-        by_image: dict[str, list[dict]] = {}
-        for ann in data["annotations"]:
-            by_image.setdefault(str(ann["image_id"]), []).append(ann)
         for image in track(todo, total=len(todo), label=f"Rasterising COCO {split}") if todo else []:
             mask = rasterize(image, by_image.get(str(image["id"]), []), class_of)
             atomic_write(out_dir / f"{safe_key(image['id'])}.png",
