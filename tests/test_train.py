@@ -8,6 +8,7 @@ from safetensors.torch import load_file
 
 from pixelwise.config import load_config
 from pixelwise.engine.checkpoint import load_state
+from pixelwise.engine.rundir import start_run_dir
 from pixelwise.engine.trainer import Trainer
 from pixelwise.errors import PixelwiseError
 from pixelwise.optim import lr_factor
@@ -227,3 +228,88 @@ def test_compile_trains_through_the_compiled_module_with_its_mode(synthetic_data
 def test_compile_mode_must_be_one_torch_knows():
     with pytest.raises(PixelwiseError, match="train.compile"):
         load_config(overrides=["train.compile=fastest"])
+
+
+def test_overwrite_removes_every_file_of_the_previous_run_and_keeps_the_users(synthetic_data, tmp_path, capsys):
+    import shutil
+
+    import numpy as np
+
+    from pixelwise.config import load_run_config
+    from pixelwise.engine.checkpoint import load_run_network
+    from pixelwise.engine.runtime import resolve_runtime
+    from pixelwise.inference.calibration import write_calibration
+    from pixelwise.inference.predictor import Segmenter
+    from pixelwise.inference.torch_backend import TorchBackend
+
+    run = tmp_path / "run"
+    Trainer(_cfg(synthetic_data, "train.max_steps=1"), run).fit()
+    # The old run grew what later commands write: a temperature, a cross-validation's folds, eval, report, exports.
+    shutil.copytree(run, tmp_path / "fold")
+    for fold in ("fold_0", "fold_1"):
+        shutil.copytree(tmp_path / "fold", run / fold)
+    (run / "folds.json").write_text(json.dumps({"folds": 2, "runs": ["fold_0", "fold_1"], "split_seed": 0}))
+    write_calibration(run, {"temperature": 7.5})
+    for name in ("eval_val.json", "eval_test.json", "report_test.html", "cv_summary.json", "model.onnx",
+                 "plots/curves.png", "tensorboard/events.out", "mlflow.json"):
+        (run / name).parent.mkdir(exist_ok=True)
+        (run / name).write_text("{}")
+    (run / "notes.txt").write_text("mine")  # the user's: kept, as is predict's output
+    (run / "predictions").mkdir()
+    (run / "predictions" / "a.png").write_bytes(b"png")
+    capsys.readouterr()
+    Trainer(_cfg(synthetic_data, "train.max_steps=2", "train.seed=3"), run, overwrite=True).fit()
+    assert sorted(p.name for p in run.iterdir()) == sorted([
+        ".pixelwise.lock", "best.safetensors", "config.yaml", "dataset.json", "last.ckpt", "metrics.csv",
+        "summary.json", "notes.txt", "predictions"])
+    assert (run / "notes.txt").read_text() == "mine" and (run / "predictions" / "a.png").read_bytes() == b"png"
+    assert "notes.txt, predictions/" in capsys.readouterr().err  # named, as they may describe the old model
+    seg = Segmenter.load(run, device="cpu", amp="off")  # the new model: no old temperature, no old ensemble
+    own = TorchBackend(load_run_network(run, load_run_config(run)), resolve_runtime("cpu", "off"))
+    batch = np.random.default_rng(0).integers(0, 255, (1, 3, 48, 40), dtype=np.uint8)
+    assert seg.temperature == 1.0 and np.array_equal(seg.backend(batch), own(batch))
+
+    mine = tmp_path / "project"  # not a run: its config.yaml and plots/ are the user's, and nothing is removed
+    (mine / "plots").mkdir(parents=True)
+    (mine / "config.yaml").write_text("mine: true\n")
+    (mine / "plots" / "figure.png").write_bytes(b"png")
+    start_run_dir(mine)
+    assert (mine / "config.yaml").read_text() == "mine: true\n" and (mine / "plots" / "figure.png").is_file()
+
+
+def test_resume_trains_with_the_optimizer_settings_its_config_now_has(synthetic_data, tmp_path, capsys):
+    run = tmp_path / "run"
+    Trainer(_cfg(synthetic_data, "train.max_steps=1", "optim.weight_decay=0.0001", "optim.encoder_lr_mult=0.1"),
+            run).fit()
+    saved = load_state(run / "last.ckpt")["optimizer"]
+    resumed = Trainer(_cfg(synthetic_data, "train.max_steps=2", "optim.weight_decay=0.5", "optim.encoder_lr_mult=0.5",
+                           "optim.options={betas: [0.5, 0.6]}"), run, resume=True)
+    assert "weight_decay" in capsys.readouterr().err
+    groups = resumed.optimizer.param_groups  # (encoder, decayed): no, no / no, yes / yes, no / yes, yes
+    assert [g["weight_decay"] for g in groups] == [0.0, 0.5, 0.0, 0.5]
+    assert [g["lr_scale"] for g in groups] == [1.0, 1.0, 0.5, 0.5]
+    assert all(tuple(g["betas"]) == (0.5, 0.6) for g in groups)
+    state = resumed.optimizer.state_dict()["state"]  # the moments and step counts still come from the checkpoint
+    assert state.keys() == saved["state"].keys()
+    assert all(torch.equal(state[k]["exp_avg"], saved["state"][k]["exp_avg"]) for k in state)
+    assert all(float(state[k]["step"]) == 1 for k in state)
+    resumed.fit()
+    groups = resumed.optimizer.param_groups
+    assert groups[1]["weight_decay"] == 0.5 and groups[3]["lr"] == pytest.approx(groups[1]["lr"] * 0.5)
+    assert all(float(s["step"]) == 2 for s in resumed.optimizer.state_dict()["state"].values())
+
+
+def test_time_in_epoch_end_callbacks_counts_against_the_time_budget(synthetic_data, tmp_path):
+    import time
+
+    from pixelwise.engine.callbacks import Callback, core_callbacks
+
+    class SlowSave(Callback):  # as writing a large checkpoint to a slow disk would be
+        def on_epoch_end(self, state):
+            time.sleep(0.3)
+
+    cfg = _cfg(synthetic_data, "train.epochs=50", "train.time_budget=0.2s")
+    summary = Trainer(cfg, tmp_path / "run", callbacks=[*core_callbacks(cfg), SlowSave()]).fit()
+    rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
+    assert summary["stopped_by"].startswith("time_budget") and summary["epochs"] == 1
+    assert summary["wall_seconds"] >= float(rows[-1]["elapsed_seconds"]) + 0.29  # the epoch's end is counted

@@ -27,6 +27,7 @@ from pixelwise.atomic import (  # noqa: F401  (re-exported: checkpoints and run 
     remove_stale_temp_files,
 )
 from pixelwise.errors import PixelwiseError
+from pixelwise.progress import notice
 
 
 def save_weights(model: nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
@@ -69,8 +70,25 @@ def load_weights(model: nn.Module, path: Path) -> None:
     load_model_state(model, state, path)
 
 
+# Keys of an optimizer's parameter group that are not the user's settings: set per step, or chosen per device.
+NOT_SETTINGS = ("params", "param_names", "lr", "initial_lr", "foreach", "fused", "capturable", "differentiable")
+
+
+def _setting(value: Any) -> Any:
+    """A parameter group's setting in a form that compares by value (betas as a tuple or a list, tensors)."""
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    return [_setting(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any], path: Path) -> None:
-    """Restore the optimizer of a resumed run, or say why the config no longer matches the checkpoint."""
+    """Restore the optimizer of a resumed run, or say why the config no longer matches the checkpoint.
+
+    Only the state comes from the checkpoint (moment buffers, step counts). The settings of each parameter group
+    (weight decay, betas, momentum, ``lr_scale`` from optim.encoder_lr_mult, ...) stay those of ``optimizer``, built
+    from the config as resumed: torch's ``load_state_dict`` would bring back the old ones, and the run would train
+    with other settings than its config.yaml records. The learning rate is set before every step anyway.
+    """
     groups, own = state.get("param_groups", []) if isinstance(state, dict) else [], optimizer.param_groups
     same = len(groups) == len(own) and all(
         len(g["params"]) == len(o["params"]) and set(g) == set(o) for g, o in zip(groups, own, strict=False))
@@ -80,7 +98,16 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]
             f"({type(optimizer).__name__}); restore optim.name and optim.encoder_lr_mult as they were to resume, "
             "or start a new run"
         )
-    optimizer.load_state_dict(state)
+    fresh = optimizer.state_dict()["param_groups"]  # the config's settings; "params" are the indices of its state
+    changed = sorted({k for g, f in zip(groups, fresh, strict=True) for k in f
+                      if k not in NOT_SETTINGS and _setting(g.get(k)) != _setting(f[k])})
+    if changed:
+        named = ", ".join(changed).replace("lr_scale", "lr_scale (optim.encoder_lr_mult)")
+        notice("note", f"optimizer settings changed since {path.name}, used from now on as the run's config.yaml "
+                       f"says: {named}")
+    # The saved "params" map the saved state to this optimizer's parameters, group by group, in order.
+    optimizer.load_state_dict({**state, "param_groups": [{**f, "params": g["params"]}
+                                                         for g, f in zip(groups, fresh, strict=True)]})
 
 
 def save_state(path: Path, state: dict[str, Any]) -> None:

@@ -2,7 +2,7 @@
 
 Files: config.yaml (resolved), dataset.json, metrics.csv (one row per epoch), summary.json; the checkpoints
 (best.safetensors, last.ckpt) are written by ``engine.checkpoint``; tensorboard/ and report.html by callbacks.
-Only rank 0 writes (the trainer decides).
+Only rank 0 writes (the trainer decides). Other commands add theirs later (``RUN_OUTPUTS``).
 """
 
 from __future__ import annotations
@@ -12,16 +12,29 @@ import csv
 import io
 import json
 import os
+import re
+import shutil
 import socket
 from pathlib import Path
 from typing import Any
 
 from pixelwise.atomic import atomic_write_text, check_out_dir
 from pixelwise.errors import PixelwiseError
+from pixelwise.progress import notice
 
 METRIC_COLUMNS = ["epoch", "step", "train_loss", "val_loss", "val_miou", "val_pixel_accuracy", "lr",
                   "images_per_second", "epoch_seconds", "elapsed_seconds"]
-RUN_FILES = ("best.safetensors", "last.ckpt", "metrics.csv", "summary.json")  # cleared by --overwrite
+# What pixelwise writes into a run directory, in training or later by default (eval, calibrate, robustness, export,
+# bench, the report, cross-validation): the run's own files, which --overwrite removes, and nothing else. A stale
+# one would be read back with the new model: calibration.json's temperature applied to it, folds.json's ensemble
+# served instead of it, mlflow.json's MLflow run continued. What makes the folder a model goes first, so a removal
+# that fails part way leaves no folder that loads as a mix of the two runs. Not here: predict's predictions/, results
+# the user may still want, and anything the user put there.
+RUN_OUTPUTS = ("folds.json", "best.safetensors", "last.ckpt", "calibration.json", "model.onnx", "model.int8.onnx",
+               "smp", "config.yaml", "dataset.json", "metrics.csv", "summary.json", "plan.yaml", "tensorboard",
+               "mlflow.json", "wandb", "report.html", "plots", "robustness.json", "bench.json", "cv_summary.json")
+# ... and by name: eval_SPLIT.json, report_SPLIT.html, and the fold runs of a cross-validation (fold_0/, ...).
+RUN_OUTPUT_NAMES = re.compile(r"eval_.+\.json|report_.+\.html|fold_\d+")
 
 
 LOCK_NAME = ".pixelwise.lock"
@@ -101,11 +114,42 @@ def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
         )
 
 
+def _remove(path: Path) -> None:
+    """Remove a file or a folder with all it holds; a link is removed, never followed."""
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    except OSError as e:
+        raise PixelwiseError(f"{path}: cannot remove the previous run's {path.name} ({e.strerror or e}); the new "
+                             "run has not started. Remove it yourself, or write elsewhere with --out DIR") from None
+
+
+def is_run(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a pixelwise run: the config it wrote and one of the files training writes next."""
+    markers = ("dataset.json", "metrics.csv", "summary.json", "best.safetensors", "last.ckpt", "folds.json")
+    return (run_dir / "config.yaml").is_file() and any((run_dir / name).exists() for name in markers)
+
+
 def start_run_dir(run_dir: Path) -> None:
-    """Create the run directory, clearing a previous run's outputs (only reached with --overwrite)."""
+    """Create the run directory, removing a previous run's outputs (only reached with --overwrite).
+
+    The user asked to replace the run, so the run's own files go (``RUN_OUTPUTS``); anything else (their own files,
+    ``predictions/`` of the old model) is kept and named, as nothing says it describes the new model. A folder that
+    holds no run (``is_run``) loses nothing: names like config.yaml or plots/ there are the user's.
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
-    for name in RUN_FILES:
-        (run_dir / name).unlink(missing_ok=True)
+    if is_run(run_dir):  # a folder of the user's that is no run keeps everything: its config.yaml is their own
+        for name in RUN_OUTPUTS:
+            _remove(run_dir / name)
+        for path in sorted(run_dir.iterdir()):
+            if RUN_OUTPUT_NAMES.fullmatch(path.name) and path.is_dir() == path.name.startswith("fold_"):
+                _remove(path)  # fold runs are folders, the others files
+    kept = sorted(p.name + ("/" if p.is_dir() else "") for p in run_dir.iterdir() if p.name != LOCK_NAME)
+    if kept:
+        notice("note", f"{run_dir}: --overwrite removed the previous run's files and kept what is not a run's own "
+                       f"(it may describe the previous model): {', '.join(kept)}")
 
 
 def metrics_csv(rows: list[dict[str, Any]]) -> str:

@@ -374,7 +374,10 @@ class Trainer:
         row["elapsed_seconds"] = s.elapsed
         self.history.append(row)
         rs.metrics = row
+        tick = time.perf_counter()
         self.callbacks.fire("on_epoch_end", rs)
+        s.elapsed += time.perf_counter() - tick  # checkpoints, metrics.csv, TensorBoard: in the budget too
+        self._sync_elapsed()  # rank 0 alone writes them: every rank must still decide alike whether time is up
 
     def _images_per_second(self) -> float | None:
         """Training throughput after the warm-up steps; a run shorter than that is timed whole (its first steps
