@@ -110,11 +110,49 @@ def test_weights_held_in_the_autocast_dtype_give_what_autocast_gives():
     bf16 = resolve_runtime("cpu", "bf16", channels_last=True)
     cast = fold_batch_norms(model, True, torch.bfloat16)
     plain = fold_batch_norms(model, True)
-    assert cast.net.encoder.conv1.weight.dtype == torch.bfloat16
-    assert plain.net.encoder.conv1.weight.dtype == model.net.encoder.conv1.weight.dtype == torch.float32
     image = torch.randint(0, 256, (2, 3, 64, 96), dtype=torch.uint8)
     with torch.inference_mode():
         assert torch.equal(forward_padded(cast, image, bf16), forward_padded(plain, image, bf16))
+        assert cast.net.encoder.conv1.weight.dtype == torch.bfloat16  # cast at its first call, under autocast
+        assert torch.equal(forward_padded(cast, image, bf16), forward_padded(plain, image, bf16))  # and after
+    assert plain.net.encoder.conv1.weight.dtype == model.net.encoder.conv1.weight.dtype == torch.float32
+    assert not any(m._forward_pre_hooks for m in cast.modules())  # the casting hooks are gone
+
+
+class Fp32Head(nn.Module):
+    """A classifier kept in fp32: autocast turned off around it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = nn.Sequential(nn.Conv2d(8, 2, 1), nn.BatchNorm2d(2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return self.block(x.float())
+
+
+def test_a_part_of_the_network_run_without_autocast_keeps_its_fp32_weights():
+    """Its layers get fp32 input; bf16 weights there failed evaluation ("Input type (float) and bias type
+    (c10::BFloat16) should be the same") where training worked. Its folded pair stays fp32 as well."""
+    torch.manual_seed(0)
+    body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+    model = Normalized(nn.Sequential(body, Fp32Head()), [0.5] * 3, [0.25] * 3)
+    _trained_statistics(model, 16)
+    model.eval()
+    bf16 = resolve_runtime("cpu", "bf16", channels_last=True)
+    folded = fold_batch_norms(model, True, torch.bfloat16)
+    assert count_batch_norms(folded) == 0
+    image = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
+    with torch.inference_mode():
+        expected = forward_padded(model, image, bf16)
+        got = forward_padded(folded, image, bf16)
+        assert got.dtype == torch.float32
+        assert folded.net[0][0].weight.dtype == torch.bfloat16 and folded.net[1].block[0].weight.dtype == torch.float32
+        torch.testing.assert_close(got, expected, rtol=0.05, atol=0.05 * expected.abs().max().item())
+        without = fold_batch_norms(model, True, torch.bfloat16)  # run with no autocast at all: nothing is cast
+        torch.testing.assert_close(forward_padded(without, image, FP32), forward_padded(model, image, FP32),
+                                   rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+    assert all(p.dtype == torch.float32 for p in without.parameters())
 
 
 def test_timms_batch_norm_with_activation_and_same_padding_fold_too():
@@ -133,9 +171,10 @@ def test_timms_batch_norm_with_activation_and_same_padding_fold_too():
     folded = fold_batch_norms(model, dtype=torch.bfloat16)
     assert count_batch_norms(model) == 58 and count_batch_norms(folded) == 0
     assert sum(isinstance(m, nn.ReLU6) for m in folded.modules()) == activations
-    assert all(m.weight.dtype == torch.bfloat16 for m in folded.modules() if isinstance(m, Conv2dSame))
     image = torch.randint(0, 256, (2, 3, 71, 104), dtype=torch.uint8)
     with torch.inference_mode():
+        forward_padded(folded, image, resolve_runtime("cpu", "bf16", channels_last=False))
+        assert all(m.weight.dtype == torch.bfloat16 for m in folded.modules() if isinstance(m, Conv2dSame))
         expected = forward_padded(model, image, FP32)
         got = forward_padded(fold_batch_norms(model), image, FP32)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())

@@ -119,6 +119,35 @@ def test_tta_maps_every_variant_back():
         tta_probs(column_ramp, image, flips=("x",))
 
 
+@pytest.mark.parametrize("shape", [(40, 1), (1, 40), (40, 2), (1, 1)])
+def test_tta_on_an_image_one_pixel_wide_or_tall(shape):
+    """A flipped side 1 pixel long keeps a negative stride through np.ascontiguousarray (numpy counts the array
+    as contiguous), which torch.from_numpy refused: TTA failed on such an image or on a copy scaled down to one."""
+    import torch
+
+    from pixelwise.data.classes import ClassTable
+    from pixelwise.engine.runtime import resolve_runtime
+    from pixelwise.inference.predictor import Segmenter
+    from pixelwise.inference.torch_backend import TorchBackend
+    from pixelwise.models import Normalized
+
+    torch.manual_seed(0)
+    net = Normalized(torch.nn.Conv2d(3, 2, 3, padding=1), [0.5] * 3, [0.25] * 3)
+    backend = TorchBackend(net, resolve_runtime("cpu", "off"))
+    seg = Segmenter(backend, ClassTable(names=["a", "b"]), 3)
+    image = np.random.default_rng(0).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    plain = seg.probabilities(image)
+    for scales in ((1.0,), (0.5, 1.0)):
+        probs = seg.probabilities(image, tta=True, scales=scales)
+        assert probs.shape == (2, *shape) and np.isfinite(probs).all() and np.allclose(probs.sum(0), 1, atol=1e-5)
+    # a flip along a side 1 pixel long changes nothing: its TTA is the plain prediction
+    for flip, axis in (("v", 0), ("h", 1)):
+        if shape[axis] == 1:
+            assert np.allclose(seg.probabilities(image, tta=True, flips=(flip,)), plain, atol=1e-6)
+            flipped = np.flip(image.transpose(2, 0, 1)[None], axis=axis + 2)  # the backend called directly
+            assert np.allclose(backend(flipped), plain[None], atol=1e-6)
+
+
 def test_entropy_image():
     uniform = np.full((4, 2, 2), 0.25, np.float32)
     certain = np.zeros((4, 2, 2), np.float32)

@@ -238,6 +238,25 @@ def test_explain_gives_a_map_that_depends_on_the_weights(trust_run, synthetic_da
         ex.explain_region(seg, image, k, region, layer="encoder.nope")
 
 
+def test_the_map_of_an_odd_sized_image_spans_0_to_1(trust_run, synthetic_data):
+    """grad-cam scales the map of the padded input to 0-1; its peak may lie in the padding. The image's map is
+    scaled by its own minimum and maximum (a constant map: all zeros, not NaN)."""
+    from pixelwise.inference import explain as ex
+    from pixelwise.inference.predictor import Segmenter
+
+    seg = Segmenter.load(trust_run, device="cpu", amp="off")
+    image = np.asarray(Image.open(sorted((synthetic_data / "val" / "images").iterdir())[0]))
+    for h, w in ((20, 13), (37, 21), (13, 50)):
+        crop = np.ascontiguousarray(image[:h, :w])
+        region = np.ones((h, w), bool)
+        for method in ex.METHODS:
+            cam = ex.explain_region(seg, crop, 1, region, method).cam
+            assert cam.shape == (h, w) and cam.dtype == np.float32 and np.isfinite(cam).all()
+            assert cam.min() == 0 and (cam.max() == 1 or not cam.any()), (h, w, method, cam.max())
+    assert np.array_equal(ex._rescaled(np.full((5, 3), 0.25)), np.zeros((5, 3), np.float32))
+    assert np.allclose(ex._rescaled(np.array([[0.1, 0.3], [0.2, 0.15]])), [[0, 1], [0.5, 0.25]])
+
+
 def test_pointing_game_and_overlay():
     from pixelwise.inference.explain import overlay, pointing_hit
 

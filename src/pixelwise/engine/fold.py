@@ -87,12 +87,30 @@ def _replace(root: nn.Module, name: str, new: nn.Module) -> None:
     setattr(root.get_submodule(parent) if parent else root, leaf, new)
 
 
+def _cast_on_first_call(module: nn.Module, dtype: torch.dtype) -> None:
+    """Hold ``module``'s weights in ``dtype`` from its first call on, if that call runs under autocast to ``dtype``.
+
+    Decided per layer at its first call, not for every layer up front: a network may turn autocast off around a
+    part of it (a classifier kept in fp32, say), and a layer there gets fp32 input, which bf16 weights would fail
+    ("Input type (float) and bias type (c10::BFloat16) should be the same"). Such a layer keeps its fp32 weights,
+    as autocast would have. The hook removes itself, so later calls cost nothing.
+    """
+    def cast(m: nn.Module, args: tuple) -> None:
+        handle.remove()
+        device = next(m.parameters()).device.type
+        if torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == dtype:
+            m.to(dtype)
+
+    handle = module.register_forward_pre_hook(cast)
+
+
 def fold_batch_norms(model: nn.Module, channels_last: bool = False, dtype: torch.dtype | None = None) -> nn.Module:
     """An evaluation-mode copy of ``model`` with its conv -> BatchNorm pairs folded, or ``model`` itself when there
     are none. The original keeps its weights and the mode it was in.
 
     ``dtype``: the autocast dtype the copy will run under. Its convolutions and linear layers then hold their
-    weights in it already, the very values autocast would cast them to on every call.
+    weights in it (from each one's first call under that autocast on; see ``_cast_on_first_call``), the very values
+    autocast would cast them to on every call.
     """
     if count_batch_norms(model) == 0:
         return model
@@ -112,7 +130,7 @@ def fold_batch_norms(model: nn.Module, channels_last: bool = False, dtype: torch
     if dtype is not None:
         for m in folded.modules():
             if type(m) in LOW_PRECISION or type(m) in CONV_2D_SAME:
-                m.to(dtype)
+                _cast_on_first_call(m, dtype)
     if channels_last:
         folded = folded.to(memory_format=torch.channels_last)
     return folded

@@ -164,7 +164,17 @@ def explain_region(seg: Any, image: Any, k: int, mask: np.ndarray, method: str =
     except RuntimeError as e:
         raise PixelwiseError(f"{method} cannot explain this model at layer {layer} ({type(model.net).__name__}): "
                              f"{e}") from None
-    return Explanation(np.asarray(grey[:h, :w], np.float32), mask, prediction, k, layer, method)
+    return Explanation(_rescaled(grey[:h, :w]), mask, prediction, k, layer, method)
+
+
+def _rescaled(cam: np.ndarray) -> np.ndarray:
+    """The map scaled to 0-1 by its own minimum and maximum (all zeros where it is constant). grad-cam scales the
+    map of the padded input, and its peak may lie in the padding, which the image's map does not include."""
+    cam = np.asarray(cam, np.float32)
+    low, high = float(cam.min()), float(cam.max())
+    if high <= low:
+        return np.zeros_like(cam)
+    return ((cam - low) / (high - low)).astype(np.float32)
 
 
 def pointing_hit(cam: np.ndarray, region: np.ndarray, tolerance: int = 15) -> bool:

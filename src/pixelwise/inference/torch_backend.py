@@ -27,7 +27,9 @@ class TorchBackend:
 
     def _logits(self, batch: np.ndarray) -> torch.Tensor:
         batch = np.ascontiguousarray(batch)
-        if not batch.flags.writeable:  # a view of a read-only cached image; torch wants memory it may write
+        # A view of a read-only cached image: torch wants memory it may write. A flipped side 1 pixel long: numpy
+        # counts it as contiguous, so the line above keeps its negative stride, which torch.from_numpy refuses.
+        if not batch.flags.writeable or any(s < 0 for s in batch.strides):
             batch = batch.copy()
         x = torch.from_numpy(batch).to(self.runtime.device)
         return forward_padded(self.model, x, self.runtime).float()

@@ -52,7 +52,9 @@ def tta_probs(
             if scaled.ndim == 2:
                 scaled = scaled[:, :, None]
         for flip in (None, *flips):
-            out = probs_of(np.ascontiguousarray(_flip(scaled, flip, 0, 1)))
+            # A copy, not np.ascontiguousarray: a flipped side 1 pixel long keeps its negative stride (numpy
+            # counts the array as contiguous), and torch.from_numpy refuses negative strides.
+            out = probs_of(_flip(scaled, flip, 0, 1).copy() if flip else np.ascontiguousarray(scaled))
             out = _flip(out, flip, 1, 2)
             if out.shape[1:] != (h, w):
                 out = _resize_probs(np.ascontiguousarray(out), (h, w))
