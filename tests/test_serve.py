@@ -217,13 +217,20 @@ def test_the_command_line_serves_and_refuses_what_it_cannot(served_run, tmp_path
                            (("hf://org/model",), "hf://org/model: could not be downloaded from the Hugging Face Hub"),
                            ((str(tmp_path / "nope"),), "no such run directory or .onnx file"),
                            ((str(tmp_path),), "not a run directory"),
-                           ((str(served_run), "--port", "70000"), "65535")]:
+                           ((str(served_run), "--port", "70000"), "65535"),
+                           ((str(served_run), "--max-upload-mb", "inf"), "--max-upload-mb: Input should be a finite"),
+                           ((str(served_run), "--timeout", "inf"), "--timeout: Input should be a finite number")]:
         result = run(*args)
         assert result.returncode != 0 and expected in " ".join(result.stderr.split()), (args, result.stderr)
         assert "Traceback" not in result.stderr
+    (tmp_path / "street.png").write_bytes(png((24, 32, 3)))
     with live_server(served_run / "model.onnx") as url:
         r = httpx.post(f"{url}/predict?output=json&shapes=none", files={"file": ("a.png", png((24, 32, 3)))})
         assert r.status_code == 200 and (r.json()["height"], r.json()["width"]) == (24, 32)
+        if shutil.which("curl"):  # the guide's example: curl declares the raw body a url-encoded form
+            curl = ["curl", "-s", "--data-binary", "@street.png", f"{url}/predict?output=json&shapes=rle"]
+            answer = json.loads(subprocess.run(curl, capture_output=True, text=True, timeout=60, cwd=tmp_path).stdout)
+            assert (answer["height"], answer["width"]) == (24, 32) and "rle" in answer["classes"][0], answer
 
 
 def test_hf_models_are_downloaded_files_only_then_served_as_local_ones(served_run, tmp_path, monkeypatch):

@@ -91,7 +91,10 @@ BAD = {  # name: (request keyword arguments, status, fragments of the message)
                             "over the limit of 200,000,000 (data.max_image_pixels)", "decompression bomb"]),
     "wrong field": ({"files": {"image": ("a.png", GOOD)}}, 400, ["no file in the multipart field 'file'",
                                                                  "fields sent: 'image'"]),
-    "url-encoded form": ({"data": {"file": "abc"}}, 415, ["a url-encoded form cannot carry an image"]),
+    "url-encoded form": ({"data": {"file": "abc"}}, 415, ["the body is a url-encoded form, not an image",
+                                                           "curl --data-binary @photo.png"]),
+    "tile below the model's input": ({"content": GOOD, "params": {"tile": 1}}, 422,
+                                     ["query option 'tile': 1 is below this model's smallest input of 32 pixels"]),
     "16-bit grey PNG": ({"files": {"file": ("deep.png", GREY16)}}, 422,
                         ["deep.png: the pixels are uint16 (16-bit), but this model was trained on uint8 (8-bit) "
                          "images", "does not rescale", "send the image as 8-bit"]),
@@ -307,3 +310,128 @@ def test_a_body_that_trickles_is_cut_off_with_408():
     scope = {"type": "http", "headers": [(b"content-length", b"10")]}
     asyncio.run(BodyLimit(app, max_bytes=100, timeout=0.1)(scope, never, send))
     assert sent[0]["status"] == 408 and b"did not arrive within 0.1 s" in sent[1]["body"]
+
+
+URL_ENCODED = {"content-type": "application/x-www-form-urlencoded"}
+
+
+def test_a_raw_body_declared_as_a_url_encoded_form_is_read_as_the_image(client):
+    # `curl --data-binary @street.png URL` (the guide's example) declares a url-encoded form: the body is the image.
+    r = client.post("/predict?output=json&shapes=rle", content=GOOD, headers=URL_ENCODED)
+    assert r.status_code == 200, r.text
+    assert (r.json()["height"], r.json()["width"]) == (24, 40) and "rle" in r.json()["classes"][0]
+    for kind in ("text/plain", "application/json", "image/png"):  # any declared type but multipart: the raw body
+        assert client.post("/predict", content=GOOD, headers={"content-type": kind}).status_code == 200
+    r = client.post("/predict", content=GOOD[: len(GOOD) // 2], headers=URL_ENCODED)  # an image, but broken
+    assert r.status_code == 400 and "upload: cannot be read as an image" in r.json()["detail"]
+    still_serving(client)
+
+
+def counted(max_pixels: int, crop: tuple[int, int] = (512, 512)) -> tuple[TestClient, Recording]:
+    backend = Recording()
+    seg = Segmenter(backend, ClassTable(names=["a", "b"]), 3, crop_size=crop)
+    served = ServedModel(seg, Path("counted.onnx"), "onnxruntime", max_pixels)
+    return TestClient(create_app(make_settings(model="counted.onnx"), served)), backend
+
+
+def test_tiling_that_would_hold_the_model_for_minutes_is_refused_before_it_runs():
+    client, backend = counted(max_pixels=10**6)
+    image = encoded(np.zeros((256, 256, 3), np.uint8))  # predicted whole with the defaults: one pass
+    with client:
+        for tile in (1, 31):  # below the network's stride: padded up to it, a pass per few pixels
+            r = client.post(f"/predict?tile={tile}", content=image)
+            assert r.status_code == 422
+            assert f"query option 'tile': {tile} is below this model's smallest input of 32" in r.json()["detail"]
+        r = client.post("/predict?tile=32&overlap=0.9&output=json", content=image, headers={"x-filename": "a.png"})
+        assert r.status_code == 422
+        for fragment in ("a.png: query options 'tile' (32) and 'overlap' (0.9) with 1 scale(s) would run the model "
+                         "5776 times on this 256x256 image, 361 times the work of its prediction with the defaults",
+                         "the server allows up to 64 times for it", "raise 'tile', lower 'overlap'"):
+            assert fragment in r.json()["detail"], r.json()
+        r = client.post("/predict?tile=32&overlap=0.5&tta=true&scales=1,2,4", content=image)
+        assert r.status_code == 422 and "3 scale(s) and tta would run the model 15465 times" in r.json()["detail"]
+        files = [("files", ("big.png", image)), ("files", ("small.png", GOOD))]
+        results = client.post("/predict/batch?tile=32&overlap=0.9&shapes=none", files=files).json()["results"]
+        assert results[0]["status"] == 422 and "would run the model 5776 times" in results[0]["detail"]
+        assert "classes" in results[1]
+        assert client.post("/predict/batch?tile=8", files=files).status_code == 422
+        assert [b.shape[0] for b in backend.inputs] == [4]  # only the small image reached the model (4 tiles)
+        for query in ("", "tile=512", "tile=64&overlap=0.25", "tile=0", "tile=32", "tta=true&scales=0.75,1,1.25"):
+            assert client.post(f"/predict?{query}", content=image).status_code == 200, query
+
+
+@pytest.mark.parametrize("shape, tile, overlap, tta, scales", [
+    ((100, 150), 32, 0.5, True, (0.75, 1.0)),
+    ((600, 700), None, 0.9, False, (1.0, 1.5)),  # tiled automatically (512-pixel tiles)
+    ((30, 20), None, 0.25, True, (1.0, 2.0)),  # whole
+    ((40, 40), 0, 0.25, True, (1.0,)),
+    ((70, 90), 64, 0.25, False, (1.0,)),
+])
+def test_the_pass_count_is_what_the_model_runs(shape, tile, overlap, tta, scales):
+    from pixelwise.serve.options import model_work
+
+    backend = Recording()
+    seg = Segmenter(backend, ClassTable(names=["a", "b"]), 3, crop_size=(8, 8))  # tiled above 1024 pixels
+    seg.predict(np.zeros((*shape, 3), np.uint8), tile=tile, overlap=overlap, tta=tta, scales=scales)
+    assert sum(b.shape[0] for b in backend.inputs) == model_work(seg, shape, tile, overlap, tta, scales)[0]
+
+
+@pytest.mark.parametrize("crop", [(32, 32), (512, 512), (1024, 1024)])
+def test_ordinary_tiling_and_tta_are_within_the_budget(crop):
+    from pixelwise.serve.options import PredictOptions, check_work
+
+    seg = Segmenter(Recording(), ClassTable(names=["a", "b"]), 3, crop_size=crop)
+    for shape, query in [((14142, 14142), {}), ((14142, 14142), {"tta": True, "scales": "0.75,1,1.25"}),
+                         ((14142, 14142), {"tile": 512}), ((14142, 14142), {"tile": 256, "overlap": 0.5}),
+                         ((14142, 14142), {"tile": 0}), ((4000, 6000), {"tile": 512, "overlap": 0.5, "tta": True}),
+                         ((1024, 1536), {"tile": 512}), ((900, 1200), {"tile": 128}), ((64, 64), {"tile": 32}),
+                         ((40, 56), {"tile": 32, "overlap": 0.5, "tta": True, "scales": "0.75,1"})]:
+        check_work(seg, shape, PredictOptions(**query), "photo.png")  # does not raise
+    with pytest.raises(ServeError, match=r"would run the model \d+ times on this 14142x14142 image, (47|53) times"):
+        check_work(seg, (14142, 14142), PredictOptions(overlap=0.9), "photo.png")
+
+
+def test_a_batch_decodes_each_image_only_when_the_model_is_ready_for_it(monkeypatch):
+    import pixelwise.serve.app as app_module
+
+    decoded: list[tuple[int, ...]] = []
+    decode = app_module.decode
+    monkeypatch.setattr(app_module, "decode", lambda *args: decoded.append(()) or decode(*args))
+    seen: list[int] = []  # how many images had been decoded at each call of the model
+
+    class Counting(Recording):
+        def __call__(self, batch: np.ndarray) -> np.ndarray:
+            seen.append(len(decoded))
+            return super().__call__(batch)
+
+    backend = Counting()
+    seg = Segmenter(backend, ClassTable(names=["a", "b"]), 3, crop_size=(32, 32))  # tiled above 128x128
+    served = ServedModel(seg, Path("counted.onnx"), "onnxruntime", 10**8)
+    flat = encoded(np.zeros((600, 600), np.uint8))  # 2 KB each, 1 MB decoded: 16 of them a small decompression bomb
+    bombs = [("files", (f"b{i}.png", flat)) for i in range(16)]
+    with TestClient(create_app(make_settings(model="counted.onnx"), served)) as client:
+        for query in ("", "&tile=0"):  # tiled automatically, and each image whole
+            decoded.clear(), seen.clear()
+            results = client.post(f"/predict/batch?shapes=none{query}", files=bombs).json()["results"]
+            assert [r["file"] for r in results] == [f"b{i}.png" for i in range(16)]
+            assert all(r["classes"][0]["pixels"] == 600 * 600 for r in results)
+            assert seen == sorted(seen) and sorted(set(seen)) == list(range(1, 17))  # decoded one by one
+        decoded.clear(), seen.clear(), backend.inputs.clear()
+        small = [("files", (f"s{i}.png", GOOD)) for i in range(6)]  # small images of one size: four at a time
+        assert len(client.post("/predict/batch?shapes=none", files=small).json()["results"]) == 6
+        assert seen == [4, 6] and [b.shape[0] for b in backend.inputs] == [4, 2]
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("max_upload_mb", float("inf"), "--max-upload-mb: Input should be a finite number (got inf)"),
+    ("max_upload_mb", float("nan"), "--max-upload-mb: Input should be a finite number (got nan)"),
+    ("max_upload_mb", 1e9, "--max-upload-mb: Input should be less than or equal to 4096"),
+    ("timeout", float("inf"), "--timeout: Input should be a finite number (got inf)"),
+    ("timeout", 1e12, "--timeout: Input should be less than or equal to 86400"),
+])
+def test_settings_refuse_unbounded_limits(option, value, message):
+    from pixelwise.errors import ConfigError
+
+    with pytest.raises(ConfigError) as refused:
+        make_settings(model="m.onnx", **{option: value})
+    assert message in str(refused.value)

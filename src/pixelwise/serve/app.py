@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections import deque
+from collections.abc import Iterator
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Annotated, Any
@@ -25,7 +27,7 @@ from pixelwise.errors import PixelwiseError
 from pixelwise.inference.predictor import AUTO_TILE_AREA
 from pixelwise.serve import encode
 from pixelwise.serve.guard import BodyLimit, InferenceQueue, ServeError
-from pixelwise.serve.options import BatchOptions, PredictOptions, predict_one
+from pixelwise.serve.options import BatchOptions, PredictOptions, check_tile, check_work, predict_one
 from pixelwise.serve.settings import ServedModel, ServeSettings, load_model
 from pixelwise.serve.uploads import BATCH_FIELD, FIELD, decode, read_upload, read_uploads
 
@@ -141,6 +143,7 @@ def _routes(served: ServedModel, settings: ServeSettings, queue: InferenceQueue)
     @router.post("/predict", summary="Segment one image", openapi_extra=PREDICT_BODY, responses=PREDICT_ANSWERS,
                  response_class=Response)
     async def predict(request: Request, options: Annotated[PredictOptions, Query()]) -> Response:
+        check_tile(seg, options)
         async with queue.place() as run:
             data, name = await read_upload(request)
             body, media, filename = await run(predict_one, served, data, name, options)
@@ -149,22 +152,36 @@ def _routes(served: ServedModel, settings: ServeSettings, queue: InferenceQueue)
     @router.post("/predict/batch", summary="Segment several images: JSON per image, or its error",
                  openapi_extra=BATCH_BODY)
     async def predict_batch(request: Request, options: Annotated[BatchOptions, Query()]) -> dict[str, Any]:
+        check_tile(seg, options)
         async with queue.place() as run:
             files = await read_uploads(request, settings.max_batch)
             return {"results": await run(_batch, files, options)}
 
     def _batch(files: list[tuple[bytes, str]], options: BatchOptions) -> list[dict[str, Any]]:
-        images, results = [], []
-        for data, name in files:
-            try:
-                images.append(decode(data, name, seg.spec, served.max_pixels))
-                results.append({"file": name})
-            except ServeError as e:
-                results.append({"file": name, "status": e.status, "detail": e.message})
-        masks = iter(seg.predict(images, tile=options.tile, overlap=options.overlap, tta=options.tta,
-                                 scales=options.scale_list))
-        return [encode.mask_json(seg, next(masks), options.shapes, options.tolerance, options.mask, r["file"])
-                if "detail" not in r else r for r in results]
+        # Each image is decoded when the model is ready for it and dropped once its mask is encoded: a batch holds
+        # a few decoded images at a time, never all of them. Up to four are predicted together, but only images
+        # small enough not to be tiled automatically; with tile=0 (any size whole) one at a time.
+        results: list[dict[str, Any]] = [{"file": name} for _, name in files]
+        waiting: deque[int] = deque()  # the decoded images handed to the model whose masks have not come back
+
+        def images() -> Iterator[Any]:
+            for i, (data, name) in enumerate(files):
+                try:
+                    image = decode(data, name, seg.spec, served.max_pixels)
+                    check_work(seg, image.shape, options, name)
+                except ServeError as e:
+                    results[i].update(status=e.status, detail=e.message)
+                    continue
+                waiting.append(i)
+                yield image
+
+        masks = seg.predict(images(), tile=options.tile, overlap=options.overlap, tta=options.tta,
+                            scales=options.scale_list, batch_size=1 if options.tile == 0 else 4)  # an iterator
+        for mask in masks:
+            i = waiting.popleft()
+            name = results[i]["file"]
+            results[i] = encode.mask_json(seg, mask, options.shapes, options.tolerance, options.mask, name)
+        return results
 
     return router
 

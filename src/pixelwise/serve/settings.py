@@ -23,6 +23,9 @@ from pixelwise.inference.predictor import Segmenter
 API_KEY_ENV = "PIXELWISE_API_KEY"
 SUMMARY_KEYS = ("name", "best_miou", "best_epoch", "epochs", "steps", "stopped_by", "train_images", "val_images")
 _SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
+# Upper bounds of --max-upload-mb (4 GiB: a body is held in memory) and --timeout (a day); inf or nan is refused.
+MAX_UPLOAD_MB = 4096.0
+MAX_TIMEOUT = 86400.0
 
 
 class ServeSettings(BaseModel):
@@ -36,10 +39,10 @@ class ServeSettings(BaseModel):
     workers: int = Field(1, ge=1, le=64)
     api_key: str | None = Field(None, repr=False)  # required on every API request when set
     cors_origins: list[str] = []  # browser origins allowed to call the API (none: CORS off)
-    max_upload_mb: float = Field(32.0, gt=0)  # request body limit
+    max_upload_mb: float = Field(32.0, gt=0, le=MAX_UPLOAD_MB, allow_inf_nan=False)  # request body limit (finite)
     max_image_pixels: int | None = Field(None, ge=1)  # None: the run's data.max_image_pixels, or the default
     queue: int = Field(32, ge=0)  # requests that may wait for the model beyond the one it is running
-    timeout: float = Field(60.0, gt=0)  # seconds for a request's body to arrive, and again for its answer
+    timeout: float = Field(60.0, gt=0, le=MAX_TIMEOUT, allow_inf_nan=False)  # s for a body, and again for an answer
     max_batch: int = Field(16, ge=1)  # images in one /predict/batch request
     device: str = "auto"  # PyTorch only
     threads: int | None = Field(None, ge=1)  # ONNX Runtime intra-op threads (None: its own choice)

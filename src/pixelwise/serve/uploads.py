@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from pixelwise.data.io import read_image_bytes, set_max_pixels, sniff_suffix
+from pixelwise.data.io import PIL_FORMATS, read_image_bytes, set_max_pixels, sniff_suffix
 from pixelwise.data.pixels import ChannelMismatch, Decoded, ImageSpec, dtype_class, fit_channels
 from pixelwise.errors import DataError
 from pixelwise.serve.guard import ServeError
@@ -48,9 +48,14 @@ async def read_upload(request: Any) -> tuple[bytes, str]:
     kind = request.headers.get("content-type", "").lower()
     if kind.startswith("multipart/form-data"):
         return (await _form_files(request, FIELD, 1))[0]
-    if kind.startswith("application/x-www-form-urlencoded"):
-        raise ServeError(415, f"a url-encoded form cannot carry an image; {HOW_TO_SEND}")
-    return await request.body(), _name(None, request.headers.get("x-filename", "upload"))
+    data = await request.body()
+    # Any other body is the image itself, whatever its declared type: `curl --data-binary @photo.png` declares a
+    # url-encoded form. Only a body that is really a form (`curl -d file=...`) is refused, with how to send one.
+    if kind.startswith("application/x-www-form-urlencoded") and data and not is_image(data):
+        raise ServeError(415, "the body is a url-encoded form, not an image (curl -d sends one); send the image "
+                              "as the multipart field 'file' (curl -F file=@photo.png) or as the raw request body "
+                              "(curl --data-binary @photo.png)")
+    return data, _name(None, request.headers.get("x-filename", "upload"))
 
 
 async def read_uploads(request: Any, max_files: int) -> list[tuple[bytes, str]]:
@@ -61,19 +66,24 @@ async def read_uploads(request: Any, max_files: int) -> list[tuple[bytes, str]]:
     return await _form_files(request, BATCH_FIELD, max_files)  # more files than max_files: Starlette's 400
 
 
+def is_image(data: bytes) -> bool:
+    """Whether the bytes begin as an image of a kind pixelwise reads (a broken one too); only the header is read."""
+    if sniff_suffix(data):  # a TIFF or .npy
+        return True
+    try:
+        with Image.open(io.BytesIO(data), formats=PIL_FORMATS):  # EPS, PSD, ...: not images pixelwise reads
+            return True
+    except UnidentifiedImageError:  # not an image, or not of a kind pixelwise reads
+        return False
+    except Exception:  # an image whose header itself is cut short or broken
+        return True
+
+
 def _status(data: bytes, message: str) -> int:
     """The status of bytes that failed to decode: too many pixels (413), not an image (415), a broken one (400)."""
     if "(data.max_image_pixels)" in message:  # the header check's message (io and raster share it)
         return 413
-    if sniff_suffix(data):  # a TIFF or .npy: recognised, so broken
-        return 400
-    try:
-        with Image.open(io.BytesIO(data)):
-            return 400  # an image whose pixels are cut short or broken
-    except UnidentifiedImageError:  # not an image, or not of a kind pixelwise reads
-        return 415
-    except Exception:  # an image whose header itself is cut short or broken
-        return 400
+    return 400 if is_image(data) else 415
 
 
 def _bits(dtype: str) -> str:
