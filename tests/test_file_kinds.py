@@ -173,3 +173,21 @@ def test_a_tiff_of_height_0_is_refused_by_name(tmp_path):
         io.read_image(tmp_path / "z.tif", None)
     with pytest.raises(DataError, match="has a size of 0"):
         io.read_image_bytes(bytes(data), None, "up")
+
+
+def test_streamed_prediction_reads_nodata_as_the_whole_file_readers_do(tmp_path):
+    # a raster predicted window by window meets its nodata pixels as NaN, as training read them
+    from pixelwise.inference.geo import WindowReader
+
+    values = np.linspace(100, 500, 32 * 32, dtype=np.float32).reshape(32, 32)
+    values[:, :8] = -9999
+    write_geotiff(tmp_path / "f.tif", values)
+    with rasterio().open(tmp_path / "f.tif", "r+") as ds:
+        ds.nodata = -9999
+    with rasterio().open(tmp_path / "f.tif") as ds:
+        window = WindowReader(ds, tmp_path / "f.tif", io.ImageSpec(nan_fill=0.0))[0:16, 0:16]
+        assert (window[:, :8] == 0).all() and window[:, 8:].min() >= 100
+        whole = io.read_image(tmp_path / "f.tif", io.ImageSpec(nan_fill=0.0))
+        assert np.array_equal(window, whole[:16, :16])
+        with pytest.raises(DataError, match="NaN.*in the window at row 0, column 0"):
+            WindowReader(ds, tmp_path / "f.tif", io.ImageSpec())[0:16, 0:16]

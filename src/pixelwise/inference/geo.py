@@ -56,6 +56,9 @@ class WindowReader:
         self.ds, self.path, self.spec = ds, path, spec
         self.bands = raster.check_bands(path, spec.bands, ds.count)
         self.shape = (ds.height, ds.width, spec.channels or len(self.bands))
+        from rasterio.enums import MaskFlags
+
+        self.internal_mask = any(MaskFlags.per_dataset in flags for flags in ds.mask_flag_enums)  # GDAL's mask band
 
     def __getitem__(self, key: tuple[slice, slice]) -> np.ndarray:
         from rasterio.windows import Window
@@ -63,6 +66,9 @@ class WindowReader:
         ys, xs = key
         window = Window(xs.start, ys.start, xs.stop - xs.start, ys.stop - ys.start)
         arr = self.ds.read(self.bands, window=window).transpose(1, 2, 0)
+        # nodata as the whole-file readers treat it (raster.apply_nodata): float pixels there become NaN
+        valid = self.ds.dataset_mask(window=window) != 0 if self.internal_mask else None
+        arr, _ = raster.apply_nodata(arr, self.ds.nodata, "image", valid)
         try:
             arr = check_pixels(fit_channels(Decoded(arr, 1), self.spec.channels, self.path), self.spec, self.path)
         except DataError as e:  # say where in the raster, not where in the window
