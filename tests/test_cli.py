@@ -72,3 +72,40 @@ def test_lr_find_writes_plot_and_suggests_a_rate(synthetic_data, tmp_path):
     rows = (tmp_path / "lrf" / "lr_find.csv").read_text().splitlines()
     assert rows[0] == "lr,loss,smoothed_loss" and len(rows) == 1 + found["steps"]
     assert not (tmp_path / "runs").exists()  # nothing of a run is written
+
+
+def test_bad_budgets_and_numbers_are_one_message_without_traceback(synthetic_data, tmp_path):
+    (tmp_path / "base.yaml").write_text(f"data: {{root: {synthetic_data}}}\n")
+    for args, expected in [
+        (("plan", synthetic_data, "--time-budget", "10x", "--no-measure"), "--time-budget: '10x' is not a duration"),
+        (("plan", synthetic_data, "--time-budget", "0s", "--no-measure"), "--time-budget 0s: give a time above zero"),
+        (("tune", tmp_path / "base.yaml", "--trials", "1", "--budget", "2x"), "--budget: '2x' is not a duration"),
+        (("tune", tmp_path / "base.yaml", "--trials", "1", "--trial-budget", "2x"), "--trial-budget: '2x' is not"),
+        (("train", "--data", synthetic_data, "--time-budget", "0s"), "train.time_budget: a time above zero"),
+        (("train", "--data", synthetic_data, "--set", "train.time_budget=-5"), "train.time_budget: a time above"),
+        (("train", "--data", synthetic_data, "--set", "train.epochs=yes"), "train.epochs: a whole number, not true"),
+        (("train", "--data", synthetic_data, "--set", "loss.terms.dice=-1"), "loss.terms: loss term weights must"),
+    ]:
+        result = _run(*args, cwd=tmp_path)
+        assert result.returncode == 1, (args, result.stderr)
+        assert expected in " ".join(result.stderr.split()), (args, result.stderr)
+        assert "Traceback" not in result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_config_key_filters_the_merged_config(tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+
+    from pixelwise.cli import app
+
+    merged = CliRunner().invoke(app, ["config", "train.epochs", "--set", "train.epochs=3"])
+    assert merged.exit_code == 0, merged.output
+    assert yaml.safe_load(merged.stdout) == {"train": {"epochs": 3}}
+    (tmp_path / "c.yaml").write_text("optim:\n  lr: 0.01\n")
+    section = CliRunner().invoke(app, ["config", "optim", "--resolve", str(tmp_path / "c.yaml")])
+    assert list(yaml.safe_load(section.stdout)) == ["optim"] and yaml.safe_load(section.stdout)["optim"]["lr"] == 0.01
+    whole = CliRunner().invoke(app, ["config", "--set", "train.epochs=3"])
+    assert set(yaml.safe_load(whole.stdout)) == {"name", "data", "augment", "model", "loss", "optim", "train"}
+    missing = CliRunner().invoke(app, ["config", "trian", "--set", "train.epochs=3"])
+    assert missing.exit_code != 0 and "no config key starts with 'trian'" in str(missing.exception)

@@ -143,3 +143,89 @@ def test_paths_for_is_the_inverse_of_paths_from(tmp_path, monkeypatch):
     # an absolute path holds anywhere; a classes name that is no file here is looked up in the dataset folder
     kept = paths_for({"data": {"root": "/srv/x", "classes": "classes.yaml"}}, tmp_path / "configs")
     assert kept == {"data": {"root": "/srv/x", "classes": "classes.yaml"}}
+
+
+@pytest.mark.parametrize("value", ["-5", ".nan", ".inf", "-.inf", "0", "0s", "0.0m", "true", "soon", "1e400",
+                                   "1" + "0" * 400 + "s"])
+def test_time_budget_must_be_a_time_above_zero(value):
+    with pytest.raises(ConfigError, match=r"train.time_budget: (a time above zero|a duration|'.*' is not a dur)"):
+        load_config(overrides=[f"train.time_budget={value}"])
+
+
+@pytest.mark.parametrize("value,text,seconds", [("1000000", "1000000s", 1e6), ("2.5", "2.5s", 2.5),
+                                                ("1.0e+7", "10000000s", 1e7), ("0.001", "0.001s", 0.001),
+                                                ("15m", "15m", 900), ("'90'", "90", 90)])
+def test_a_time_budget_number_is_stored_as_seconds_that_read_back(tmp_path: Path, value, text, seconds):
+    cfg = load_config(overrides=[f"train.time_budget={value}"])
+    assert cfg.train.time_budget == text and cfg.train.time_budget_seconds == seconds
+    path = tmp_path / "c.yaml"
+    path.write_text(cfg.to_yaml())  # what training writes to config.yaml and reads again
+    assert load_config(path).train.time_budget_seconds == seconds
+    path.write_text(f"train:\n  time_budget: {value}\n")  # a number in a YAML file
+    assert load_config(path).train.time_budget_seconds == seconds
+
+
+@pytest.mark.parametrize("seconds", [1.0, 90.0, 600.0, 1e6, 6e7, 1e20, 2.5, 1 / 3, 0.1 + 0.2, 1e-7, 3600 * 1e9])
+def test_duration_text_round_trips(seconds):
+    from pixelwise.config_sections import duration_text
+
+    text = duration_text(seconds)
+    assert "e" not in text and parse_duration(text) == seconds
+
+
+def test_positive_duration_names_the_option():
+    from pixelwise.config_sections import positive_duration
+
+    assert positive_duration("2m", "--budget") == 120
+    with pytest.raises(ConfigError, match=r"^--trial-budget: '2x' is not a duration"):
+        positive_duration("2x", "--trial-budget")
+    with pytest.raises(ConfigError, match=r"^--budget 0s: give a time above zero"):
+        positive_duration("0s", "--budget")
+    with pytest.raises(ConfigError, match=r"^--budget -1: give a time above zero"):
+        positive_duration(-1, "--budget")
+
+
+@pytest.mark.parametrize("override,message", [
+    ("loss.terms.dice=-1", "loss.terms: loss term weights must be non-negative with at least one above zero"),
+    ("loss={ce: 0, dice: 0}", "loss.terms: loss term weights must be non-negative"),
+    ("loss.terms.dice=.nan", "loss.terms.dice: Input should be a finite number"),
+    ("loss.class_weights=[1, 1, 1, .nan]", "loss.class_weights.3: Input should be a finite number"),
+    ("loss.class_weights=[1, .inf]", "loss.class_weights.1: Input should be a finite number"),
+    ("loss.class_weights=[1, -1]", "loss.class_weights: class weights must be non-negative"),
+    ("optim.weight_decay=.inf", "optim.weight_decay: Input should be a finite number"),
+    ("loss.focal_gamma=.inf", "loss.focal_gamma: Input should be a finite number"),
+    ("optim.momentum=.nan", "optim.momentum: Input should be a finite number"),
+    ("train.grad_clip=.inf", "train.grad_clip: Input should be a finite number"),
+    ("data.cache_max_gb=.inf", "data.cache_max_gb: Input should be a finite number"),
+    ("model.mean=[0, .nan, 0]", "model.mean.1: Input should be a finite number"),
+    ("optim.step_milestones=[0.5, .nan]", "optim.step_milestones.1: Input should be a finite number"),
+])
+def test_weights_and_other_numbers_are_finite_and_in_range(override, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(overrides=[override])
+    assert message in str(e.value) and "function-" not in str(e.value) and "list[" not in str(e.value)
+
+
+def test_a_zero_weight_beside_a_positive_one_is_allowed():
+    assert load_config(overrides=["loss={ce: 0, dice: 1}"]).loss.terms == {"ce": 0.0, "dice": 1.0}
+    assert load_config(overrides=["loss.class_weights=[0, 1]"]).loss.class_weights == [0.0, 1.0]
+
+
+@pytest.mark.parametrize("override", ["train.epochs=true", "train.epochs=yes", "train.epochs=on",
+                                      "train.batch_size=off", "data.crop_size=yes", "data.channels=true",
+                                      "data.bands=[1, true]", "optim.lr=true", "loss.terms.dice=yes",
+                                      "train.early_stopping={patience: on}", "model.in_channels=yes"])
+def test_numbers_refuse_booleans(override):
+    key = override.split("=")[0].split(".")[:2]
+    with pytest.raises(ConfigError, match=rf"{'.'.join(key)}.*a (whole )?number, not true/false"):
+        load_config(overrides=[override])
+
+
+def test_numbers_from_yaml_and_the_command_line_still_load(tmp_path: Path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  epochs: 3\n  seed: 0\n  ema: 0.99\ndata:\n  crop_size: 64\n  bands: [3, 2, 1]\n"
+                    "loss:\n  class_weights: [1, 2, 0.5]\n")
+    cfg = load_config(path, ["train.batch_size=2", "optim.lr=1e-3", "data.channels=3"])
+    assert cfg.train.epochs == 3 and cfg.train.batch_size == 2 and cfg.data.crop_size == (64, 64)
+    assert cfg.data.bands == [3, 2, 1] and cfg.loss.class_weights == [1.0, 2.0, 0.5] and cfg.data.channels == 3
+    assert load_config(overrides=["data.cache=on", "train.compile=true"]).data.cache is True  # booleans stay

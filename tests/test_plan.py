@@ -201,3 +201,52 @@ def test_train_auto_shows_the_plan_as_written(tmp_path):
     assert "names: [value_255, value_0]}" in result.output.replace("\n", "")
     assert (tmp_path / "run" / "plan.yaml").read_text() in result.output  # an absolute data.root holds anywhere
     assert load_config(tmp_path / "run" / "plan.yaml").data.root == (tmp_path / "data").resolve()
+
+
+@pytest.mark.parametrize("budget,match", [("10x", r"^--time-budget: '10x' is not a duration"),
+                                          ("0s", r"^--time-budget 0s: give a time above zero"),
+                                          ("-5", r"^--time-budget: '-5' is not a duration")])
+def test_a_bad_budget_is_one_error_naming_the_option(budget, match):
+    from pixelwise.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        make_plan(fingerprint(), budget, CPU, measure=False, pretrained=False)
+
+
+@pytest.mark.parametrize("budget,written,seconds", [("1000000s", "1000000s", 1e6), ("2.5s", "2.5s", 2.5),
+                                                    ("0.75m", "45s", 45), ("1000000m", "1000000m", 6e7),
+                                                    ("90.25s", "90.25s", 90.25), ("1.5h", "90m", 5400)])
+def test_the_planned_budget_reads_back_for_large_and_fractional_budgets(tmp_path, budget, written, seconds):
+    plan = make_plan(fingerprint(), budget, CPU, measure=False, pretrained=False)
+    assert plan.config().train.time_budget == written
+    (tmp_path / "plan.yaml").write_text(plan.to_yaml())
+    assert load_config(tmp_path / "plan.yaml").train.time_budget_seconds == seconds
+
+
+def test_a_plan_without_measuring_says_its_speed_is_assumed():
+    from pixelwise.plan import _budget_text
+
+    assumed = make_plan(fingerprint(), "10m", CPU, measure=False, pretrained=False).to_yaml()
+    assert "assumed (not measured) 4.0 training images/s" in assumed and "measured 4.0" not in assumed
+    measured = {d.key: d for d in rule_schedule(fingerprint(), 600, 4.0, [320, 320], 8)}
+    assert measured["train.epochs"].reason.startswith("measured 4.0 training images/s")
+    assert [_budget_text(s) for s in (600, 90, 1e6, 2.5)] == ["10m", "90s", "1000000s", "2.5s"]
+
+
+def test_plan_out_replaces_a_file_only_with_overwrite(synthetic_data, tmp_path):
+    from typer.testing import CliRunner
+
+    from pixelwise.cli import app
+
+    out = tmp_path / "plan.yaml"
+    out.write_text("mine\n")
+    args = ["plan", str(synthetic_data), "--no-measure", "--device", "cpu", "--out", str(out)]
+    refused = CliRunner().invoke(app, args)
+    assert refused.exit_code != 0 and "pass --overwrite to replace it" in str(refused.exception)
+    assert out.read_text() == "mine\n"
+    replaced = CliRunner().invoke(app, [*args, "--overwrite", "--time-budget", "1000000s"])
+    assert replaced.exit_code == 0, replaced.output
+    assert load_config(out).train.time_budget_seconds == 1e6
+    bad = CliRunner().invoke(app, [*args, "--overwrite", "--time-budget", "10x"])
+    assert bad.exit_code != 0 and "--time-budget: '10x' is not a duration" in str(bad.exception)
+    assert load_config(out).train.time_budget_seconds == 1e6  # a refused plan leaves the file as it was

@@ -144,6 +144,46 @@ def test_a_study_continues_only_with_its_space_and_settings(study_files: dict, m
         tune(TuneRequest(**{**vars(req), "study": "other", "resume": True}))
 
 
+def test_a_study_continues_only_with_its_trial_budget(study_files: dict, monkeypatch: pytest.MonkeyPatch):
+    import pixelwise.tune.study as study_module
+
+    budgets = []
+
+    def scripted(trial, parent, space, base, settings, prune):  # noqa: ANN001, ANN202
+        budgets.append(base["train"]["time_budget"])  # what the trial would train for
+        return 0.5
+
+    monkeypatch.setattr(study_module, "run_trial", scripted)
+    req = TuneRequest(config=study_files["config"], trials=1, study="s", space=study_files["space"],
+                      out=study_files["out"], trial_budget="5m")
+    tune(req)
+    with pytest.raises(PixelwiseError, match=r"other settings \(trial_budget: study '300s', now '600s'\)"):
+        tune(TuneRequest(**{**vars(req), "trials": 2, "trial_budget": "10m"}))  # never silently the study's 5m
+    assert len(trials_of(study_files["url"])) == 1
+    tune(TuneRequest(**{**vars(req), "trials": 2, "trial_budget": "300s"}))  # the same budget, written otherwise
+    assert budgets == ["300s", "300s"] and len(trials_of(study_files["url"])) == 2
+    # a study created before the budget was stored: its base configuration's budget stands for it
+    study = optuna.load_study(study_name="s", storage=study_files["url"])
+    info = study.user_attrs["pixelwise"]
+    del info["settings"]["trial_budget"]
+    study.set_user_attr("pixelwise", info)
+    with pytest.raises(PixelwiseError, match=r"trial_budget: study '300s', now '60s'"):
+        tune(TuneRequest(**{**vars(req), "trials": 3, "trial_budget": "1m"}))
+    assert tune(TuneRequest(**{**vars(req), "trials": 3}))["ran"] == 1
+
+
+@pytest.mark.parametrize("option,value,match", [
+    ("budget", "2x", r"^--budget: '2x' is not a duration"), ("trial_budget", "2x", r"^--trial-budget: '2x' is not"),
+    ("budget", "0s", r"^--budget 0s: give a time above zero"), ("trial_budget", "0m", r"^--trial-budget 0m: give"),
+])
+def test_bad_budgets_name_their_option_before_the_study_is_opened(study_files: dict, option, value, match):
+    req = TuneRequest(config=study_files["config"], trials=1, study="s", space=study_files["space"],
+                      out=study_files["out"], **{option: value})
+    with pytest.raises(ConfigError, match=match):
+        tune(req)
+    assert not study_files["db"].exists()
+
+
 def test_kill_9_during_trial_2_then_rerun_keeps_trial_1_and_completes(study_files: dict):
     proc = worker(study_files, trials=3, sleep=0.2, long_trial=1, long=120)
     deadline = time.monotonic() + 300  # a loaded machine imports torch slowly

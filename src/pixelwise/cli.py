@@ -200,12 +200,13 @@ def plan(
                                          "data.root as seen from its folder)."),
     device: str = typer.Option("auto", help="Plan for cpu, cuda or auto (this machine's)."),
     measure: bool = typer.Option(True, help="Time a few training steps to fit crops and epochs to the budget."),
+    overwrite: bool = typer.Option(False, help="Replace the --out file if it exists (written whole, or not at all)."),
 ) -> None:
     """Choose a config from the dataset's fingerprint and this machine, each choice with its reason."""
     from pixelwise.plan import plan_dataset
 
     if out_file is not None:
-        check_new_file(out_file)
+        check_new_file(out_file, overwrite)
     result = plan_dataset(root, fmt, budget, device, measure)
     out.print(result.to_yaml(), markup=False, highlight=False, soft_wrap=True)
     if out_file is not None:  # data.root as seen from the file's folder, where `train FILE` will read it from

@@ -76,16 +76,36 @@ def config(
                                                      "or without --resolve, prints the merged result."),
 ) -> None:
     """Every config key with its default and description, as YAML; or a config merged with overrides (--resolve)."""
+    from pixelwise.config import suggest_key
+
     if resolve is not None or set_:
+        import yaml
+
         from pixelwise.config import load_config
 
         # keys and values are checked; names (encoder, loss, ...) are checked by train, which imports torch
-        out.print(load_config(resolve, set_).to_yaml(), markup=False, highlight=False, soft_wrap=True, end="")
+        tree = _starting_with(load_config(resolve, set_).model_dump(mode="json"), key or "")
+        if not tree:
+            raise PixelwiseError(f"no config key starts with '{key}'{suggest_key(key or '')}")
+        out.print(yaml.safe_dump(tree, sort_keys=False), markup=False, highlight=False, soft_wrap=True, end="")
         return
-    from pixelwise.config import suggest_key
     from pixelwise.config_keys import reference_yaml
 
     text = reference_yaml(key or "")
     if not text.strip():
         raise PixelwiseError(f"no config key starts with '{key}'{suggest_key(key or '')}")
     out.print(text, markup=False, highlight=False, soft_wrap=True, end="")
+
+
+def _starting_with(tree: dict, prefix: str) -> dict:
+    """The keys of a config tree (``name`` and ``section.key``, as the reference lists them) starting with
+    ``prefix``; sections keep their order."""
+    kept: dict = {}
+    for name, value in tree.items():
+        if isinstance(value, dict):
+            leaves = {leaf: v for leaf, v in value.items() if f"{name}.{leaf}".startswith(prefix)}
+            if leaves:
+                kept[name] = leaves
+        elif name.startswith(prefix):
+            kept[name] = value
+    return kept

@@ -7,6 +7,7 @@ merges a YAML file, ``--set a.b=value`` overrides and CLI shortcuts, then valida
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -88,9 +89,10 @@ def suggest_key(name: str) -> str:
 def format_validation_error(err: ValidationError, source: str) -> str:
     lines = []
     for e in err.errors():
-        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-        # Union members show up in the path (e.g. 'ClassTable', 'int'); keep only real keys.
-        loc = tuple(p for p in loc if not (isinstance(p, str) and (p[:1].isupper() or p in _TYPE_NAMES)))
+        # Union members and validators show up in the path (e.g. 'ClassTable', 'int', 'list[function-before[...]]');
+        # keep only real keys.
+        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and (
+            p[:1].isupper() or p in _TYPE_NAMES or _TYPE_PATH.match(p))))
         path = ".".join(str(p) for p in loc) or "(top level)"
         if e["type"] == "extra_forbidden":
             lines.append(f"  {path}: unknown key{_suggest(loc)}")
@@ -101,6 +103,7 @@ def format_validation_error(err: ValidationError, source: str) -> str:
 
 
 _TYPE_NAMES = {"int", "str", "float", "bool", "list", "dict", "tuple", "none", "literal['auto']", "path"}
+_TYPE_PATH = re.compile(r"^(function-[a-z-]+|list|tuple|dict|set)\[")
 
 
 def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:

@@ -8,17 +8,34 @@ from __future__ import annotations
 
 import math
 import re
+from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from pixelwise.data.classes import ClassTable
+from pixelwise.errors import ConfigError
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Floats are finite everywhere (a NaN or infinite weight, rate or size is refused, not trained with).
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+def _not_bool(kind: str) -> BeforeValidator:
+    # YAML reads true/false, yes/no and on/off as booleans, which pydantic would take as 1 and 0.
+    def check(v: Any) -> Any:
+        if isinstance(v, bool):
+            raise ValueError(f"{kind}, not true/false (YAML reads yes, no, on and off as true and false)")
+        return v
+
+    return BeforeValidator(check)
+
+
+Int = Annotated[int, _not_bool("a whole number")]  # numeric fields: a boolean is refused, not read as 0 or 1
+Float = Annotated[float, _not_bool("a number")]
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|hr)?\s*$", re.IGNORECASE)
@@ -33,6 +50,26 @@ def parse_duration(text: str | float | int) -> float:
     if not match:
         raise ValueError(f"'{text}' is not a duration; write e.g. 90s, 15m or 1.5h")
     return float(match.group(1)) * _UNIT_SECONDS[(match.group(2) or "s").lower()]
+
+
+def duration_text(seconds: float) -> str:
+    """Seconds as a duration ``parse_duration`` reads back exactly: '600s', '2.5s', '1000000s' (never 1e+06s)."""
+    seconds = float(seconds)
+    if seconds.is_integer():
+        return f"{int(seconds)}s"
+    return f"{Decimal(repr(seconds)):f}s"  # fixed-point digits of the shortest exact form
+
+
+def positive_duration(text: str | float | int, option: str) -> float:
+    """Seconds of a time given to ``option`` (e.g. '--time-budget'); a ConfigError naming it when ``text`` is no
+    duration or not above zero."""
+    try:
+        seconds = parse_duration(text)
+    except ValueError as e:
+        raise ConfigError(f"{option}: {e}") from None
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ConfigError(f"{option} {text}: give a time above zero, e.g. 90s, 15m or 1.5h")
+    return seconds
 
 
 def parse_hw(text: str) -> list[int]:
@@ -54,29 +91,29 @@ class DataConfig(Strict):
     classes: ClassTable | Path | None = None  # inline table, a classes file, or found/inferred
     train_split: str = "train"
     val_split: str | None = "val"
-    val_fraction: float = Field(0.2, ge=0.0, lt=1.0)  # used when the data has no val split
-    split_seed: int = 0
+    val_fraction: Float = Field(0.2, ge=0.0, lt=1.0)  # used when the data has no val split
+    split_seed: Int = 0
     # k-fold cross-validation (nnU-Net style): the training pool in ``folds`` seeded folds; ``fold`` validates,
     # the others train. Set by `pixelwise train --folds K`, one run per fold (data/splits.py).
-    folds: int | None = Field(None, ge=2)
-    fold: int | None = Field(None, ge=0)
-    crop_size: tuple[int, int] = (320, 320)
-    class_crops: float = Field(0.0, ge=0, le=1)  # share of crops placed on a class drawn from the image's classes
+    folds: Int | None = Field(None, ge=2)
+    fold: Int | None = Field(None, ge=0)
+    crop_size: tuple[Int, Int] = (320, 320)
+    class_crops: Float = Field(0.0, ge=0, le=1)  # share of crops placed on a class drawn from the image's classes
     # Progressive crops: training starts on crops of crop_start x each side, growing to the full crop_size by
     # crop_ramp of the training (more steps per minute early on; engine/progressive.py)
-    crop_start: float = Field(1.0, gt=0, le=1)
-    crop_ramp: float = Field(0.5, gt=0, le=1)
+    crop_start: Float = Field(1.0, gt=0, le=1)
+    crop_ramp: Float = Field(0.5, gt=0, le=1)
     # Input channels: any count; auto: 8-bit images 1 (all gray) or 3 (any colour), other data as the files hold.
-    channels: int | Literal["auto"] = "auto"
-    bands: list[int] | None = None  # 1-based bands kept, in order, e.g. [4, 3, 2, 8]
+    channels: Int | Literal["auto"] = "auto"
+    bands: list[Int] | None = None  # 1-based bands kept, in order, e.g. [4, 3, 2, 8]
     pages_as_channels: bool = False  # a multi-page TIFF is one image with a channel per page (else refused)
     channel_axis: Literal["auto", "last", "first"] = "auto"  # .npy images: HxWxC (last) or CxHxW (first)
-    nan_fill: float | None = None  # NaN/Inf pixels take this value; null: they are an error naming the file
+    nan_fill: Float | None = None  # NaN/Inf pixels take this value; null: they are an error naming the file
     dtype: str | None = None  # the images' pixel type (written by training; evaluation refuses other types)
     cache: bool = True
-    cache_max_gb: float = Field(4.0, ge=0)
-    num_workers: int = Field(-1, ge=-1)  # -1: chosen from the machine
-    max_image_pixels: int = Field(200_000_000, ge=1)  # larger images are refused before decoding (bomb guard)
+    cache_max_gb: Float = Field(4.0, ge=0)
+    num_workers: Int = Field(-1, ge=-1)  # -1: chosen from the machine
+    max_image_pixels: Int = Field(200_000_000, ge=1)  # larger images are refused before decoding (bomb guard)
 
     @field_validator("format")
     @classmethod
@@ -155,15 +192,15 @@ class ModelConfig(Strict):
     encoder_weights: str | None = "auto"
     # A whole model to start from (encoder, decoder and head): a run directory, a .safetensors file or hf://USER/REPO.
     init_from: str | None = None
-    in_channels: int | Literal["auto"] = "auto"
+    in_channels: Int | Literal["auto"] = "auto"
     # auto: 'encoder' for 8-bit images (the encoder's pretraining statistics, on the 0-1 scale: pixel / 255),
     # 'zscore' for any other type (per-channel mean/std of the training pixels, in the data's own units, after
     # clipping to their 0.5-99.5th percentiles); 'none': the network sees the values as they are.
     normalization: Literal["auto", "encoder", "zscore", "none"] = "auto"
     # Per channel; null: resolved as above and written into the run's config.yaml.
-    mean: list[float] | None = None
-    std: list[float] | None = None
-    clip: list[tuple[float, float]] | None = None  # zscore: per-channel [low, high] in the data's units
+    mean: list[Float] | None = None
+    std: list[Float] | None = None
+    clip: list[tuple[Float, Float]] | None = None  # zscore: per-channel [low, high] in the data's units
     options: dict[str, Any] = Field(default_factory=dict)  # passed to the architecture
 
     @model_validator(mode="after")
@@ -191,23 +228,23 @@ class DistillConfig(Strict):
     # Knowledge distillation (engine/distill.py): the student also matches the teacher's softened class
     # probabilities, KL(teacher/T || student/T) * T^2, added with this weight to the ground-truth loss.
     teacher: Path  # the teacher's run directory (its config.yaml and best.safetensors)
-    weight: float = Field(1.0, gt=0)
-    temperature: float = Field(2.0, gt=0)
+    weight: Float = Field(1.0, gt=0)
+    temperature: Float = Field(2.0, gt=0)
     pixels: Literal["all", "labelled"] = "all"  # all: void pixels are distilled too (the teacher labels them)
 
 
 class LossConfig(Strict):
     # name -> weight. Default Dice: on CamVid (Unet-resnet18, 300 equal steps) it reached val mIoU 0.449 where
     # CE reached 0.339, CE+Dice 0.386, focal 0.352, MAE 0.292 and Lovász 0.443 (README, "Which loss").
-    terms: dict[str, float] = Field(default_factory=lambda: {"dice": 1.0})
+    terms: dict[str, Float] = Field(default_factory=lambda: {"dice": 1.0})
     # Per-class weights: a list, or 'auto' = median-frequency balancing from the training masks (resolved to a
     # list in the run's config.yaml). Used by ce and bce, and by focal/dice/jaccard/tversky in multiclass mode.
-    class_weights: list[float] | Literal["auto"] | None = None
-    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)  # ce and bce
+    class_weights: list[Float] | Literal["auto"] | None = None
+    label_smoothing: Float = Field(0.0, ge=0.0, lt=1.0)  # ce and bce
     mode: Literal["auto", "multiclass", "binary"] = "auto"  # auto: binary for two-class data
-    focal_gamma: float = Field(2.0, ge=0.0)
-    tversky_alpha: float = Field(0.3, ge=0.0)  # weight of false positives
-    tversky_beta: float = Field(0.7, ge=0.0)  # weight of false negatives
+    focal_gamma: Float = Field(2.0, ge=0.0)
+    tversky_alpha: Float = Field(0.3, ge=0.0)  # weight of false positives
+    tversky_beta: Float = Field(0.7, ge=0.0)  # weight of false negatives
     distill: DistillConfig | None = None  # e.g. {teacher: runs/camvid-unet, weight: 1.0, temperature: 2.0}
 
     @field_validator("class_weights")
@@ -232,6 +269,8 @@ class LossConfig(Strict):
     def _some_terms(cls, v: dict[str, float]) -> dict[str, float]:
         if not v:
             raise ValueError("at least one loss term is needed")
+        if min(v.values()) < 0 or max(v.values()) <= 0:  # a negative weight would train the term backwards
+            raise ValueError("loss term weights must be non-negative with at least one above zero")
         return {k.lower(): w for k, w in v.items()}
 
 
@@ -239,18 +278,18 @@ class OptimConfig(Strict):
     # sgd, gd (full-batch gradient descent), adam, adamw, nadam, radam, adamax, rmsprop, adagrad, adadelta,
     # asgd, adafactor: see `pixelwise.optim.OPTIMIZERS`.
     name: str = "adamw"
-    lr: float = Field(1e-3, gt=0, allow_inf_nan=False)
-    weight_decay: float = Field(1e-4, ge=0)
-    momentum: float = Field(0.9, ge=0, lt=1)  # sgd
+    lr: Float = Field(1e-3, gt=0, allow_inf_nan=False)
+    weight_decay: Float = Field(1e-4, ge=0)
+    momentum: Float = Field(0.9, ge=0, lt=1)  # sgd
     nesterov: bool = False  # sgd
     options: dict[str, Any] = Field(default_factory=dict)  # passed to the torch optimizer, e.g. {betas: [0.9, 0.99]}
-    encoder_lr_mult: float = Field(1.0, gt=0)  # learning rate of the encoder relative to the rest (e.g. 0.1)
+    encoder_lr_mult: Float = Field(1.0, gt=0)  # learning rate of the encoder relative to the rest (e.g. 0.1)
     scheduler: Literal["constant", "step", "poly", "cosine", "onecycle"] = "cosine"
-    warmup: float = Field(0.03, ge=0, lt=1)  # fraction of training spent warming up linearly (not onecycle)
-    min_lr_ratio: float = Field(0.01, ge=0, le=1)  # cosine and poly end at lr * min_lr_ratio
-    poly_power: float = Field(0.9, gt=0)
-    step_milestones: list[float] = Field(default_factory=lambda: [1 / 3, 2 / 3])  # fractions of training
-    step_gamma: float = Field(0.1, gt=0, le=1)
+    warmup: Float = Field(0.03, ge=0, lt=1)  # fraction of training spent warming up linearly (not onecycle)
+    min_lr_ratio: Float = Field(0.01, ge=0, le=1)  # cosine and poly end at lr * min_lr_ratio
+    poly_power: Float = Field(0.9, gt=0)
+    step_milestones: list[Float] = Field(default_factory=lambda: [1 / 3, 2 / 3])  # fractions of training
+    step_gamma: Float = Field(0.1, gt=0, le=1)
 
     @field_validator("step_milestones")
     @classmethod
@@ -266,24 +305,24 @@ class OptimConfig(Strict):
 
 
 class EarlyStoppingConfig(Strict):
-    patience: int = Field(ge=1)  # evaluations without improvement before training stops
-    min_delta: float = Field(0.0, ge=0)  # val mIoU must rise by more than this to count as an improvement
+    patience: Int = Field(ge=1)  # evaluations without improvement before training stops
+    min_delta: Float = Field(0.0, ge=0)  # val mIoU must rise by more than this to count as an improvement
 
 
 class TrainConfig(Strict):
-    epochs: int = Field(50, ge=1)
-    max_steps: int | None = Field(None, ge=1)
+    epochs: Int = Field(50, ge=1)
+    max_steps: Int | None = Field(None, ge=1)
     time_budget: str | None = None  # e.g. 15m; training stops at whichever rule comes first
-    batch_size: int = Field(8, ge=1)
-    eval_batch_size: int = Field(4, ge=1)
-    eval_every: int = Field(1, ge=1)  # epochs
+    batch_size: Int = Field(8, ge=1)
+    eval_batch_size: Int = Field(4, ge=1)
+    eval_every: Int = Field(1, ge=1)  # epochs
     device: str = "auto"
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
     channels_last: bool = True
-    seed: int = 0
-    grad_clip: float | None = Field(None, gt=0)  # max global gradient norm
-    accumulate: int = Field(1, ge=1)  # batches whose gradients are summed per optimizer step
-    ema: float | None = Field(None, gt=0, lt=1)  # decay of an exponential moving average of the weights
+    seed: Int = 0
+    grad_clip: Float | None = Field(None, gt=0)  # max global gradient norm
+    accumulate: Int = Field(1, ge=1)  # batches whose gradients are summed per optimizer step
+    ema: Float | None = Field(None, gt=0, lt=1)  # decay of an exponential moving average of the weights
     early_stopping: EarlyStoppingConfig | None = None  # e.g. {patience: 5, min_delta: 0.001}
     nonfinite_loss: Literal["stop", "skip"] = "stop"  # NaN/Inf loss: stop, or skip the batch (10 in a row stop)
     sync_bn: bool = False  # torchrun: BatchNorm statistics over the global batch (SyncBatchNorm)
@@ -308,8 +347,13 @@ class TrainConfig(Strict):
     def _duration(cls, v: Any) -> Any:
         if v is None:
             return None
-        parse_duration(v)
-        return str(v)
+        if isinstance(v, bool):
+            raise ValueError("a duration such as 90s, 15m or 1.5h, not true/false (null: no limit)")
+        seconds = parse_duration(v)
+        if not (math.isfinite(seconds) and seconds > 0):
+            raise ValueError("a time above zero, e.g. 90s, 15m or 1.5h (null: no limit)")
+        # a number is seconds, stored as text that reads back the same (-5, .nan or 1e6 never reach training)
+        return str(v) if isinstance(v, str) else duration_text(seconds)
 
     @property
     def time_budget_seconds(self) -> float | None:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from pixelwise.config import Config, parse_duration, paths_for, set_dotted
+from pixelwise.config_sections import duration_text, positive_duration
 from pixelwise.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -268,9 +269,9 @@ def rule_progressive(machine: Machine, steps: float, crop: list[int]) -> tuple[l
 
 
 def rule_schedule(fp: Fingerprint, budget_s: float, ips: float, crop: list[int], batch: int,
-                  gain: tuple[float, float] = (1.0, 1.0)) -> list[Decision]:
-    """``ips``: measured at full crops; ``gain``: how much faster training goes with progressive crops, on average
-    and at their fastest (``engine.progressive.progressive_gain``)."""
+                  gain: tuple[float, float] = (1.0, 1.0), measured: bool = True) -> list[Decision]:
+    """``ips``: at full crops, measured (or assumed: ``measured`` False); ``gain``: how much faster training goes
+    with progressive crops, on average and at their fastest (``engine.progressive.progressive_gain``)."""
     n = train_images(fp)
     average, fastest = gain
     steps = int(budget_s * ips * average / batch)
@@ -284,9 +285,9 @@ def rule_schedule(fp: Fingerprint, budget_s: float, ips: float, crop: list[int],
     eval_s = val_pixels / (crop[0] * crop[1]) / (3 * ips)
     epoch_s = n / (ips * average)
     every = max(1, math.ceil(eval_s / (EVAL_SHARE * epoch_s)))
+    rate = f"{'measured' if measured else 'assumed (not measured)'} {ips:.1f} training images/s"
     return [Decision("train.time_budget", _budget_text(budget_s), "the budget asked for"),
-            Decision("train.epochs", epochs, f"measured {ips:.1f} training images/s: about {expected} epochs "
-                     f"({steps} steps) fit the budget" + (
+            Decision("train.epochs", epochs, f"{rate}: about {expected} epochs ({steps} steps) fit the budget" + (
                          f" ({average:.2g}x with progressive crops; {epochs} epochs, the pace of the smallest crops, "
                          "so that the clock ends training and drives the schedules)" if fastest > 1 else "")),
             Decision("train.eval_every", every, f"evaluating {val_images(fp)} val images takes about {eval_s:.0f} s "
@@ -295,7 +296,9 @@ def rule_schedule(fp: Fingerprint, budget_s: float, ips: float, crop: list[int],
 
 
 def _budget_text(seconds: float) -> str:
-    return f"{seconds / 60:g}m" if seconds % 60 == 0 else f"{seconds:g}s"
+    """Whole minutes where they say it exactly ('10m'), else seconds; never an exponent, which durations refuse."""
+    minutes = f"{int(seconds // 60)}m" if seconds % 60 == 0 else ""
+    return minutes if minutes and parse_duration(minutes) == seconds else duration_text(seconds)
 
 
 # --- measuring ---------------------------------------------------------------------------------------------------
@@ -353,9 +356,7 @@ def make_plan(fp: Fingerprint, budget: str, machine: Machine, measure: bool = Tr
     estimate of 4 images/s on a CPU, 40 on a GPU, is used). ``pretrained``: None = the first encoder whose
     weights are available (``available_pretrained``).
     """
-    budget_s = parse_duration(budget)
-    if budget_s <= 0:
-        raise ConfigError(f"--budget must be positive, got {budget}")
+    budget_s = positive_duration(budget, "--time-budget")
     if fp.image_size is None:
         raise ConfigError("the dataset has no readable pair to plan from; run `pixelwise check` on it")
     pretrained = available_pretrained(machine.device) if pretrained is None else pretrained
@@ -383,8 +384,8 @@ def make_plan(fp: Fingerprint, budget: str, machine: Machine, measure: bool = Tr
         shrunk = f"; {crop.value[1]}x{crop.value[0]} crops gave only {steps:.0f} steps in the budget"
         cap = max(192, max(crop.value) - 64)
     progressive, gain = rule_progressive(machine, steps, crop.value)
-    plan = Plan([*base, crop, *progressive, *fixed, *rule_schedule(fp, budget_s, ips, crop.value, batch, gain)],
-                machine, budget, fp, measured)
+    schedule = rule_schedule(fp, budget_s, ips, crop.value, batch, gain, measured=measure)
+    plan = Plan([*base, crop, *progressive, *fixed, *schedule], machine, budget, fp, measured)
     plan.config()  # validate
     return plan
 
@@ -395,6 +396,7 @@ def plan_dataset(root: Path, fmt: str | None, budget: str, device: str = "auto",
     from pixelwise.config import DataConfig
     from pixelwise.data.fingerprint import fingerprint, require_trainable
 
+    positive_duration(budget, "--time-budget")  # before the data is read
     result = fingerprint(DataConfig(root=root, format=fmt or "auto"))
     require_trainable(result)
     return make_plan(result.fingerprint, budget, detect_machine(device), measure, name=name)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pixelwise.config import parse_duration
+from pixelwise.config_sections import duration_text, positive_duration
 from pixelwise.errors import PixelwiseError
 
 OBJECTIVES = {"miou": ["miou"], "miou,latency": ["miou", "latency"]}
@@ -71,8 +71,8 @@ def tune(req: TuneRequest) -> dict[str, Any]:
     if (req.config is None) == (req.data is None):
         raise PixelwiseError("give a config file (the first trial's configuration) or --data DIR (the plan's), "
                              "not both")
-    budget_s = parse_duration(req.budget) if req.budget else None
-    trial_s = parse_duration(req.trial_budget)
+    budget_s = positive_duration(req.budget, "--budget") if req.budget else None
+    trial_s = positive_duration(req.trial_budget, "--trial-budget")
     parent, name = _parent_and_name(req)
     url = req.storage or f"sqlite:///{(parent / 'tune.db').resolve()}"
     space = load_space(req.space)
@@ -88,7 +88,7 @@ def tune(req: TuneRequest) -> dict[str, Any]:
         return _base_config(req, trial_s)
 
     settings = Settings(OBJECTIVES[req.objectives], list(req.overrides), req.latency_backend,
-                        _size(req.latency_size) if req.latency_size else [0, 0], req.pruner)
+                        _size(req.latency_size) if req.latency_size else [0, 0], req.pruner, duration_text(trial_s))
     s = open_study(storage, url, name, space, settings, make_base)
     if req.data is not None:  # each machine reads the data where it has it (the study stores the first one's path)
         s.base = {**s.base, "data": {**s.base.get("data", {}), "root": str(req.data.resolve())}}
@@ -112,7 +112,7 @@ def _base_config(req: TuneRequest, trial_s: float) -> tuple[Any, list[int]]:
     from pixelwise.config import load_config
     from pixelwise.validate import check_names
 
-    budget = f"{trial_s:g}s"
+    budget = duration_text(trial_s)
     if req.data is not None:
         from pixelwise.plan import plan_dataset
 

@@ -185,12 +185,25 @@ def _check(study: Any, info: dict[str, Any], url: str, name: str, space: Space, 
     stored = info["settings"]
     if settings.latency_size == [0, 0]:  # not given: the study's
         settings.latency_size = stored.get("latency_size", [0, 0])
+    if "trial_budget" not in stored:  # a study created before the setting was stored: its base config's budget
+        stored = {**stored, "trial_budget": _stored_budget(base, settings.trial_budget)}
     keys = _differences(stored, settings.to_dict())
     if keys:
         shown = "; ".join(f"{k}: study {stored.get(k)!r}, now {settings.to_dict().get(k)!r}" for k in keys)
         raise PixelwiseError(f"{where} was created with other settings ({shown}); give the same options to continue "
                              "it, or start a new study with --study NEW_NAME; the study is unchanged")
     return Study(study, base, full, settings, created=False)
+
+
+def _stored_budget(base: dict[str, Any], fallback: str) -> str:
+    """The per-trial budget of a study that did not store it: its base configuration's train.time_budget."""
+    from pixelwise.config_sections import duration_text, parse_duration
+
+    budget = base.get("train", {}).get("time_budget")
+    try:
+        return duration_text(parse_duration(budget)) if budget is not None else fallback
+    except ValueError:
+        return fallback
 
 
 def counted(study: Any, number: int) -> int:

@@ -25,6 +25,7 @@ class Settings:
     latency_backend: str = "onnx-int8"
     latency_size: list[int] = field(default_factory=lambda: [360, 480])
     pruner: str = "median"
+    trial_budget: str = "600s"  # each trial's train.time_budget, in seconds (config_sections.duration_text)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(vars(self))
