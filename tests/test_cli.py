@@ -82,6 +82,7 @@ def test_bad_budgets_and_numbers_are_one_message_without_traceback(synthetic_dat
         (("tune", tmp_path / "base.yaml", "--trials", "1", "--budget", "2x"), "--budget: '2x' is not a duration"),
         (("tune", tmp_path / "base.yaml", "--trials", "1", "--trial-budget", "2x"), "--trial-budget: '2x' is not"),
         (("train", "--data", synthetic_data, "--time-budget", "0s"), "train.time_budget: a time above zero"),
+        (("demo", "--time-budget", "0s", "--out", "d"), "--time-budget 0s: give a time above zero"),
         (("train", "--data", synthetic_data, "--set", "train.time_budget=-5"), "train.time_budget: a time above"),
         (("train", "--data", synthetic_data, "--set", "train.epochs=yes"), "train.epochs: a whole number, not true"),
         (("train", "--data", synthetic_data, "--set", "loss.terms.dice=-1"), "loss.terms: loss term weights must"),
@@ -90,7 +91,7 @@ def test_bad_budgets_and_numbers_are_one_message_without_traceback(synthetic_dat
         assert result.returncode == 1, (args, result.stderr)
         assert expected in " ".join(result.stderr.split()), (args, result.stderr)
         assert "Traceback" not in result.stderr
-    assert not (tmp_path / "runs").exists()
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "d").exists()
 
 
 def test_config_key_filters_the_merged_config(tmp_path):

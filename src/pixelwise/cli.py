@@ -56,8 +56,10 @@ def demo(
     time_budget: str = typer.Option("10m", help="At most this long, however far the steps got (e.g. 90s, 10m)."),
 ) -> None:
     """Offline demo: synthetic data -> train -> evaluate -> predict, in about two minutes on a laptop CPU."""
+    from pixelwise.config_sections import positive_duration
     from pixelwise.demo import run_demo
 
+    positive_duration(time_budget, "--time-budget")  # before any data is generated
     run_demo(out_dir, steps, time_budget)
 
 
