@@ -124,3 +124,27 @@ def test_pixelwise_distill_under_torchrun(served_run: Path, tmp_path: Path):
     assert summary["processes"] == 2 and summary["steps"] == 2
     written = yaml.safe_load((tmp_path / "student" / "config.yaml").read_text())
     assert written["loss"]["distill"]["temperature"] == 3.0 and written["model"]["arch"] == "seed_cnn"
+
+
+def test_pixelwise_distill_keeps_the_config_files_values_unless_given(served_run: Path, tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from pixelwise.cli import app
+
+    teacher_data = load_config(served_run / "config.yaml").data.root
+    student = tmp_path / "student.yaml"
+    student.write_text(yaml.safe_dump({"loss": {"distill": {"teacher": str(served_run), "weight": 0.5,
+                                                            "temperature": 4.0, "pixels": "labelled"}}}))
+    sets = [a for s in [*tiny_overrides(teacher_data), "train.max_steps=1", "model.options={}", "train.report=false",
+                        "train.tensorboard=false"] for a in ("--set", s)]
+
+    def distil(out: str, *options: str) -> dict:
+        result = CliRunner().invoke(app, ["distill", str(served_run), str(student), "--model", "seed_cnn", *options,
+                                          *sets, "--out", str(tmp_path / out)])
+        assert result.exit_code == 0, result.output
+        return yaml.safe_load((tmp_path / out / "config.yaml").read_text())["loss"]["distill"]
+
+    kept = distil("from-file")
+    assert (kept["weight"], kept["temperature"], kept["pixels"]) == (0.5, 4.0, "labelled")
+    given = distil("given", "--weight", "2", "--pixels", "all")
+    assert (given["weight"], given["temperature"], given["pixels"]) == (2.0, 4.0, "all")

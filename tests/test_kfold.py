@@ -72,3 +72,71 @@ def test_train_folds_summary_and_the_parent_as_an_ensemble(synthetic_data, tmp_p
     assert again["per_fold"] == result["per_fold"]
     with pytest.raises(PixelwiseError, match="leave data.fold unset"):
         train_folds(cfg.model_copy(update={"data": cfg.data.model_copy(update={"folds": 2, "fold": 0})}), parent, 2)
+
+
+def _cv_config(data: Path, *extra: str):
+    return load_config(overrides=[*tiny_overrides(data), "train.max_steps=1", "train.report=false",
+                                  "train.tensorboard=false", "data.val_split=null", *extra])
+
+
+def test_folds_of_another_split_or_config_are_refused_not_mixed_in(synthetic_data, tmp_path):
+    from pixelwise.kfold import train_folds
+
+    parent = tmp_path / "cv"
+    train_folds(_cv_config(synthetic_data), parent, 2)
+    kept = {p: p.stat().st_mtime_ns for p in parent.rglob("*") if p.is_file()}
+    for folds, extra, said in [(4, (), "data.folds 2, now 4"), (2, ("data.split_seed=1",), "data.split_seed 0, now 1"),
+                               (2, ("train.max_steps=2",), "train.max_steps 1, now 2"),
+                               (2, ("data.root=" + str(tmp_path / "other"),), "data.root")]:
+        with pytest.raises(PixelwiseError, match=f"{said}.*--overwrite") as e:
+            train_folds(_cv_config(synthetic_data, *extra), parent, folds)
+        assert "fold_0" in str(e.value)
+    assert not (parent / "fold_2").exists()  # refused before any fold trained
+    assert {p: p.stat().st_mtime_ns for p in parent.rglob("*") if p.is_file()} == kept  # and nothing written
+    # what only says how a fold runs does not matter; an interrupted fold resumes with a new budget
+    train_folds(_cv_config(synthetic_data, "train.eval_batch_size=2", "data.cache=false"), parent, 2)
+    for fold in range(2):
+        (parent / f"fold_{fold}" / "summary.json").unlink()  # as if both were stopped before their end
+    resumed = train_folds(_cv_config(synthetic_data, "train.max_steps=2"), parent, 2)
+    assert [json.loads((parent / f"fold_{i}" / "summary.json").read_text())["steps"] for i in range(2)] == [2, 2]
+    assert resumed["runs"] == ["fold_0", "fold_1"]
+    # --overwrite trains every fold again, with the new split
+    result = train_folds(_cv_config(synthetic_data), parent, 4, overwrite=True)
+    assert result["runs"] == [f"fold_{i}" for i in range(4)] and len(result["per_fold"]) == 4
+    assert [load_config(parent / f"fold_{i}" / "config.yaml").data.folds for i in range(4)] == [4] * 4
+
+
+def test_overwrite_over_an_ordinary_run_removes_its_files_and_keeps_the_users(synthetic_data, tmp_path, capsys):
+    from pixelwise.engine.trainer import Trainer
+    from pixelwise.kfold import train_folds
+
+    parent = tmp_path / "run"
+    Trainer(_cv_config(synthetic_data), parent).fit()
+    for name in ("eval_val.json", "report.html"):  # as the report writes them
+        (parent / name).write_text("{}")
+    (parent / "notes.txt").write_text("mine")
+    with pytest.raises(PixelwiseError, match="not a cross-validation.*--overwrite"):
+        train_folds(_cv_config(synthetic_data), parent, 2)
+    assert (parent / "best.safetensors").is_file()  # refused: nothing removed
+    train_folds(_cv_config(synthetic_data), parent, 2, overwrite=True)
+    for name in ("best.safetensors", "last.ckpt", "summary.json", "eval_val.json", "metrics.csv", "report.html",
+                 "dataset.json"):
+        assert not (parent / name).exists(), name
+    assert (parent / "notes.txt").read_text() == "mine" and "notes.txt" in capsys.readouterr().err
+    assert {"folds.json", "config.yaml", "cv_summary.json", "fold_0", "fold_1"} <= {p.name for p in parent.iterdir()}
+    assert Segmenter.load(parent, device="cpu").probabilities(np.zeros((32, 32, 3), np.uint8)).ndim == 3
+
+
+def test_fold_metrics_use_only_an_evaluation_of_the_present_weights(synthetic_data, tmp_path):
+    from pixelwise.kfold import fold_metrics, train_folds
+    from pixelwise.report.build import FINGERPRINT, model_fingerprint
+
+    parent = tmp_path / "cv"
+    train_folds(_cv_config(synthetic_data), parent, 2)
+    run = parent / "fold_0"
+    best = json.loads((run / "summary.json").read_text())["best_miou"]
+    evaluation = {"miou": 0.123, "classes": {}, FINGERPRINT: model_fingerprint(run)}
+    (run / "eval_val.json").write_text(json.dumps(evaluation))
+    assert fold_metrics(run)["miou"] == 0.123
+    (run / "eval_val.json").write_text(json.dumps({**evaluation, FINGERPRINT: None}))  # before fingerprints
+    assert fold_metrics(run) == {"miou": best}

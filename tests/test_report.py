@@ -200,3 +200,31 @@ def test_report_and_preview_commands(tiny_run, synthetic_data, tmp_path):
     assert Image.open(out).size[0] > 300
     result = runner.invoke(app, ["data", "preview", str(tmp_path / "missing")])
     assert result.exit_code != 0
+
+
+def test_report_evaluates_again_when_the_weights_changed(tiny_run, tmp_path):
+    """`pixelwise report` reuses eval_val.json only while best.safetensors is the file it evaluated: after the
+    weights changed (trained further, replaced) or for an eval JSON written without a fingerprint, it evaluates."""
+    from safetensors.torch import load_file, save_file
+
+    from pixelwise.inference.evaluation import evaluate_run
+    from pixelwise.report.build import FINGERPRINT, current_evaluation, model_fingerprint
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    light = {"trust": (), "explain_worst": False}
+    first, _ = report_run(run, **light)
+    assert first[FINGERPRINT] == model_fingerprint(run) and current_evaluation(run, "val") is not None
+    weights = load_file(str(run / "best.safetensors"))
+    for key in weights:
+        weights[key] = weights[key] * 0.5 if weights[key].is_floating_point() else weights[key]
+    save_file(weights, str(run / "best.safetensors"))  # new weights, as a resumed run writes them
+    assert current_evaluation(run, "val") is None
+    again, _ = report_run(run, reuse=True, **light)
+    now = evaluate_run(run)
+    assert again["miou"] == pytest.approx(now["miou"]) and again[FINGERPRINT] == model_fingerprint(run)
+    assert json.loads((run / "eval_val.json").read_text())[FINGERPRINT] == model_fingerprint(run)
+    stale = {k: v for k, v in again.items() if k != FINGERPRINT}  # as written before fingerprints were recorded
+    (run / "eval_val.json").write_text(json.dumps({**stale, "miou": 0.987654}))
+    rebuilt, _ = report_run(run, reuse=True, **light)
+    assert rebuilt["miou"] == pytest.approx(now["miou"]) and "0.9877" not in (run / "report.html").read_text()

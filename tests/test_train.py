@@ -313,3 +313,25 @@ def test_time_in_epoch_end_callbacks_counts_against_the_time_budget(synthetic_da
     rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
     assert summary["stopped_by"].startswith("time_budget") and summary["epochs"] == 1
     assert summary["wall_seconds"] >= float(rows[-1]["elapsed_seconds"]) + 0.29  # the epoch's end is counted
+
+
+def test_a_run_that_evaluated_nothing_has_no_best_miou(synthetic_data, tmp_path):
+    """Stopped between evaluations before the first one (killed after epoch 1 of eval_every 2), then resumed at its
+    budget: the summary says null, not a made-up 0.0, and a cross-validation summary leaves it out."""
+    from pixelwise.engine.callbacks import Callback, Checkpointer
+    from pixelwise.kfold import fold_metrics, summarise
+
+    class Killed(Callback):
+        def on_epoch_end(self, state):
+            raise KeyboardInterrupt
+
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(_cfg(synthetic_data, "train.epochs=3", "train.eval_every=2"), run,
+                callbacks=[Checkpointer(), Killed()]).fit()
+    assert not (run / "best.safetensors").exists()  # nothing was evaluated
+    summary = Trainer(_cfg(synthetic_data, "train.epochs=1", "train.eval_every=2"), run, resume=True).fit()
+    assert summary["epochs"] == 1 and summary["best_miou"] is None
+    assert json.loads((run / "summary.json").read_text())["best_miou"] is None
+    assert fold_metrics(run) == {"miou": None}
+    assert summarise([fold_metrics(run), {"miou": 0.5}])["miou"] == {"mean": 0.5, "std": 0.0, "folds": 1}

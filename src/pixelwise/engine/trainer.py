@@ -391,7 +391,7 @@ class Trainer:
         s = self.state
         summary = {
             "name": self.cfg.name,
-            "best_miou": max(s.best_miou, 0.0) if self.data.val is not None else None,
+            "best_miou": s.best_miou if s.best_miou >= 0 else None,  # None: no validation data, or none evaluated
             "best_epoch": s.best_epoch,
             "epochs": s.epoch,
             "steps": s.step,

@@ -13,6 +13,7 @@ from pixelwise.engine.rundir import read_metrics_csv
 from pixelwise.progress import console
 
 GALLERY_SIZE = 4  # worst and best images shown
+FINGERPRINT = "model_fingerprint"  # the eval JSON's record of the model files it evaluated
 
 
 def read_history(run_dir: Path) -> list[dict[str, Any]]:
@@ -33,6 +34,36 @@ def _shares(counts: list[int] | np.ndarray) -> list[float]:
     return list(counts / total) if total > 0 else [0.0] * len(counts)
 
 
+def model_fingerprint(run_dir: Path) -> dict[str, list[int] | None]:
+    """Size and modification time (ns) of each file the run's evaluation depends on: best.safetensors (a
+    cross-validation parent's: folds.json and each fold's) and calibration.json (the temperature of the trust
+    figures); None for one that is missing. Recorded in eval_SPLIT.json: weights trained further, a run replaced
+    or a new calibration change it, and the evaluation is done again instead of being reused."""
+    names = ["best.safetensors", "calibration.json"]
+    if (run_dir / "folds.json").is_file():
+        from pixelwise.inference.ensemble import fold_runs
+
+        names += ["folds.json", *(f"{fold.name}/best.safetensors" for fold in fold_runs(run_dir))]
+    stamps: dict[str, list[int] | None] = {}
+    for name in names:
+        try:
+            stat = (run_dir / name).stat()
+        except OSError:
+            stamps[name] = None
+        else:
+            stamps[name] = [stat.st_size, stat.st_mtime_ns]
+    return stamps
+
+
+def current_evaluation(run_dir: Path, split: str) -> dict[str, Any] | None:
+    """``RUN/eval_SPLIT.json`` when it evaluated the model the run holds now (its fingerprint matches); None when
+    it is missing, unreadable, of other weights, or written without a fingerprint (by an earlier version)."""
+    result = _read_json(run_dir / f"eval_{split}.json")
+    if not isinstance(result, dict) or result.get(FINGERPRINT) != model_fingerprint(run_dir):
+        return None
+    return result
+
+
 def report_path(run_dir: Path, split: str) -> Path:
     return run_dir / ("report.html" if split == "val" else f"report_{split}.html")
 
@@ -51,14 +82,16 @@ def _file_split(run_dir: Path, split: str, data_root: Path | None, data_format: 
     from pixelwise.inference.evaluation import evaluate_split, open_run_split
     from pixelwise.inference.trust import trust_metrics
 
+    stamp = model_fingerprint(run_dir)  # before loading: weights written after it make this evaluation stale
     rs = open_run_split(run_dir, split, data_root, data_format, device)
     eval_json = run_dir / f"eval_{split}.json"
     result = _read_json(eval_json) if reuse else None
     paths = [str(p.image) for p in rs.dataset.pairs]
-    fresh = result is None or [r.get("image") for r in result.get("per_image", [])] != paths
+    fresh = (not isinstance(result, dict) or result.get(FINGERPRINT) != stamp  # other weights, or no fingerprint
+             or [r.get("image") for r in result.get("per_image", [])] != paths)
     if fresh:
         result = evaluate_split(rs, batch_size, per_image=True)
-        result["run"] = str(run_dir)
+        result.update({"run": str(run_dir), FINGERPRINT: stamp})
     if trust and (fresh or "trust" not in result):
         result["trust"] = trust_metrics(rs, list(trust))
     if fresh or trust:
@@ -75,6 +108,7 @@ def _dataset_split(run_dir: Path, dataset: Any, model: Any, batch_size: int | No
     from pixelwise.inference.predictor import Segmenter
 
     cfg = load_run_config(run_dir)
+    stamp = model_fingerprint(run_dir)
     seg = Segmenter.load(run_dir, device=device, model=model)
     bundle = custom_bundle(dataset, dataset, seg.table)
     result = evaluate(seg.model, bundle.val, bundle.val_sizes, seg.table.names, seg.runtime,
@@ -82,7 +116,7 @@ def _dataset_split(run_dir: Path, dataset: Any, model: Any, batch_size: int | No
     names = [f"item {i}" for i in range(len(bundle.val))]
     for entry in result["per_image"]:
         entry["image"] = names[entry["index"]]
-    result.update(run=str(run_dir), split="val")
+    result.update({"run": str(run_dir), "split": "val", FINGERPRINT: stamp})
     atomic_write_text(run_dir / "eval_val.json", json.dumps(result, indent=2))
 
     def load(i: int) -> tuple[np.ndarray, np.ndarray]:
@@ -119,10 +153,11 @@ def report_run(
 ) -> tuple[dict[str, Any], Path]:
     """Evaluate ``run_dir``'s best weights on ``split`` (or reuse its eval JSON) and write the HTML report.
 
-    Returns the metrics (also written to ``eval_<split>.json``, with per-image scores) and the report's path.
-    ``reuse``: take the metrics from an existing eval JSON of the same images instead of evaluating again
-    (``pixelwise report``); only the gallery images are predicted. ``dataset``: the user's own validation
-    Dataset instead of the run's files; ``model``: an instance of the user's own network, for such a run.
+    Returns the metrics (also written to ``eval_<split>.json``, with per-image scores and the fingerprint of the
+    model files, ``model_fingerprint``) and the report's path. ``reuse``: take the metrics from an existing eval
+    JSON of the same images and the same model files instead of evaluating again (``pixelwise report``); only the
+    gallery images are predicted. ``dataset``: the user's own validation Dataset instead of the run's files;
+    ``model``: an instance of the user's own network, for such a run.
     ``trust``: the uncertainty methods measured against errors, with calibration (``()``: none);
     ``explain_worst``: Grad-CAM of the worst images in the "Can I trust it?" section (needs the explain extra).
     """

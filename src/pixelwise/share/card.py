@@ -15,6 +15,7 @@ import yaml
 from pixelwise import __version__
 from pixelwise.config import read_yaml
 from pixelwise.inference.calibration import read_temperature
+from pixelwise.report.build import current_evaluation
 
 
 def _json(path: Path) -> dict[str, Any]:
@@ -67,7 +68,7 @@ def model_card(run_dir: Path, repo_id: str, files: list[str]) -> str:
     """README.md for ``repo_id`` from ``run_dir``'s files; ``files``: what the repository holds besides it."""
     cfg = read_yaml(run_dir / "config.yaml")
     summary, stats = _json(run_dir / "summary.json"), _json(run_dir / "dataset.json")
-    evaluation = _json(run_dir / "eval_val.json")
+    evaluation = current_evaluation(run_dir, "val") or {}  # an evaluation of these weights, not of earlier ones
     data, model, train = cfg.get("data", {}), cfg.get("model", {}), cfg.get("train", {})
     dataset = Path(str(data.get("root") or "custom-data")).name
     names = (data.get("classes") or {}).get("names", [])

@@ -82,7 +82,8 @@ def run_trial(trial: Any, parent: Path, space: Space, base: dict[str, Any], sett
     summary = run.summary
     miou = summary.get("best_miou")
     if miou is None:
-        raise optuna.TrialPruned("the data has no validation images: nothing to score")
+        raise optuna.TrialPruned("no evaluation ran (no validation images, or stopped before the first one): "
+                                 "nothing to score")
     trial.set_user_attr("steps", summary.get("steps"))
     trial.set_user_attr("wall_seconds", summary.get("wall_seconds"))
     if str(summary.get("stopped_by", "")).startswith("pruned"):  # not when its budget ended at the same time
