@@ -155,7 +155,7 @@ def apply_nodata(arr: np.ndarray, nodata: Any, what: str, valid: np.ndarray | No
         hit |= np.isnan(arr) if np.isnan(value) else arr == value
     if valid is not None:
         hit |= ~valid[:, :, None]
-    count = int(hit.sum())
+    count = int(hit.any(axis=2).sum())  # pixels, however many of their channels hold it
     if count and arr.dtype.kind == "f":
         arr = np.where(hit, np.nan, arr).astype(arr.dtype, copy=False)
     return arr, count
