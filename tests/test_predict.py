@@ -73,3 +73,21 @@ def test_predict_files_writes_masks_and_overlays(run, synthetic_data, tmp_path):
 def test_load_errors(tmp_path):
     with pytest.raises(PixelwiseError, match="not a run directory"):
         Segmenter.load(tmp_path)
+
+
+def test_preannotations_refuse_inputs_of_one_name_before_predicting(run, tmp_path):
+    from pixelwise.inference.preannotate import Preannotations
+
+    rgb = np.random.default_rng(2).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(rgb).save(tmp_path / folder / "x.png")
+    seg = Segmenter.load(run)
+    inputs = [tmp_path / "a" / "x.png", tmp_path / "b" / "x.png"]
+    for tool in ("labelstudio", "cvat", "coco"):  # each would name both entries x.png
+        with pytest.raises(PixelwiseError, match="share one") as e:
+            predict_files(seg, inputs, tmp_path / "out", preannotate=Preannotations(tool, seg.table))
+        assert str(inputs[0]) in str(e.value) and str(inputs[1]) in str(e.value)
+        assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())  # nothing predicted
+    report = predict_files(seg, inputs, tmp_path / "out")  # masks alone: the second is named x_2
+    assert report.renamed == ["x.png -> x_2.png"]

@@ -192,3 +192,12 @@ def test_active_learning_benchmark_runs_breadth_first_and_resumes(synthetic_data
     al.main()  # resumed: nothing trained again, nothing appended
     assert list(csv.DictReader(out.open())) == rows
     assert {p: p.stat().st_mtime_ns for p in work.glob("*/run/summary.json")} == stamps
+
+
+def test_the_page_counts_every_chosen_image_though_it_shows_fewer():
+    from pixelwise.report.suggestions import Suggested, render
+
+    items = [Suggested(i, f"im{i}.png", 0.5, np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8))) for i in range(1, 25)]
+    page = render(items, run="r", strategy="entropy", chosen=30, scored=40)
+    assert "30 chosen of 40 scored images" in page and "the first\n24 are shown" in page
+    assert "3 chosen of 40 scored" in render(items[:3], run="r", strategy="entropy", scored=40)

@@ -318,6 +318,21 @@ def test_robustness_refuses_unknown_names_and_an_existing_out_file(trust_run, tm
     mine.write_text("my own work")
     r = _cli("robustness", str(trust_run), "--corruptions", "fog", "--out", str(mine))
     assert r.returncode == 1 and "--overwrite" in r.stderr and mine.read_text() == "my own work"
+    figure = tmp_path / "other.png"  # --out other.json writes its heatmap beside it, so that one is checked too
+    figure.write_text("my own picture")
+    r = _cli("robustness", str(trust_run), "--corruptions", "fog", "--out", str(tmp_path / "other.json"))
+    assert r.returncode == 1 and "other.png" in r.stderr and "--overwrite" in r.stderr
+    assert figure.read_text() == "my own picture" and not (tmp_path / "other.json").exists()
+
+
+def test_robustness_out_writes_its_heatmap_beside_it(trust_run, tmp_path):
+    plot = trust_run / "plots" / "robustness.png"
+    before = plot.read_bytes() if plot.exists() else None
+    r = _cli("robustness", str(trust_run), "--corruptions", "gaussian_noise", "--severities", "1", "--limit", "1",
+             "--out", str(tmp_path / "rob.json"))
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "rob.json").is_file() and (tmp_path / "rob.png").read_bytes()[:4] == b"\x89PNG"
+    assert (plot.read_bytes() if plot.exists() else None) == before  # the run's own figure still matches its JSON
 
 
 @pytest.mark.slow

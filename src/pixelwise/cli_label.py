@@ -65,11 +65,14 @@ def suggest(
     atomic_write_text(targets[0], buf.getvalue())
     items = [Suggested(i, s.path.name, s.score, read_image(s.path, seg.spec), s.uncertainty)
              for i, s in enumerate(chosen[:24], 1)]
-    atomic_write_text(targets[1], render(items, run=run.name, strategy=strategy, scored=len(files) - len(failed)))
+    atomic_write_text(targets[1], render(items, run=run.name, strategy=strategy, chosen=len(chosen),
+                                         scored=len(files) - len(failed)))
     if pre:
         for s in chosen:
             probs = seg.probabilities(read_image(s.path, seg.spec))
             pre.add(s.path.name, probs.argmax(axis=0).astype("uint8"), float(probs.max(axis=0).mean()))
         pre.write(out_dir)
+        for note in pre.notes():
+            notice("warning", note)
     err.print(f"wrote {len(chosen)} suggestions to {targets[0]} and {targets[1]}"
               + (f", pre-annotations for {tool} in {out_dir}" if pre else ""))

@@ -152,9 +152,10 @@ def robustness(
     data: Path | None = typer.Option(None, help="Another dataset (same classes): the domain-shift gap on its split."),
     fmt: str | None = typer.Option(None, "--format", help="Layout of --data (default: the run's)."),
     batch_size: int = typer.Option(4, min=1, help="Images per forward pass."),
-    out_file: Path | None = typer.Option(None, "--out", help="Results JSON (default: RUN/robustness.json)."),
+    out_file: Path | None = typer.Option(None, "--out", help="Results JSON (default: RUN/robustness.json); the "
+                                         "heatmap goes beside it (FILE with .png; default RUN/plots/robustness.png)."),
     device: str = typer.Option("auto", help=DEVICE_HELP),
-    overwrite: bool = typer.Option(False, help="Replace the --out file if it exists."),
+    overwrite: bool = typer.Option(False, help="Replace the --out file and its .png if they exist."),
 ) -> None:
     """mIoU on corrupted copies of a split (noise, blur, weather, digital; ImageNet-C style), as a table and heatmap."""
     from pixelwise.inference.evaluation import open_run_split
@@ -163,18 +164,23 @@ def robustness(
     from pixelwise.report.trust import plot_robustness
 
     names = [c.strip() for c in corruptions.split(",") if c.strip()] if corruptions else None
+    # with --out, the figure goes beside it: RUN/plots/robustness.png stays the picture of RUN/robustness.json
+    figure = out_file.with_suffix(".png") if out_file is not None else run / "plots" / "robustness.png"
     if out_file is not None:
+        if figure == out_file:
+            raise PixelwiseError(f"--out {out_file}: give a results file not ending in .png (the heatmap is {figure})")
         check_new_file(out_file, overwrite)
+        check_new_file(figure, overwrite)
     rs = open_run_split(run, split, None, None, device)
     other = open_run_split(run, split, data, fmt, device) if data is not None else None
     result = run_robustness(rs, names, _severities(severities), limit, batch_size, other)
     result["run"] = str(run)
     target = out_file or run / "robustness.json"
     atomic_write_text(target, json.dumps(result, indent=2))
-    atomic_write_bytes(run / "plots" / "robustness.png", plot_robustness(result))
+    atomic_write_bytes(figure, plot_robustness(result))
     out.print(robustness_table(result))
     if "domain_shift" in result:
         shift = result["domain_shift"]
         out.print(f"domain shift: mIoU {shift['miou']:.4f} on {data} ('{split}'), gap {shift['gap']:.4f}")
-    err.print(f"{result['seconds']} s; written to {target} and {run / 'plots' / 'robustness.png'} (the report shows "
-              "them: pixelwise report RUN)")
+    shown = "" if out_file is not None else " (the report shows them: pixelwise report RUN)"
+    err.print(f"{result['seconds']} s; written to {target} and {figure}{shown}")

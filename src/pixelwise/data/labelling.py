@@ -287,8 +287,8 @@ def _task_image(task: dict) -> str | None:
     if not isinstance(value, str):
         return None
     url = urlparse(value)
-    local = parse_qs(url.query).get("d")  # /data/local-files/?d=folder/name.jpg
-    return posixpath.normpath("/" + unquote(local[0] if local else url.path).replace("\\", "/")).lstrip("/")
+    local = parse_qs(url.query).get("d")  # /data/local-files/?d=folder/name.jpg, decoded once by parse_qs
+    return posixpath.normpath("/" + (local[0] if local else unquote(url.path)).replace("\\", "/")).lstrip("/")
 
 
 def _task_file(root: Path, name: str) -> Path | None:

@@ -94,7 +94,8 @@ def predict_files(seg: Segmenter, inputs: list[Path], out_dir: Path, overlay: bo
     ``NAME_entropy.png`` (pixel entropy, 0 = certain, 255 = uniform over the classes).
 
     With ``preannotate``, every mask is also added to it and its tool's files are written at the end
-    (``inference.preannotate``); raster inputs are left out of them with a warning.
+    (``inference.preannotate``); raster inputs are left out of them with a warning. The tools know an image by its
+    file name, so two inputs of one name (from two folders) are refused then, before anything is predicted.
 
     Existing files are replaced only with ``overwrite``, and an input image never is. Unreadable images are
     reported and skipped; the others are still predicted. Each file is written atomically.
@@ -109,6 +110,8 @@ def predict_files(seg: Segmenter, inputs: list[Path], out_dir: Path, overlay: bo
     targets = [out_dir / name for f, s in zip(files, stems, strict=True)
                for name in (raster_outputs(s, opts.save_probs) if is_raster(f) else [f"{s}{x}" for x in suffixes])]
     targets += preannotate.targets(out_dir) if preannotate else []
+    if preannotate:
+        _check_unique_names([f for f in files if not is_raster(f)], preannotate.tool)
     resolved = {f.resolve() for f in files}
     inputs_hit = sorted({str(t) for t in targets if t.exists() and t.resolve() in resolved})
     if inputs_hit:
@@ -154,4 +157,18 @@ def predict_files(seg: Segmenter, inputs: list[Path], out_dir: Path, overlay: bo
             report.written.append(out_dir / f"{stem}_overlay.jpg")
     if preannotate:
         report.written += preannotate.write(out_dir)
+        report.warnings += preannotate.notes()
     return report
+
+
+def _check_unique_names(files: list[Path], tool: str) -> None:
+    """Refuse inputs that share a file name (compared ignoring case): the pre-annotations would name both entries
+    alike, and the tool would put one image's prediction on the other (or refuse the file)."""
+    by_name: dict[str, list[Path]] = {}
+    for f in files:
+        by_name.setdefault(f.name.casefold(), []).append(f)
+    clashes = [" and ".join(map(str, group)) for group in by_name.values() if len(group) > 1]
+    if clashes:
+        raise PixelwiseError(list_offenders(
+            f"--as {tool}: pre-annotations name each image by its file name, and these inputs share one; rename "
+            "them or predict each folder into its own --out", clashes))

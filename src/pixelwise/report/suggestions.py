@@ -40,7 +40,10 @@ def _fit(rgb: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
     return np.asarray(Image.fromarray(rgb).resize(size, Image.BILINEAR))
 
 
-def render(items: list[Suggested], *, run: str, strategy: str, scored: int, shown: int = 24) -> str:
+def render(items: list[Suggested], *, run: str, strategy: str, scored: int, chosen: int | None = None,
+           shown: int = 24) -> str:
+    """The page; ``items`` may be only the first of the ``chosen`` images (default: all of them are given)."""
+    chosen = len(items) if chosen is None else chosen
     figures = []
     for it in items[:shown]:
         picture = _fit(display_rgb(it.image))
@@ -58,9 +61,9 @@ def render(items: list[Suggested], *, run: str, strategy: str, scored: int, show
 <meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head>
 <body>
 <h1>{html.escape(title)}</h1>
-<p class="muted">strategy {html.escape(strategy)} · {len(items)} chosen of {scored} scored images · written {when}</p>
+<p class="muted">strategy {html.escape(strategy)} · {chosen} chosen of {scored} scored images · written {when}</p>
 <p>Ranked by how much labelling each should help (suggestions.csv lists them all); the first
-{min(shown, len(items))} are shown.</p>
+{min(shown, len(items), chosen)} are shown.</p>
 {"".join(figures) or "<p class=muted>no images</p>"}
 </body></html>
 """
