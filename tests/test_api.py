@@ -326,7 +326,7 @@ def test_a_float_dataset_reaches_the_network_unscaled(tmp_path):
 
     pw.train(data=Floats(4, 0), model=Spy(), classes=["bg", "fg"], out=tmp_path / "r",
              **{"train.max_steps": 1, "train.batch_size": 4, "train.amp": "off"})
-    assert 0 < seen[0] < 0.26
+    assert len(seen) == 2 and 0 < seen[1] < 0.26  # seen[0]: the output-shape check's zero image, before training
 
 
 def test_segmenter_predicts_lists_and_iterators_and_overlays_files(synthetic_data, tmp_path):
@@ -350,3 +350,37 @@ def test_examples_run(example, tmp_path):
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Run(" in result.stdout
+
+
+def test_batch_size_one_is_refused_for_architectures_that_need_two(synthetic_data, tmp_path):
+    overrides = {k: v for k, v in _tiny(synthetic_data).items() if k != "model.options"}
+    with pytest.raises(ConfigError, match="'deeplabv3' needs train.batch_size of at least 2"):
+        pw.train(data=synthetic_data, out=tmp_path / "r", **{**overrides, "model.arch": "deeplabv3",
+                                                             "train.batch_size": 1, "train.max_steps": 1})
+
+
+class Downsampling(nn.Module):  # half the resolution: a common mistake with a custom decoder
+    def __init__(self, classes: int = 2) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, classes, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+class Pair(Net):  # returns (logits, something): a tuple, not a tensor
+    def forward(self, x):
+        return self.body(x), x
+
+
+@pytest.mark.parametrize("network, message", [
+    (Downsampling(), r"your network returned \(N, 2, 16, 16\) for a \(N, 3, 32, 32\) input; pixelwise needs "
+                     r"\(N, 2, 32, 32\) logits, one channel per class"),
+    (Downsampling(classes=1), r"returned \(N, 1, 16, 16\)"),
+    (Pair(), r"your network returned a tuple for a \(N, 3, 32, 32\) input"),
+])
+def test_your_own_module_of_the_wrong_output_shape_is_refused_before_training(tmp_path, network, message):
+    with pytest.raises(PixelwiseError, match=message):
+        pw.train(data=Squares(4, 0), model=network, classes=["bg", "square"], out=tmp_path / "r",
+                 **{"train.epochs": 1, "train.batch_size": 2})
+    assert network.training  # the check leaves the network's mode as it found it

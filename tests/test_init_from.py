@@ -52,9 +52,16 @@ def test_other_classes_reinitialise_the_head_and_carry_rows_by_name(served_run, 
 
 
 def test_another_network_or_a_missing_source_is_refused(served_run, synthetic_data, tmp_path):
-    with pytest.raises(PixelwiseError, match="it is another network"):
+    with pytest.raises(PixelwiseError, match="that run trained unet on resnet18, this one is unet on tu-resnet10t; "
+                                             "init_from needs the same model.arch and model.encoder"):
         prepare(load_config(overrides=[*tiny_overrides(synthetic_data), "model.encoder=tu-resnet10t",
                                        f"model.init_from={served_run}"]))
+    bare = tmp_path / "bare" / "weights.safetensors"  # no config.yaml beside it: told by the weights that fit
+    bare.parent.mkdir()
+    shutil.copy(served_run / "best.safetensors", bare)
+    with pytest.raises(PixelwiseError, match="it is another network"):
+        prepare(load_config(overrides=[*tiny_overrides(synthetic_data), "model.encoder=tu-resnet10t",
+                                       f"model.init_from={bare}"]))
     with pytest.raises(PixelwiseError, match="not found"):
         prepare(load_config(overrides=[*tiny_overrides(synthetic_data), f"model.init_from={tmp_path / 'none'}"]))
     (tmp_path / "empty").mkdir()
@@ -102,3 +109,15 @@ def test_resume_does_not_read_the_init_from_source_again(served_run, synthetic_d
     summary = Trainer(load_config(overrides=[*overrides, "train.max_steps=4"]), run, resume=True).fit()
     assert summary["steps"] == 4
     assert yaml.safe_load((run / "config.yaml").read_text())["model"]["init_from"] == str(source.resolve())
+
+
+@pytest.mark.parametrize("change, message", [
+    (["model.arch=fpn", "model.options={}"], "that run trained unet on resnet18, this one is fpn on resnet18"),
+    (["model.encoder=resnet34"], "that run trained unet on resnet18, this one is unet on resnet34"),
+])
+def test_a_run_of_another_architecture_or_encoder_is_refused_even_when_much_fits(served_run, synthetic_data, change,
+                                                                                 message):
+    # unet/resnet18 into fpn or unet/resnet34 fits more than half the weights: the run's config.yaml tells
+    with pytest.raises(PixelwiseError, match=f"{message}; init_from needs the same model.arch and model.encoder "
+                                             r"\(use model.encoder_weights"):
+        prepare(load_config(overrides=[*tiny_overrides(synthetic_data), *change, f"model.init_from={served_run}"]))

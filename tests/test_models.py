@@ -166,3 +166,40 @@ def test_offline_imagenet_package_loads_real_weights():
     model = create_model("unet", "tu-tf_efficientnet_lite0", 3, 2, encoder_weights="imagenet")
     assert torch.equal(model.encoder.model.conv_stem.weight, package_tensors[0])
     assert torch.equal(model.encoder.model.bn1.running_var, package_tensors[4])
+
+
+@pytest.mark.parametrize("activation", ["softmax2d", "sigmoid"])
+def test_an_activation_is_refused_the_networks_output_logits(activation):
+    with pytest.raises(ConfigError, match=f"model.options.activation '{activation}': pixelwise's networks output "
+                                          "logits"):
+        create_model("unet", "resnet18", 3, 2, activation=activation)
+    assert create_model("unet", "resnet18", 3, 2, activation="identity") is not None  # the same as none
+
+
+def test_aux_params_are_refused_no_classification_head_is_trained():
+    with pytest.raises(ConfigError, match="model.options.aux_params: pixelwise trains no classification head"):
+        create_model("unet", "resnet18", 3, 2, aux_params={"classes": 2})
+
+
+def test_architectures_with_batchnorm_after_global_pooling_need_two_images():
+    needing = {name for name in ARCHITECTURES.names() if ARCHITECTURES.get(name).min_batch > 1}
+    assert needing == {"deeplabv3", "deeplabv3plus", "upernet", "pan"}
+
+
+def test_another_encoders_weight_file_is_refused_not_loaded_in_part(tmp_path):
+    from safetensors.torch import save_file
+
+    resnet34 = create_model("unet", "resnet34", 3, 2).encoder.state_dict()
+    save_file({k: v.contiguous() for k, v in resnet34.items()}, str(tmp_path / "r34.safetensors"))
+    # resnet34 holds every tensor of resnet18 and more blocks: all of resnet18's fit, the rest is only reported
+    assert create_model("unet", "resnet18", 3, 2, encoder_weights=str(tmp_path / "r34.safetensors")) is not None
+    resnet50 = create_model("unet", "resnet50", 3, 2).encoder.state_dict()
+    save_file({k: v.contiguous() for k, v in resnet50.items()}, str(tmp_path / "r50.safetensors"))
+    with pytest.raises(PixelwiseError, match=r"r50.safetensors: this file holds another encoder's weights, not "
+                                             r"resnet18's \(23 of its tensors have another shape"):
+        create_model("unet", "resnet18", 3, 2, encoder_weights=str(tmp_path / "r50.safetensors"))
+    few = {k: v for k, v in create_model("unet", "resnet18", 3, 2).encoder.state_dict().items() if "layer1" in k}
+    save_file(few, str(tmp_path / "few.safetensors"))  # a fifth of the encoder: the rest would stay random
+    with pytest.raises(PixelwiseError, match=r"another encoder's weights.*0 of its tensors have another shape; \d+ "
+                                             r"of the encoder's \d+ are missing"):
+        create_model("unet", "resnet18", 3, 2, encoder_weights=str(tmp_path / "few.safetensors"))

@@ -188,3 +188,15 @@ def test_lr_suggestion_is_the_steepest_descent_before_the_minimum():
     # central differences per decade: -0.5 at 1e-4, -1.1 at 10^-3.5, -0.9 at 1e-3: steepest at 10^-3.5
     assert suggest_lr(lrs, loss) == pytest.approx(10 ** -3.5)
     assert suggest_lr(lrs, loss) < lrs[np.argmin(loss)]
+
+
+@pytest.mark.parametrize("name", ["lr", "weight_decay"])
+def test_lr_and_weight_decay_in_options_are_refused_not_ignored(name):
+    # each parameter group carries optim.lr and optim.weight_decay, which would override the option silently
+    with pytest.raises(ConfigError, match=f"optim.options.{name} is not used: set optim.{name} instead"):
+        create_optimizer(Tiny(), OptimConfig(name="adamw", options={name: 0.5}))
+
+
+def test_an_option_of_the_wrong_type_is_named():
+    with pytest.raises(ConfigError, match=r"optim \(adamw\): .*check optim.options \(betas: 0.9 \(default"):
+        create_optimizer(Tiny(), OptimConfig(name="adamw", options={"betas": 0.9}))

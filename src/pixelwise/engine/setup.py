@@ -21,7 +21,7 @@ from pixelwise.data.classes import ClassTable
 from pixelwise.engine.distributed import Dist, init_distributed
 from pixelwise.engine.rng import seed_everything
 from pixelwise.engine.runtime import Runtime, resolve_runtime
-from pixelwise.errors import PixelwiseError
+from pixelwise.errors import ConfigError, PixelwiseError
 from pixelwise.losses import create_loss, median_frequency_weights
 from pixelwise.models.factory import ARCHITECTURES, CUSTOM_ARCH, build_network, resolve_normalization, wrap_network
 from pixelwise.models.init_from import load_init
@@ -40,6 +40,28 @@ class Parts:
     train: Any = None
     val: Any = None
     network: nn.Module | None = None
+
+
+def check_network_output(net: nn.Module, in_channels: int, classes: int, size: tuple[int, ...],
+                         device: torch.device) -> None:
+    """Run ``net`` once on a zero (1, in_channels, *size) image (eval mode, no gradients) and raise a
+    PixelwiseError unless it returns (1, classes, *size) logits."""
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            out = net(torch.zeros(1, in_channels, *size, device=device))
+    finally:
+        net.train(was_training)
+    h, w = size
+    wanted = f"pixelwise needs (N, {classes}, {h}, {w}) logits, one channel per class"
+    if not isinstance(out, torch.Tensor):
+        raise PixelwiseError(f"your network returned a {type(out).__name__} for a (N, {in_channels}, {h}, {w}) "
+                             f"input; {wanted}")
+    if tuple(out.shape[1:]) != (classes, h, w):
+        shown = ", ".join(str(n) for n in out.shape[1:])
+        raise PixelwiseError(f"your network returned (N, {shown}) for a (N, {in_channels}, {h}, {w}) input; "
+                             f"{wanted}")
 
 
 @dataclass
@@ -209,12 +231,21 @@ def prepare(cfg: Config, parts: Parts | None = None, resume: bool = False) -> Pr
     else:
         model = build_network(cfg.model, cfg.model.in_channels, table.num_classes)
     if cfg.model.init_from is not None and not resume:  # the whole model (its head re-initialised if it differs)
-        load_init(model, cfg.model.init_from, table.names)
+        # a network the config built must be the source's; your own is checked by its weights alone
+        same = (cfg.model.arch, cfg.model.encoder) if parts.network is None else (None, None)
+        load_init(model, cfg.model.init_from, table.names, *same)
+    if parts.network is None and cfg.train.batch_size < ARCHITECTURES.get(cfg.model.arch).min_batch:
+        raise ConfigError(f"'{cfg.model.arch}' needs train.batch_size of at least "
+                          f"{ARCHITECTURES.get(cfg.model.arch).min_batch} (its BatchNorm after global pooling sees "
+                          "one value a channel with one image); raise train.batch_size")
     if not data.custom and min(cfg.data.crop_size) < model.min_size:
         raise PixelwiseError(f"'{cfg.model.arch}' needs inputs of at least {model.min_size} pixels a side; "
                              f"raise data.crop_size (now {list(cfg.data.crop_size)})")
     memory_format = torch.channels_last if runtime.channels_last else torch.preserve_format
     net = model.to(runtime.device, memory_format=memory_format)
+    if parts.network is not None:  # a user's network: its output shape is checked once, not deep inside the losses
+        size = tuple(data.train[0][0].shape[-2:]) if data.custom else tuple(cfg.data.crop_size)
+        check_network_output(net, cfg.model.in_channels, table.num_classes, size, runtime.device)
     if dist.enabled and cfg.train.sync_bn:
         net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
     model = net

@@ -46,12 +46,28 @@ class ArchSpec:
     summary: str
     uses_encoder: bool = True
     min_input: int = 32  # smallest input side the network accepts (PAN pools its 1/16 features 8x further)
+    min_batch: int = 1  # smallest training batch (2 where BatchNorm follows a global pooling: one value a channel)
 
 
 ARCHITECTURES: Registry[ArchSpec] = Registry("architecture")
 
 
-def _smp_spec(cls: type[nn.Module], min_input: int) -> ArchSpec:
+# smp architectures with a BatchNorm after global pooling, which fails in training on a batch of one image
+NEEDS_BATCH_OF_TWO = ("deeplabv3", "deeplabv3plus", "upernet", "pan")
+
+
+def _check_head_options(options: dict[str, Any]) -> None:
+    """Refuse the smp options that change what the network returns: pixelwise's losses, calibration and export
+    take logits, one channel per class, and nothing else."""
+    if options.get("activation") not in (None, "identity"):
+        raise ConfigError(f"model.options.activation '{options['activation']}': pixelwise's networks output logits "
+                          "(the losses, calibration and export apply softmax or sigmoid themselves); remove it")
+    if options.get("aux_params") is not None:
+        raise ConfigError("model.options.aux_params: pixelwise trains no classification head, so the network must "
+                          "return the segmentation logits alone; remove it")
+
+
+def _smp_spec(cls: type[nn.Module], min_input: int, min_batch: int = 1) -> ArchSpec:
     accepted = [n for n, p in inspect.signature(cls.__init__).parameters.items()
                 if p.kind is p.POSITIONAL_OR_KEYWORD and n not in ("self", "encoder_name", "encoder_weights",
                                                                     "in_channels", "classes")]
@@ -62,16 +78,18 @@ def _smp_spec(cls: type[nn.Module], min_input: int) -> ArchSpec:
         unknown = [k for k in options if k not in accepted]
         if unknown:
             raise TypeError(f"unknown option(s) {', '.join(unknown)}; {cls.__name__} takes {', '.join(accepted)}")
+        _check_head_options(options)
         model = cls(encoder_name=encoder, encoder_weights=encoder_weights, in_channels=in_channels, classes=classes,
                     **options)
         prune_unused_stages(model.encoder, getattr(model.encoder, "_depth", 5))
         return model
 
-    return ArchSpec(build, f"{cls.__name__} (segmentation-models-pytorch)", min_input=min_input)
+    return ArchSpec(build, f"{cls.__name__} (segmentation-models-pytorch)", min_input=min_input, min_batch=min_batch)
 
 
 for _name, _cls in smp.MODEL_ARCHITECTURES_MAPPING.items():
-    ARCHITECTURES.register(_name, _smp_spec(_cls, min_input=128 if _name == "pan" else 32))
+    ARCHITECTURES.register(_name, _smp_spec(_cls, min_input=128 if _name == "pan" else 32,
+                                            min_batch=2 if _name in NEEDS_BATCH_OF_TWO else 1))
 
 ARCHITECTURES.register("seed_cnn", ArchSpec(
     lambda encoder, in_channels, classes, encoder_weights, **o: SeedCNN(in_channels, classes, **o),
@@ -192,8 +210,7 @@ def create_model(
             path, shown = Path(str(encoder_weights)).expanduser(), str(encoder_weights)
             source = shown
         report = W.load_into(W.encoder_module(model), W.read_state_dict(path))
-        if report.loaded == 0:
-            raise PixelwiseError(f"{shown}: no tensor matches the '{encoder}' encoder ({report.describe()})")
+        W.refuse_foreign(report, shown, encoder)
         W.announce(report, source)
     return model
 

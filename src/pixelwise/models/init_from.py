@@ -16,7 +16,8 @@ here a difference is allowed where fine-tuning needs it:
 - the normalisation buffers (``mean``, ``std``) are the new run's own (its config decides them).
 
 Every category is printed, so a fine-tuning run says exactly what it started from. Fewer than half of the
-network's weights (by number) fitting is an error: the source is another network (architecture or encoder).
+network's weights (by number) fitting is an error: the source is another network (architecture or encoder);
+so is a source whose config.yaml names another ``model.arch`` or ``model.encoder``.
 """
 
 from __future__ import annotations
@@ -74,8 +75,31 @@ def class_names_of(config: Path) -> list[str] | None:
     return [str(n) for n in names] if isinstance(names, list) else None
 
 
-def resolve_source(ref: str) -> tuple[Path, list[str] | None]:
-    """(weights file, the source's class names or None) of a run directory, a .safetensors file or hf:// id."""
+def source_network(config: Path) -> tuple[str | None, str | None]:
+    """(model.arch, model.encoder) in a run's config.yaml, None where it names none."""
+    from pixelwise.config import read_yaml
+
+    model = read_yaml(config).get("model") or {}
+    arch, encoder = model.get("arch"), model.get("encoder")
+    return (str(arch) if arch is not None else None), (str(encoder) if encoder is not None else None)
+
+
+def check_same_network(ref: str, config: Path, arch: str, encoder: str) -> None:
+    """Refuse a source run of another architecture or encoder than ``arch`` on ``encoder``."""
+    from pixelwise.models.factory import ARCHITECTURES
+
+    their_arch, their_encoder = source_network(config)
+    uses_encoder = arch in ARCHITECTURES and ARCHITECTURES.get(arch).uses_encoder
+    if (their_arch is not None and their_arch.lower() != arch.lower()) or (
+            uses_encoder and their_encoder is not None and their_encoder != encoder):
+        raise PixelwiseError(f"model.init_from {ref}: that run trained {their_arch} on {their_encoder}, this one is "
+                             f"{arch} on {encoder}; init_from needs the same model.arch and model.encoder (use "
+                             "model.encoder_weights to start from a pretrained encoder alone)")
+
+
+def resolve_source(ref: str) -> tuple[Path, list[str] | None, Path | None]:
+    """(weights file, the source's class names or None, its config.yaml or None) of a run directory, a
+    .safetensors file or hf:// id."""
     if ref.startswith("hf://"):
         from pixelwise.hubfiles import hub_model
 
@@ -97,7 +121,9 @@ def resolve_source(ref: str) -> tuple[Path, list[str] | None]:
     else:
         raise PixelwiseError(f"model.init_from {ref}: not found (a run directory, a .safetensors file, or "
                              "hf://USER/REPO)")
-    return weights, class_names_of(config) if config.is_file() else None
+    if not config.is_file():
+        return weights, None, None
+    return weights, class_names_of(config), config
 
 
 def _head_rows(own: torch.Tensor, theirs: torch.Tensor, names: list[str], source_names: list[str],
@@ -130,12 +156,18 @@ def head_keys(state: dict[str, torch.Tensor], classes: int) -> set[str]:
     return keys
 
 
-def load_init(model: nn.Module, ref: str, class_names: list[str]) -> InitReport:
-    """Load the model ``ref`` names into ``model`` (see the module's rules); prints and returns the report."""
+def load_init(model: nn.Module, ref: str, class_names: list[str], arch: str | None = None,
+              encoder: str | None = None) -> InitReport:
+    """Load the model ``ref`` names into ``model`` (see the module's rules); prints and returns the report.
+
+    With ``arch`` and ``encoder`` (the new run's), a source whose config.yaml names others is refused.
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    weights, source_names = resolve_source(ref)
+    weights, source_names, config = resolve_source(ref)
+    if config is not None and arch is not None and encoder is not None:
+        check_same_network(ref, config, arch, encoder)
     try:
         state = load_file(str(weights))
     except (OSError, SafetensorError) as e:

@@ -113,7 +113,8 @@ def load_into(module: nn.Module, state: dict[str, torch.Tensor]) -> LoadReport:
             report.unexpected.append(key)
         elif own[key].shape == value.shape:
             ok[key] = value
-        elif value.ndim == 4 and value.shape[1] == 3 and own[key].shape[1] != 3 and own[key].shape[0] == value.shape[0]:
+        elif (value.ndim == 4 and value.shape[1] in (1, 3) and own[key].shape[1] != value.shape[1]
+              and own[key].shape[0] == value.shape[0] and own[key].shape[2:] == value.shape[2:]):
             ok[key] = adapt_first_conv(value, own[key].shape[1])
             report.adapted.append(key)
         else:
@@ -122,6 +123,23 @@ def load_into(module: nn.Module, state: dict[str, torch.Tensor]) -> LoadReport:
     report.missing = [k for k in own if k not in ok and not k.endswith("num_batches_tracked")]
     report.loaded = len(ok)
     return report
+
+
+FOREIGN_SHARE = 0.1  # more missing or mismatched tensors than this share of the encoder's: another encoder's file
+
+
+def refuse_foreign(report: LoadReport, shown: str, encoder: str) -> None:
+    """Raise unless ``report`` loaded the file as this encoder's: no shape-mismatched tensor, and at most 10% of
+    the encoder's tensors missing or mismatched (a few, e.g. a head the file lacks, are only reported)."""
+    if report.loaded == 0:
+        raise PixelwiseError(f"{shown}: no tensor matches the '{encoder}' encoder ({report.describe()})")
+    expected = report.loaded + len(report.missing)
+    if report.mismatched or len(report.missing) > FOREIGN_SHARE * expected:
+        example = f", e.g. {report.mismatched[0]}" if report.mismatched else ""
+        raise PixelwiseError(f"model.encoder_weights {shown}: this file holds another encoder's weights, not "
+                             f"{encoder}'s ({len(report.mismatched)} of its tensors have another shape{example}; "
+                             f"{len(report.missing)} of the encoder's {expected} are missing); give a {encoder} file "
+                             "or set model.encoder to the file's encoder")
 
 
 def encoder_module(model: nn.Module) -> nn.Module:
