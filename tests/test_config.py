@@ -229,3 +229,9 @@ def test_numbers_from_yaml_and_the_command_line_still_load(tmp_path: Path):
     assert cfg.train.epochs == 3 and cfg.train.batch_size == 2 and cfg.data.crop_size == (64, 64)
     assert cfg.data.bands == [3, 2, 1] and cfg.loss.class_weights == [1.0, 2.0, 0.5] and cfg.data.channels == 3
     assert load_config(overrides=["data.cache=on", "train.compile=true"]).data.cache is True  # booleans stay
+
+
+def test_a_union_keys_error_names_the_key_not_pydantics_validators():
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["data.classes=[background, cell]"])
+    assert "data.classes: Input should be" in str(e.value) and "lax-or-strict" not in str(e.value)

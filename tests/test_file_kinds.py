@@ -191,3 +191,13 @@ def test_streamed_prediction_reads_nodata_as_the_whole_file_readers_do(tmp_path)
         assert np.array_equal(window, whole[:16, :16])
         with pytest.raises(DataError, match="NaN.*in the window at row 0, column 0"):
             WindowReader(ds, tmp_path / "f.tif", io.ImageSpec())[0:16, 0:16]
+
+
+def test_raster_formats_pillow_reads_stay_readable(tmp_path):
+    # the allow-list that keeps EPS away must not drop what users have: AVIF and QOI among them
+    from PIL import Image
+
+    pixels = np.arange(8 * 9 * 3, dtype=np.uint8).reshape(8, 9, 3)
+    for suffix in (".png", ".bmp", ".webp", ".gif", ".tga", ".qoi", ".avif"):
+        Image.fromarray(pixels).save(tmp_path / f"a{suffix}", **({"lossless": True} if suffix == ".webp" else {}))
+        assert io.read_image(tmp_path / f"a{suffix}", None).shape == (8, 9, 3), suffix

@@ -140,3 +140,11 @@ def test_fold_metrics_use_only_an_evaluation_of_the_present_weights(synthetic_da
     assert fold_metrics(run)["miou"] == 0.123
     (run / "eval_val.json").write_text(json.dumps({**evaluation, FINGERPRINT: None}))  # before fingerprints
     assert fold_metrics(run) == {"miou": best}
+
+
+def test_imagenet_weights_are_a_name_not_a_path_when_folds_are_compared():
+    # 'imagenet' as a path (CWD/imagenet) made every finished fold differ from itself: "imagenet", now "imagenet"
+    from pixelwise.kfold import _as_run
+
+    assert _as_run("model.encoder_weights", "imagenet") == "imagenet"
+    assert _as_run("model.encoder_weights", "w.safetensors").endswith("/w.safetensors")

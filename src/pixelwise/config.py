@@ -103,7 +103,7 @@ def format_validation_error(err: ValidationError, source: str) -> str:
 
 
 _TYPE_NAMES = {"int", "str", "float", "bool", "list", "dict", "tuple", "none", "literal['auto']", "path"}
-_TYPE_PATH = re.compile(r"^(function-[a-z-]+|list|tuple|dict|set)\[")
+_TYPE_PATH = re.compile(r"^(function-[a-z-]+|list|tuple|dict|set|lax-or-strict|union|json-or-python|nullable)\[")
 
 
 def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:

@@ -63,7 +63,7 @@ def _leaves(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 def _as_run(key: str, value: Any) -> Any:
     """A requested value as a run's config.yaml holds it: paths absolute."""
-    if key in PATHS and isinstance(value, str) and value != "auto" and not value.startswith("hf://"):
+    if key in PATHS and isinstance(value, str) and value not in ("auto", "imagenet") and not value.startswith("hf://"):
         return str(Path(value).expanduser().resolve())
     return value
 

@@ -45,7 +45,10 @@ EXIF_ORIENTATION = 0x0112
 # What PIL may decode for us: raster formats only (a JPEG with previews, MPO, opens as JPEG). Anything else it
 # recognises is "cannot identify": EPS would run Ghostscript on the file (an upload's PostScript), and WMF, PSD,
 # FITS, ... are not segmentation data.
-PIL_FORMATS = ("PNG", "JPEG", "BMP", "DIB", "WEBP", "PPM", "GIF", "TIFF", "JPEG2000", "ICO", "TGA")
+RASTER_FORMATS = ("PNG", "JPEG", "BMP", "DIB", "WEBP", "AVIF", "PPM", "GIF", "TIFF", "JPEG2000", "ICO", "TGA", "QOI",
+                  "PCX", "SGI")
+Image.init()  # every plugin registered, so that the list below is what this Pillow can open
+PIL_FORMATS = tuple(f for f in RASTER_FORMATS if f in Image.OPEN)  # a name Pillow lacks would be a KeyError in open
 DEFAULT_MAX_PIXELS = 200_000_000  # data.max_image_pixels: a 14000x14000 tile passes, a PNG bomb does not
 SINGLE_IMAGE_FORMATS = {"MPO"}  # extra frames are previews of the first (camera JPEGs), not images of their own
 

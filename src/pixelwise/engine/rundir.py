@@ -140,12 +140,13 @@ def start_run_dir(run_dir: Path) -> None:
     holds no run (``is_run``) loses nothing: names like config.yaml or plots/ there are the user's.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
-    if is_run(run_dir):  # a folder of the user's that is no run keeps everything: its config.yaml is their own
-        for name in RUN_OUTPUTS:
-            _remove(run_dir / name)
-        for path in sorted(run_dir.iterdir()):
-            if RUN_OUTPUT_NAMES.fullmatch(path.name) and path.is_dir() == path.name.startswith("fold_"):
-                _remove(path)  # fold runs are folders, the others files
+    if not is_run(run_dir):  # a folder of the user's that is no run keeps everything: its config.yaml is their own
+        return
+    for name in RUN_OUTPUTS:
+        _remove(run_dir / name)
+    for path in sorted(run_dir.iterdir()):
+        if RUN_OUTPUT_NAMES.fullmatch(path.name) and path.is_dir() == path.name.startswith("fold_"):
+            _remove(path)  # fold runs are folders, the others files
     kept = sorted(p.name + ("/" if p.is_dir() else "") for p in run_dir.iterdir() if p.name != LOCK_NAME)
     if kept:
         notice("note", f"{run_dir}: --overwrite removed the previous run's files and kept what is not a run's own "

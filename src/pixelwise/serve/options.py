@@ -104,25 +104,26 @@ def model_work(seg: Segmenter, shape: tuple[int, ...], tile: int | None, overlap
 
 
 def check_work(seg: Segmenter, shape: tuple[int, ...], options: BatchOptions, name: str) -> None:
-    """Refuse (422) tiling and TTA that would hold the model far longer than this image's ordinary prediction.
+    """Refuse (422) tiling that would hold the model far longer than this image's ordinary prediction.
 
-    Options may cost up to ``MAX_WORK_FACTOR`` times the work of predicting the image with the defaults (TTA with
-    three scales is about 9 times), and any image what sixteen 512-pixel tiles cost. What an image costs with the
-    defaults is bounded by the server's pixel limit; a small tile with a large overlap (tile=32, overlap=0.9: a pass
-    per 3x3 pixels), or scales of 4, would multiply it by hundreds.
+    Scales and TTA within their documented bounds are allowed as ``pixelwise predict`` allows them (their cost with
+    the automatic tiling, ``planned``). Tiling may cost up to ``MAX_WORK_FACTOR`` times the image's prediction with
+    the defaults, and any image what sixteen 512-pixel tiles cost: a small tile with a large overlap (tile=32,
+    overlap=0.9: a pass per 3x3 pixels) would multiply it by hundreds.
     """
     ch, cw = seg.crop_size
     floor = AUTO_TILE_AREA * max(512, ch) * max(512, cw)
     _, plain = model_work(seg, shape, None, DEFAULT_OVERLAP, False, (1.0,))
+    _, planned = model_work(seg, shape, None, DEFAULT_OVERLAP, options.tta, options.scale_list)
     passes, work = model_work(seg, shape, options.tile, options.overlap, options.tta, options.scale_list)
-    if work > max(floor, MAX_WORK_FACTOR * plain):
+    allowed = max(floor, MAX_WORK_FACTOR * plain, planned)
+    if work > allowed:
         tile = "automatic" if options.tile is None else options.tile
         raise ServeError(422, f"{name}: query options 'tile' ({tile}) and 'overlap' ({options.overlap:g}) with "
                               f"{len(options.scale_list)} scale(s){' and tta' if options.tta else ''} would run the "
                               f"model {passes} times on this {shape[1]}x{shape[0]} image, {work / plain:.0f} times the "
                               f"work of its prediction with the defaults; the server allows up to "
-                              f"{max(floor / plain, MAX_WORK_FACTOR):.0f} times for it: raise 'tile', lower 'overlap', "
-                              "or ask for fewer 'scales' or no 'tta'")
+                              f"{allowed / plain:.0f} times for it: raise 'tile' (or leave it out) or lower 'overlap'")
 
 
 def predict_one(served: ServedModel, data: bytes, name: str, options: PredictOptions) -> tuple[bytes, str, str]:
