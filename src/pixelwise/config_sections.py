@@ -60,16 +60,27 @@ def duration_text(seconds: float) -> str:
     return f"{Decimal(repr(seconds)):f}s"  # fixed-point digits of the shortest exact form
 
 
+class NotAboveZero(ValueError):
+    """A duration that parses but is no time above zero (0, negative, NaN, infinite)."""
+
+
+def seconds_above_zero(text: str | float | int) -> float:
+    """``parse_duration``, refusing (ValueError) a time that is not finite and above zero."""
+    seconds = parse_duration(text)
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise NotAboveZero("a time above zero, e.g. 90s, 15m or 1.5h")
+    return seconds
+
+
 def positive_duration(text: str | float | int, option: str) -> float:
     """Seconds of a time given to ``option`` (e.g. '--time-budget'); a ConfigError naming it when ``text`` is no
     duration or not above zero."""
     try:
-        seconds = parse_duration(text)
+        return seconds_above_zero(text)
+    except NotAboveZero:
+        raise ConfigError(f"{option} {text}: give a time above zero, e.g. 90s, 15m or 1.5h") from None
     except ValueError as e:
         raise ConfigError(f"{option}: {e}") from None
-    if not (math.isfinite(seconds) and seconds > 0):
-        raise ConfigError(f"{option} {text}: give a time above zero, e.g. 90s, 15m or 1.5h")
-    return seconds
 
 
 def parse_hw(text: str) -> list[int]:
@@ -349,9 +360,10 @@ class TrainConfig(Strict):
             return None
         if isinstance(v, bool):
             raise ValueError("a duration such as 90s, 15m or 1.5h, not true/false (null: no limit)")
-        seconds = parse_duration(v)
-        if not (math.isfinite(seconds) and seconds > 0):
-            raise ValueError("a time above zero, e.g. 90s, 15m or 1.5h (null: no limit)")
+        try:
+            seconds = seconds_above_zero(v)
+        except NotAboveZero as e:
+            raise ValueError(f"{e} (null: no limit)") from None
         # a number is seconds, stored as text that reads back the same (-5, .nan or 1e6 never reach training)
         return str(v) if isinstance(v, str) else duration_text(seconds)
 

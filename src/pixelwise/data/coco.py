@@ -266,7 +266,7 @@ def _image_dirs(root: Path, ann_path: Path) -> list[Path]:
     return [c for c in dict.fromkeys(cands) if c.is_dir()] or [root / raw]
 
 
-def _displayed_size(path: Path) -> tuple[int, int] | None:
+def displayed_size(path: Path) -> tuple[int, int] | None:
     """(height, width) of an image file as pixelwise reads it (EXIF rotation applied), from its header only."""
     try:
         with Image.open(path) as im:
@@ -293,7 +293,7 @@ def _pairs(root: Path, path: Path, data: dict[str, Any], out_dir: Path
         pairs.append(Pair(found, mask))
         size = (image.get("height"), image.get("width"))
         if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size):
-            size = _displayed_size(found)  # CVAT and hand-written files may leave the size out
+            size = displayed_size(found)  # CVAT and hand-written files may leave the size out
             if size is None:
                 continue  # no image to measure: the checks report the missing or unreadable file
         sizes[str(image["id"])] = size

@@ -37,7 +37,7 @@ from pixelwise.atomic import atomic_write
 from pixelwise.config import DataConfig
 from pixelwise.data import brush_rle
 from pixelwise.data.classes import IGNORE, ClassTable
-from pixelwise.data.coco import _displayed_size, cache_root, split_name
+from pixelwise.data.coco import cache_root, displayed_size, split_name
 from pixelwise.data.io import Pair, max_pixels
 from pixelwise.data.paths import inside, safe_key
 from pixelwise.errors import DataError, list_offenders
@@ -378,7 +378,7 @@ def read_labelstudio(root: Path, cfg: DataConfig) -> tuple[Splits, ClassTable, l
                 bad.append(f"{where}: results disagree on the image size ({sorted(sizes)})")
                 continue
             if not sizes:  # no brush or polygon; an empty result is Label Studio's "nothing to label here"
-                size = _displayed_size(file) if file.is_file() else None  # is_file: never open a FIFO
+                size = displayed_size(file) if file.is_file() else None  # is_file: never open a FIFO
                 if size is None or (problem := _bad_size(*size, limit)):
                     bad.append(f"{where}: no brush or polygon result gives the image's size, and {file} " +
                                (problem if size else "cannot be read to measure it"))
