@@ -94,7 +94,8 @@ def train(
     folds: int | None = typer.Option(None, min=2, max=100,
                                      help="k-fold cross-validation: one run per fold under the run directory, a "
                                           "mean +- std summary, the folds' ensemble as the parent's model."),
-    overwrite: bool = typer.Option(False, help="Replace an existing run directory."),
+    overwrite: bool = typer.Option(False, help="Replace the run in --out: its own files go, anything else there is "
+                                               "kept and named."),
     tensorboard: bool = typer.Option(True, help="Write TensorBoard event files (train.tensorboard)."),
     report: bool = typer.Option(True, help="Write report.html after training (train.report)."),
     auto: bool = typer.Option(False, help="Configure from the data and this machine (`pixelwise plan`); the "
