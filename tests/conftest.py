@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -18,6 +20,8 @@ import pytest
 from PIL import Image
 
 from pixelwise.data import synthetic
+
+atexit.register(shutil.rmtree, os.environ["HF_HOME"], ignore_errors=True)  # not left behind in /tmp per run
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("PIXELWISE_SHARED_DATA", ROOT.parent / "shared" / "data"))
