@@ -168,3 +168,28 @@ def test_export_smp_replaces_only_its_own_files_with_the_modes_the_umask_gives(s
         assert {p.stat().st_mode & 0o777 for p in staged.iterdir()} == {0o644}
     finally:
         os.umask(old)
+
+
+def test_pushed_files_name_no_path_of_this_machine(served_run, tmp_path):
+    """config.yaml, dataset.json, summary.json and eval_val.json record absolute paths (the data root, evaluated
+    images, an init_from run); the pushed copies name them relative to the data root, or by their name alone."""
+    run = tmp_path / "run"
+    shutil.copytree(served_run, run)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    root = config["data"]["root"]
+    assert Path(root).is_absolute()
+    config["model"]["init_from"] = "/home/alice/private/runs/teacher"
+    (run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    (run / "eval_val.json").write_text(json.dumps({"split": "val", "worst": [{"image": f"{root}/images/a.png"}]}))
+    out = tmp_path / "repo"
+    push(run, "alice/shapes", to_folder=out)
+    for file in out.rglob("*"):
+        if file.suffix in (".yaml", ".json", ".md", ".csv"):
+            text = file.read_text()
+            assert root not in text and "/home/alice" not in text, file.name
+    pushed = yaml.safe_load((out / "config.yaml").read_text())
+    assert pushed["data"]["root"] == Path(root).name and pushed["model"]["init_from"] == "teacher"
+    worst = json.loads((out / "eval_val.json").read_text())["worst"][0]["image"]
+    assert worst == f"{Path(root).name}/images/a.png"
+    assert "fine-tuned from teacher" in (out / "README.md").read_text()
+    assert Segmenter.load(out, device="cpu").class_names == Segmenter.load(run, device="cpu").class_names

@@ -73,7 +73,8 @@ def model_card(run_dir: Path, repo_id: str, files: list[str]) -> str:
     dataset = Path(str(data.get("root") or "custom-data")).name
     names = (data.get("classes") or {}).get("names", [])
     name = repo_id.split("/")[-1]
-    start = (f"fine-tuned from {model['init_from']}" if model.get("init_from") else
+    source = str(model.get("init_from") or "")  # a local path is shown by its name only, as in the pushed config
+    start = (f"fine-tuned from {source if source.startswith('hf://') else Path(source).name}" if source else
              "ImageNet-pretrained encoder" if model.get("encoder_weights") == "imagenet" else
              "random initialisation" if model.get("encoder_weights") is None else
              f"encoder weights from {Path(str(model['encoder_weights'])).name}")

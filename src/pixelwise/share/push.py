@@ -12,14 +12,18 @@ files instead of uploading them.
 from __future__ import annotations
 
 import json
+import ntpath
+import posixpath
 import re
 import shutil
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
+import yaml
+
 from pixelwise.atomic import check_out_dir
-from pixelwise.config import load_run_config
+from pixelwise.config import load_run_config, read_yaml
 from pixelwise.errors import PixelwiseError
 from pixelwise.progress import console
 from pixelwise.share.card import model_card
@@ -28,6 +32,36 @@ from pixelwise.share.card import model_card
 RUN_FILES = ("config.yaml", "best.safetensors", "summary.json", "metrics.csv", "dataset.json", "eval_val.json",
              "calibration.json")
 REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+PATHS_INSIDE = ("config.yaml", "summary.json", "dataset.json", "eval_val.json")  # may name files on this machine
+
+
+def _portable(value: Any, root: str | None) -> Any:
+    """``value`` with every absolute path in it made local-free: under the data root -> ``ROOTNAME/...``, elsewhere
+    -> the file or folder name. What a run records about this machine (``/home/alice/...``) stays on it."""
+    if isinstance(value, dict):
+        return {k: _portable(v, root) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_portable(v, root) for v in value]
+    if not isinstance(value, str) or not (posixpath.isabs(value) or ntpath.isabs(value)) or len(value) < 2:
+        return value
+    path = PurePath(value)
+    if root and path.is_relative_to(root):
+        return (Path(PurePath(root).name) / path.relative_to(root)).as_posix()
+    return path.name or value
+
+
+def _strip_local_paths(folder: Path) -> None:
+    """Rewrite the staged config and JSON files with ``_portable`` paths (loading needs none of them)."""
+    config = read_yaml(folder / "config.yaml")
+    root = (config.get("data") or {}).get("root")
+    for name in PATHS_INSIDE:
+        file = folder / name
+        if not file.is_file():
+            continue
+        if name.endswith(".yaml"):
+            file.write_text(yaml.safe_dump(_portable(config, root), sort_keys=False))
+        else:
+            file.write_text(json.dumps(_portable(json.loads(file.read_text()), root), indent=2))
 
 
 def stage(run_dir: Path, folder: Path, repo_id: str, onnx: str | None = None, smp: bool = False) -> list[str]:
@@ -39,6 +73,7 @@ def stage(run_dir: Path, folder: Path, repo_id: str, onnx: str | None = None, sm
     for name in RUN_FILES:
         if (run_dir / name).is_file():
             shutil.copy2(run_dir / name, folder / name)
+    _strip_local_paths(folder)
     (folder / "classes.json").write_text(json.dumps(cfg.data.classes.model_dump(mode="json", exclude_none=True),
                                                     indent=2))
     if onnx is not None:
