@@ -335,3 +335,26 @@ def test_a_run_that_evaluated_nothing_has_no_best_miou(synthetic_data, tmp_path)
     assert json.loads((run / "summary.json").read_text())["best_miou"] is None
     assert fold_metrics(run) == {"miou": None}
     assert summarise([fold_metrics(run), {"miou": 0.5}])["miou"] == {"mean": 0.5, "std": 0.0, "folds": 1}
+
+
+def test_validation_masks_without_a_labelled_pixel_give_no_miou_not_zero(tmp_path, capsys):
+    """All-void validation masks: mIoU is undefined. It is recorded as empty, the summary says null (not 0.0), and
+    the latest weights are kept as best, with a warning saying why."""
+    import numpy as np
+    from conftest import write_pair
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 4), ("val", 2)):
+        for i in range(n):
+            image = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+            labelled = (rng.random((32, 32)) > 0.5).astype(np.uint8)
+            mask = labelled if split == "train" else np.full((32, 32), 255, np.uint8)
+            write_pair(tmp_path / "data" / split, f"{split}{i}", image, mask)
+    (tmp_path / "data" / "classes.yaml").write_text("names: [background, thing]\nignore_index: 255\n")
+    run = tmp_path / "run"
+    summary = Trainer(_cfg(tmp_path / "data", "train.epochs=2"), run).fit()
+    assert summary["best_miou"] is None and (run / "best.safetensors").is_file()
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert [r["val_miou"] for r in rows] == ["", ""] and all(r["val_loss"] for r in rows)
+    out = capsys.readouterr().err
+    assert out.count("hold no labelled pixel") == 1 and "no validation mIoU" in out

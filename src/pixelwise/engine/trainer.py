@@ -238,7 +238,7 @@ class Trainer:
         finally:
             self.callbacks.close()
             self.release()
-        best = "no validation data" if summary["best_miou"] is None else (
+        best = "no validation mIoU" if summary["best_miou"] is None else (
             f"best val mIoU {summary['best_miou']:.4f} (epoch {summary['best_epoch']})")
         ips = summary["train_images_per_second"]
         console.print(f"stopped by {reason}: {best}" + (f", {ips:.2f} train images/s" if ips is not None else ""))
@@ -361,10 +361,13 @@ class Trainer:
         if evaluate_now and self.data.val is not None:
             result = evaluate(self.eval_model, self.data.val, self.data.val_sizes, self.table.names, self.runtime,
                               self.cfg.train.eval_batch_size, self.workers, self.criterion, distributed=True)
-            miou = result["miou"] if result["miou"] is not None else 0.0
+            miou = result["miou"]  # None: no labelled pixel in the validation masks, so no mIoU to compare
             row.update(val_loss=result["loss"], val_miou=miou, val_pixel_accuracy=result["pixel_accuracy"])
-            rs.improved = miou > s.best_miou
-            if rs.improved:
+            if miou is None and all(r.get("val_loss") is None for r in self.history):  # once: the first evaluation
+                notice("warning", "the validation masks hold no labelled pixel (all void): mIoU is undefined, "
+                                  "so the latest weights are kept as best")
+            rs.improved = s.best_miou < 0 if miou is None else miou > s.best_miou
+            if miou is not None and rs.improved:
                 s.best_miou, s.best_epoch = miou, s.epoch
             rs.metrics = result
             self.callbacks.fire("on_evaluate", rs, result)
