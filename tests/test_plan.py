@@ -66,6 +66,9 @@ def test_binary_masks_make_the_rarer_value_the_foreground():
     rare = rule_loss(fingerprint(classes=2, binary_share=0.03, imbalance=32.0))
     assert rare.value["class_weights"] == "auto" and "32x imbalanced" in rare.reason
     assert rule_loss(fingerprint(classes=11)).value == {"dice": 1.0}
+    one = fingerprint(classes=2, imbalance=1.0)  # masks holding one class only: not "1.0x imbalance"
+    one.classes[1].pixels, one.classes[0].pixels = 0, 4096
+    assert "no pixel of c1 in any mask" in rule_loss(one).reason and "1.0x" not in rule_loss(one).reason
 
 
 def test_epochs_and_evaluation_fit_the_budget():
