@@ -192,3 +192,19 @@ def test_ms_coco_annotations_folder_reads_only_the_instances_files(tmp_path):
     (other / "annotations" / "annotations_val.json").write_text("{}")
     assert coco.coco_files(other) == {"train": other / "annotations" / "train.json",
                                       "val": other / "annotations" / "annotations_val.json"}
+
+
+def test_two_annotation_files_for_one_split_are_refused_naming_both(tmp_path):
+    """instances_train2014.json beside instances_train2017.json: both are 'train'. Reading the first and leaving the
+    other out unsaid would train on part of what the user meant; the error names both."""
+    root = tmp_path / "coco"
+    _dataset(root, [_ann(TRIANGLE)], split="train2014")
+    _dataset(root, [_ann(TRIANGLE)], split="train2017")
+    with pytest.raises(DataError, match=r"train: instances_train2014\.json, instances_train2017\.json"):
+        discover(DataConfig(root=root))
+    roboflow = tmp_path / "roboflow"  # two exports in one split folder: the same
+    for name in ("_annotations.coco.json", "old.coco.json"):
+        (roboflow / "train").mkdir(parents=True, exist_ok=True)
+        (roboflow / "train" / name).write_text("{}")
+    with pytest.raises(DataError, match=r"train: _annotations\.coco\.json, old\.coco\.json"):
+        coco.read_coco(roboflow)

@@ -49,27 +49,34 @@ def split_name(name: str) -> str:
     return name
 
 
-def coco_files(root: Path) -> dict[str, Path]:
+def coco_files(root: Path, one_per_split: bool = False) -> dict[str, Path]:
     """Split name -> COCO annotation file: annotations/instances_SPLIT.json (or, where there is none, any
     annotations/*.json), or one *.json per split folder (Roboflow: train/_annotations.coco.json beside the images).
 
     MS COCO's annotations/ also holds captions_SPLIT.json and person_keypoints_SPLIT.json: not masks, not splits.
+    ``one_per_split``: two files for one split (instances_train2014.json and instances_train2017.json) are an
+    error naming both, rather than the first being read and the other left out unsaid.
     """
-    found: dict[str, Path] = {}
+    found: dict[str, list[Path]] = {}
     jsons = sorted((root / "annotations").glob("*.json")) if (root / "annotations").is_dir() else []
     for path in [p for p in jsons if p.name.startswith("instances_")] or jsons:
         stem = path.stem.removeprefix("instances_").removeprefix("annotations_")
-        found.setdefault(split_name(stem), path)
+        found.setdefault(split_name(stem), []).append(path)
     if not found:
         for sub in sorted(p for p in root.iterdir() if p.is_dir()):
             jsons = sorted(sub.glob("*.coco.json")) or sorted(sub.glob("*annotations*.json"))
             if jsons:
-                found[split_name(sub.name)] = jsons[0]
+                found[split_name(sub.name)] = jsons
     if not found:
         jsons = sorted(root.glob("*.coco.json")) + sorted(root.glob("instances*.json"))
         if jsons:
-            found["train"] = jsons[0]
-    return found
+            found["train"] = jsons
+    several = {split: paths for split, paths in found.items() if len(paths) > 1}
+    if one_per_split and several:
+        raise DataError(f"{root}: more than one COCO annotation file for a split ("
+                        + "; ".join(f"{split}: {', '.join(p.name for p in paths)}" for split, paths in several.items())
+                        + "); keep one per split in its own folder, or move the others out")
+    return {split: paths[0] for split, paths in found.items()}
 
 
 def cache_root() -> Path:
@@ -357,7 +364,7 @@ def _category_plan(files: dict[str, Path], loaded: dict[str, dict]) -> tuple[Cla
 
 
 def read_coco(root: Path) -> tuple[dict[str, list[Pair]], ClassTable, list[Path], list[str]]:
-    files = coco_files(root)
+    files = coco_files(root, one_per_split=True)
     if not files:
         raise DataError(f"{root}: no COCO annotation files (expected annotations/instances_train.json, ...; or "
                         "train/_annotations.coco.json beside the images)")
