@@ -7,6 +7,7 @@ import os
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,9 +15,10 @@ import numpy as np
 from pixelwise.data import raster
 from pixelwise.data.classes import IGNORE, UNKNOWN, ClassTable
 from pixelwise.data.dataset import DecodedCache, Pair
-from pixelwise.data.io import ColorCodes, probe, read_image_decoded, read_mask_stored
-from pixelwise.data.normalization import sample_pixels, samples_per_image
-from pixelwise.data.pixels import ChannelMismatch, DtypeMismatch, ImageSpec, dtype_class
+from pixelwise.data.filekind import decoder_suffix
+from pixelwise.data.io import ColorCodes, orient, probe, read_image_decoded, read_mask_stored
+from pixelwise.data.normalization import sample_pixels, samples_per_image, valid_extent, valid_moments
+from pixelwise.data.pixels import ChannelMismatch, Decoded, DtypeMismatch, ImageSpec, dtype_class
 from pixelwise.errors import DataError, PixelwiseError, list_offenders
 from pixelwise.progress import track
 
@@ -42,15 +44,17 @@ class PairInfo:
     counts: np.ndarray | None = None  # pixels per raw value in ``values``
     orientation: int = 1  # EXIF orientation of the image (applied when decoding)
     file_channels: int = 0  # channels the file holds (after data.bands): 1 gray, 3 colour, N multichannel
-    moments: np.ndarray | None = None  # (2, C): per-channel mean and mean of squares of the decoded image
+    moments: np.ndarray | None = None  # (3, C): per channel mean, mean of squares, count of valid (8-bit: all) pixels
     digest: str | None = None  # hash of the image's pixels (with ``fingerprint``)
     row_sums: np.ndarray | None = None  # per value in ``values``: sum of its pixels' relative rows (0 top, 1 bottom)
     dtype: str | None = None  # the image's pixel type as decoded (the file's; floating point as float32)
     stored_dtype: str | None = None  # the type the file stores (float64 stays float64 here)
     mismatch: tuple[str, Any] | None = None  # ("channels", found) or ("dtype", found): unlike the dataset's
-    low: np.ndarray | None = None  # (C,) per-channel minimum and maximum of the image
+    low: np.ndarray | None = None  # (C,) per-channel minimum and maximum of the image's valid pixels (NaN: none)
     high: np.ndarray | None = None
-    samples: np.ndarray | None = None  # (n, C) pixels drawn for the dataset's statistics (normalisation)
+    valid: np.ndarray | None = None  # (C,) per channel, the pixels with data (``_valid_pixels``)
+    samples: np.ndarray | None = None  # (n, C) valid pixels drawn for the dataset's statistics (NaN: invalid there)
+    void_unsure: bool = False  # no class table yet, mask values 0 and 255 only: 255 taken for a class
     float_mask: str | None = None  # the floating-point type the mask was stored in, if it was
     grid_unchecked: bool = False  # georeferenced pair whose grids could not be compared (rasterio missing)
     nodata: int = 0  # integer pixels holding the image's declared nodata value (read as stored)
@@ -104,8 +108,27 @@ def decide_spec(pairs: list[Pair], requested: int | str | ImageSpec) -> ImageSpe
 ROTATED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
 
 
+def _valid_pixels(path: Path, decoded: Decoded, image: np.ndarray, void: np.ndarray | None) -> np.ndarray | None:
+    """(H, W, C) True where a pixel's channel holds data ((H, W, 1) for every channel alike), None where all do: not
+    NaN or infinite (before data.nan_fill), not the declared nodata value or outside GDAL's internal mask (integer
+    pixels keep the value: found again as ``raster.apply_nodata`` found them), not void (``void``, (H, W))."""
+    raw, ok = decoded.pixels, None
+    if raw.dtype.kind == "f":
+        ok = np.isfinite(raw)
+    elif decoded.nodata:
+        nodata, inside = raster.declared_nodata(path, decoder_suffix(path))
+        hit = raster.nodata_hits(raw, nodata, None if inside is None else orient(inside, decoded.orientation))
+        ok = None if hit is None else ~hit
+    if ok is not None and ok.shape[2] != image.shape[2]:  # 8-bit gray/colour converted: whole pixels count
+        ok = ok.all(axis=2, keepdims=True)
+    if void is not None:
+        ok = ~void[:, :, None] if ok is None else ok & ~void[:, :, None]
+    return None if ok is None or ok.all() else ok
+
+
 def _scan_one(pair: Pair, spec: ImageSpec, cache: DecodedCache | None, colors: ColorCodes | None = None,
-              fingerprint: bool = False, index: int = 0, sample: int = 0) -> PairInfo:
+              fingerprint: bool = False, index: int = 0, sample: int = 0, void: np.ndarray | None = None) -> PairInfo:
+    """``void``: the class table's void values (booleans by raw mask value), None while there is no table."""
     info = PairInfo(pair)
     if pair.mask is None:
         info.error, info.problem = f"{pair.image}: no mask found for this image", NO_MASK
@@ -123,14 +146,8 @@ def _scan_one(pair: Pair, spec: ImageSpec, cache: DecodedCache | None, colors: C
         return info
     info.dtype, info.stored_dtype = str(image.dtype), str(decoded.pixels.dtype)
     info.float_mask = stored if np.dtype(stored).kind == "f" else None
-    flat = image.reshape(-1, image.shape[2])
-    info.low, info.high = flat.min(axis=0), flat.max(axis=0)
-    if sample:
-        info.samples = sample_pixels(image, sample, index)
     info.size = image.shape[:2]
     if fingerprint:
-        flat = image.reshape(-1, image.shape[2]).astype(np.float64)
-        info.moments = np.stack([flat.mean(axis=0), (flat**2).mean(axis=0)])
         info.digest = hashlib.blake2b(image.tobytes(), digest_size=16).hexdigest()
     if mask.shape[:2] != image.shape[:2]:
         h, w = image.shape[:2]
@@ -157,14 +174,24 @@ def _scan_one(pair: Pair, spec: ImageSpec, cache: DecodedCache | None, colors: C
         counts = np.bincount(mask.ravel(), minlength=256)
         info.values = np.flatnonzero(counts)
         info.counts = counts[info.values]
-        index, slots = mask, 256
+        codes, slots = mask, 256
     else:
         info.values, inverse, info.counts = np.unique(mask, return_inverse=True, return_counts=True)
-        index, slots = inverse.reshape(mask.shape), len(info.values)
+        codes, slots = inverse.reshape(mask.shape), len(info.values)
     if fingerprint:  # where each value lies vertically: street scenes have sky above road, micrographs nothing
         rows = np.broadcast_to((np.arange(mask.shape[0]) / max(mask.shape[0] - 1, 1))[:, None], mask.shape)
-        sums = np.bincount(index.ravel(), weights=rows.ravel(), minlength=slots)
+        sums = np.bincount(codes.ravel(), weights=rows.ravel(), minlength=slots)
         info.row_sums = sums[info.values] if mask.dtype == np.uint8 else sums
+    if void is None and 255 in info.values:  # no table yet: 255 is void unless the masks hold only 0 and 255
+        info.void_unsure = set(info.values.tolist()) <= {0, 255}
+        void = None if info.void_unsure else np.arange(65536) == 255
+    valid = _valid_pixels(pair.image, decoded, image, None if void is None else void[mask])
+    info.low, info.high, info.valid = valid_extent(image, valid)
+    if sample:
+        info.samples = sample_pixels(image, sample, index, valid)
+    if fingerprint:
+        # 8-bit: the intensity the encoder's normalisation meets, every pixel (the samples leave the invalid out)
+        info.moments = valid_moments(image, None if image.dtype == np.uint8 else valid)
     if cache is not None:
         cache.put(pair.image, image)
         cache.put(pair.mask, mask)
@@ -223,10 +250,13 @@ def scan_pairs(
     spec = decide_spec(pairs, channels)
     colors = table.color_codes() if table is not None and table.color_masks else None
     sample = samples_per_image(len(pairs))
-    workers = min(8, os.cpu_count() or 1)
-    with ThreadPoolExecutor(workers) as pool:
-        infos = list(track(pool.map(lambda ip: _scan_one(ip[1], spec, cache, colors, fingerprint, ip[0], sample),
-                                    enumerate(pairs)), total=len(pairs), label=label))
+
+    def scan(indices: list[int], void: np.ndarray | None, label: str) -> list[PairInfo]:
+        with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+            return list(track(pool.map(lambda k: _scan_one(pairs[k], spec, cache, colors, fingerprint, k, sample, void),
+                                       indices), total=len(indices), label=label))
+
+    infos = scan(list(range(len(pairs))), None if table is None else table.lut() == IGNORE, label)
     mixed = [m for m in (_mixed(infos, spec, "dtype"), _mixed(infos, spec, "channels")) if m]
     notes: list[str] = []
     rotated = [i for i in infos if not i.error and i.orientation != 1]
@@ -242,6 +272,11 @@ def scan_pairs(
             notes.append(note)
         except DataError as e:
             groups[TABLE] = [str(e)]
+        redo = [k for k, i in enumerate(infos) if i.void_unsure and not i.error]
+        if table is not None and table.ignore_index == 255 and redo:  # their 255 is void after all: statistics again
+            for k, info in zip(redo, scan(redo, table.lut() == IGNORE, label), strict=True):
+                infos[k] = info
+            good = [i for i in infos if not i.error]
     if table is not None:
         lut = table.lut()
         for info in good:
@@ -296,11 +331,12 @@ def _pixel_notes(good: list[PairInfo]) -> list[str]:
     if unchecked:
         notes.append(f"{len(unchecked)} georeferenced pair(s) (e.g. {unchecked[0].pair.image.name}): whether each "
                      f"mask lies on its image's grid was not checked; install the geo extra ({raster.GEO_INSTALL})")
-    nodata = [i for i in good if i.nodata]
+    nodata = [i for i in good if i.nodata and np.dtype(i.dtype).kind != "f"]  # float ones are NaN (nan_fill)
     if nodata:
         notes.append(f"{len(nodata)} integer image(s) hold pixels equal to their declared nodata value (e.g. "
                      f"{nodata[0].pair.image.name}: {nodata[0].nodata:,} pixels); they are read as that value and "
-                     "trained on like any other: paint them void (255) in the masks if they lie outside the scene")
+                     "trained on like any other (the normalisation statistics leave them out): paint them void (255) "
+                     "in the masks if they lie outside the scene")
     return notes
 
 

@@ -243,14 +243,18 @@ def fingerprint(cfg: DataConfig) -> CheckResult:
     if file_channels.get(1) and file_channels.get(3):
         warnings.append(f"{file_channels[1]} grayscale and {file_channels[3]} colour images: grayscale ones are "
                         "replicated to 3 channels")
-    weights = np.array([i.size[0] * i.size[1] for i in good], dtype=np.float64)
-    moments = np.stack([i.moments for i in good])  # (N, 2, C)
-    mean = (moments[:, 0] * weights[:, None]).sum(0) / weights.sum()
-    sq = (moments[:, 1] * weights[:, None]).sum(0) / weights.sum()
+    moments = np.stack([i.moments for i in good])  # (N, 3, C): mean, mean of squares, pixels counted
+    weights = moments[:, 2]
+    total = np.maximum(weights.sum(0), 1)
+    mean = (moments[:, 0] * weights).sum(0) / total
+    sq = (moments[:, 1] * weights).sum(0) / total
     fp.intensity = Intensity(mean=[round(float(m), 2) for m in mean],
                              std=[round(float(s), 2) for s in np.sqrt(np.maximum(sq - mean**2, 0))],
                              scale="0-255 per channel" if scan.dtype == "uint8" else "the data's own units")
-    fp.pixels = pixel_stats(scan)
+    try:  # a channel without valid pixels: training cannot normalise it (8-bit data: the encoder's numbers)
+        fp.pixels = pixel_stats(scan, {str(p.image) for p in plan.train} if plan is not None else None)
+    except DataError as e:
+        (warnings if scan.dtype == "uint8" else errors).append(str(e))
     if scan.table is not None:
         per_image, void = class_pixels_per_image(scan)
         counts = np.sum(list(per_image.values()), axis=0)
@@ -278,15 +282,18 @@ def fingerprint(cfg: DataConfig) -> CheckResult:
     return result()
 
 
-def pixel_stats(scan: Scan) -> PixelStats:
-    """Per channel: the stored type, the bits an integer channel actually uses, value range, percentiles; and the
-    z-score normalisation training would derive (used for any data but 8-bit, where the encoder's is used)."""
+def pixel_stats(scan: Scan, train: set[str] | None = None) -> PixelStats:
+    """Per channel: the stored type, the bits an integer channel actually uses, value range, percentiles (of the
+    valid pixels: ``normalization``); and the z-score normalisation training would derive from the ``train`` images'
+    samples, as it does (used for any data but 8-bit, where the encoder's is used). A channel without any valid
+    pixel is a DataError naming it."""
     good = [i for i in scan.infos if not i.error and i.low is not None]
     stored = Counter(str(i.stored_dtype) for i in good)
-    low = np.min([i.low for i in good], axis=0)
-    high = np.max([i.high for i in good], axis=0)
     samples = np.concatenate([i.samples for i in good if i.samples is not None])
-    norm, dtype = zscore(samples), stored.most_common(1)[0][0]
+    trained = [i.samples for i in good if i.samples is not None and str(i.pair.image) in (train or ())]
+    norm = zscore(np.concatenate(trained) if trained else samples)
+    low, high = np.fmin.reduce([i.low for i in good]), np.fmax.reduce([i.high for i in good])  # NaN: none there
+    dtype = stored.most_common(1)[0][0]
     by_channels = Counter(i.file_channels for i in good)
     return PixelStats(dtype=dtype, model_input=model_dtype(scan.dtype), files_by_dtype=dict(stored),
                       files_by_channels={str(k): v for k, v in sorted(by_channels.items())},

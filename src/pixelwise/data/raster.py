@@ -137,28 +137,55 @@ def tiff_header(path: Path, what: str, pages_as_channels: bool = False) -> Heade
     return Header(sizes["Y"], sizes["X"], samples * (pages if pages_as_channels else 1), dtype, pages, stack)
 
 
-def apply_nodata(arr: np.ndarray, nodata: Any, what: str, valid: np.ndarray | None = None) -> tuple[np.ndarray, int]:
-    """An image's declared nodata value (GDAL), or its internal mask's invalid pixels (``valid``, (H, W)): float
-    pixels there become NaN, so that ``data.nan_fill`` decides what they are, as for any NaN (they were read as
-    -9999 and trained on); integer ones stay as stored and are counted, for the checks' note. Returns the pixels and
-    how many have no data. Masks are left as stored."""
+def nodata_hits(arr: np.ndarray, nodata: Any, valid: np.ndarray | None = None) -> np.ndarray | None:
+    """(H, W, C) True where ``arr`` has no data: its declared ``nodata`` (GDAL's tag text or rasterio's number, per
+    band; NaN matches NaN) or outside ``valid`` (GDAL's internal mask, (H, W), every band); None when neither is
+    declared (or the value is one the pixels cannot hold)."""
     try:
         value = float(str(nodata).strip().rstrip("\x00")) if nodata is not None else None
     except ValueError:
         value = None
     if value is not None and arr.dtype.kind != "f" and not value.is_integer():
         value = None  # an integer image cannot hold it
-    if what != "image" or not arr.size or (value is None and valid is None):
-        return arr, 0
+    if value is None and valid is None:
+        return None
     hit = np.zeros(arr.shape, dtype=bool)
     if value is not None:
         hit |= np.isnan(arr) if np.isnan(value) else arr == value
     if valid is not None:
         hit |= ~valid[:, :, None]
+    return hit
+
+
+def apply_nodata(arr: np.ndarray, nodata: Any, what: str, valid: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+    """An image's declared nodata value, or its internal mask's invalid pixels (``valid``, (H, W)): float
+    pixels there become NaN, so that ``data.nan_fill`` decides what they are, as for any NaN (they were read as
+    -9999 and trained on); integer ones stay as stored and are counted, for the checks' note (the checks find them
+    again with ``declared_nodata``). Returns the pixels and how many have no data. Masks are left as stored."""
+    hit = nodata_hits(arr, nodata, valid) if what == "image" and arr.size else None
+    if hit is None:
+        return arr, 0
     count = int(hit.any(axis=2).sum())  # pixels, however many of their channels hold it
     if count and arr.dtype.kind == "f":
         arr = np.where(hit, np.nan, arr).astype(arr.dtype, copy=False)
     return arr, count
+
+
+def declared_nodata(path: Path, suffix: str) -> tuple[Any, np.ndarray | None]:
+    """An image's declared nodata value and GDAL's internal mask ((H, W), True where valid, as stored: before any
+    orientation), read as the decoder of ``suffix`` reads them: a TIFF's tags (tifffile), a .jp2/.vrt's nodata
+    (rasterio)."""
+    if suffix in RASTERIO_SUFFIXES:
+        with open_raster(path) as ds:
+            return ds.nodata, None
+    header = tiff_header(path, "image")
+    try:
+        with open_tiff(path) as tif:
+            tags = tif.pages[0].tags
+            nodata = tags["GDAL_NODATA"].value if "GDAL_NODATA" in tags else None
+            return nodata, tiff_validity(tif, header.height, header.width)
+    except Exception as e:
+        raise _unreadable(path, "image", "TIFF", e) from None
 
 
 def read_tiff(path: Path, what: str, max_pixels: int, pages_as_channels: bool = False
