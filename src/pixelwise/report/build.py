@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ from pixelwise.progress import console
 
 GALLERY_SIZE = 4  # worst and best images shown
 FINGERPRINT = "model_fingerprint"  # the eval JSON's record of the model files it evaluated
+CALIBRATION = "calibration.json"  # the one model file that only the probability figures depend on
+PROBABILITY_FIGURES = ("trust",)  # an eval JSON's entries measured on calibrated probabilities (ECE, uncertainty)
 
 
 def read_history(run_dir: Path) -> list[dict[str, Any]]:
@@ -34,34 +37,62 @@ def _shares(counts: list[int] | np.ndarray) -> list[float]:
     return list(counts / total) if total > 0 else [0.0] * len(counts)
 
 
-def model_fingerprint(run_dir: Path) -> dict[str, list[int] | None]:
-    """Size and modification time (ns) of each file the run's evaluation depends on: best.safetensors (a
-    cross-validation parent's: folds.json and each fold's) and calibration.json (the temperature of the trust
-    figures); None for one that is missing. Recorded in eval_SPLIT.json: weights trained further, a run replaced
-    or a new calibration change it, and the evaluation is done again instead of being reused."""
-    names = ["best.safetensors", "calibration.json"]
+_DIGESTS: dict[tuple[str, int, int, int, int], str] = {}  # (path, size, mtime, ctime, inode) -> digest
+
+
+def _digest(path: Path) -> str | None:
+    """``sha256:HEX`` of a file's bytes (None when it is missing); hashed once per process while the file stays
+    as it was (size, modification and status-change times: any write changes the last), about 0.2 s for 100 MB."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
+    if key not in _DIGESTS:
+        digest = hashlib.sha256()
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+        _DIGESTS[key] = f"sha256:{digest.hexdigest()}"
+    return _DIGESTS[key]
+
+
+def model_fingerprint(run_dir: Path) -> dict[str, str | None]:
+    """The content hash (``_digest``) of each file the run's evaluation depends on: best.safetensors (a
+    cross-validation parent's: folds.json and each fold's) and calibration.json (the temperature of the
+    probability figures); None for one that is missing. Recorded in eval_SPLIT.json: weights trained further or
+    a run replaced change it, and the evaluation is done again instead of being reused; a run copied without its
+    modification times (cp -r) or moved keeps it."""
+    names = ["best.safetensors", CALIBRATION]
     if (run_dir / "folds.json").is_file():
         from pixelwise.inference.ensemble import fold_runs
 
         names += ["folds.json", *(f"{fold.name}/best.safetensors" for fold in fold_runs(run_dir))]
-    stamps: dict[str, list[int] | None] = {}
-    for name in names:
-        try:
-            stat = (run_dir / name).stat()
-        except OSError:
-            stamps[name] = None
-        else:
-            stamps[name] = [stat.st_size, stat.st_mtime_ns]
-    return stamps
+    return {name: _digest(run_dir / name) for name in names}
+
+
+def reusable(result: Any, stamp: dict[str, str | None]) -> dict[str, Any] | None:
+    """What of an eval JSON ``result`` holds for the model files ``stamp`` (``model_fingerprint``) describes: all
+    of it when it evaluated the same files; without its probability figures (``PROBABILITY_FIGURES``: ECE,
+    uncertainty) when only calibration.json differs, since a temperature never changes an argmax (the masks,
+    per-class IoU, precision, recall, F1, mIoU and pixel accuracy stay); None when the weights differ or it has no
+    fingerprint (written by an earlier version)."""
+    recorded = result.get(FINGERPRINT) if isinstance(result, dict) else None
+    if not isinstance(recorded, dict):
+        return None
+    weights = {k: v for k, v in stamp.items() if k != CALIBRATION}
+    if {k: v for k, v in recorded.items() if k != CALIBRATION} != weights:
+        return None
+    if recorded.get(CALIBRATION, "") != stamp.get(CALIBRATION):
+        return {k: v for k, v in result.items() if k not in PROBABILITY_FIGURES}
+    return result
 
 
 def current_evaluation(run_dir: Path, split: str) -> dict[str, Any] | None:
-    """``RUN/eval_SPLIT.json`` when it evaluated the model the run holds now (its fingerprint matches); None when
-    it is missing, unreadable, of other weights, or written without a fingerprint (by an earlier version)."""
-    result = _read_json(run_dir / f"eval_{split}.json")
-    if not isinstance(result, dict) or result.get(FINGERPRINT) != model_fingerprint(run_dir):
-        return None
-    return result
+    """``RUN/eval_SPLIT.json`` as far as it evaluated the model the run holds now (``reusable``: after a new
+    calibration, without its probability figures); None when it is missing, unreadable, of other weights, or
+    written without a fingerprint (by an earlier version)."""
+    return reusable(_read_json(run_dir / f"eval_{split}.json"), model_fingerprint(run_dir))
 
 
 def report_path(run_dir: Path, split: str) -> Path:
@@ -85,16 +116,17 @@ def _file_split(run_dir: Path, split: str, data_root: Path | None, data_format: 
     stamp = model_fingerprint(run_dir)  # before loading: weights written after it make this evaluation stale
     rs = open_run_split(run_dir, split, data_root, data_format, device)
     eval_json = run_dir / f"eval_{split}.json"
-    result = _read_json(eval_json) if reuse else None
+    result = reusable(_read_json(eval_json), stamp) if reuse else None  # None: other weights, or no fingerprint
     paths = [str(p.image) for p in rs.dataset.pairs]
-    fresh = (not isinstance(result, dict) or result.get(FINGERPRINT) != stamp  # other weights, or no fingerprint
-             or [r.get("image") for r in result.get("per_image", [])] != paths)
+    fresh = result is None or [r.get("image") for r in result.get("per_image", [])] != paths
     if fresh:
         result = evaluate_split(rs, batch_size, per_image=True)
         result.update({"run": str(run_dir), FINGERPRINT: stamp})
-    if trust and (fresh or "trust" not in result):
+    changed = fresh or result[FINGERPRINT] != stamp  # a new calibration: its probability figures were dropped
+    result[FINGERPRINT] = stamp
+    if trust and "trust" not in result:
         result["trust"] = trust_metrics(rs, list(trust))
-    if fresh or trust:
+    if changed or trust:
         atomic_write_text(eval_json, json.dumps(result, indent=2))
     return rs.segmenter, rs.cfg, _Items(paths, rs.dataset.load, rs.segmenter.predict), result
 

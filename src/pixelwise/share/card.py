@@ -1,7 +1,9 @@
 """The model card of a pushed run: README.md with the Hub's YAML metadata, written from the run's own files.
 
 Everything in it is read from the run directory (config.yaml, summary.json, dataset.json, eval_val.json); what a
-run lacks (no validation, no evaluation yet) is said, not invented. No torch.
+run lacks (no validation, no evaluation yet) is said, not invented. The network is described from the model registry
+(``models.factory``): an architecture without an encoder (``seed_cnn``) is not given one, and only
+segmentation-models-pytorch's own architectures are tagged with it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import yaml
 
 from pixelwise import __version__
 from pixelwise.config import read_yaml
+from pixelwise.data.classes import default_palette
 from pixelwise.inference.calibration import read_temperature
 from pixelwise.report.build import current_evaluation
 
@@ -26,14 +29,29 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}"
 
 
+def network(model: dict[str, Any]) -> tuple[str, list[str]]:
+    """The network in words and its Hub tags: an smp architecture with its encoder, pixelwise's own (``seed_cnn``
+    has no encoder, ``reseg`` takes an smp/timm one but is not an smp model), or the user's own nn.Module."""
+    import segmentation_models_pytorch as smp
+
+    from pixelwise.models.factory import ARCHITECTURES, CUSTOM_ARCH
+
+    arch, encoder = str(model.get("arch") or "unet"), str(model.get("encoder") or "")
+    if arch == CUSTOM_ARCH:
+        return "a network of its own, an nn.Module to pass to `Segmenter.load(..., model=...)`", []
+    uses_encoder = (arch not in ARCHITECTURES or ARCHITECTURES.get(arch).uses_encoder) and encoder
+    tags = ["segmentation-models-pytorch"] if arch in smp.MODEL_ARCHITECTURES_MAPPING else []
+    if uses_encoder:
+        return f"{arch} with a {encoder} encoder", [*tags, arch, encoder]
+    return f"{arch}, a network without an encoder", [*tags, arch]
+
+
 def metadata(cfg: dict[str, Any], summary: dict[str, Any], evaluation: dict[str, Any], name: str,
              dataset: str) -> dict[str, Any]:
-    model = cfg.get("model", {})
     meta: dict[str, Any] = {
         "library_name": "pixelwise",
         "pipeline_tag": "image-segmentation",
-        "tags": ["pixelwise", "semantic-segmentation", "segmentation-models-pytorch", model.get("arch", "unet"),
-                 str(model.get("encoder", ""))],
+        "tags": ["pixelwise", "semantic-segmentation", *network(cfg.get("model", {}))[1]],
     }
     miou = evaluation.get("miou", summary.get("best_miou"))
     if miou is not None:
@@ -49,7 +67,8 @@ def metadata(cfg: dict[str, Any], summary: dict[str, Any], evaluation: dict[str,
 
 def class_rows(cfg: dict[str, Any], evaluation: dict[str, Any], stats: dict[str, Any]) -> list[str]:
     table = cfg.get("data", {}).get("classes") or {}
-    names, colors = table.get("names", []), table.get("colors") or []
+    names = table.get("names", [])
+    colors = table.get("colors") or default_palette(len(names))  # what predictions are drawn in (ClassTable)
     per_class = evaluation.get("classes", {})
     train_px = stats.get("train", {}).get("class_pixels")
     total = sum(train_px) if train_px else 0
@@ -61,6 +80,9 @@ def class_rows(cfg: dict[str, Any], evaluation: dict[str, Any], stats: dict[str,
         share = f"{100 * train_px[i] / total:.1f}%" if total and i < len(train_px) else "-"
         rows.append(f"| {name} | {colour} | {_pct(m.get('iou'))} | {_pct(m.get('precision'))} | "
                     f"{_pct(m.get('recall'))} | {_pct(m.get('f1'))} | {share} |")
+    if names and not table.get("colors"):
+        rows += ["", "The classes name no colours: those shown are pixelwise's default palette, which predictions, "
+                     "overlays and reports draw them in."]
     return rows
 
 
@@ -74,7 +96,11 @@ def model_card(run_dir: Path, repo_id: str, files: list[str]) -> str:
     names = (data.get("classes") or {}).get("names", [])
     name = repo_id.split("/")[-1]
     source = str(model.get("init_from") or "")  # a local path is shown by its name only, as in the pushed config
+    from pixelwise.models.factory import CUSTOM_ARCH
+
+    described = network(model)[0]
     start = (f"fine-tuned from {source if source.startswith('hf://') else Path(source).name}" if source else
+             "initialised by its own code" if model.get("arch") == CUSTOM_ARCH else
              "ImageNet-pretrained encoder" if model.get("encoder_weights") == "imagenet" else
              "random initialisation" if model.get("encoder_weights") is None else
              f"encoder weights from {Path(str(model['encoder_weights'])).name}")
@@ -85,7 +111,7 @@ def model_card(run_dir: Path, repo_id: str, files: list[str]) -> str:
         "---", yaml.safe_dump(metadata(cfg, summary, evaluation, name, dataset), sort_keys=False).strip(), "---",
         f"# {name}", "",
         f"Semantic segmentation ({len(names)} classes) trained with pixelwise {__version__}: "
-        f"{model.get('arch')} with a {model.get('encoder')} encoder ({start}), {model.get('in_channels')} input "
+        f"{described} ({start}), {model.get('in_channels')} input "
         f"channel(s) of {data.get('dtype') or 'uint8'} pixels. Validation mIoU "
         f"{'not measured' if miou is None else f'{miou:.4f}'}.", "",
         "## Use", "", "```python", "import pixelwise as pw", f'seg = pw.Segmenter.load("hf://{repo_id}")',
@@ -108,7 +134,7 @@ def model_card(run_dir: Path, repo_id: str, files: list[str]) -> str:
               f"{data.get('crop_size')}.", "",
               "## Classes and validation metrics", "", *class_rows(cfg, evaluation, stats), "",
               "## Training", "",
-              f"- network: {model.get('arch')} / {model.get('encoder')} ({start}), "
+              f"- network: {described} ({start}), "
               f"options {model.get('options') or {}}",
               f"- loss: {loss or '-'}; optimizer {cfg.get('optim', {}).get('name')} at lr "
               f"{cfg.get('optim', {}).get('lr')}, batch {train.get('batch_size')}",
