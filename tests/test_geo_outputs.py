@@ -222,3 +222,17 @@ def test_streamed_prediction_warns_once_for_a_file_on_another_scale(tmp_path, sc
     assert not report.failed
     (warning,) = report.warnings
     assert warning.startswith(f"{off}: ") and "channel 1: trained on 1000..1200" in warning
+
+
+def test_a_16_bit_png_on_another_scale_is_warned_about_too(tmp_path):
+    """Not a raster: read whole by predict_files, checked against the training range all the same."""
+    import cv2
+
+    img, _ = _pixels(64, 64)
+    ok, off = tmp_path / "ok.png", tmp_path / "off.png"
+    cv2.imwrite(str(ok), img)
+    cv2.imwrite(str(off), (img // 16).astype(np.uint16))  # 8-bit values stored in a 16-bit PNG
+    report = predict_files(_seg(), [ok, off], tmp_path / "out")
+    assert not report.failed
+    (warning,) = report.warnings
+    assert warning.startswith(f"{off}: ") and "trained on 1000..1200" in warning

@@ -20,6 +20,7 @@ from pixelwise.errors import DataError, PixelwiseError, list_offenders
 from pixelwise.inference.geo import entropy_image, is_raster, predict_raster, raster_outputs
 from pixelwise.inference.preannotate import Preannotations
 from pixelwise.inference.predictor import Segmenter
+from pixelwise.inference.range_check import range_warning, stored_clip
 from pixelwise.progress import track
 
 
@@ -122,6 +123,7 @@ def predict_files(seg: Segmenter, inputs: list[Path], out_dir: Path, overlay: bo
         raise PixelwiseError(list_offenders(
             f"{out_dir}: predictions would replace existing files; choose another --out or pass --overwrite", existing))
     out_dir.mkdir(parents=True, exist_ok=True)
+    clip = stored_clip(seg.backend)  # the training range, for a file of the right type on the wrong scale
     report = PredictionReport(renamed=[f"{p.name} -> {s}.png" for p, s in zip(files, stems, strict=True)
                                        if s != p.stem])
     for path, stem in track(list(zip(files, stems, strict=True)), total=len(files), label="Predicting"):
@@ -137,6 +139,8 @@ def predict_files(seg: Segmenter, inputs: list[Path], out_dir: Path, overlay: bo
         except DataError as e:
             report.failed.append(str(e))
             continue
+        off_scale = range_warning(path, clip, image) if clip is not None and image.shape[2] == len(clip) else None
+        report.warnings += [off_scale] if off_scale else []
         kwargs = {"tile": opts.tile, "overlap": opts.overlap, "tta": opts.tta, "scales": opts.scales}
         if opts.save_probs or preannotate:
             probs = seg.probabilities(image, **kwargs)

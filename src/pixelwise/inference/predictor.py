@@ -24,21 +24,33 @@ from pixelwise.memory import require_memory
 
 
 def to_channels(image: np.ndarray, channels: int) -> np.ndarray:
-    """HxW, HxWx1, HxWx3 or HxWx4 uint8 -> HxWx``channels`` uint8 (gray is replicated; colour -> luminance)."""
+    """An HxW or HxWxC uint8 array -> HxWx``channels`` uint8, by the rules of image files (``fit_channels``): an
+    equal count passes; gray and colour convert into each other (gray replicated, colour to luminance), RGBA as
+    colour (alpha dropped, as an RGBA file's is); any other count is refused, never dropped or copied."""
     if image.dtype != np.uint8:
         raise ValueError(
             f"images must be uint8 (0-255), got {image.dtype}; convert with np.clip(x, 0, 255).astype('uint8')"
         )
+    shape = image.shape
     if image.ndim == 2:
         image = image[:, :, None]
-    if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
-        raise ValueError(f"expected an HxW, HxWx1, HxWx3 or HxWx4 image, got shape {image.shape}")
-    image = image[:, :, :3]
-    if image.shape[2] == channels:
+    if image.ndim != 3:
+        raise ValueError(f"expected an HxW or HxWxC image array, got shape {shape}")
+    found = image.shape[2]
+    if found == channels:
         return image
-    if channels == 1:
-        return np.asarray(Image.fromarray(image).convert("L"))[:, :, None]
-    return np.repeat(image, channels, axis=2)
+    if found == 4 and channels in (1, 3):  # RGBA for a gray or colour model: the alpha is not a pixel value
+        rgb = image[:, :, :3]
+        return rgb if channels == 3 else to_channels(rgb, 1)
+    if found in (1, 3) and channels in (1, 3):
+        if channels == 3:
+            return np.ascontiguousarray(np.repeat(image, 3, axis=2))
+        return np.asarray(Image.fromarray(np.ascontiguousarray(image)).convert("L"))[:, :, None]
+    hint = ("; a channel-first CxHxW array? pass HxWxC: x.transpose(1, 2, 0)" if image.shape[0] == channels else
+            "; only gray (1) and colour (3, or RGBA 4) 8-bit arrays are converted: pass the model's channels (those "
+            "it was trained on), in the same order")
+    raise ValueError(f"the image array of shape {shape} (HxW[xC]) has {found} channel(s), but the model takes "
+                     f"{channels}{hint}")
 
 
 def _is_many(x: Any) -> bool:
@@ -49,9 +61,10 @@ def _is_many(x: Any) -> bool:
 def as_model_input(image: np.ndarray, spec: ImageSpec) -> np.ndarray:
     """An array given by the caller, checked against what the model was trained on and made its input.
 
-    8-bit models take uint8 HxW(xC) images (gray and colour converted as for files). Other models take HxW(xC)
-    arrays of the training images' type with their channel count; the type is checked, not converted, since a
-    value in another type means something else (a 12-bit model given 8-bit pixels would see near-black images).
+    8-bit models take uint8 HxW(xC) images with their channel count, or gray/colour/RGBA converted as for files
+    (``to_channels``). Other models take HxW(xC) arrays of the training images' type with their channel count;
+    the type is checked, not converted, since a value in another type means something else (a 12-bit model given
+    8-bit pixels would see near-black images).
     """
     dtype = spec.dtype or "uint8"
     if model_dtype(dtype) == "uint8":
@@ -190,14 +203,17 @@ class Segmenter:
         side = max(512, ch, cw)
         return (side + (-side) % 32, side + (-side) % 32)
 
-    def _probs_fn(self, tile: int | tuple[int, int] | None, overlap: float) -> Any:
+    def _probs_fn(self, tile: int | tuple[int, int] | None, overlap: float, backend: Any = None) -> Any:
         """(H, W, C) -> (K, H, W) probabilities; the tile size is decided per image it is called on, so a copy
-        scaled up for TTA is tiled as its own size requires (not whole, as the original would be)."""
+        scaled up for TTA is tiled as its own size requires (not whole, as the original would be). ``backend``:
+        another (N, C, h, w) -> (N, K, h, w) function run on the same tiles (default: the model's)."""
+        backend = self.backend if backend is None else backend
+
         def probs_of(img: np.ndarray) -> np.ndarray:
             size = self._tile(img.shape, tile)
             if size is None:
-                return self.backend(img.transpose(2, 0, 1)[None])[0]
-            return sliding_window_probs(self.backend, img, size, overlap)
+                return backend(img.transpose(2, 0, 1)[None])[0]
+            return sliding_window_probs(backend, img, size, overlap)
 
         return probs_of
 
@@ -249,7 +265,13 @@ class Segmenter:
         if _is_many(image):
             masks = self._predict_many(image, tile, overlap, tta, scales, flips, batch_size)
             return list(masks) if isinstance(image, (list, tuple)) else masks
-        img = self._image(image)
+        return self._predict_input(self._image(image), tile, overlap, tta, scales, flips)
+
+    def _predict_input(self, img: np.ndarray, tile: int | tuple[int, int] | None = None,
+                       overlap: float = DEFAULT_OVERLAP, tta: bool = False, scales: Sequence[float] = (1.0,),
+                       flips: Sequence[str] = FLIPS) -> np.ndarray:
+        """``predict`` of one image's model input (``_image``'s output), never checked again as the caller's array:
+        a 16-bit model's input is float32, which ``predict`` refuses from a caller."""
         size = self._tile(img.shape, tile)
         if size is not None and not tta and tuple(scales) == (1.0,):
             return sliding_window_mask(self.backend, img, size, overlap)
@@ -289,7 +311,7 @@ class Segmenter:
                 yield from self._predict_batch(batch)
                 batch = []
             if not whole:  # tiled or augmented: one image at a time
-                yield self.predict(img, tile, overlap, tta, scales, flips)
+                yield self._predict_input(img, tile, overlap, tta, scales, flips)
                 continue
             batch.append(img)
             if len(batch) == batch_size:
@@ -309,7 +331,7 @@ class Segmenter:
         """
         image = self._image(image)
         if mask is None:
-            mask = self.predict(image)
+            mask = self._predict_input(image)
         rgb = display_rgb(np.asarray(image)).astype(np.float32)
         colours = np.asarray(self.table.palette, dtype=np.float32)[mask]
         return (rgb * (1 - alpha) + colours * alpha).clip(0, 255).astype(np.uint8)

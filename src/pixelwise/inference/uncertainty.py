@@ -2,7 +2,8 @@
 
 Three maps, each 0 (certain) to 1, and one score per image (the map's mean):
 - ``entropy``: predictive entropy of the class probabilities / log K (``suggest.entropy_map``);
-- ``tta``: disagreement between the predictions of the image and of its flips (``suggest.disagreement_map``);
+- ``tta``: disagreement between the predictions of the image and of its flips (``suggest.disagreement_map``), each
+  computed as the probabilities are: a large image is tiled, and every flipped pass runs on the same tiles;
 - ``mc-dropout``: the variance of the predicted class's probability over passes with dropout left on
   (Gal & Ghahramani, 2016), scaled by its maximum 1/4; only for models with dropout layers (PyTorch backend).
 ``ErrorAuroc`` answers whether to believe the maps: the AUROC of pixel uncertainty as a detector of misclassified
@@ -23,6 +24,7 @@ from pixelwise.inference.suggest import disagreement_map, entropy_map
 METHODS = ("entropy", "tta", "mc-dropout")
 HIST_BINS = 2000
 MC_PASSES = 8
+OVERLAP = 0.25  # of the tiles of a large image (``Segmenter.probabilities``' default)
 
 
 def check_methods(methods: list[str]) -> list[str]:
@@ -65,21 +67,31 @@ def mc_dropout_map(seg: Any, img: np.ndarray, passes: int = MC_PASSES, seed: int
     return np.clip(chosen.var(axis=0) * 4.0, 0.0, 1.0)
 
 
+def flipped(backend: Any, axis: int) -> Any:
+    """``backend`` on each (N, C, h, w) batch flipped along ``axis`` (3: left-right, 2: up-down), its probabilities
+    flipped back. Run on the tiles of the unflipped pass, the variants differ by the flip alone, never by where the
+    tiles of a flipped image would fall (tiling would otherwise count as disagreement)."""
+    def probs(batch: np.ndarray) -> np.ndarray:
+        # copies, not views: torch.from_numpy refuses the negative strides of a flipped array
+        return np.flip(backend(np.flip(batch, axis=axis).copy()), axis=axis).copy()
+
+    return probs
+
+
 def uncertainty_maps(seg: Any, image: np.ndarray, methods: list[str] = ("entropy",), probs: np.ndarray | None = None
                      ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """(probabilities (K, H, W), {method: (H, W) map in 0-1}) of one image (an array or a file)."""
+    """(probabilities (K, H, W), {method: (H, W) map in 0-1}) of one image (an array or a file). ``probs``: its
+    probabilities if already computed, as here (automatic tiling, ``OVERLAP``): the tta variants are tiled alike."""
     img = seg._image(image)
     if probs is None:
-        probs = seg._probabilities(img, None, 0.25, False, (1.0,), ())
+        probs = seg._probabilities(img, None, OVERLAP, False, (1.0,), ())
     maps: dict[str, np.ndarray] = {}
     for method in check_methods(list(methods)):
         if method == "entropy":
             maps[method] = entropy_map(probs)
         elif method == "tta":
-            variants = [probs]
-            for axis in (1, 0):  # horizontal, vertical flip; the (K, H, W) result flipped back
-                flipped = seg.backend(np.ascontiguousarray(np.flip(img, axis=axis)).transpose(2, 0, 1)[None])[0]
-                variants.append(np.flip(flipped, axis=axis + 1))
+            # horizontal, vertical flip: the same tiling decision and tiles as ``probs``, each tile flipped
+            variants = [probs, *(seg._probs_fn(None, OVERLAP, flipped(seg.backend, axis))(img) for axis in (3, 2))]
             maps[method] = disagreement_map(variants).astype(np.float32)
         else:
             maps[method] = mc_dropout_map(seg, img)
