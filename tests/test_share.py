@@ -74,6 +74,10 @@ def test_a_calibrated_run_predicts_the_same_probabilities_after_the_round_trip(s
     assert not np.allclose(pulled.probabilities(image), raw.probabilities(image))  # the temperature is applied
     card = (tmp_path / "hub" / "models--alice--calibrated").rglob("README.md")
     assert "temperature 2.500" in next(card).read_text()
+    from pixelwise.report.build import report_run  # a temperature alone (no before/after figures) reports too
+
+    _, page = report_run(run, "val", device="cpu", explain_worst=False)
+    assert "T = 2.500 applied" in page.read_text()
 
 
 def test_model_card_and_files_written_to_a_folder(served_run, tmp_path):
@@ -180,7 +184,10 @@ def test_pushed_files_name_no_path_of_this_machine(served_run, tmp_path):
     assert Path(root).is_absolute()
     config["model"]["init_from"] = "/home/alice/private/runs/teacher"
     (run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    (run / "eval_val.json").write_text(json.dumps({"split": "val", "worst": [{"image": f"{root}/images/a.png"}]}))
+    from pixelwise.report.build import FINGERPRINT, model_fingerprint
+
+    (run / "eval_val.json").write_text(json.dumps({"split": "val", "worst": [{"image": f"{root}/images/a.png"}],
+                                                   FINGERPRINT: model_fingerprint(run)}))
     out = tmp_path / "repo"
     push(run, "alice/shapes", to_folder=out)
     for file in out.rglob("*"):
@@ -193,3 +200,33 @@ def test_pushed_files_name_no_path_of_this_machine(served_run, tmp_path):
     assert worst == f"{Path(root).name}/images/a.png"
     assert "fine-tuned from teacher" in (out / "README.md").read_text()
     assert Segmenter.load(out, device="cpu").class_names == Segmenter.load(run, device="cpu").class_names
+
+
+def test_an_evaluation_on_other_data_neither_replaces_the_runs_own_nor_travels_with_it(served_run, synthetic_data,
+                                                                                      tmp_path):
+    """`eval RUN --data OTHER` writes eval_val-OTHER.json and report_val-OTHER.html: the run's eval_val.json (what
+    its card and push describe) stays the run's own. push uploads eval_val.json only when it evaluated these
+    weights."""
+    from typer.testing import CliRunner
+
+    from pixelwise.cli import app
+
+    run = tmp_path / "run"
+    shutil.copytree(served_run, run)
+    assert CliRunner().invoke(app, ["eval", str(run), "--uncertainty", "none"]).exit_code == 0
+    own = (run / "eval_val.json").read_text()
+    other = tmp_path / "other"
+    shutil.copytree(synthetic_data, other)
+    result = CliRunner().invoke(app, ["eval", str(run), "--data", str(other), "--uncertainty", "none"])
+    assert result.exit_code == 0, result.output
+    assert (run / "eval_val.json").read_text() == own
+    assert json.loads((run / "eval_val-other.json").read_text())["images"] == 4
+    assert (run / "report_val-other.html").is_file()
+    assert CliRunner().invoke(app, ["eval", str(run), "--data", str(other), "--no-report", "--uncertainty",
+                                    "none"]).exit_code == 0
+    assert (run / "eval_val.json").read_text() == own  # --no-report too
+    push(run, "alice/shapes", to_folder=tmp_path / "a")
+    assert (tmp_path / "a" / "eval_val.json").is_file()
+    (run / "best.safetensors").write_bytes((run / "best.safetensors").read_bytes() + b" ")  # other weights now
+    push(run, "alice/shapes", to_folder=tmp_path / "b")
+    assert not (tmp_path / "b" / "eval_val.json").exists()

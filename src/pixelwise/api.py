@@ -230,7 +230,9 @@ class Run:
 
     Args:
         path: the run directory.
-        model: for a run that trained your own ``nn.Module``: an instance of it (its weights are loaded).
+        model: for a run that trained your own ``nn.Module``: an instance of it. The weights are loaded into a copy
+            of it each time one is needed (``segmenter``, ``evaluate``, ``export``, ``report``), so your module is
+            left as it is, and training it further changes no ``Segmenter`` made before.
     """
 
     def __init__(self, path: PathLike, model: nn.Module | None = None) -> None:
@@ -238,6 +240,24 @@ class Run:
         if not (self.dir / "config.yaml").is_file():
             raise PixelwiseError(f"{self.dir}: not a run directory (no config.yaml)")
         self._model = model
+
+    def _network(self) -> nn.Module | None:
+        """A copy of the module this Run was given, for the weights to load into; None: the config builds it."""
+        if self._model is None:
+            return None
+        import copy
+
+        try:
+            return copy.deepcopy(self._model)
+        except Exception as e:  # e.g. a module holding tensors computed in a forward (weight_norm) or open handles
+            raise PixelwiseError(f"could not copy your nn.Module to load this run's weights into ({type(e).__name__}: "
+                                 f"{e}); give the Run a new instance of it, e.g. pixelwise.Run(run, model=MyNet())"
+                                 ) from None
+
+    def _own_dataset(self, what: str, data: Any) -> None:
+        """Refuse ``what`` on a run of your own Dataset when it needs the run's data files and none are given."""
+        if data is None and self.config.data.root is None:
+            raise PixelwiseError(f"this run trained on your own Dataset, and {what}")
 
     def __repr__(self) -> str:
         summary = self.summary
@@ -267,10 +287,11 @@ class Run:
         return read_metrics_csv(path) if path.is_file() else []
 
     def segmenter(self, device: str = "auto", weights: str = "best.safetensors", amp: str = "auto") -> Segmenter:
-        """The trained model as a ``Segmenter`` (predict, probabilities, overlay)."""
+        """The trained model as a ``Segmenter`` (predict, probabilities, overlay); with your own ``nn.Module``, in a
+        copy of it: the Segmenter and your module never share weights or train/eval mode."""
         from pixelwise.inference.predictor import Segmenter
 
-        return Segmenter.load(self.dir, device=device, weights=weights, amp=amp, model=self._model)
+        return Segmenter.load(self.dir, device=device, weights=weights, amp=amp, model=self._network())
 
     def evaluate(self, split: str = "val", data: PathLike | None = None, dataset: Any = None,
                  batch_size: int | None = None, device: str = "auto") -> dict[str, Any]:
@@ -283,18 +304,30 @@ class Run:
             bundle = custom_bundle(dataset, dataset, seg.table)
             return evaluate(seg.model, bundle.val, bundle.val_sizes, seg.table.names, seg.runtime,
                             batch_size or self.config.train.eval_batch_size)
-        if self.config.data.root is None:
-            raise PixelwiseError("this run trained on your own Dataset: evaluate it with run.evaluate(dataset=...)")
+        self._own_dataset("its data files are not known: evaluate it with run.evaluate(dataset=...)", data)
+        root = Path(data) if data is not None else None
+        if self._model is not None:  # your own network on data files: the split read as evaluate_run reads it
+            from pixelwise.data.build import build_eval_dataset
+            from pixelwise.inference.evaluation import RunSplit, evaluate_split
+
+            cfg, seg = self.config, self.segmenter(device)
+            dataset, sizes = build_eval_dataset(cfg.data, split, seg.table, seg.channels, root=root)
+            return {**evaluate_split(RunSplit(cfg, seg, dataset, sizes, split), batch_size), "run": str(self.dir)}
         from pixelwise.inference.evaluation import evaluate_run
 
-        return evaluate_run(self.dir, split, Path(data) if data is not None else None, None, batch_size, device)
+        return evaluate_run(self.dir, split, root, None, batch_size, device)
 
     def export(self, out: PathLike | None = None, int8: bool = False, data: PathLike | None = None) -> dict[str, Any]:
-        """ONNX export (``RUN/model.onnx``), parity-checked against PyTorch; ``int8`` adds a quantized model."""
+        """ONNX export (``RUN/model.onnx``), parity-checked against PyTorch on images of the run's data (or of
+        ``data``); ``int8`` adds a quantized model, calibrated on its training images."""
         from pixelwise.export.onnx import export_onnx
 
+        self._own_dataset("the export checks the ONNX model against PyTorch on the run's data files (int8 also "
+                          "calibrates on them): give a folder of such images, run.export(data=FOLDER)", data)
         data_root = Path(data) if data is not None else None
-        result = export_onnx(self.dir, Path(out) if out is not None else None, data_root)
+        network = self._network()  # your own nn.Module: the weights go into a copy of it
+        result = export_onnx(self.dir, Path(out) if out is not None else None, data_root,
+                             **({} if network is None else {"model": network}))
         if int8:
             from pixelwise.export.quantize import compare_on_split, quantize
 
@@ -303,11 +336,19 @@ class Run:
                                                                      data_root=data_root)}
         return result
 
-    def report(self, split: str = "val", device: str = "auto") -> Path:
-        """Write (or refresh) the HTML report for ``split``; returns its path."""
+    def report(self, split: str = "val", device: str = "auto", dataset: Any = None) -> Path:
+        """Write (or refresh) the HTML report for ``split``; returns its path.
+
+        ``dataset``: your own validation Dataset, for a run that trained on your own Datasets (reported as val).
+        """
         from pixelwise.report.build import report_run
 
-        return report_run(self.dir, split, device=device, reuse=True)[1]
+        if dataset is not None:
+            if split != "val":
+                raise PixelwiseError(f"run.report(dataset=...) reports your Dataset as the val split, not {split!r}")
+            return report_run(self.dir, "val", device=device, dataset=dataset, model=self._network())[1]
+        self._own_dataset("its data files are not known: report it with run.report(dataset=...)", None)
+        return report_run(self.dir, split, device=device, reuse=True, model=self._network())[1]
 
 
 def evaluate(run: PathLike, split: str = "val", data: PathLike | None = None, batch_size: int | None = None,

@@ -251,7 +251,8 @@ def eval_(
     data: Path | None = typer.Option(None, help="Dataset folder (default: the run's)."),
     fmt: str | None = typer.Option(None, "--format", help="Dataset layout (default: the run's)."),
     split: str = typer.Option("val", help="Split to evaluate."),
-    out_file: Path | None = typer.Option(None, "--out", help="Metrics JSON (default: RUN/eval_SPLIT.json)."),
+    out_file: Path | None = typer.Option(None, "--out", help="Metrics JSON (default: RUN/eval_SPLIT.json; with "
+                                         "--data of another dataset RUN/eval_SPLIT-FOLDER.json)."),
     batch_size: int | None = typer.Option(None, min=1, help="Images per forward pass (train.eval_batch_size)."),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     report: bool = typer.Option(True, help="Also write RUN/report.html (report_SPLIT.html for other splits)."),
@@ -261,21 +262,23 @@ def eval_(
 ) -> None:
     """Evaluate a run on a split: per-class table, JSON with mIoU, accuracy, precision, recall, F1, and the report."""
     from pixelwise.inference.evaluation import evaluate_run
-    from pixelwise.report.build import report_run
+    from pixelwise.report.build import FINGERPRINT, data_label, model_fingerprint, report_run
     from pixelwise.report.tables import metrics_table, trust_table
 
     if out_file is not None:
         check_new_file(out_file, overwrite)
 
     trust = tuple(m.strip() for m in uncertainty.split(",") if m.strip() not in ("", "none"))
+    label = data_label(run, split, data, fmt)  # another dataset's split: its own files, never the run's eval_val.json
+    stamp = model_fingerprint(run)  # before evaluating: weights written meanwhile make this evaluation stale
     if report:  # evaluates with per-image scores (for the gallery) and writes RUN/eval_SPLIT.json
-        result, _ = report_run(run, split, data, fmt, batch_size, device, trust=trust)
+        result, _ = report_run(run, split, data, fmt, batch_size, device, trust=trust, label=label)
     else:
-        result = evaluate_run(run, split, data, fmt, batch_size, device, trust)
+        result = {**evaluate_run(run, split, data, fmt, batch_size, device, trust), FINGERPRINT: stamp}
     out.print(metrics_table(result, title=f"{run} on '{split}' ({result['images']} images)"))
     if "trust" in result:
         out.print(trust_table(result["trust"]))
-    target = out_file or run / f"eval_{split}.json"
+    target = out_file or run / f"eval_{label or split}.json"
     if out_file is not None or not report:
         atomic_write_text(target, json.dumps(result, indent=2))
     err.print(f"metrics written to {target}")
@@ -290,9 +293,9 @@ def report(
     device: str = typer.Option("auto", help=DEVICE_HELP),
 ) -> None:
     """Rebuild RUN/report.html (reuses RUN/eval_SPLIT.json when it scores the same images; else evaluates)."""
-    from pixelwise.report.build import report_run
+    from pixelwise.report.build import data_label, report_run
 
-    report_run(run, split, data, fmt, device=device, reuse=True)
+    report_run(run, split, data, fmt, device=device, reuse=True, label=data_label(run, split, data, fmt))
 
 
 data_app = typer.Typer(no_args_is_help=True, context_settings=CONTEXT, help="Look at a dataset.")

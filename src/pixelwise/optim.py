@@ -120,7 +120,9 @@ def lr_factor(progress: float, cfg: OptimConfig) -> float:
     """Multiplier of ``cfg.lr`` at ``progress`` in [0, 1]: linear warm-up, then the schedule.
 
     One-cycle has its own warm-up (cosine from lr/25 to lr over the first 30%, then cosine down to lr/25e4),
-    as torch's OneCycleLR; ``warmup`` does not apply to it.
+    as torch's OneCycleLR; ``warmup`` does not apply to it. Cosine and poly decay over the progress after the
+    warm-up; step milestones are fractions of the whole training (a milestone inside the warm-up applies from its
+    end).
     """
     p = min(max(progress, 0.0), 1.0)
     if cfg.scheduler == "onecycle":
@@ -135,8 +137,8 @@ def lr_factor(progress: float, cfg: OptimConfig) -> float:
         return _cos_between(1.0, low, q)
     if cfg.scheduler == "poly":
         return low + (1 - low) * (1 - q) ** cfg.poly_power
-    if cfg.scheduler == "step":  # x gamma at each milestone (fractions of training after warm-up)
-        return cfg.step_gamma ** sum(q >= m for m in cfg.step_milestones)
+    if cfg.scheduler == "step":  # x gamma at each milestone: fractions of the whole training, warm-up included
+        return cfg.step_gamma ** sum(p >= m for m in cfg.step_milestones)
     return 1.0
 
 

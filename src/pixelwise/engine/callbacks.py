@@ -10,6 +10,10 @@
 Every hook gets the ``RunState``: counters, the latest metrics, the run directory and files, the model, and
 ``state.stop(reason)``, which ends training after the current step (the final evaluation and checkpoint still
 happen). Callbacks run in the order given; the built-in ones that write files run on rank 0 only under torchrun.
+``on_checkpoint`` comes once every callback has run the hook in which the files were written (``state.wrote``), so
+each callback sees an epoch's ``on_epoch_end`` before its ``on_checkpoint``. A stop at an epoch's end (from
+``on_epoch_end``, or the time budget running out there) before that epoch was evaluated: it is evaluated then,
+and ``on_evaluate`` and ``on_checkpoint`` (best weights included) follow its ``on_epoch_end``.
 """
 
 from __future__ import annotations
@@ -37,7 +41,14 @@ class RunState:
         self.loss: torch.Tensor | None = None  # the last batch's loss, on the device (.item() waits for it)
         self.improved = False  # the last evaluation was the best so far
         self.paths: dict[str, Path] = {}  # files written so far: name -> path
+        self.written: dict[str, Path] = {}  # files written in the hook being run, for the on_checkpoint after it
         self.stop_reason: str | None = None
+
+    def wrote(self, paths: dict[str, Path]) -> None:
+        """Record files a callback wrote: in ``paths`` now; ``on_checkpoint`` gets them once the hook being run
+        has reached every callback."""
+        self.paths.update(paths)
+        self.written.update(paths)
 
     def stop(self, reason: str = "a callback") -> None:
         """End training after the current step; the last epoch is still evaluated and saved."""
@@ -94,11 +105,28 @@ class CallbackList:
             if method is not None:
                 method(*args)
 
+    def fire_then_checkpoint(self, hook: str, state: RunState, *args: Any) -> None:
+        """``fire``, then ``on_checkpoint`` with the files the callbacks wrote in it (``state.wrote``), if any."""
+        state.written = {}
+        self.fire(hook, state, *args)
+        if state.written:
+            written, state.written = state.written, {}
+            self.fire("on_checkpoint", state, written)
+
     def close(self) -> None:
-        """Let callbacks holding resources (a live display, an open file) release them, even after an error."""
+        """Let callbacks holding resources (a live display, an open file) release them, even after an error.
+
+        Every callback is closed, each in turn, even when one fails; then the first error is raised.
+        """
+        first: BaseException | None = None
         for cb in self.callbacks:
             if callable(getattr(cb, "close", None)):
-                cb.close()
+                try:
+                    cb.close()
+                except BaseException as e:  # raised below, once the others are closed
+                    first = first or e
+        if first is not None:
+            raise first
 
 
 class ConsoleProgress(Callback):
@@ -151,13 +179,29 @@ class ConsoleProgress(Callback):
 
 
 class Checkpointer(Callback):
-    """Writes best.safetensors (when the evaluation improved), last.ckpt and metrics.csv after every epoch."""
+    """Writes best.safetensors (when the evaluation improved), last.ckpt and metrics.csv after every epoch, and again
+    after an evaluation of an epoch already written (training stopped at that epoch's end before it was evaluated).
+
+    ``on_checkpoint`` follows once every callback has had the epoch's ``on_epoch_end`` (``RunState.wrote``).
+    """
+
+    def __init__(self) -> None:
+        self.saved_epoch: int | None = None  # the epoch whose files were written last
+
+    def on_train_start(self, state: RunState) -> None:
+        self.saved_epoch = None
+
+    def _save(self, state: RunState) -> None:
+        if state.is_main:
+            state.wrote(state.trainer.save_checkpoint(state.improved))
+        self.saved_epoch = state.epoch
+
+    def on_evaluate(self, state: RunState, metrics: dict[str, Any]) -> None:
+        if self.saved_epoch == state.epoch:  # the late evaluation of a stop at the epoch's end
+            self._save(state)
 
     def on_epoch_end(self, state: RunState) -> None:
-        if state.is_main:
-            paths = state.trainer.save_checkpoint(state.improved)
-            state.paths.update(paths)
-            state.trainer.callbacks.fire("on_checkpoint", state, paths)
+        self._save(state)
 
 
 class EarlyStopping(Callback):

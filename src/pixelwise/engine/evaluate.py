@@ -69,7 +69,11 @@ def evaluate(
     Args:
         sizes: (height, width) of each image, to batch equal sizes together.
         names: class names, in class-index order.
-        criterion: if given, its mean over batches is reported as ``loss``.
+        criterion: if given, its mean over images is reported as ``loss``: each batch's value weighted by its
+            number of images, so a per-pixel loss (cross-entropy, focal) does not depend on ``batch_size`` where
+            the images have as many labelled pixels each. A batch's loss is still one value over its pixels, so with
+            void pixels, and for Dice-like terms (dice, jaccard, tversky: one ratio over the whole batch), the
+            batch size still changes it a little; no batching makes those exactly independent of it.
         distributed: under torchrun, each rank evaluates every world-th image and the confusion matrix (with
             the loss sums) is all-reduced once, so every rank returns the metrics of the whole dataset.
         per_image: also return ``per_image``: {index, miou, pixel_accuracy} per image, in dataset order
@@ -84,7 +88,7 @@ def evaluate(
     net = fold_batch_norms(model, runtime.channels_last, runtime.amp_dtype)  # BatchNorm in the convolutions, or model
     k = len(names)
     cm = torch.zeros(k, k, dtype=torch.int64, device=runtime.device)
-    loss_sum, batches, images = torch.zeros((), device=runtime.device), 0, 0
+    loss_sum, images = torch.zeros((), device=runtime.device), 0
     scores: dict[int, tuple[float | None, float | None]] = {}
     start = time.perf_counter()
     if getattr(dataset, "fully_cached", False):
@@ -96,7 +100,7 @@ def evaluate(
         x, y = x.to(runtime.device, non_blocking=True), y.to(runtime.device, non_blocking=True)
         logits = forward_padded(net, x, runtime)
         if criterion is not None:
-            loss_sum += criterion(logits, y)
+            loss_sum += criterion(logits, y) * x.shape[0]  # a mean over the batch: weighted by its images
         pred = logits.argmax(dim=1)
         if per_image:  # one scatter serves both: the batch's matrix is the sum of its images'
             cms = per_image_confusion(pred, y, k)
@@ -104,19 +108,18 @@ def evaluate(
             scores.update(zip(indices, per_image_scores(cms), strict=True))
         else:
             cm += confusion_matrix(pred, y, k)
-        batches += 1
         images += x.shape[0]
-    if shard.enabled:  # one collective: confusion matrix, loss sum, batch and image counts (exact in float64)
+    if shard.enabled:  # one collective: confusion matrix, loss sum and image count (exact in float64)
         packed = torch.cat([cm.flatten().double(), loss_sum.double().reshape(1),
-                            torch.tensor([batches, images], dtype=torch.float64, device=cm.device)])
+                            torch.tensor([images], dtype=torch.float64, device=cm.device)])
         all_reduce_sum(packed)
         cm = packed[: k * k].round().long().reshape(k, k)
-        loss_sum, batches, images = packed[k * k], int(packed[k * k + 1]), int(packed[k * k + 2])
+        loss_sum, images = packed[k * k], int(packed[k * k + 1])
     cm = cm.cpu()  # on a GPU this waits for the queued work, so the time below includes it
     elapsed = time.perf_counter() - start
     model.train(was_training)
     result = metrics_from_confusion(cm, names)
-    result["loss"] = float(loss_sum) / max(batches, 1) if criterion is not None else None
+    result["loss"] = float(loss_sum) / max(images, 1) if criterion is not None else None
     result["images"] = images
     result["images_per_second"] = images / elapsed if elapsed > 0 else None
     result["confusion_matrix"] = cm.tolist()

@@ -67,9 +67,8 @@ class Trainer:
 
     def __init__(self, cfg: Config, run_dir: Path | str, resume: bool = False, overwrite: bool = False,
                  callbacks: list[Callback] | None = None, parts: Parts | None = None) -> None:
-        run_dir = Path(run_dir)
+        self.run_dir = run_dir = Path(run_dir)
         check_run_dir(run_dir, resume, overwrite)  # every rank, before any rank can write
-        self.run_dir = run_dir
         self.lock = RunLock(run_dir) if launched_rank() == 0 else None  # the one writer, until fit() ends
         try:
             self._build(cfg, run_dir, resume, callbacks, parts)
@@ -193,9 +192,7 @@ class Trainer:
             return "-"
         left = (self.planned_steps - s.step) * s.elapsed / s.step
         budget = self.cfg.train.time_budget_seconds
-        if budget is not None:
-            left = min(left, budget - s.elapsed)
-        left = max(int(left), 0)
+        left = max(int(left if budget is None else min(left, budget - s.elapsed)), 0)
         return f"{left // 3600}:{left % 3600 // 60:02d}:{left % 60:02d}"
 
     def _stop_reason(self) -> str | None:
@@ -224,20 +221,22 @@ class Trainer:
         # gd: one update per pass over the training set, from the gradients of every batch of the epoch.
         self.accumulate = steps_per_epoch if self.cfg.optim.name in FULL_BATCH else self.cfg.train.accumulate
         rs = self.run_state
-        try:
+        with contextlib.ExitStack() as cleanup:  # on the way out, last first, each even when the one before fails:
+            cleanup.callback(self.release)  # the run directory's lock, whatever happens
+            cleanup.callback(self.callbacks.close)  # every callback's close (the first error is raised after all)
             self.callbacks.fire("on_train_start", rs)
             while reason is None:
                 self.callbacks.fire("on_epoch_start", rs)
                 row = self._train_epoch()
                 reason = self._stop_reason()
-                due = self.state.epoch % self.cfg.train.eval_every == 0
-                self._end_epoch(row, evaluate_now=reason is not None or due)
-                reason = reason or self._stop_reason()  # a callback may stop training at the epoch's end
+                evaluated = reason is not None or self.state.epoch % self.cfg.train.eval_every == 0
+                self._end_epoch(row, evaluate_now=evaluated)
+                reason = reason or self._stop_reason()  # a callback may stop training at the epoch's end, or time
+                if reason is not None and not evaluated and self.data.val is not None:  # run out there: the last
+                    self._evaluate(row)  # epoch is still evaluated into its row, and the checkpointer saves it again
+                    rs.metrics = row
             summary = self._summary(reason)
             self.callbacks.fire("on_train_end", rs)
-        finally:
-            self.callbacks.close()
-            self.release()
         best = "no validation mIoU" if summary["best_miou"] is None else (
             f"best val mIoU {summary['best_miou']:.4f} (epoch {summary['best_epoch']})")
         ips = summary["train_images_per_second"]
@@ -354,31 +353,36 @@ class Trainer:
         if self.ema is not None:
             self.ema.update(self.net)
 
+    def _evaluate(self, row: dict[str, Any]) -> None:
+        """Validate into the epoch's ``row``, note whether it is the best so far, then ``on_evaluate``; the time counts
+        as training."""
+        s, rs, tick = self.state, self.run_state, time.perf_counter()
+        result = evaluate(self.eval_model, self.data.val, self.data.val_sizes, self.table.names, self.runtime,
+                          self.cfg.train.eval_batch_size, self.workers, self.criterion, distributed=True)
+        miou = result["miou"]  # None: no labelled pixel in the validation masks, so no mIoU to compare
+        if miou is None and all(r.get("val_loss") is None for r in self.history):  # once: the first evaluation
+            notice("warning", "the validation masks hold no labelled pixel (all void): mIoU is undefined, "
+                              "so the latest weights are kept as best")
+        row.update(val_loss=result["loss"], val_miou=miou, val_pixel_accuracy=result["pixel_accuracy"])
+        rs.improved = s.best_miou < 0 if miou is None else miou > s.best_miou
+        if miou is not None and rs.improved:
+            s.best_miou, s.best_epoch = miou, s.epoch
+        rs.metrics = result
+        self.callbacks.fire_then_checkpoint("on_evaluate", rs, result)
+        s.elapsed += time.perf_counter() - tick
+
     def _end_epoch(self, row: dict[str, Any], evaluate_now: bool) -> None:
         """Evaluate (if due), record the epoch's row, run the epoch-end callbacks; the time counts as training."""
         s, rs = self.state, self.run_state
-        tick = time.perf_counter()
         if evaluate_now and self.data.val is not None:
-            result = evaluate(self.eval_model, self.data.val, self.data.val_sizes, self.table.names, self.runtime,
-                              self.cfg.train.eval_batch_size, self.workers, self.criterion, distributed=True)
-            miou = result["miou"]  # None: no labelled pixel in the validation masks, so no mIoU to compare
-            row.update(val_loss=result["loss"], val_miou=miou, val_pixel_accuracy=result["pixel_accuracy"])
-            if miou is None and all(r.get("val_loss") is None for r in self.history):  # once: the first evaluation
-                notice("warning", "the validation masks hold no labelled pixel (all void): mIoU is undefined, "
-                                  "so the latest weights are kept as best")
-            rs.improved = s.best_miou < 0 if miou is None else miou > s.best_miou
-            if miou is not None and rs.improved:
-                s.best_miou, s.best_epoch = miou, s.epoch
-            rs.metrics = result
-            self.callbacks.fire("on_evaluate", rs, result)
+            self._evaluate(row)
         else:
             rs.improved = self.data.val is None  # without validation data the latest weights are the model
-        s.elapsed += time.perf_counter() - tick
         row["elapsed_seconds"] = s.elapsed
         self.history.append(row)
         rs.metrics = row
         tick = time.perf_counter()
-        self.callbacks.fire("on_epoch_end", rs)
+        self.callbacks.fire_then_checkpoint("on_epoch_end", rs)
         s.elapsed += time.perf_counter() - tick  # checkpoints, metrics.csv, TensorBoard: in the budget too
         self._sync_elapsed()  # rank 0 alone writes them: every rank must still decide alike whether time is up
 

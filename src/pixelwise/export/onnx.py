@@ -138,8 +138,9 @@ def _images_config(run_dir: Path, cfg: Config) -> Config:
 
 
 def export_onnx(run_dir: Path, out: Path | None = None, data_root: Path | None = None, check_images: int = 8,
-                split: str = "val") -> dict[str, Any]:
+                split: str = "val", model: Any = None) -> dict[str, Any]:
     """Export ``run_dir``'s best weights to ONNX (default ``RUN/model.onnx``) and check it against PyTorch.
+    ``model``: for a run of your own ``nn.Module``, an instance of it to load the weights into.
 
     The file appears only when the parity check passes (argmax agreement >= 99.9% on real images of the
     run's ``split``); otherwise nothing is written and the error gives the figures.
@@ -147,7 +148,7 @@ def export_onnx(run_dir: Path, out: Path | None = None, data_root: Path | None =
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
     out = Path(out) if out is not None else run_dir / "model.onnx"
-    reference = load_torch_backend(run_dir, cfg, device="cpu", amp="off")
+    reference = load_torch_backend(run_dir, cfg, device="cpu", amp="off", network=model)
     temperature = read_temperature(run_dir) or 1.0
     info = metadata(cfg, reference, temperature)
     side = max(reference.model.min_size, 64)

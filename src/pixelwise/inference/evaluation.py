@@ -25,11 +25,12 @@ class RunSplit:
 
 
 def open_run_split(run_dir: Path, split: str = "val", data_root: Path | None = None, data_format: str | None = None,
-                   device: str = "auto") -> RunSplit:
-    """Load a run's best weights and check ``split`` of its own data (or of ``data_root``)."""
+                   device: str = "auto", model: Any = None) -> RunSplit:
+    """Load a run's best weights and check ``split`` of its own data (or of ``data_root``); ``model``: for a run
+    of your own ``nn.Module``, an instance of it to load the weights into."""
     cfg = load_run_config(run_dir)
     data_cfg = cfg.data if data_format is None else cfg.data.model_copy(update={"format": data_format})
-    seg = Segmenter.load(run_dir, device=device)
+    seg = Segmenter.load(run_dir, device=device, model=model)
     dataset, sizes = build_eval_dataset(data_cfg, split, seg.table, seg.channels, root=data_root)
     return RunSplit(cfg, seg, dataset, sizes, split)
 

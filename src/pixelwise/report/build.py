@@ -95,6 +95,21 @@ def current_evaluation(run_dir: Path, split: str) -> dict[str, Any] | None:
     return reusable(_read_json(run_dir / f"eval_{split}.json"), model_fingerprint(run_dir))
 
 
+def data_label(run_dir: Path, split: str, data_root: Path | None, data_format: str | None) -> str | None:
+    """``SPLIT-FOLDER`` when ``data_root``/``data_format`` name another dataset than the run was trained on (its
+    eval JSON and report then do not replace the run's own), else None."""
+    if data_root is None and data_format is None:
+        return None
+    from pixelwise.config import load_run_config
+
+    data = load_run_config(run_dir).data
+    same_root = data_root is None or (data.root is not None and Path(data_root).resolve() == Path(data.root).resolve())
+    if same_root and data_format in (None, data.format):
+        return None
+    folder = Path(data_root).resolve().name if data_root is not None else str(data_format)
+    return f"{split}-" + "".join(c if c.isalnum() or c in "-_." else "_" for c in folder)
+
+
 def report_path(run_dir: Path, split: str) -> Path:
     return run_dir / ("report.html" if split == "val" else f"report_{split}.html")
 
@@ -107,15 +122,16 @@ class _Items:
 
 
 def _file_split(run_dir: Path, split: str, data_root: Path | None, data_format: str | None, batch_size: int | None,
-                device: str, reuse: bool, trust: tuple[str, ...] = ()) -> tuple[Any, Any, _Items, dict[str, Any]]:
+                device: str, reuse: bool, trust: tuple[str, ...] = (), label: str | None = None, model: Any = None
+                ) -> tuple[Any, Any, _Items, dict[str, Any]]:
     """The run's model and a split of its data files, with the metrics (evaluated, or reused when current) and,
     with ``trust`` (uncertainty methods), the calibration and uncertainty figures (``inference.trust``)."""
     from pixelwise.inference.evaluation import evaluate_split, open_run_split
     from pixelwise.inference.trust import trust_metrics
 
     stamp = model_fingerprint(run_dir)  # before loading: weights written after it make this evaluation stale
-    rs = open_run_split(run_dir, split, data_root, data_format, device)
-    eval_json = run_dir / f"eval_{split}.json"
+    rs = open_run_split(run_dir, split, data_root, data_format, device, model=model)
+    eval_json = run_dir / f"eval_{label or split}.json"
     result = reusable(_read_json(eval_json), stamp) if reuse else None  # None: other weights, or no fingerprint
     paths = [str(p.image) for p in rs.dataset.pairs]
     fresh = result is None or [r.get("image") for r in result.get("per_image", [])] != paths
@@ -182,6 +198,7 @@ def report_run(
     model: Any = None,
     trust: tuple[str, ...] = ("entropy",),
     explain_worst: bool = True,
+    label: str | None = None,
 ) -> tuple[dict[str, Any], Path]:
     """Evaluate ``run_dir``'s best weights on ``split`` (or reuse its eval JSON) and write the HTML report.
 
@@ -192,6 +209,8 @@ def report_run(
     ``model``: an instance of the user's own network, for such a run.
     ``trust``: the uncertainty methods measured against errors, with calibration (``()``: none);
     ``explain_worst``: Grad-CAM of the worst images in the "Can I trust it?" section (needs the explain extra).
+    ``label``: the name the outputs carry instead of ``split`` (``data_label``: a split of another dataset than the
+    run's gets its own eval JSON, report and plots, never the run's own).
     """
     from pixelwise.report import html, plots
     from pixelwise.report.trust import trust_section
@@ -201,7 +220,8 @@ def report_run(
         seg, cfg, data, result = _dataset_split(run_dir, dataset, model, batch_size, device)
     else:
         seg, cfg, data, result = _file_split(run_dir, split, data_root, data_format, batch_size, device, reuse,
-                                             tuple(trust))
+                                             tuple(trust), label, model)
+    split = label or split  # from here on, the name the outputs carry
 
     names, palette = seg.table.names, seg.table.palette
     figures: dict[str, bytes] = {}

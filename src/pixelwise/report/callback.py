@@ -16,9 +16,8 @@ class Report(Callback):
             return
         from pixelwise.report.build import report_run
 
-        if t.data.custom:  # the user's Dataset and network: the best weights go into a copy of the network
-            _, path = report_run(state.run_dir, "val", device=str(t.runtime.device), dataset=t.data.val,
-                                 model=copy.deepcopy(t.eval_model.net) if t.cfg.model.arch == "custom" else None)
-        else:
-            _, path = report_run(state.run_dir, "val", device=str(t.runtime.device))
+        # the user's network: the best weights go into a copy of it (with their Dataset, or with data files)
+        model = copy.deepcopy(t.eval_model.net) if t.cfg.model.arch == "custom" else None
+        _, path = report_run(state.run_dir, "val", device=str(t.runtime.device),
+                             dataset=t.data.val if t.data.custom else None, model=model)
         state.paths["report"] = path

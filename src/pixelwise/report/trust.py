@@ -144,7 +144,7 @@ def trust_section(run_dir: Path, result: dict[str, Any], seg: Any, data: Any, wo
     out.append("<h3>Calibration</h3>")
     calib = _read(Path(run_dir) / "calibration.json")
     curves: dict[str, Any] = {}
-    if calib:
+    if calib and all(isinstance(calib.get(k), dict) for k in ("before", "after")):  # as `calibrate` writes it
         curves = {f"before (T = 1, ECE {_f(calib['before']['ece'])})": calib["before"]["reliability"],
                   f"after (T = {calib['temperature']:.3f}, ECE {_f(calib['after']['ece'])})":
                   calib["after"]["reliability"]}

@@ -26,11 +26,11 @@ from pixelwise.atomic import check_out_dir
 from pixelwise.config import load_run_config, read_yaml
 from pixelwise.errors import PixelwiseError
 from pixelwise.progress import console
+from pixelwise.report.build import current_evaluation
 from pixelwise.share.card import model_card
 
 # calibration.json (``pixelwise calibrate``): the temperature Segmenter applies, so hf:// loads predict as the run does
-RUN_FILES = ("config.yaml", "best.safetensors", "summary.json", "metrics.csv", "dataset.json", "eval_val.json",
-             "calibration.json")
+RUN_FILES = ("config.yaml", "best.safetensors", "summary.json", "metrics.csv", "dataset.json", "calibration.json")
 REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 PATHS_INSIDE = ("config.yaml", "summary.json", "dataset.json", "eval_val.json")  # may name files on this machine
 
@@ -73,6 +73,9 @@ def stage(run_dir: Path, folder: Path, repo_id: str, onnx: str | None = None, sm
     for name in RUN_FILES:
         if (run_dir / name).is_file():
             shutil.copy2(run_dir / name, folder / name)
+    evaluation = current_evaluation(run_dir, "val")  # of these weights only, as the card's figures (None: stale)
+    if evaluation is not None:
+        (folder / "eval_val.json").write_text(json.dumps(evaluation, indent=2))
     _strip_local_paths(folder)
     (folder / "classes.json").write_text(json.dumps(cfg.data.classes.model_dump(mode="json", exclude_none=True),
                                                     indent=2))
