@@ -22,6 +22,7 @@ from pixelwise.config import DataConfig
 from pixelwise.data import labelling, public_formats
 from pixelwise.data.classes import ClassTable
 from pixelwise.data.dataset import IMAGE_SUFFIXES, Pair
+from pixelwise.data.io import _regular_file as regular_file
 from pixelwise.data.splits import holdout  # noqa: F401  (re-exported)
 from pixelwise.data.splits import select_split as _select_split
 from pixelwise.errors import ConfigError, DataError, PixelwiseError, list_offenders
@@ -52,18 +53,27 @@ class Layout:
     notes: list[str] = field(default_factory=list)  # what the reader recognised or assumed (printed by check, train)
 
 
-def _files(folder: Path) -> list[Path]:
-    """Image files of ``folder``; links that lead nowhere (broken, or a loop) are an error, not skipped silently."""
-    found, dead = [], []
+def _files(folder: Path, what: str = "image") -> list[Path]:
+    """Image (or mask) files of ``folder``; links that lead nowhere (broken, or a loop) and special files (a FIFO, a
+    socket, a device: reading one could block forever) are an error, not skipped silently. Nothing is opened here."""
+    found, dead, special = [], [], []
     for p in folder.iterdir():
         if p.suffix.lower() not in IMAGE_SUFFIXES:
             continue
         if p.is_file():
             found.append(p)
-        elif p.is_symlink():
+        elif p.is_symlink() and not p.exists():
             dead.append(f"{p}: symbolic link to {os.readlink(p)} that leads to no file (broken or a loop)")
+        elif not p.is_dir():
+            try:
+                regular_file(p, what)  # stat only: raises, naming the kind of file
+            except DataError as e:
+                special.append(str(e))
     if dead:
         raise DataError(list_offenders(f"{folder}: links that lead to no file; fix or remove them", sorted(dead)))
+    if special:
+        raise DataError(list_offenders(f"{folder}: {what} files that are not regular files; remove them, or replace "
+                                       "them with the files themselves", sorted(special)))
     return sorted(found)
 
 
@@ -84,7 +94,7 @@ def _camvid(root: Path) -> Layout:
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
         annot = root / f"{folder.name}annot"
         if annot.is_dir():
-            splits[folder.name], extra = pair_by_stem(_files(folder), _files(annot))
+            splits[folder.name], extra = pair_by_stem(_files(folder), _files(annot, "mask"))
             orphans += extra
     if not splits:
         raise DataError(f"{root}: not a CamVid layout (expected e.g. train/ beside trainannot/)")
@@ -101,12 +111,12 @@ def _folders(root: Path, cfg: DataConfig) -> Layout:
     splits, orphans = {}, []
     img_dir, mask_dir = _find_dir(root, cfg.images, IMAGE_DIRS), _find_dir(root, cfg.masks, MASK_DIRS)
     if img_dir and mask_dir:
-        splits[cfg.train_split], orphans = pair_by_stem(_files(img_dir), _files(mask_dir))
+        splits[cfg.train_split], orphans = pair_by_stem(_files(img_dir), _files(mask_dir, "mask"))
     else:
         for sub in sorted(p for p in root.iterdir() if p.is_dir()):
             img_dir, mask_dir = _find_dir(sub, cfg.images, IMAGE_DIRS), _find_dir(sub, cfg.masks, MASK_DIRS)
             if img_dir and mask_dir:
-                splits[sub.name], extra = pair_by_stem(_files(img_dir), _files(mask_dir))
+                splits[sub.name], extra = pair_by_stem(_files(img_dir), _files(mask_dir, "mask"))
                 orphans += extra
     if not splits:
         names = f"'{cfg.images}' and '{cfg.masks}'" if cfg.images or cfg.masks else (

@@ -38,6 +38,7 @@ class Header:
     dtype: str
     pages: int = 1  # images stacked in the file (pages, frames), 1 for an ordinary image
     page_axes: str = ""  # tifffile's name of the stacking axes (C: channels, Z: depth, T: time, I/Q: unknown)
+    rows_as_pages: bool = False  # an HxWxC array tifffile stored as a page per row (GDAL reads its first row only)
 
 
 def bomb_message(path: Path, what: str, width: int, height: int, limit: int) -> str:
@@ -112,7 +113,12 @@ def open_tiff(path: Path) -> Iterator[Any]:
 
 
 def _tiff_layout(series: Any) -> tuple[tuple[int, ...], str]:
-    return tuple(series.shape), str(series.axes)
+    """The series' shape and axes. ``tifffile.imwrite`` of an HxWxC array (C not 3 or 4) stores a page per row (WxC)
+    and records the shape in its "shaped" description: read as tifffile.imread returns it, the shortest axis last."""
+    shape, axes = tuple(series.shape), str(series.axes)
+    if getattr(series, "kind", "") == "shaped" and axes.endswith("QYX") and shape[-1] < min(shape[-3:-1]):
+        return shape, axes[:-3] + "YXS"
+    return shape, axes
 
 
 def tiff_header(path: Path, what: str, pages_as_channels: bool = False) -> Header:
@@ -120,7 +126,7 @@ def tiff_header(path: Path, what: str, pages_as_channels: bool = False) -> Heade
         with open_tiff(path) as tif:
             main = _tiff_main_series(tif, path, what)
             shape, axes = _tiff_layout(main)
-            dtype = str(main.dtype)
+            dtype, rows = str(main.dtype), axes != str(main.axes)
     except DataError:
         raise
     except Exception as e:  # tifffile raises TiffFileError, ValueError, KeyError, struct.error ...
@@ -134,7 +140,7 @@ def tiff_header(path: Path, what: str, pages_as_channels: bool = False) -> Heade
     stack = "".join(a for a in axes if a not in PAGE_AXES)
     pages = int(np.prod([sizes[a] for a in stack])) if stack else 1
     samples = sizes.get("S", 1)
-    return Header(sizes["Y"], sizes["X"], samples * (pages if pages_as_channels else 1), dtype, pages, stack)
+    return Header(sizes["Y"], sizes["X"], samples * (pages if pages_as_channels else 1), dtype, pages, stack, rows)
 
 
 def nodata_hits(arr: np.ndarray, nodata: Any, valid: np.ndarray | None = None) -> np.ndarray | None:
@@ -333,6 +339,11 @@ def open_raster(path: Path, what: str = "image") -> Iterator[Any]:
     """A rasterio dataset with a small GDAL block cache; plain (not georeferenced) files open without a warning."""
     rasterio = rasterio_module(path)
     from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+
+    if Path(path).suffix.lower() in TIFF_SUFFIXES and tiff_header(path, what).rows_as_pages:
+        raise DataError(f"{path}: an HxWxC array that tifffile stored as one page per row, of which GDAL reads only "
+                        "the first row; re-save it as one page (tifffile.imwrite(..., photometric='minisblack', "
+                        "planarconfig='contig')) to read it with GDAL")
 
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)

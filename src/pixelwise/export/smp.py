@@ -32,9 +32,13 @@ from pixelwise.inference.torch_backend import load_torch_backend
 USAGE = """import json, numpy as np, torch, segmentation_models_pytorch as smp
 model = smp.from_pretrained("{folder}").eval()
 pre = json.load(open("{folder}/preprocessing.json"))
-x = (np.asarray(image, np.float32) - pre["mean"]) / pre["std"]          # HxWxC, the pixel scale of training
+x = np.atleast_3d(np.asarray(image, np.float32))                        # HxWxC: every band of the file, as decoded
+if pre["bands"]: x = x[:, :, [b - 1 for b in pre["bands"]]]             # the bands the model was trained on
+if pre["nan_fill"] is not None: x = np.where(np.isfinite(x), x, np.float32(pre["nan_fill"]))
+if pre["clip"]: x = np.clip(x, *np.float32(pre["clip"]).T)
+x = (x - np.float32(pre["mean"])) / np.float32(pre["std"])              # in float32, as in training
 logits = model(torch.from_numpy(x.transpose(2, 0, 1))[None])           # H, W padded to a multiple of 32
-mask = logits.argmax(1)[0]                                              # index into pre["classes"]"""
+mask = logits.argmax(1)[0].numpy()                                      # index into pre["classes"]"""
 
 # What smp's save_pretrained writes (README.md is its model card), and ours: all an --overwrite may replace
 EXPORT_FILES = ("config.json", "model.safetensors", "README.md", "preprocessing.json")
@@ -42,15 +46,26 @@ RUN_MARKERS = ("config.yaml", "best.safetensors", "last.ckpt")  # a pixelwise ru
 
 
 def preprocessing(model: Any, cfg: Any) -> dict[str, Any]:
-    """What pixelwise's ``Normalized`` does before the network, as plain numbers."""
+    """What pixelwise does to a file's pixels before the network, as plain numbers: how the file is read (``bands``,
+    1-based file band numbers in the model's channel order; pages, .npy channel axis, NaN fill) and what its
+    ``Normalized`` does (clip, mean, std)."""
     low = None if model.low is None else model.low.flatten().tolist()
     high = None if model.high is None else model.high.flatten().tolist()
+    data = cfg.data
+    bands = None if data.bands is None else [int(b) for b in data.bands]
+    chosen = "" if bands is None else f" (the file's bands {', '.join(map(str, bands))}, in this order)"
     return {
-        "input": f"{model.mean.numel()} channel(s), {cfg.data.dtype or 'uint8'} pixels as decoded (0-255 for 8-bit)",
+        "input": f"{model.mean.numel()} channel(s){chosen}, {data.dtype or 'uint8'} pixels as decoded (0-255 for "
+                 "8-bit), HxWxC",
+        "bands": bands, "pages_as_channels": data.pages_as_channels, "channel_axis": data.channel_axis,
+        "nan_fill": data.nan_fill,
         "mean": model.mean.flatten().tolist(), "std": model.std.flatten().tolist(),
         "clip": None if low is None else [list(p) for p in zip(low, high, strict=True)],
-        "formula": "x = (clip(pixel) - mean) / std, per channel, in float32",
-        "pad_multiple": model.pad_multiple, "classes": cfg.data.classes.names,
+        "formula": "pixel = image[:, :, bands - 1] (all bands when bands is null); NaN and infinite pixels = nan_fill; "
+                   "x = (clip(pixel) - mean) / std, per channel, in float32",
+        "reading": "a multi-page TIFF's pages are its channels when pages_as_channels is true; a .npy image is "
+                   "CxHxW when channel_axis is first (HxWxC otherwise)",
+        "pad_multiple": model.pad_multiple, "classes": data.classes.names,
     }
 
 
@@ -70,7 +85,7 @@ def export_smp(run_dir: Path, out: Path | None = None, overwrite: bool = False) 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        net.save_pretrained(str(staging))
+        as_smp_builds_it(net).save_pretrained(str(staging))
         (staging / "preprocessing.json").write_text(json.dumps(preprocessing(model, cfg), indent=2))
         loaded = smp.from_pretrained(str(staging)).eval()
         x = torch.randn(1, int(cfg.model.in_channels), 64, 64, generator=torch.Generator().manual_seed(0))
@@ -84,6 +99,21 @@ def export_smp(run_dir: Path, out: Path | None = None, overwrite: bool = False) 
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return {"path": str(out), "max_abs_logit_diff": diff, "usage": USAGE.format(folder=out)}
+
+
+def as_smp_builds_it(net: Any) -> Any:
+    """``net`` with every weight ``smp.from_pretrained`` expects: pixelwise drops the ResNet stages a shallow encoder
+    (encoder_depth < 5) never runs (``prune_unused_stages``), and smp refuses a file without them; they come back,
+    unused, from a fresh build (the reload in ``export_smp`` compares the outputs)."""
+    full = type(net)(**{**net._hub_mixin_config, "encoder_weights": None})  # the weights are the run's, not a download
+    missing, unexpected = full.load_state_dict(net.state_dict(), strict=False)
+    if not missing and not unexpected:
+        return net
+    if unexpected or not all(k.startswith("encoder.layer") for k in missing):
+        raise PixelwiseError(f"smp's {type(net).__name__} does not hold this network's weights (missing "
+                             f"{', '.join(missing[:3]) or 'none'}; unexpected {', '.join(unexpected[:3]) or 'none'}); "
+                             "please report this")
+    return full
 
 
 def check_out_folder(run_dir: Path, out: Path, overwrite: bool) -> None:

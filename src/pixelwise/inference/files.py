@@ -16,6 +16,7 @@ from PIL import Image
 
 from pixelwise.atomic import atomic_write, check_out_dir
 from pixelwise.data.io import IMAGE_SUFFIXES, read_image
+from pixelwise.data.io import _regular_file as regular_file
 from pixelwise.errors import DataError, PixelwiseError, list_offenders
 from pixelwise.inference.geo import entropy_image, is_raster, predict_raster, raster_outputs
 from pixelwise.inference.preannotate import Preannotations
@@ -50,15 +51,17 @@ class PredictionReport:
 
 
 def collect_inputs(inputs: list[Path]) -> list[Path]:
-    """Image files given directly or found (non-recursively) in the given folders, in order, without repeats."""
+    """Image files given directly or found (non-recursively) in the given folders, in order, without repeats. A
+    name of an image kind that is no regular file (a named pipe, a broken link) is kept: ``predict_files`` reports
+    it, rather than skipping it unsaid."""
     files: list[Path] = []
     for item in inputs:
         if item.is_dir():
-            found = sorted(p for p in item.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(p for p in item.iterdir() if not p.is_dir() and p.suffix.lower() in IMAGE_SUFFIXES)
             if not found:
                 raise PixelwiseError(f"{item}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in this folder")
             files += found
-        elif item.is_file():
+        elif item.exists() and not item.is_dir():  # a file, or a special one that predict_files then refuses
             files.append(item)
         else:
             raise PixelwiseError(f"{item}: no such file or folder")
@@ -128,6 +131,7 @@ def predict_files(seg: Segmenter, inputs: list[Path], out_dir: Path, overlay: bo
                                        if s != p.stem])
     for path, stem in track(list(zip(files, stems, strict=True)), total=len(files), label="Predicting"):
         try:
+            regular_file(path, "image")  # before any reader opens it: a named pipe would block forever
             if is_raster(path):  # TIFF in, TIFF out: georeference kept, large rasters streamed from and to disk
                 written, warnings = predict_raster(seg, path, out_dir, stem, opts)
                 if preannotate:

@@ -201,7 +201,7 @@ def predict_raster(seg: Segmenter, path: Path, out_dir: Path, stem: str, opts: P
             raster.rasterio_module()
         except PixelwiseError:  # no geo extra: a plain TIFF is still predicted, whole
             return _predict_tiff_in_memory(seg, path, targets, opts)
-        if header.pages > 1:  # GDAL reads a TIFF's first page only: pages as channels are decoded whole instead
+        if header.pages > 1 or header.rows_as_pages:  # GDAL reads a TIFF's first page only: decoded whole instead
             return _predict_tiff_in_memory(seg, path, targets, opts)
         orientation, _ = _tiff_tags(path)
         if orientation != 1:  # GDAL reads a TIFF as stored; training (and Segmenter.predict) turn it upright
