@@ -208,3 +208,16 @@ def test_two_annotation_files_for_one_split_are_refused_naming_both(tmp_path):
         (roboflow / "train" / name).write_text("{}")
     with pytest.raises(DataError, match=r"train: _annotations\.coco\.json, old\.coco\.json"):
         coco.read_coco(roboflow)
+
+
+def test_coco_2014_val_beside_its_parts_reads_val2014_for_val(tmp_path):
+    """Detectron's COCO 2014 folder: instances_val2014.json with its parts minival2014 and valminusminival2014
+    ('val...' too). The file named for the split itself is 'val'; the parts are splits of their own names."""
+    ann_dir = tmp_path / "coco" / "annotations"
+    ann_dir.mkdir(parents=True)
+    for split in ("train2014", "val2014", "minival2014", "valminusminival2014"):
+        (ann_dir / f"instances_{split}.json").write_text("{}")
+    files = coco.coco_files(tmp_path / "coco", one_per_split=True)
+    assert files == {"train": ann_dir / "instances_train2014.json", "val": ann_dir / "instances_val2014.json",
+                     "minival2014": ann_dir / "instances_minival2014.json",
+                     "valminusminival2014": ann_dir / "instances_valminusminival2014.json"}

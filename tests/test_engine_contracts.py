@@ -36,6 +36,7 @@ class Log(Callback):
 
     def __init__(self) -> None:
         self.calls: list[tuple] = []
+        self.rows: list[dict] = []
 
     def on_train_start(self, state):
         self.calls.append(("train_start", state.epoch))
@@ -48,6 +49,7 @@ class Log(Callback):
 
     def on_epoch_end(self, state):
         self.calls.append(("epoch_end", state.epoch))
+        self.rows.append(dict(state.metrics))
 
     def on_checkpoint(self, state, paths):
         assert all(Path(p).is_file() for p in paths.values())
@@ -92,10 +94,12 @@ def test_a_stop_at_an_epoch_end_still_evaluates_and_saves_that_epoch(synthetic_d
     assert (run / "best.safetensors").is_file()
     rows = list(csv.DictReader((run / "metrics.csv").open()))
     assert len(rows) == 1 and rows[0]["val_miou"] not in ("", None)
-    # the epoch's end ran without a validation; the late one follows, and the files are written again
+    # the epoch's end ran without a validation; the late one follows, and the epoch ends again with it in its row
+    # (what loggers and the progress line read), the files written again
     assert log.calls == [("train_start", 0), ("epoch_start", 0), ("epoch_end", 1),
-                         ("checkpoint", 1, ("last", "metrics")), ("evaluate", 1),
+                         ("checkpoint", 1, ("last", "metrics")), ("evaluate", 1), ("epoch_end", 1),
                          ("checkpoint", 1, ("best", "last", "metrics")), ("train_end", 1)]
+    assert log.rows[-1]["val_miou"] == summary["best_miou"]
 
 
 class FailsToClose(Callback):

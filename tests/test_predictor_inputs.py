@@ -149,6 +149,10 @@ def test_tta_uncertainty_is_zero_for_a_flip_equivariant_model_on_a_tiled_image()
     assert np.allclose(probs, seg.probabilities(img), atol=1e-6)  # the probabilities predict computes
     assert not np.allclose(probs, seg.backend(img[None, None])[0], atol=1e-3)  # which tiling changes
     assert float(maps["tta"].max()) < 1e-6
+    from pixelwise.inference.suggest import score_image  # suggest's tta-disagreement: the same tiles too
+
+    score, _, unc = score_image(seg, img[:, :, None], "tta-disagreement")
+    assert score < 1e-6 and float(unc.max()) < 1e-6
 
 
 def test_tta_uncertainty_still_sees_a_model_that_is_not_flip_equivariant():

@@ -230,3 +230,13 @@ def test_an_evaluation_on_other_data_neither_replaces_the_runs_own_nor_travels_w
     (run / "best.safetensors").write_bytes((run / "best.safetensors").read_bytes() + b" ")  # other weights now
     push(run, "alice/shapes", to_folder=tmp_path / "b")
     assert not (tmp_path / "b" / "eval_val.json").exists()
+
+
+def test_paths_of_a_run_made_on_windows_are_stripped_too():
+    from pixelwise.share.push import _portable
+
+    root = "C:\\Users\\alice\\data\\camvid"
+    cleaned = _portable({"image": root + "\\images\\a.png", "init": "D:/runs/teacher", "mine": "/home/al/x.png",
+                         "kept": ["relative/x.png", "a class name"]}, root)
+    assert cleaned == {"image": "camvid/images/a.png", "init": "teacher", "mine": "x.png",
+                       "kept": ["relative/x.png", "a class name"]}

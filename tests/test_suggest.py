@@ -80,10 +80,22 @@ class LeaningStub(Stub):
         return np.stack([1 - p1, p1])
 
 
+def _leaning_segmenter():
+    """LeaningStub as a model (N, C, h, w) -> (N, K, h, w): tta-disagreement runs the flips through the backend, on
+    the tiles of the unflipped pass."""
+    from pixelwise.data.classes import ClassTable
+    from pixelwise.inference.predictor import Segmenter
+
+    def backend(batch: np.ndarray) -> np.ndarray:
+        return np.stack([LeaningStub().probabilities(b.transpose(1, 2, 0)) for b in batch])
+
+    return Segmenter(backend, ClassTable(names=["a", "b"]), 3, (16, 16), ImageSpec())
+
+
 def test_tta_disagreement_finds_images_whose_flips_disagree(tmp_path):
     ramp = np.tile(np.linspace(100, 155, 16).astype(np.uint8), (16, 1))  # weak evidence: the lean decides
     files = [_write(tmp_path, "ramp.png", ramp), _write(tmp_path, "flat.png", _flat(255))]
-    chosen, _ = sg.suggest(LeaningStub(), files, 2, "tta-disagreement")
+    chosen, _ = sg.suggest(_leaning_segmenter(), files, 2, "tta-disagreement")
     assert [c.path.name for c in chosen] == ["ramp.png", "flat.png"]
     assert chosen[1].score == 0.0 and chosen[0].score == pytest.approx(0.5)  # the horizontal flip disagrees
     assert sg.disagreement_map([np.eye(3)[[0]].T[:, :, None]] * 3).max() == 0.0

@@ -18,6 +18,7 @@ import hashlib
 import json
 import math
 import os
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,10 @@ def split_name(name: str) -> str:
     return name
 
 
+def _stem(path: Path) -> str:
+    return path.stem.removeprefix("instances_").removeprefix("annotations_")
+
+
 def coco_files(root: Path, one_per_split: bool = False) -> dict[str, Path]:
     """Split name -> COCO annotation file: annotations/instances_SPLIT.json (or, where there is none, any
     annotations/*.json), or one *.json per split folder (Roboflow: train/_annotations.coco.json beside the images).
@@ -60,8 +65,12 @@ def coco_files(root: Path, one_per_split: bool = False) -> dict[str, Path]:
     found: dict[str, list[Path]] = {}
     jsons = sorted((root / "annotations").glob("*.json")) if (root / "annotations").is_dir() else []
     for path in [p for p in jsons if p.name.startswith("instances_")] or jsons:
-        stem = path.stem.removeprefix("instances_").removeprefix("annotations_")
-        found.setdefault(split_name(stem), []).append(path)
+        found.setdefault(split_name(_stem(path)), []).append(path)
+    for split, paths in list(found.items()):  # COCO 2014: val2014 beside its parts minival2014, valminusminival2014
+        named = [p for p in paths if re.fullmatch(re.escape(split) + r"\d*", _stem(p), re.IGNORECASE)]
+        if len(paths) > 1 and len(named) == 1:  # the split itself; the others are splits of their own names
+            found[split] = named
+            found.update({_stem(p): [p] for p in paths if p is not named[0]})
     if not found:
         for sub in sorted(p for p in root.iterdir() if p.is_dir()):
             jsons = sorted(sub.glob("*.coco.json")) or sorted(sub.glob("*annotations*.json"))

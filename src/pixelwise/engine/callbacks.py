@@ -12,8 +12,9 @@ Every hook gets the ``RunState``: counters, the latest metrics, the run director
 happen). Callbacks run in the order given; the built-in ones that write files run on rank 0 only under torchrun.
 ``on_checkpoint`` comes once every callback has run the hook in which the files were written (``state.wrote``), so
 each callback sees an epoch's ``on_epoch_end`` before its ``on_checkpoint``. A stop at an epoch's end (from
-``on_epoch_end``, or the time budget running out there) before that epoch was evaluated: it is evaluated then,
-and ``on_evaluate`` and ``on_checkpoint`` (best weights included) follow its ``on_epoch_end``.
+``on_epoch_end``, or the time budget running out there) before that epoch was evaluated: it is evaluated then
+(``on_evaluate``), and the epoch ends once more with its validation in the row (``on_epoch_end``, then
+``on_checkpoint`` with the best weights): loggers, the progress line and the checkpoint all get that evaluation.
 """
 
 from __future__ import annotations
@@ -179,29 +180,15 @@ class ConsoleProgress(Callback):
 
 
 class Checkpointer(Callback):
-    """Writes best.safetensors (when the evaluation improved), last.ckpt and metrics.csv after every epoch, and again
-    after an evaluation of an epoch already written (training stopped at that epoch's end before it was evaluated).
+    """Writes best.safetensors (when the evaluation improved), last.ckpt and metrics.csv after every epoch (and again
+    when a stopped epoch ends once more with its late evaluation).
 
     ``on_checkpoint`` follows once every callback has had the epoch's ``on_epoch_end`` (``RunState.wrote``).
     """
 
-    def __init__(self) -> None:
-        self.saved_epoch: int | None = None  # the epoch whose files were written last
-
-    def on_train_start(self, state: RunState) -> None:
-        self.saved_epoch = None
-
-    def _save(self, state: RunState) -> None:
+    def on_epoch_end(self, state: RunState) -> None:
         if state.is_main:
             state.wrote(state.trainer.save_checkpoint(state.improved))
-        self.saved_epoch = state.epoch
-
-    def on_evaluate(self, state: RunState, metrics: dict[str, Any]) -> None:
-        if self.saved_epoch == state.epoch:  # the late evaluation of a stop at the epoch's end
-            self._save(state)
-
-    def on_epoch_end(self, state: RunState) -> None:
-        self._save(state)
 
 
 class EarlyStopping(Callback):

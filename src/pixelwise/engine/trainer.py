@@ -233,8 +233,9 @@ class Trainer:
                 self._end_epoch(row, evaluate_now=evaluated)
                 reason = reason or self._stop_reason()  # a callback may stop training at the epoch's end, or time
                 if reason is not None and not evaluated and self.data.val is not None:  # run out there: the last
-                    self._evaluate(row)  # epoch is still evaluated into its row, and the checkpointer saves it again
-                    rs.metrics = row
+                    self._evaluate(row)  # epoch is still evaluated into its row, and ends again with it (loggers,
+                    rs.metrics = row  # progress line, checkpoint)
+                    self.callbacks.fire_then_checkpoint("on_epoch_end", rs)
             summary = self._summary(reason)
             self.callbacks.fire("on_train_end", rs)
         best = "no validation mIoU" if summary["best_miou"] is None else (

@@ -56,12 +56,19 @@ def entropy_image(probs: np.ndarray) -> np.ndarray:
     return (np.clip(entropy_map(probs), 0.0, 1.0) * 255).round().astype(np.uint8)
 
 
-def raster_outputs_of(probs: np.ndarray, valid: np.ndarray | None) -> tuple[np.ndarray, ...]:
+def raster_outputs_of(probs: np.ndarray, valid: np.ndarray | None, with_probs: bool = True) -> tuple[Any, ...]:
     """(mask, probabilities, entropy) of (K, H, W) probabilities, ``NODATA`` / NaN / ``NODATA`` where ``valid``
-    ((H, W) booleans; None: everywhere) is False. The entropy map tops out at 254, keeping 255 for nodata."""
-    mask, probs = probs.argmax(axis=0).astype(np.uint8), probs.astype(np.float32)
+    ((H, W) booleans; None: everywhere) is False. The entropy map tops out at 254, keeping 255 for nodata.
+    ``with_probs`` False: the mask alone (None, None for the others), as cheap as an argmax."""
+    mask = probs.argmax(axis=0).astype(np.uint8)
+    holes = valid is not None and not valid.all()
+    if not with_probs:
+        if holes:
+            mask[~valid] = NODATA
+        return mask, None, None
+    probs = probs.astype(np.float32)
     entropy = np.minimum(entropy_image(probs), NODATA - 1)
-    if valid is not None and not valid.all():
+    if holes:
         mask[~valid], probs[:, ~valid], entropy[~valid] = NODATA, np.nan, NODATA
     return mask, probs, entropy
 
@@ -254,7 +261,7 @@ def _predict_streamed(seg: Segmenter, path: Path, targets: list[Path], opts: Pre
                 _describe(files, seg, names, src)
                 rows = [BlockRows(f) for f in files]
                 for y0, y1, probs in sliding_window(_probs_fn(seg, opts), reader, tile, opts.overlap):
-                    mask, probs, entropy = raster_outputs_of(probs, reader.valid_rows(y0, y1))
+                    mask, probs, entropy = raster_outputs_of(probs, reader.valid_rows(y0, y1), opts.save_probs)
                     rows[0].add(mask[None])
                     if opts.save_probs:
                         rows[1].add(probs)

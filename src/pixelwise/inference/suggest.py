@@ -90,6 +90,17 @@ def _small(a: np.ndarray) -> np.ndarray:
     return np.asarray(a[::step, ::step], np.float32)
 
 
+def flipped(backend: Any, axis: int) -> Any:
+    """``backend`` on each (N, C, h, w) batch flipped along ``axis`` (3: left-right, 2: up-down), its probabilities
+    flipped back. Run on the tiles of the unflipped pass, the variants differ by the flip alone, never by where the
+    tiles of a flipped image would fall (tiling would otherwise count as disagreement)."""
+    def probs(batch: np.ndarray) -> np.ndarray:
+        # copies, not views: torch.from_numpy refuses the negative strides of a flipped array
+        return np.flip(backend(np.flip(batch, axis=axis).copy()), axis=axis).copy()
+
+    return probs
+
+
 def score_image(seg: Any, image: np.ndarray, strategy: str, **kwargs: Any) -> tuple[float, np.ndarray, np.ndarray]:
     """(score, embedding, uncertainty map) of one image under ``strategy`` (``random`` scores by entropy too:
     only the order differs)."""
@@ -97,10 +108,9 @@ def score_image(seg: Any, image: np.ndarray, strategy: str, **kwargs: Any) -> tu
     if strategy == "margin":
         unc = margin_map(probs)
     elif strategy == "tta-disagreement":
-        variants = [probs]
-        for axis in (1, 0):  # horizontal, vertical flip of an (H, W, C) image; the (K, H, W) result flipped back
-            flipped = seg.probabilities(np.ascontiguousarray(np.flip(image, axis=axis)), **kwargs)
-            variants.append(np.flip(flipped, axis=axis + 1))
+        # horizontal, vertical flip on the very tiles of ``probs`` (a large image is tiled): the flips alone differ
+        img, tile, overlap = seg._image(image), kwargs.get("tile"), kwargs.get("overlap", 0.25)
+        variants = [probs, *(seg._probs_fn(tile, overlap, flipped(seg.backend, axis))(img) for axis in (3, 2))]
         unc = disagreement_map(variants)
     else:
         unc = entropy_map(probs)

@@ -19,7 +19,7 @@ import numpy as np
 
 from pixelwise.data.classes import IGNORE
 from pixelwise.errors import PixelwiseError
-from pixelwise.inference.suggest import disagreement_map, entropy_map
+from pixelwise.inference.suggest import disagreement_map, entropy_map, flipped
 
 METHODS = ("entropy", "tta", "mc-dropout")
 HIST_BINS = 2000
@@ -65,17 +65,6 @@ def mc_dropout_map(seg: Any, img: np.ndarray, passes: int = MC_PASSES, seed: int
     top = mean.argmax(axis=0)
     chosen = np.take_along_axis(runs, top[None, None].repeat(passes, 0), axis=1)[:, 0]
     return np.clip(chosen.var(axis=0) * 4.0, 0.0, 1.0)
-
-
-def flipped(backend: Any, axis: int) -> Any:
-    """``backend`` on each (N, C, h, w) batch flipped along ``axis`` (3: left-right, 2: up-down), its probabilities
-    flipped back. Run on the tiles of the unflipped pass, the variants differ by the flip alone, never by where the
-    tiles of a flipped image would fall (tiling would otherwise count as disagreement)."""
-    def probs(batch: np.ndarray) -> np.ndarray:
-        # copies, not views: torch.from_numpy refuses the negative strides of a flipped array
-        return np.flip(backend(np.flip(batch, axis=axis).copy()), axis=axis).copy()
-
-    return probs
 
 
 def uncertainty_maps(seg: Any, image: np.ndarray, methods: list[str] = ("entropy",), probs: np.ndarray | None = None

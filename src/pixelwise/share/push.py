@@ -17,7 +17,7 @@ import posixpath
 import re
 import shutil
 import tempfile
-from pathlib import Path, PurePath
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import yaml
@@ -44,9 +44,10 @@ def _portable(value: Any, root: str | None) -> Any:
         return [_portable(v, root) for v in value]
     if not isinstance(value, str) or not (posixpath.isabs(value) or ntpath.isabs(value)) or len(value) < 2:
         return value
-    path = PurePath(value)
-    if root and path.is_relative_to(root):
-        return (Path(PurePath(root).name) / path.relative_to(root)).as_posix()
+    kind = PurePosixPath if posixpath.isabs(value) else PureWindowsPath  # a run made on Windows, pushed elsewhere
+    path = kind(value)
+    if root and path.is_relative_to(kind(root)):
+        return (PurePosixPath(kind(root).name) / path.relative_to(kind(root)).as_posix()).as_posix()
     return path.name or value
 
 
