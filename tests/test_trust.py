@@ -400,3 +400,37 @@ def test_explanations_pass_the_sanity_checks_on_the_demo_data(tmp_path):
           f"weights {corr:.3f}; val mIoU {json.loads((run / 'summary.json').read_text())['best_miou']:.3f}")
     assert rate > 0.8
     assert corr < 0.5
+
+
+def test_pointing_game_counts_a_disk_around_the_peak_and_a_flat_map_points_nowhere():
+    from pixelwise.inference.explain import pointing_hit
+
+    cam = np.zeros((32, 32), np.float32)
+    cam[5, 5] = 1.0
+
+    def at(y, x):
+        region = np.zeros((32, 32), bool)
+        region[y, x] = True
+        return region
+    assert pointing_hit(cam, at(5, 20)) and not pointing_hit(cam, at(5, 21))  # 15 pixels away, then 16
+    assert not pointing_hit(cam, at(19, 19))  # 19.8 pixels along the diagonal: inside a square window, not the disk
+    assert not pointing_hit(np.zeros((32, 32)), at(0, 0))  # a constant map has no peak (its argmax is (0, 0))
+
+
+def test_the_explained_layer_is_a_feature_map_never_a_1x1_gate():
+    """MAnet's decoder blocks end in squeeze-and-excitation gates (1x1 outputs): Grad-CAM of one is constant."""
+    import torch
+
+    from pixelwise.config_sections import ModelConfig
+    from pixelwise.inference.explain import auto_layer
+    from pixelwise.models.factory import build_network
+
+    net = build_network(ModelConfig(arch="manet", encoder="resnet18", encoder_weights=None), 3, 2,
+                        pretrained=False).net.eval()  # the network inside the normalisation, as explain takes it
+    name = auto_layer(net, 3)
+    outputs = {}
+    handle = dict(net.named_modules())[name].register_forward_hook(lambda m, i, o: outputs.setdefault("o", o))
+    with torch.no_grad():
+        net(torch.zeros(1, 3, 64, 64))
+    handle.remove()
+    assert min(outputs["o"].shape[-2:]) > 1, name

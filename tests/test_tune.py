@@ -87,6 +87,11 @@ def test_the_base_values_join_the_space_and_parameters_become_config_values(tmp_
     values = config_values({"data.crop_size": "352x480", "loss": "ce:0.5+dice", "model.encoder": "resnet18"})
     assert values == {"data.crop_size": [352, 480], "loss.terms": {"ce": 0.5, "dice": 1.0},
                       "model.encoder": "resnet18", "model.encoder_weights": None}
+    # trial 0 (the base's encoder) keeps the base's weights; another encoder starts as it can here
+    pretrained = {"model": {"encoder": "resnet34", "encoder_weights": "imagenet"}}
+    assert "model.encoder_weights" not in config_values({"model.encoder": "resnet34"}, "resnet34")
+    assert trial_config(pretrained, {"model.encoder": "resnet34"}, [], "t0").model.encoder_weights == "imagenet"
+    assert trial_config(pretrained, {"model.encoder": "resnet18"}, [], "t1").model.encoder_weights is None
     cfg = trial_config(base.model_dump(mode="json", exclude_unset=True), {"loss": "lovasz", "data.crop_size": 256},
                        ["data.crop_size=[64, 64]"], "trial-0001")
     assert cfg.loss.terms == {"lovasz": 1.0} and list(cfg.data.crop_size) == [64, 64]  # --set wins
@@ -260,6 +265,13 @@ def test_pruning_stops_a_scripted_bad_trial_through_the_callback():
         bad.on_evaluate(states["bad"], {"miou": 0.05})
     assert states["good"].stop_reason is None and good.pruned_at is None
     assert bad.pruned_at == 2 and states["bad"].stop_reason.startswith("pruned by the study after epoch 2")
+    late = PruneOnEvaluation(study.ask())  # train.eval_every 2: its first evaluation comes at epoch 2, still safe
+    state = FakeState(2)
+    late.on_evaluate(state, {"miou": 0.05})
+    assert late.pruned_at is None and state.stop_reason is None
+    state.epoch = 4
+    late.on_evaluate(state, {"miou": 0.05})  # its second evaluation, compared with the others' second
+    assert late.pruned_at == 4
 
 
 def test_remeasure_measures_the_complete_trials_again_and_the_front_uses_it(study_files: dict,

@@ -101,7 +101,8 @@ def explain(
         {"run": str(run), "class": class_name, "method": method, "region": region, "images": records}, indent=2))
     hits = [r["pointing_hit"] for r in records if "pointing_hit" in r]
     if hits:
-        out.print(f"pointing game: the map's peak fell inside the {region} region in {sum(hits)}/{len(hits)} images")
+        out.print(f"pointing game: the map's peak fell within 15 pixels of the {region} region in "
+                  f"{sum(hits)}/{len(hits)} images")
 
 
 def calibrate(

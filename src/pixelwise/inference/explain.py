@@ -77,7 +77,10 @@ def auto_layer(net: Any, channels: int, side: int = 64) -> str:
         for h in hooks:
             h.remove()
     if isinstance(decoder, torch.nn.Module):
-        coarse = [n for n, area in seen if (n == "decoder" or n.startswith("decoder.")) and area * 16 <= side * side]
+        # at 1/4 of the input's resolution or coarser, but a map, not a gate: MAnet's squeeze-and-excitation
+        # blocks output 1x1 (global pooling), whose Grad-CAM is one constant value
+        coarse = [n for n, area in seen if (n == "decoder" or n.startswith("decoder."))
+                  and area * 16 <= side * side and area * 1024 >= side * side]
         if coarse:
             return coarse[-1]
     mine = [(n, area) for n, area in seen if encoder is not None and (n == "encoder" or n.startswith("encoder."))]
@@ -178,11 +181,16 @@ def _rescaled(cam: np.ndarray) -> np.ndarray:
 
 
 def pointing_hit(cam: np.ndarray, region: np.ndarray, tolerance: int = 15) -> bool:
-    """The pointing game (Zhang et al., 2016): does the map's maximum fall in the region (within ``tolerance``
-    pixels)?"""
+    """The pointing game (Zhang et al., 2016): does the map's maximum lie within ``tolerance`` pixels (a disk, as
+    Zhang et al. and TorchRay count) of the region? A constant map has no maximum to point with: a miss."""
+    if float(np.max(cam)) <= float(np.min(cam)):
+        return False
     y, x = np.unravel_index(int(np.argmax(cam)), cam.shape)
     y0, x0 = max(y - tolerance, 0), max(x - tolerance, 0)
-    return bool(region[y0 : y + tolerance + 1, x0 : x + tolerance + 1].any())
+    yy, xx = np.ogrid[y0 : y + tolerance + 1, x0 : x + tolerance + 1]
+    near = (yy - y) ** 2 + (xx - x) ** 2 <= tolerance**2
+    return bool((region[y0 : y + tolerance + 1, x0 : x + tolerance + 1] & near[: region.shape[0] - y0,
+                                                                             : region.shape[1] - x0]).any())
 
 
 def overlay(rgb: np.ndarray, cam: np.ndarray, region: np.ndarray, alpha: float = 0.45) -> np.ndarray:

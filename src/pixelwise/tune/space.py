@@ -167,8 +167,10 @@ def crop_value(value: Any) -> list[int]:
     return [int(value), int(value)]
 
 
-def config_values(params: dict[str, Any]) -> dict[str, Any]:
-    """A trial's parameters as dotted config values."""
+def config_values(params: dict[str, Any], base_encoder: str | None = None) -> dict[str, Any]:
+    """A trial's parameters as dotted config values. An encoder other than ``base_encoder`` (the base config's)
+    starts from ImageNet weights where an offline package has them, else from scratch; the base's own encoder keeps
+    the base's ``model.encoder_weights`` (trial 0 is the base config, pretrained as it is)."""
     values: dict[str, Any] = {}
     for key, value in params.items():
         if key == "loss":
@@ -177,7 +179,8 @@ def config_values(params: dict[str, Any]) -> dict[str, Any]:
             values[key] = crop_value(value)
         elif key == "model.encoder":
             values[key] = value
-            values["model.encoder_weights"] = "imagenet" if value in _pretrained_here() else None
+            if value != base_encoder:
+                values["model.encoder_weights"] = "imagenet" if value in _pretrained_here() else None
         else:
             values[key] = value
     return values

@@ -37,23 +37,26 @@ def trial_dir(parent: Path, number: int) -> Path:
 
 def trial_config(base: dict[str, Any], params: dict[str, Any], overrides: list[str], name: str) -> Config:
     """The base tree with a trial's parameters, then the --set overrides (which win), validated like a config."""
-    values = {**TRIAL_DEFAULTS, **config_values(params), "name": name}
+    values = {**TRIAL_DEFAULTS, **config_values(params, (base.get("model") or {}).get("encoder")), "name": name}
     return load_config(None, overrides, values, base=base, source="the trial's parameters")
 
 
 class PruneOnEvaluation(Callback):
-    """Reports each evaluation's val mIoU to the Optuna trial (step = epoch); when the pruner says so, training stops
+    """Reports each evaluation's val mIoU to the Optuna trial (step = the evaluation's number, 1, 2, ..., whatever
+    ``train.eval_every`` is: the pruner's warm-up counts evaluations); when the pruner says so, training stops
     cleanly after that epoch (checkpoint and summary written) and the trial is then told it was pruned."""
 
     def __init__(self, trial: Any) -> None:
         self.trial = trial
         self.pruned_at: int | None = None
+        self.evaluations = 0
 
     def on_evaluate(self, state: RunState, metrics: dict[str, Any]) -> None:
         miou = metrics.get("miou")
         if miou is None or self.pruned_at is not None:
             return
-        self.trial.report(float(miou), step=state.epoch)
+        self.evaluations += 1
+        self.trial.report(float(miou), step=self.evaluations)
         if self.trial.should_prune():
             self.pruned_at = state.epoch
             state.stop(f"pruned by the study after epoch {state.epoch} (val mIoU {miou:.4f})")
