@@ -92,6 +92,8 @@ def test_the_base_values_join_the_space_and_parameters_become_config_values(tmp_
     assert "model.encoder_weights" not in config_values({"model.encoder": "resnet34"}, "resnet34")
     assert trial_config(pretrained, {"model.encoder": "resnet34"}, [], "t0").model.encoder_weights == "imagenet"
     assert trial_config(pretrained, {"model.encoder": "resnet18"}, [], "t1").model.encoder_weights is None
+    unset = {"model": {"arch": "unet"}}  # the base tree leaves out what the config did not set: resnet18, auto
+    assert trial_config(unset, {"model.encoder": "resnet18"}, [], "t0").model.encoder_weights == "auto"
     cfg = trial_config(base.model_dump(mode="json", exclude_unset=True), {"loss": "lovasz", "data.crop_size": 256},
                        ["data.crop_size=[64, 64]"], "trial-0001")
     assert cfg.loss.terms == {"lovasz": 1.0} and list(cfg.data.crop_size) == [64, 64]  # --set wins

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from pixelwise.config import Config, load_config
+from pixelwise.config_sections import ModelConfig
 from pixelwise.engine.callbacks import Callback, RunState
 from pixelwise.errors import PixelwiseError
 from pixelwise.tune.space import Space, config_values
@@ -37,7 +38,8 @@ def trial_dir(parent: Path, number: int) -> Path:
 
 def trial_config(base: dict[str, Any], params: dict[str, Any], overrides: list[str], name: str) -> Config:
     """The base tree with a trial's parameters, then the --set overrides (which win), validated like a config."""
-    values = {**TRIAL_DEFAULTS, **config_values(params, (base.get("model") or {}).get("encoder")), "name": name}
+    encoder = (base.get("model") or {}).get("encoder", ModelConfig.model_fields["encoder"].default)  # unset: default
+    values = {**TRIAL_DEFAULTS, **config_values(params, encoder), "name": name}
     return load_config(None, overrides, values, base=base, source="the trial's parameters")
 
 
