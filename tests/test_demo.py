@@ -1,4 +1,5 @@
 import pytest
+import yaml
 
 from pixelwise.demo import run_demo
 from pixelwise.errors import PixelwiseError
@@ -33,3 +34,6 @@ def test_a_time_cap_shorter_than_the_steps_says_the_model_is_weaker(tmp_path, ca
     run_demo(tmp_path / "demo", steps=10_000, time_budget="3s")
     said = " ".join(capsys.readouterr().err.split())
     assert "of the 10000 steps within the 3s cap" in said
+    # the cap only ends training: not a time budget, which would make the schedule (learning rate, crops) follow
+    # the machine's speed in the first steps, so the model would differ from machine to machine, run to run
+    assert yaml.safe_load((tmp_path / "demo" / "run" / "config.yaml").read_text())["train"]["time_budget"] is None

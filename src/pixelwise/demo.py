@@ -8,7 +8,9 @@ from pathlib import Path
 
 from pixelwise.atomic import check_out_dir
 from pixelwise.config import load_config
+from pixelwise.config_sections import seconds_above_zero
 from pixelwise.data import synthetic
+from pixelwise.engine.callbacks import Callback, RunState
 from pixelwise.errors import PixelwiseError
 from pixelwise.progress import console, notice, stdout, styled
 
@@ -31,6 +33,22 @@ def _claim(out: Path) -> None:
 # and bf16), see DESIGN.md (the demo).
 DEMO_STEPS = 300
 DEMO_CAP = "10m"  # a very slow machine still ends (with a weaker model, and says so)
+
+
+class _Cap(Callback):
+    """Stops training after ``seconds`` of wall time. Not ``train.time_budget``: a time budget also shapes the
+    schedule (progress is the larger of steps and time, for the learning rate and crops), so a machine's speed in
+    the first steps would change the model; the demo's steps alone decide its schedule, and this only ends it."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self.start = seconds, 0.0
+
+    def on_train_start(self, state: RunState) -> None:
+        self.start = time.perf_counter()
+
+    def on_step_end(self, state: RunState) -> None:
+        if time.perf_counter() - self.start >= self.seconds:
+            state.stop("the demo's time cap")
 
 
 def run_demo(out: Path, steps: int = DEMO_STEPS, time_budget: str | None = DEMO_CAP, amp: str = "auto") -> dict:
@@ -65,14 +83,14 @@ def run_demo(out: Path, steps: int = DEMO_STEPS, time_budget: str | None = DEMO_
         "train.batch_size": 8,
         "train.epochs": 10_000,  # the steps decide
         "train.max_steps": steps,
-        "train.time_budget": time_budget,
         "train.amp": amp,
         "train.report": False,  # step 3 writes it
     })
     console.print(styled(("2/4", "bold"), f" training {steps} steps (measured: about a minute on 2 CPU cores with "
                                           "native bf16, two on AVX2-only ones; seconds on a GPU)"))
     run_dir = out / "run"
-    summary = Trainer(cfg, run_dir, callbacks=default_callbacks(cfg)).fit()
+    cap = [_Cap(seconds_above_zero(time_budget))] if time_budget is not None else []
+    summary = Trainer(cfg, run_dir, callbacks=[*default_callbacks(cfg), *cap]).fit()
     if summary.get("steps", steps) < steps:
         notice("note", f"this machine trained {summary['steps']} of the {steps} steps within the {time_budget} cap: "
                        "expect a weaker model than the demo promises")
