@@ -25,6 +25,7 @@ import numpy as np
 from pixelwise.atomic import atomic_write
 from pixelwise.data import raster
 from pixelwise.data.classes import IGNORE
+from pixelwise.data.filekind import decoder_suffix
 from pixelwise.data.io import TIFF_SUFFIXES, orient
 from pixelwise.data.pixels import Decoded, ImageSpec, check_pixels, dtype_class, fit_channels, model_input
 from pixelwise.errors import DataError, PixelwiseError
@@ -305,27 +306,14 @@ def _tiff_tags(path: Path) -> tuple[int, bool]:
 
 def _tiff_valid(path: Path, decoded: Decoded) -> np.ndarray:
     """(H, W) True where a TIFF read whole has data, as ``WindowReader`` decides: not every channel its GDAL_NODATA
-    value or NaN (a float TIFF's nodata and masked pixels are NaN by now), and inside GDAL's internal mask."""
+    value or NaN (a float TIFF's nodata and masked pixels are NaN by now), and inside GDAL's internal mask; found as
+    the checks find them (``raster.declared_nodata``, ``raster.nodata_hits``)."""
     arr = decoded.pixels
     if arr.dtype.kind == "f":
         return ~np.isnan(arr).all(axis=2)
-    valid = np.ones(arr.shape[:2], bool)
-    turned = decoded.orientation in (5, 6, 7, 8)
-    try:
-        with raster.open_tiff(path) as tif:
-            tags = tif.pages[0].tags
-            nodata = str(tags["GDAL_NODATA"].value).strip().rstrip("\x00") if "GDAL_NODATA" in tags else ""
-            stored = raster.tiff_validity(tif, *(arr.shape[1::-1] if turned else arr.shape[:2]))
-    except Exception as e:  # the pixels were read: a corrupt mask page
-        raise DataError(f"{path}: its nodata mask cannot be read ({type(e).__name__}: {e}); re-export or remove "
-                        "the file") from None
-    try:
-        value = float(nodata) if nodata else None
-    except ValueError:
-        value = None
-    if value is not None and value.is_integer():  # as raster.apply_nodata reads it: an integer image holds no other
-        valid &= ~(arr == value).all(axis=2)
-    return valid if stored is None else valid & orient(stored, decoded.orientation)
+    nodata, inside = raster.declared_nodata(path, decoder_suffix(path))
+    hit = raster.nodata_hits(arr, nodata, None if inside is None else orient(inside, decoded.orientation))
+    return np.ones(arr.shape[:2], bool) if hit is None else ~hit.all(axis=2)
 
 
 def _predict_tiff_in_memory(seg: Segmenter, path: Path, targets: list[Path], opts: PredictOptions
