@@ -270,10 +270,10 @@ def eval_(
 
     trust = tuple(m.strip() for m in uncertainty.split(",") if m.strip() not in ("", "none"))
     label = data_label(run, split, data, fmt)  # another dataset's split: its own files, never the run's eval_val.json
-    stamp = model_fingerprint(run)  # before evaluating: weights written meanwhile make this evaluation stale
     if report:  # evaluates with per-image scores (for the gallery) and writes RUN/eval_SPLIT.json
         result, _ = report_run(run, split, data, fmt, batch_size, device, trust=trust, label=label)
     else:
+        stamp = model_fingerprint(run)  # before evaluating: weights written meanwhile make this evaluation stale
         result = {**evaluate_run(run, split, data, fmt, batch_size, device, trust), FINGERPRINT: stamp}
     out.print(metrics_table(result, title=f"{run} on '{split}' ({result['images']} images)"))
     if "trust" in result:
