@@ -240,3 +240,17 @@ def test_paths_of_a_run_made_on_windows_are_stripped_too():
                          "kept": ["relative/x.png", "a class name"]}, root)
     assert cleaned == {"image": "camvid/images/a.png", "init": "teacher", "mine": "x.png",
                        "kept": ["relative/x.png", "a class name"]}
+
+
+def test_another_datasets_label_is_one_plain_file_name_part(served_run, tmp_path):
+    """The dataset folder's name goes into RUN/eval_SPLIT-NAME.json: brackets, spaces and dots-only names never make
+    a path or a glob pattern; the run's own data (or none given) keeps the plain split name."""
+    from pixelwise.report.build import data_label
+
+    odd = tmp_path / "new [batch] 2*"
+    odd.mkdir()
+    assert data_label(served_run, "val", odd, None) == "val-new__batch__2_"
+    assert data_label(served_run, "val", None, None) is None
+    root = yaml.safe_load((served_run / "config.yaml").read_text())["data"]["root"]
+    assert data_label(served_run, "val", Path(root), None) is None
+    assert data_label(served_run, "val", tmp_path / ".." / tmp_path.name / odd.name, None) == "val-new__batch__2_"
